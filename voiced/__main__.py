@@ -1,0 +1,197 @@
+"""The `voiced` command line: argument parsing, logging set-up, and the only sys.exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from voiced import __version__
+from voiced.config import DEFAULT_CONFIG_PATH, Settings, load
+from voiced.errors import ConfigError
+
+EX_OK: Final = 0
+EX_FAIL: Final = 1
+EX_USAGE: Final = 2
+EX_CONFIG: Final = 78
+
+logger = logging.getLogger("voiced")
+
+
+def setup_logging(level: str | int) -> None:
+    """Log to stderr for journald: level and logger name, no timestamps."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    # websockets logs every connection at INFO and every frame at DEBUG: too chatty
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def config_path(arg: str | None) -> Path:
+    """``-c``, else ``$VOICED_CONFIG``, else /etc/voiced/voiced.yaml (contract §1)."""
+    return Path(arg or os.environ.get("VOICED_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load(config_path(args.config))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`voiced run`: the daemon."""
+    settings = _load(args)
+    setup_logging(logging.DEBUG if args.debug else settings.log_level)
+    from voiced.supervisor import Supervisor
+
+    return asyncio.run(Supervisor(settings).run())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """`voiced check-config`: validate and summarise."""
+    path = config_path(args.config)
+    s = load(path)
+    rt = s.realtime
+    print(f"{path}: OK")
+    print(f"  device_id    {s.device_id}")
+    target = f"relay agent {rt.relay.agent_id}" if rt.relay else f"model {rt.model}"
+    print(f"  realtime     {rt.url} ({target}, voice {rt.voice}, "
+          f"turns: {rt.turn_detection.type})")
+    print(f"  api key      {'set' if rt.api_key else 'not needed (loopback)'}")
+    a = s.audio
+    if a.backend == "file":
+        print(f"  audio        file: {a.input.file} -> {a.output.file} ({a.echo})")
+    else:
+        print(f"  audio        pyaudio: in {a.input.device!r}, out {a.output.device!r} "
+              f"({a.echo})")
+    button = f"pin {s.button.pin}, {s.button.mode}" if s.button else "none"
+    print(f"  button       {button}")
+    print(f"  leds         {s.leds.driver}")
+    sink = s.transcripts.sink
+    extra = f" -> {s.transcripts.jsonl_path}" if sink == "jsonl" else ""
+    print(f"  transcripts  {sink}{extra}")
+    print(f"  control      {s.control.socket}")
+    return EX_OK
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    """`voiced ctl`: talk to a running daemon."""
+    from voiced.control import request
+
+    path = _load(args).control.socket
+    try:
+        reply = request(path, args.command)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"voiced: no daemon is listening on {path} (is `voiced run` running?)",
+              file=sys.stderr)
+        return EX_FAIL
+    except (OSError, ValueError) as e:
+        print(f"voiced: control socket {path}: {e}", file=sys.stderr)
+        return EX_FAIL
+    if not reply.get("ok"):
+        print(f"voiced: {reply.get('error')}", file=sys.stderr)
+        return EX_FAIL
+    if args.command == "status":
+        print(json.dumps(reply["status"]))
+    else:
+        print(reply["status"]["state"])
+    return EX_OK
+
+
+def cmd_test_leds(args: argparse.Namespace) -> int:
+    """`voiced test-leds`: show every orb state in turn."""
+    from voiced.session import State
+
+    s = _load(args)
+    if s.leds.driver != "none":  # pragma: no cover - rejected by config until implemented
+        print(f"voiced: the {s.leds.driver} orb driver is not implemented yet", file=sys.stderr)
+        return EX_FAIL
+    for state in State:
+        print(f"{state}: (leds.driver is none: nothing lights up)")
+    return EX_OK
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """`voiced sim`: the local Realtime-compatible server."""
+    setup_logging(logging.DEBUG if args.debug else logging.INFO)
+    from voiced.sim.server import SimOptions, serve_forever
+
+    opts = SimOptions(require_key=args.require_key, max_session_s=args.max_session_s)
+    return asyncio.run(serve_forever(args.host, args.port, opts))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`voiced demo`: a whole spoken exchange with no hardware, key or network."""
+    from voiced.demo import run_demo
+
+    return asyncio.run(run_demo(out_dir=Path(args.out) if args.out else None,
+                                debug=args.debug))
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    """Commands whose backend is not built yet say so plainly."""
+    print(f"voiced: `{args.cmd}` is not implemented yet in this version "
+          "(it needs the PyAudio backend)", file=sys.stderr)
+    return EX_FAIL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="voiced", description=__doc__)
+    p.add_argument("--version", action="version", version=f"voiced {__version__}")
+    p.add_argument("--debug", action="store_true", help="log at DEBUG")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def with_config(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("-c", "--config", help=f"config file (default $VOICED_CONFIG or "
+                                               f"{DEFAULT_CONFIG_PATH})")
+        sp.add_argument("--debug", action="store_true", help="log at DEBUG")
+        return sp
+
+    with_config("run", "run the daemon").set_defaults(func=cmd_run)
+    with_config("check-config", "validate the config").set_defaults(func=cmd_check_config)
+    with_config("test-leds", "show every orb state").set_defaults(func=cmd_test_leds)
+    ta = with_config("test-audio", "record and play back")
+    ta.add_argument("--seconds", type=float, default=3.0)
+    ta.set_defaults(func=cmd_not_yet)
+    sub.add_parser("devices", help="list audio devices").set_defaults(func=cmd_not_yet)
+    ctl = with_config("ctl", "talk to the running daemon")
+    ctl.add_argument("command", choices=["status", "press", "long-press", "interrupt"])
+    ctl.set_defaults(func=cmd_ctl)
+    sim = sub.add_parser("sim", help="local Realtime-compatible server")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--require-key", default=None,
+                     help="refuse connections whose bearer is not this key")
+    sim.add_argument("--max-session-s", type=float, default=3600.0)
+    sim.add_argument("--debug", action="store_true")
+    sim.set_defaults(func=cmd_sim)
+    demo = sub.add_parser("demo", help="a spoken exchange with no hardware, key or network")
+    demo.add_argument("--out", help="directory for the demo's files (default: a temp dir)")
+    demo.add_argument("--debug", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        for line in e.lines():
+            print(line, file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

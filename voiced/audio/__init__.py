@@ -1,0 +1,45 @@
+"""Audio in and out: the seams (``AudioSource``/``AudioSink``) and their backends.
+
+Everything that crosses these seams is PCM16 LE mono at 24 kHz (``wire.SAMPLE_RATE``);
+backends convert from and to whatever the device or file has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+
+class AudioSource(Protocol):
+    """A microphone: yields fixed-size frames of 24 kHz mono PCM16."""
+
+    async def start(self) -> None:
+        """Open the device; raises ``AudioDeviceError`` when it cannot."""
+
+    async def read(self) -> bytes:
+        """Wait for and return the next frame."""
+
+    def mic_opened(self) -> None:
+        """The user switched the mic on (a file source may start its WAV here)."""
+
+    async def aclose(self) -> None:
+        """Close the device; safe to call twice."""
+
+
+class AudioSink(Protocol):
+    """A speaker with a queue, which knows how much of each item it has really played."""
+
+    async def start(self) -> None:
+        """Open the device; raises ``AudioDeviceError`` when it cannot."""
+
+    def set_drained_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the event loop whenever queued audio has all been played."""
+
+    def play(self, pcm: bytes, item_id: str) -> None:
+        """Queue 24 kHz mono PCM16 belonging to ``item_id``; never blocks."""
+
+    def stop(self) -> Mapping[str, int]:
+        """Drop everything queued at once; return samples played per unfinished item."""
+
+    async def aclose(self) -> None:
+        """Close the device; safe to call twice."""

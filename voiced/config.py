@@ -1,0 +1,618 @@
+"""YAML configuration into frozen, typed settings, with strict validation and secrets.
+
+Every problem found is collected and reported at once (``ConfigError.problems``), each
+named by its dotted key. Secrets are read from ``$CREDENTIALS_DIRECTORY/<name>`` first,
+then from the environment, and are wrapped in :class:`Secret` so that they never show in
+a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from voiced.errors import ConfigError
+
+DEFAULT_CONFIG_PATH: Final = "/etc/voiced/voiced.yaml"
+
+VOICES: Final = (
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
+)
+TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad", "none")
+EAGERNESS: Final = ("low", "medium", "high", "auto")
+AUDIO_BACKENDS: Final = ("pyaudio", "file")
+ECHO_POLICIES: Final = ("half_duplex", "full_duplex")
+LED_DRIVERS: Final = ("none", "gpio", "apa102")
+SINKS: Final = ("none", "jsonl", "webhook", "supabase", "postgres")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+BUTTON_MODES: Final = ("toggle", "push_to_talk")
+PULLS: Final = ("up", "down")
+
+# credential name -> environment variable (contract §2)
+CREDENTIAL_ENV: Final = {
+    "openai_api_key": "OPENAI_API_KEY",
+    "webhook_token": "VOICED_WEBHOOK_TOKEN",
+    "supabase_key": "VOICED_SUPABASE_KEY",
+    "postgres_dsn": "VOICED_POSTGRES_DSN",
+}
+
+
+class Secret:
+    """A credential value that never reveals itself in repr/str."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret; call only where it is put on the wire."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDetectionSettings:
+    """How the end of the user's turn is found."""
+
+    type: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
+    """server_vad (default), semantic_vad, or none (push to talk: the client commits)."""
+    threshold: float = 0.5
+    """server_vad activation threshold, 0..1."""
+    prefix_padding_ms: int = 300
+    """Audio kept before detected speech."""
+    silence_duration_ms: int = 500
+    """Silence that ends a turn."""
+    eagerness: str = "auto"
+    """semantic_vad eagerness: low, medium, high, auto."""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionSettings:
+    """Input-audio transcription (what becomes the user's transcript record)."""
+
+    model: str = "gpt-4o-mini-transcribe"
+    """Transcription model name, passed through."""
+    language: str | None = None
+    """ISO-639-1 language hint, e.g. "de"; None lets the model guess."""
+    prompt: str | None = None
+    """Optional prompt that guides the transcription."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """A relay (e.g. a Supabase edge function) in front of the Realtime API."""
+
+    agent_id: str
+    """Sent as ?agent_id=."""
+    conversation_id: str | None = None
+    """Sent as ?conversation_id=; None lets the relay create one."""
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeSettings:
+    """The Realtime connection and the session it configures."""
+
+    url: str = "wss://api.openai.com/v1/realtime"
+    """OpenAI's URL, a relay's URL, or ws://127.0.0.1:8765/v1/realtime for `voiced sim`."""
+    model: str = "gpt-realtime-2.1"
+    """Realtime model, sent as ?model= (not with a relay)."""
+    voice: str = "marin"
+    """Output voice."""
+    instructions: str = "You are a helpful voice assistant."
+    """System instructions for the model."""
+    relay: RelaySettings | None = None
+    """Relay query parameters; None talks to OpenAI directly."""
+    turn_detection: TurnDetectionSettings = field(default_factory=TurnDetectionSettings)
+    """Turn detection sent in session.update."""
+    transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
+    """Input transcription sent in session.update."""
+    connect_timeout_s: float = 10.0
+    """Handshake plus session.created must finish within this."""
+    reconnect_min_s: float = 0.5
+    """First reconnect delay."""
+    reconnect_max_s: float = 30.0
+    """Longest reconnect delay."""
+    api_key: Secret | None = field(default=None, repr=False)
+    """Bearer token (credential openai_api_key); None only for loopback URLs."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioEndpointSettings:
+    """One side (input or output) of the audio path."""
+
+    device: str | int = "default"
+    """PyAudio device: name substring, index, or "default"."""
+    file: Path | None = None
+    """WAV path for the file backend."""
+    channel: int | None = None
+    """Input only: which channel of a multi-channel mic to use (None downmixes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSettings:
+    """Mic, speaker and echo policy."""
+
+    backend: Literal["pyaudio", "file"] = "pyaudio"
+    """pyaudio (real devices) or file (WAV in, WAV out at real-time pace)."""
+    input: AudioEndpointSettings = field(default_factory=AudioEndpointSettings)
+    """The microphone."""
+    output: AudioEndpointSettings = field(default_factory=AudioEndpointSettings)
+    """The speaker."""
+    echo: Literal["half_duplex", "full_duplex"] = "half_duplex"
+    """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always."""
+    echo_tail_ms: int = 300
+    """half_duplex: how long the mic stays muted after playback ends."""
+    frame_ms: int = 20
+    """Size of one mic frame sent to the server."""
+    input_file_starts: Literal["on_mic", "at_start"] = "on_mic"
+    """file backend: the input WAV starts when the mic is switched on (a person speaking
+    after the press), or as soon as the daemon starts."""
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonSettings:
+    """The one physical button (gpiozero)."""
+
+    pin: str = "17"
+    """gpiozero pin name: 17, GPIO17, BOARD11."""
+    pull: Literal["up", "down"] = "up"
+    """up: the button connects the pin to ground."""
+    bounce_time_s: float = 0.03
+    """Debounce window."""
+    hold_time_s: float = 1.0
+    """A press this long is a long press (new conversation)."""
+    mode: Literal["toggle", "push_to_talk"] = "toggle"
+    """toggle: a press toggles the mic; push_to_talk: hold to talk."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedSettings:
+    """The orb (LED ring)."""
+
+    driver: Literal["none", "gpio", "apa102"] = "none"
+    """none logs state changes only."""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptSettings:
+    """Where user and assistant transcripts go."""
+
+    sink: Literal["none", "jsonl", "webhook", "supabase", "postgres"] = "none"
+    """The backend."""
+    outbox_dir: Path = Path("/var/lib/voiced/outbox")
+    """Durable spool of records not yet accepted by the sink."""
+    jsonl_path: Path | None = None
+    """jsonl sink: file the records are appended to."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """The local control socket used by `voiced ctl`."""
+
+    socket: Path = Path("/run/voiced/control.sock")
+    """Unix socket path (mode 0660)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `voiced run` needs, validated."""
+
+    device_id: str
+    """Names this device in transcripts (default: the hostname)."""
+    realtime: RealtimeSettings
+    audio: AudioSettings
+    button: ButtonSettings | None
+    leds: LedSettings
+    transcripts: TranscriptSettings
+    control: ControlSettings
+    log_level: str = "info"
+    """debug, info, warning or error."""
+    source_path: Path | None = None
+    """The file these settings came from."""
+
+
+# ---------------------------------------------------------------------------------------
+# Validation helpers
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, key: str, msg: str) -> None:
+        self.items.append((key, msg))
+
+
+_MISSING: Final = object()
+
+
+class _Section:
+    """A YAML mapping being read; records unknown keys and bad values as problems."""
+
+    def __init__(self, data: object, path: str, problems: _Problems) -> None:
+        self.path = path
+        self.problems = problems
+        self.used: set[str] = set()
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            problems.add(path or "(top level)", f"expected a mapping, got {_kind(data)}")
+            data = {}
+        self.data: Mapping[Any, Any] = data
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str) -> object:
+        self.used.add(name)
+        return self.data.get(name, _MISSING)
+
+    def bad(self, name: str, msg: str) -> None:
+        self.problems.add(self.key(name), msg)
+
+    def str_(self, name: str, default: str, *, choices: tuple[str, ...] | None = None,
+             allow_empty: bool = False) -> str:
+        v = self.raw(name)
+        if v is _MISSING or v is None and default is not None:
+            return default
+        if not isinstance(v, str):
+            self.bad(name, f"expected a string, got {_kind(v)}")
+            return default
+        if choices is not None and v not in choices:
+            self.bad(name, f"unknown value {v!r}; expected one of: {', '.join(choices)}")
+            return default
+        if not allow_empty and not v.strip():
+            self.bad(name, "must not be empty")
+            return default
+        return v
+
+    def opt_str(self, name: str) -> str | None:
+        v = self.raw(name)
+        if v is _MISSING or v is None:
+            return None
+        if not isinstance(v, str):
+            self.bad(name, f"expected a string or null, got {_kind(v)}")
+            return None
+        return v
+
+    def num(self, name: str, default: float, *, lo: float, hi: float) -> float:
+        v = self.raw(name)
+        if v is _MISSING:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            self.bad(name, f"expected a number, got {_kind(v)}")
+            return default
+        if not lo <= v <= hi:
+            self.bad(name, f"{v} is out of range; expected {lo:g} to {hi:g}")
+            return default
+        return float(v)
+
+    def int_(self, name: str, default: int, *, lo: int, hi: int) -> int:
+        v = self.raw(name)
+        if v is _MISSING:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.bad(name, f"expected a whole number, got {_kind(v)}")
+            return default
+        if not lo <= v <= hi:
+            self.bad(name, f"{v} is out of range; expected {lo} to {hi}")
+            return default
+        return v
+
+    def section(self, name: str) -> _Section:
+        v = self.raw(name)
+        return _Section(None if v is _MISSING else v, self.key(name), self.problems)
+
+    def finish(self) -> None:
+        for k in self.data:
+            if k not in self.used:
+                known = ", ".join(sorted(self.used)) or "none"
+                self.problems.add(self.key(str(k)), f"unknown key (known here: {known})")
+
+
+def _kind(v: object) -> str:
+    if v is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(v), type(v).__name__)
+
+
+def read_credential(name: str, environ: Mapping[str, str]) -> Secret | None:
+    """Read credential ``name`` from ``$CREDENTIALS_DIRECTORY``, then the environment.
+
+    Returns None when neither has it. Trailing newlines (from ``echo key > file``) are
+    stripped.
+    """
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / name
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            value = ""
+        if value:
+            return Secret(value)
+    value = environ.get(CREDENTIAL_ENV[name], "").strip()
+    return Secret(value) if value else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
+    d = RealtimeSettings()
+    url = sec.str_("url", d.url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        sec.bad("url", f"scheme {parts.scheme or '(none)'!r} is not ws:// or wss://")
+    elif not parts.hostname:
+        sec.bad("url", "has no host")
+    elif parts.scheme == "ws" and not _is_loopback(parts.hostname):
+        sec.bad("url", "plain ws:// is allowed only to a loopback address; use wss://")
+    model = sec.str_("model", d.model)
+    if "preview" in model:
+        sec.bad("model", f"{model!r} is a retired beta-era model; use e.g. gpt-realtime-2.1")
+    voice = sec.str_("voice", d.voice, choices=VOICES)
+    instructions = sec.str_("instructions", d.instructions, allow_empty=True)
+
+    relay: RelaySettings | None = None
+    if sec.has("relay") and sec.data.get("relay") is not None:
+        rs = sec.section("relay")
+        agent_id = rs.str_("agent_id", "")
+        if not rs.has("agent_id"):
+            rs.bad("agent_id", "is required when realtime.relay is set")
+        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"))
+        rs.finish()
+    else:
+        sec.raw("relay")
+
+    td = sec.section("turn_detection")
+    tdd = TurnDetectionSettings()
+    td_type = td.str_("type", tdd.type, choices=TURN_DETECTION_TYPES)
+    turn = TurnDetectionSettings(
+        type=td_type,  # type: ignore[arg-type]
+        threshold=td.num("threshold", tdd.threshold, lo=0.0, hi=1.0),
+        prefix_padding_ms=td.int_("prefix_padding_ms", tdd.prefix_padding_ms, lo=0, hi=5000),
+        silence_duration_ms=td.int_("silence_duration_ms", tdd.silence_duration_ms,
+                                    lo=100, hi=10000),
+        eagerness=td.str_("eagerness", tdd.eagerness, choices=EAGERNESS),
+    )
+    td.finish()
+
+    tr = sec.section("transcription")
+    trd = TranscriptionSettings()
+    language = tr.opt_str("language")
+    if language is not None and (len(language) != 2 or not language.isalpha()
+                                 or not language.islower()):
+        tr.bad("language", f"{language!r} is not an ISO-639-1 code such as en, de, ja")
+        language = None
+    transcription = TranscriptionSettings(
+        model=tr.str_("model", trd.model), language=language, prompt=tr.opt_str("prompt"))
+    tr.finish()
+
+    connect_timeout_s = sec.num("connect_timeout_s", d.connect_timeout_s, lo=1, hi=120)
+    rmin = sec.num("reconnect_min_s", d.reconnect_min_s, lo=0.01, hi=60)
+    rmax = sec.num("reconnect_max_s", d.reconnect_max_s, lo=0.1, hi=3600)
+    if rmax < rmin:
+        sec.bad("reconnect_max_s", f"{rmax:g} is below reconnect_min_s ({rmin:g})")
+
+    api_key = read_credential("openai_api_key", environ)
+    if api_key is None and parts.hostname and not _is_loopback(parts.hostname):
+        sec.problems.add(
+            "credentials.openai_api_key",
+            f"missing: put it in $CREDENTIALS_DIRECTORY/openai_api_key or "
+            f"${CREDENTIAL_ENV['openai_api_key']} (needed for {parts.hostname})",
+        )
+    sec.finish()
+    return RealtimeSettings(
+        url=url, model=model, voice=voice, instructions=instructions, relay=relay,
+        turn_detection=turn, transcription=transcription, connect_timeout_s=connect_timeout_s,
+        reconnect_min_s=rmin, reconnect_max_s=max(rmax, rmin), api_key=api_key,
+    )
+
+
+def _path(sec: _Section, name: str, base: Path) -> Path | None:
+    v = sec.opt_str(name)
+    if v is None:
+        return None
+    p = Path(v).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _endpoint(sec: _Section, backend: str, base: Path, *, is_input: bool) -> AudioEndpointSettings:
+    raw_dev = sec.raw("device")
+    device: str | int = "default"
+    if raw_dev is _MISSING or raw_dev is None:
+        pass
+    elif isinstance(raw_dev, bool) or not isinstance(raw_dev, str | int):
+        sec.bad("device", f"expected a device name, index or 'default', got {_kind(raw_dev)}")
+    elif isinstance(raw_dev, int) and raw_dev < 0:
+        sec.bad("device", f"device index {raw_dev} is negative")
+    else:
+        device = raw_dev
+    path = _path(sec, "file", base)
+    channel: int | None = None
+    if is_input:
+        if sec.has("channel") and sec.data.get("channel") is not None:
+            channel = sec.int_("channel", 0, lo=0, hi=31)
+        else:
+            sec.raw("channel")
+    if backend == "file":
+        if path is None:
+            sec.bad("file", "is required when audio.backend is file")
+        elif is_input and not path.is_file():
+            sec.bad("file", f"{path} does not exist")
+        elif not is_input and not path.parent.is_dir():
+            sec.bad("file", f"directory {path.parent} does not exist")
+    sec.finish()
+    return AudioEndpointSettings(device=device, file=path, channel=channel)
+
+
+def _audio(sec: _Section, base: Path) -> AudioSettings:
+    d = AudioSettings()
+    backend = sec.str_("backend", d.backend, choices=AUDIO_BACKENDS)
+    s = AudioSettings(
+        backend=backend,  # type: ignore[arg-type]
+        input=_endpoint(sec.section("input"), backend, base, is_input=True),
+        output=_endpoint(sec.section("output"), backend, base, is_input=False),
+        echo=sec.str_("echo", d.echo, choices=ECHO_POLICIES),  # type: ignore[arg-type]
+        echo_tail_ms=sec.int_("echo_tail_ms", d.echo_tail_ms, lo=0, hi=5000),
+        frame_ms=sec.int_("frame_ms", d.frame_ms, lo=10, hi=100),
+        input_file_starts=sec.str_(  # type: ignore[arg-type]
+            "input_file_starts", d.input_file_starts, choices=("on_mic", "at_start")),
+    )
+    if s.frame_ms % 10:
+        sec.bad("frame_ms", f"{s.frame_ms} is not a multiple of 10")
+    sec.finish()
+    return s
+
+
+def _button(top: _Section) -> ButtonSettings | None:
+    if not top.has("button") or top.data.get("button") is None:
+        top.raw("button")
+        return None
+    sec = top.section("button")
+    d = ButtonSettings()
+    raw_pin = sec.raw("pin")
+    pin = d.pin
+    if raw_pin is _MISSING:
+        sec.bad("pin", "is required (a gpiozero pin name such as 17, GPIO17 or BOARD11)")
+    elif isinstance(raw_pin, bool) or not isinstance(raw_pin, str | int):
+        sec.bad("pin", f"expected a pin name such as 17, GPIO17 or BOARD11, got {_kind(raw_pin)}")
+    else:
+        pin = str(raw_pin)
+        import re
+
+        if not re.fullmatch(r"(GPIO|BCM|BOARD|WPI|J8:|P1:)?\d{1,2}", pin, re.IGNORECASE):
+            sec.bad("pin", f"{pin!r} is not a gpiozero pin name such as 17, GPIO17 or BOARD11")
+    s = ButtonSettings(
+        pin=pin,
+        pull=sec.str_("pull", d.pull, choices=PULLS),  # type: ignore[arg-type]
+        bounce_time_s=sec.num("bounce_time_s", d.bounce_time_s, lo=0, hi=1),
+        hold_time_s=sec.num("hold_time_s", d.hold_time_s, lo=0.2, hi=10),
+        mode=sec.str_("mode", d.mode, choices=BUTTON_MODES),  # type: ignore[arg-type]
+    )
+    sec.finish()
+    return s
+
+
+def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> TranscriptSettings:
+    d = TranscriptSettings()
+    sink = sec.str_("sink", d.sink, choices=SINKS)
+    outbox = _path(sec, "outbox_dir", base) or d.outbox_dir
+    jsonl_path: Path | None = None
+    if sec.has("jsonl"):
+        js = sec.section("jsonl")
+        jsonl_path = _path(js, "path", base)
+        js.finish()
+    else:
+        sec.raw("jsonl")
+    if sink == "jsonl":
+        if jsonl_path is None:
+            sec.problems.add("transcripts.jsonl.path", "is required when transcripts.sink is jsonl")
+        elif not jsonl_path.parent.is_dir():
+            sec.problems.add("transcripts.jsonl.path",
+                             f"directory {jsonl_path.parent} does not exist")
+    elif sink in ("webhook", "supabase", "postgres"):
+        sec.bad("sink", f"the {sink} sink is not implemented yet in this version; "
+                        "use jsonl or none")
+    sec.finish()
+    return TranscriptSettings(sink=sink, outbox_dir=outbox,  # type: ignore[arg-type]
+                              jsonl_path=jsonl_path)
+
+
+def parse(data: object, *, environ: Mapping[str, str] | None = None,
+          base_dir: Path | None = None, source_path: Path | None = None) -> Settings:
+    """Validate a parsed YAML document into :class:`Settings`.
+
+    Args:
+        data: what ``yaml.safe_load`` returned.
+        environ: where secrets and defaults come from (default ``os.environ``).
+        base_dir: relative paths are resolved against it (default: the cwd).
+        source_path: recorded in the result, for reloads.
+
+    Raises:
+        ConfigError: with every problem found, each named by its dotted key.
+    """
+    env = os.environ if environ is None else environ
+    base = base_dir or Path.cwd()
+    problems = _Problems()
+    top = _Section(data, "", problems)
+    device_id = top.str_("device_id", socket.gethostname() or "voiced")
+    if len(device_id) > 64 or any(c.isspace() for c in device_id):
+        top.bad("device_id", "must be at most 64 characters with no spaces")
+    log_level = top.str_("log_level", "info", choices=LOG_LEVELS)
+    realtime = _realtime(top.section("realtime"), env)
+    audio = _audio(top.section("audio"), base)
+    button = _button(top)
+    leds_sec = top.section("leds")
+    leds = LedSettings(driver=leds_sec.str_("driver", "none", choices=LED_DRIVERS))  # type: ignore[arg-type]
+    if leds.driver != "none":
+        leds_sec.bad("driver", f"the {leds.driver} driver is not implemented yet in this "
+                               "version; use none")
+    leds_sec.finish()
+    transcripts = _transcripts(top.section("transcripts"), base, env)
+    ctl = top.section("control")
+    control = ControlSettings(socket=_path(ctl, "socket", base) or ControlSettings().socket)
+    ctl.finish()
+    top.finish()
+    if problems.items:
+        raise ConfigError(problems.items)
+    return Settings(device_id=device_id, realtime=realtime, audio=audio, button=button,
+                    leds=leds, transcripts=transcripts, control=control, log_level=log_level,
+                    source_path=source_path)
+
+
+def load(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the YAML file at ``path``.
+
+    Relative paths inside the file are resolved against the file's directory.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML, or invalid.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([("config", f"{p} does not exist")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([("config", f"{p} cannot be read: {e}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError([("config", f"{p} is not valid YAML{where}: {problem}")]) from None
+    return parse(data, environ=environ, base_dir=p.resolve().parent, source_path=p)

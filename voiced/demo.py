@@ -1,0 +1,87 @@
+"""`voiced demo`: the whole product with no hardware, no key and no network.
+
+Starts the simulator on a free loopback port, runs the real daemon pipeline against it
+with the file audio backend (the shipped spoken question as the mic, a WAV as the
+speaker), presses the button, and prints the conversation as it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from voiced import config
+from voiced.session import State
+from voiced.sim.server import SimServer
+from voiced.supervisor import Supervisor
+
+DEMO_TIMEOUT_S = 30.0
+
+
+def demo_question() -> Path:
+    """The shipped WAV: "What is the weather like today?" (espeak-ng, 22.05 kHz)."""
+    return Path(str(resources.files("voiced") / "data" / "question.wav"))
+
+
+async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
+    """Run one spoken exchange; return 0 when it completed within the time limit."""
+    from voiced.__main__ import setup_logging
+
+    setup_logging(logging.DEBUG if debug else logging.WARNING)
+    out = out_dir or Path(tempfile.mkdtemp(prefix="voiced-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    reply_wav = out / "reply.wav"
+    transcripts = out / "transcripts.jsonl"
+    async with SimServer() as sim:
+        settings = config.parse({
+            "device_id": "demo",
+            "realtime": {"url": sim.url},
+            "audio": {"backend": "file", "input": {"file": str(demo_question())},
+                      "output": {"file": str(reply_wav)}},
+            "transcripts": {"sink": "jsonl", "jsonl": {"path": str(transcripts)}},
+            "control": {"socket": str(out / "control.sock")},
+        }, environ={})
+        print(f"voiced demo: simulator at {sim.url}; the mic is {demo_question().name}")
+        done = asyncio.Event()
+        seen: dict[str, Any] = {"pressed": False, "assistant": False, "state": None}
+        sup: Supervisor
+
+        def listen(kind: str, data: Any) -> None:
+            if kind == "state":
+                if data == seen["state"]:
+                    return
+                seen["state"] = data
+                print(f"  [{data}]", flush=True)
+                if data == State.READY and not seen["pressed"]:
+                    seen["pressed"] = True
+                    print("  (button pressed: the mic is on)", flush=True)
+                    sup._on_control("press")
+                elif data in (State.LISTENING, State.READY) and seen["assistant"]:
+                    done.set()
+            elif kind == "record":
+                who = "you" if data["role"] == "user" else "assistant"
+                print(f"{who:>9}: {data['text']}", flush=True)
+                if data["role"] == "assistant":
+                    seen["assistant"] = True
+
+        sup = Supervisor(settings, listener=listen)
+        task = asyncio.create_task(sup.run())
+        try:
+            await asyncio.wait_for(done.wait(), DEMO_TIMEOUT_S)
+        except TimeoutError:
+            print(f"voiced demo: no complete exchange within {DEMO_TIMEOUT_S:.0f} s",
+                  file=sys.stderr)
+            return 1
+        finally:
+            sup.request_stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+    print(f"voiced demo: the reply audio is in {reply_wav}")
+    print(f"voiced demo: the transcripts are in {transcripts}")
+    return 0

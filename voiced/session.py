@@ -1,0 +1,637 @@
+"""The conversation core: a sans-I/O state machine.
+
+Inputs are ``on_*`` calls (button gestures, mic frames, server events, playback reports,
+connection changes), each given the current monotonic time; outputs are effects drained
+with :meth:`Conversation.take_effects`, which returns and clears them, like websockets'
+``data_to_send()``. Nothing here awaits, sleeps, reads a clock, or touches a socket, a
+device or a file, so every behaviour is tested synchronously.
+
+The state shown to people (contract §3) is *derived* from a few facts after every input,
+never stored, so it cannot drift from them:
+
+    error > starting > connecting > speaking > thinking > listening > ready
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from voiced import wire
+
+logger = logging.getLogger(__name__)
+
+_SENT_MEMORY: Final = 256  # client events remembered to explain an `error` event
+_MIN_COMMIT_SAMPLES: Final = wire.SAMPLE_RATE // 10  # the API refuses commits under 100 ms
+_QUIET_ERRORS: Final = frozenset({"response_cancel_not_active"})
+_FATAL_ERRORS: Final = frozenset({"invalid_api_key", "beta_api_shape_disabled",
+                                  "invalid_model", "missing_model"})
+
+
+class State(StrEnum):
+    """What the device is doing, as `voiced ctl status` and the orb show it."""
+
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    READY = "ready"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The parts of the configuration the conversation logic depends on."""
+
+    model: str
+    voice: str
+    instructions: str
+    turn_detection: wire.TurnDetectionParam | None
+    """None: push to talk / manual turns (the client commits and asks for a response)."""
+    transcription: wire.TranscriptionParam
+    half_duplex: bool = True
+    """Mute the mic while the speaker plays, and for ``echo_tail_ms`` after."""
+    echo_tail_ms: int = 300
+    send_model: bool = True
+    """False behind a relay, which chooses the model itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """One user or assistant utterance, to become a transcript record."""
+
+    role: str
+    text: str
+    item_id: str
+    conversation_id: str
+    metadata: dict[str, Any]
+
+
+# ------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this client event on the Realtime connection."""
+
+    event: wire.ClientEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Play:
+    """Queue reply audio (PCM16 24 kHz mono) for playback, tagged with its item."""
+
+    pcm: bytes
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopPlayback:
+    """Drop queued audio at once; answer with :meth:`Conversation.on_playback_stopped`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShowState:
+    """The derived state changed (``detail`` is a few words for STATUS= and logs)."""
+
+    state: State
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Hand a transcript to the transcript pipeline."""
+
+    transcript: Transcript
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Close the current Realtime connection and open a fresh session."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MicOpened:
+    """The user switched the mic on (the file backend starts its WAV here)."""
+
+
+Effect = Send | Play | StopPlayback | ShowState | Record | Reconnect | MicOpened
+
+
+@dataclass(slots=True)
+class _Item:
+    """Playback bookkeeping for one assistant audio item."""
+
+    response_id: str
+    content_index: int = 0
+    received: int = 0  # samples received from the server
+    played: int | None = None  # samples the device consumed, once known
+    audio_done: bool = False
+    finished: bool = False
+    interrupted: bool = False
+    transcript: str | None = None
+    recorded: bool = False
+
+
+@dataclass(slots=True)
+class _Counters:
+    appended_samples: int = 0
+    frames_muted: int = 0
+    deltas_dropped: int = 0
+    server_errors: int = 0
+    interruptions: int = 0
+
+
+class Conversation:
+    """The voice conversation, as a pure state machine.
+
+    Args:
+        policy: behaviour switches from the configuration.
+        conversation_id: the id transcripts carry until a long press starts a new one.
+        new_id: makes a fresh conversation id (a UUID in production, a counter in tests).
+    """
+
+    def __init__(self, policy: Policy, *, conversation_id: str,
+                 new_id: Callable[[], str]) -> None:
+        self.policy = policy
+        self.conversation_id = conversation_id
+        self._new_id = new_id
+        self._effects: list[Effect] = []
+        self._state = State.STARTING
+        self._detail = "devices opening"
+        # facts the state is derived from
+        self._devices_ready = False
+        self._fatal: str | None = None
+        self._connected = False
+        self._configured = False
+        self._mic_on = False
+        self._awaiting_reply = False
+        self._queued = False  # audio handed to the sink and not yet drained
+        self._conn_detail = "not connected"
+        # protocol bookkeeping
+        self._event_seq = 0
+        self._sent: OrderedDict[str, str] = OrderedDict()
+        self._active_response: str | None = None
+        self._discarded: set[str] = set()
+        self._items: dict[str, _Item] = {}
+        self._speech_active = False
+        self._uncommitted = 0  # samples appended since the last commit/clear
+        self._mute_until = 0.0
+        self.expires_at: float | None = None
+        self.counters = _Counters()
+
+    # ------------------------------------------------------------------ public reads
+
+    @property
+    def state(self) -> State:
+        """The current derived state."""
+        return self._state
+
+    @property
+    def mic_on(self) -> bool:
+        """Whether the user has the microphone switched on."""
+        return self._mic_on
+
+    @property
+    def fatal_reason(self) -> str | None:
+        """Why the device is in the error state, or None."""
+        return self._fatal
+
+    @property
+    def connected(self) -> bool:
+        """Whether a configured Realtime session is live."""
+        return self._configured
+
+    def status(self) -> dict[str, Any]:
+        """The contract's status fields this core knows (the supervisor adds the rest)."""
+        return {
+            "state": str(self._state),
+            "detail": self._detail,
+            "mic": "on" if self._mic_on else "off",
+            "connected": self._configured,
+            "conversation_id": self.conversation_id,
+            "session_expires_at": self.expires_at,
+            "audio_sent_ms": round(self.counters.appended_samples * 1000 / wire.SAMPLE_RATE),
+            "interruptions": self.counters.interruptions,
+            "server_errors": self.counters.server_errors,
+        }
+
+    def take_effects(self) -> list[Effect]:
+        """Return the effects produced since the last call, and forget them."""
+        effects, self._effects = self._effects, []
+        return effects
+
+    # ---------------------------------------------------------------- lifecycle inputs
+
+    def on_devices_ready(self) -> None:
+        """The mic and speaker are open."""
+        self._devices_ready = True
+        self._update()
+
+    def on_fatal(self, reason: str) -> None:
+        """Something only a person can fix (bad key, device gone for good)."""
+        self._fatal = reason
+        self._update()
+
+    def on_fatal_cleared(self) -> None:
+        """The fatal condition went away (e.g. a retry after a key change worked)."""
+        self._fatal = None
+        self._update()
+
+    def on_connection_up(self) -> None:
+        """The WebSocket is open; ``session.created`` is awaited."""
+        self._connected = True
+        self._configured = False
+        self._conn_detail = "waiting for session.created"
+        self._update()
+
+    def on_connection_down(self, reason: str) -> None:
+        """The WebSocket closed or failed; ``reason`` is a few words for STATUS=.
+
+        Queued reply audio keeps playing (it is already here); the response it belonged
+        to is over, and its transcript is recorded when playback ends.
+        """
+        self._connected = False
+        self._configured = False
+        self._conn_detail = reason
+        self._awaiting_reply = False
+        self._speech_active = False
+        self._uncommitted = 0
+        if self._active_response is not None:
+            self._close_response(self._active_response)
+        self._update()
+
+    # -------------------------------------------------------------------- user inputs
+
+    def on_press(self, now: float) -> None:
+        """A short press (or `voiced ctl press`): toggle the mic, interrupting first."""
+        if self._speaking():
+            self._interrupt(cancel=True)
+            self._set_mic(True)
+        else:
+            self._set_mic(not self._mic_on)
+        self._update()
+
+    def on_long_press(self, now: float) -> None:
+        """End this conversation and start a fresh one (a new Realtime session)."""
+        if self._speaking():
+            self._interrupt(cancel=True)
+        self._set_mic(False)
+        self.conversation_id = self._new_id()
+        logger.info("starting a new conversation %s", self.conversation_id)
+        self._emit(Reconnect("new conversation"))
+        self._update()
+
+    def on_interrupt(self, now: float) -> None:
+        """`voiced ctl interrupt`: stop the assistant if it is speaking; nothing else."""
+        if self._speaking():
+            self._interrupt(cancel=True)
+            self._update()
+
+    def on_talk_start(self, now: float) -> None:
+        """Push to talk: the button went down."""
+        if self._speaking():
+            self._interrupt(cancel=True)
+        self._set_mic(True)
+        self._update()
+
+    def on_talk_end(self, now: float) -> None:
+        """Push to talk: the button came up; the turn ends (committed in manual mode)."""
+        self._set_mic(False)
+        self._update()
+
+    def on_audio_captured(self, pcm: bytes, now: float) -> None:
+        """A mic frame (PCM16 24 kHz mono): stream it when the mic is on and live."""
+        if not (self._mic_on and self._configured):
+            return
+        if self.policy.half_duplex and (self._queued or now < self._mute_until):
+            # NOTE: half duplex keeps the assistant from hearing itself through the speaker
+            self.counters.frames_muted += 1
+            return
+        self._send(wire.audio_append(self._eid(), pcm))
+        n = len(pcm) // wire.BYTES_PER_SAMPLE
+        self.counters.appended_samples += n
+        self._uncommitted += n
+
+    # ---------------------------------------------------------------- playback inputs
+
+    def on_playback_stopped(self, now: float, played: Mapping[str, int]) -> None:
+        """Answer to :class:`StopPlayback`: samples of each item the device really played.
+
+        Items absent from ``played`` are taken as played up to what was last known.
+        Sends the truncation that tells the server what the user actually heard.
+        """
+        self._queued = False
+        self._mute_until = now + self.policy.echo_tail_ms / 1000
+        for item_id, item in self._items.items():
+            if item.finished or not item.interrupted:
+                continue
+            heard = min(played.get(item_id, item.played or 0), item.received)
+            item.played = heard
+            item.finished = True
+            if heard < item.received and self._configured:
+                self._send({"type": "conversation.item.truncate", "event_id": self._eid(),
+                            "item_id": item_id, "content_index": item.content_index,
+                            "audio_end_ms": heard * 1000 // wire.SAMPLE_RATE})
+            self._maybe_record(item_id, item)
+        self._update()
+
+    def on_playback_drained(self, now: float) -> None:
+        """Everything queued has been played (the device consumed it)."""
+        self._queued = False
+        self._mute_until = now + self.policy.echo_tail_ms / 1000
+        for item_id, item in list(self._items.items()):
+            if item.audio_done and not item.finished:
+                item.finished = True
+                item.played = item.received
+                self._maybe_record(item_id, item)
+        self._update()
+
+    # ------------------------------------------------------------------ server inputs
+
+    def on_server_event(self, ev: wire.ServerEvent, now: float) -> None:
+        """Act on one parsed server event."""
+        match ev:
+            case wire.AudioDelta():
+                self._on_audio_delta(ev)
+            case wire.SessionCreated():
+                self.expires_at = ev.expires_at
+                self._conn_detail = "configuring session"
+                self._send(self._session_update())
+            case wire.SessionUpdated():
+                self._on_session_updated(ev)
+            case wire.SpeechStarted():
+                self._speech_active = True
+                if self._speaking():
+                    # the server heard the user over the reply; with interrupt_response it
+                    # has cancelled the response itself, so only stop and truncate
+                    logger.info("barge-in: user speech while speaking")
+                    self._interrupt(cancel=False)
+            case wire.SpeechStopped():
+                self._speech_active = False
+                self._awaiting_reply = True
+            case wire.BufferCommitted():
+                self._uncommitted = 0
+            case wire.InputTranscriptionCompleted():
+                self._on_user_transcript(ev)
+            case wire.InputTranscriptionFailed():
+                logger.warning("transcription of the user's words failed (item %s): %s",
+                               ev.item_id, ev.message)
+            case wire.ResponseCreated():
+                self._active_response = ev.response_id
+                self._awaiting_reply = True
+            case wire.ResponseDone():
+                self._on_response_done(ev)
+            case wire.AudioDone():
+                self._on_audio_done(ev)
+            case wire.AudioTranscriptDone():
+                item = self._items.get(ev.item_id)
+                if item is None:
+                    item = self._items[ev.item_id] = _Item(response_id=ev.response_id)
+                item.transcript = ev.transcript
+                self._maybe_record(ev.item_id, item)
+            case wire.ItemTruncated():
+                logger.debug("server truncated %s at %d ms", ev.item_id, ev.audio_end_ms)
+            case wire.ServerError():
+                self._on_error(ev)
+            case wire.RelayConversationCreated():
+                logger.info("relay created conversation %s", ev.conversation_id)
+                self.conversation_id = ev.conversation_id
+            case wire.Unhandled():
+                logger.debug("ignoring server event %s", ev.type)
+        self._update()
+
+    # ------------------------------------------------------------------ internals
+
+    def _emit(self, effect: Effect) -> None:
+        self._effects.append(effect)
+
+    def _eid(self) -> str:
+        self._event_seq += 1
+        return f"voiced_{self._event_seq}"
+
+    def _send(self, event: wire.ClientEvent) -> None:
+        self._sent[event["event_id"]] = wire.describe(event)
+        if len(self._sent) > _SENT_MEMORY:
+            self._sent.popitem(last=False)
+        self._emit(Send(event))
+
+    def _set_mic(self, on: bool) -> None:
+        if on == self._mic_on:
+            return
+        self._mic_on = on
+        logger.info("microphone %s", "on" if on else "off")
+        if on:
+            self._emit(MicOpened())
+            return
+        if not self._configured:
+            return
+        if self.policy.turn_detection is None:
+            # manual turns: switching the mic off ends the turn
+            if self._uncommitted >= _MIN_COMMIT_SAMPLES:
+                self._send({"type": "input_audio_buffer.commit", "event_id": self._eid()})
+                self._send({"type": "response.create", "event_id": self._eid()})
+                self._awaiting_reply = True
+            elif self._uncommitted:
+                logger.info("turn too short to send (%.0f ms); discarded",
+                            self._uncommitted * 1000 / wire.SAMPLE_RATE)
+                self._send({"type": "input_audio_buffer.clear", "event_id": self._eid()})
+            self._uncommitted = 0
+        elif self._speech_active:
+            # the user switched off mid-sentence: drop the half utterance
+            self._send({"type": "input_audio_buffer.clear", "event_id": self._eid()})
+            self._speech_active = False
+            self._uncommitted = 0
+
+    def _speaking(self) -> bool:
+        return any(not it.finished and it.received for it in self._items.values())
+
+    def _interrupt(self, *, cancel: bool) -> None:
+        """Stop playback now; truncation follows in :meth:`on_playback_stopped`."""
+        self.counters.interruptions += 1
+        for item in self._items.values():
+            if not item.finished and item.received:
+                item.interrupted = True
+        if self._active_response is not None:
+            self._discarded.add(self._active_response)
+            if cancel and self._configured:
+                self._send({"type": "response.cancel", "event_id": self._eid(),
+                            "response_id": self._active_response})
+        self._awaiting_reply = False
+        self._emit(StopPlayback())
+
+    def _session_update(self) -> wire.SessionUpdateParam:
+        p = self.policy
+        fmt: wire.AudioFormatParam = {"type": "audio/pcm", "rate": wire.SAMPLE_RATE}
+        session: wire.SessionParam = {
+            "type": "realtime",
+            "instructions": p.instructions,
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {"format": fmt, "transcription": p.transcription,
+                          "turn_detection": p.turn_detection},
+                "output": {"format": fmt, "voice": p.voice},
+            },
+        }
+        if p.send_model:
+            session["model"] = p.model
+        return {"type": "session.update", "event_id": self._eid(), "session": session}
+
+    def _on_session_updated(self, ev: wire.SessionUpdated) -> None:
+        self._configured = True
+        self._conn_detail = "connected"
+        audio = ev.session.get("audio")
+        fmt = audio.get("output", {}).get("format") if isinstance(audio, dict) else None
+        logger.info("session configured (output format %s)", fmt)
+
+    def _on_audio_delta(self, ev: wire.AudioDelta) -> None:
+        if ev.response_id in self._discarded:
+            self.counters.deltas_dropped += 1
+            return
+        item = self._items.get(ev.item_id)
+        if item is None:
+            item = self._items[ev.item_id] = _Item(response_id=ev.response_id,
+                                                   content_index=ev.content_index)
+        elif item.finished:
+            # audio after the item ended (out of order, or after an interruption)
+            self.counters.deltas_dropped += 1
+            return
+        item.received += len(ev.pcm) // wire.BYTES_PER_SAMPLE
+        self._awaiting_reply = False
+        self._queued = True
+        self._emit(Play(ev.pcm, ev.item_id))
+
+    def _on_audio_done(self, ev: wire.AudioDone) -> None:
+        item = self._items.get(ev.item_id)
+        if item is None or item.finished:
+            return
+        item.audio_done = True
+        if not self._queued:
+            item.finished = True
+            item.played = item.received
+            self._maybe_record(ev.item_id, item)
+
+    def _on_response_done(self, ev: wire.ResponseDone) -> None:
+        if ev.status != "completed":
+            logger.info("response %s ended %s%s", ev.response_id, ev.status,
+                        f" ({ev.reason})" if ev.reason else "")
+        for item_id, text in ev.transcripts.items():
+            item = self._items.get(item_id)
+            if item is not None and item.transcript is None:
+                item.transcript = text
+        self._close_response(ev.response_id)
+
+    def _close_response(self, response_id: str) -> None:
+        """The response is over: items that got no audio are done; record what we can."""
+        if self._active_response == response_id:
+            self._active_response = None
+        self._awaiting_reply = False
+        for item_id, item in list(self._items.items()):
+            if item.response_id != response_id:
+                continue
+            item.audio_done = True
+            if not item.finished and (not item.received or not self._queued):
+                item.finished = True
+                item.played = item.received if item.played is None else item.played
+            self._maybe_record(item_id, item)
+            if item.finished and item.transcript is None and not item.recorded:
+                item.recorded = True  # nothing will ever come for it
+                logger.info("assistant item %s ended with no transcript", item_id)
+        self._discarded.discard(response_id)
+
+    def _maybe_record(self, item_id: str, item: _Item) -> None:
+        if item.recorded or not item.finished or item.transcript is None:
+            return
+        item.recorded = True
+        heard_ms = round((item.played or 0) * 1000 / wire.SAMPLE_RATE)
+        logger.info("assistant: %s%s", item.transcript,
+                    f" [interrupted after {heard_ms} ms]" if item.interrupted else "")
+        self._emit(Record(Transcript(
+            role="assistant", text=item.transcript, item_id=item_id,
+            conversation_id=self.conversation_id,
+            metadata={"voice": self.policy.voice, "model": self.policy.model,
+                      "item_id": item_id, "response_id": item.response_id,
+                      "interrupted": item.interrupted, "heard_ms": heard_ms})))
+        # forget finished items so a days-long conversation does not grow memory
+        for done_id in [k for k, v in self._items.items() if v.recorded]:
+            del self._items[done_id]
+
+    def _on_user_transcript(self, ev: wire.InputTranscriptionCompleted) -> None:
+        text = ev.transcript.strip()
+        if not text:
+            logger.debug("empty user transcript for %s ignored", ev.item_id)
+            return
+        logger.info("user: %s", text)
+        self._emit(Record(Transcript(
+            role="user", text=text, item_id=ev.item_id, conversation_id=self.conversation_id,
+            metadata={"input_method": "realtime_voice", "model": self.policy.model,
+                      "item_id": ev.item_id})))
+
+    def _on_error(self, ev: wire.ServerError) -> None:
+        self.counters.server_errors += 1
+        about = self._sent.get(ev.event_id or "", "")
+        where = f" (in reply to {about} {ev.event_id})" if about else ""
+        if ev.code in _QUIET_ERRORS:
+            logger.debug("server: %s%s", ev.code, where)
+            return
+        param = f" [param {ev.param}]" if ev.param else ""
+        logger.warning("server error %s: %s%s%s", ev.code or ev.type, ev.message, param, where)
+        if ev.code in _FATAL_ERRORS:
+            self._fatal = (f"the server refused the session: {ev.code}"
+                           + (": check the API key" if ev.code == "invalid_api_key" else ""))
+        elif ev.code == "session_expired":
+            self._emit(Reconnect("session expired"))
+
+    def _derive(self) -> tuple[State, str]:
+        if self._fatal is not None:
+            return State.ERROR, self._fatal
+        if not self._devices_ready:
+            return State.STARTING, "devices opening"
+        if not self._configured:
+            return State.CONNECTING, self._conn_detail
+        if self._speaking():
+            return State.SPEAKING, "speaking"
+        if self._awaiting_reply:
+            return State.THINKING, "thinking"
+        if self._mic_on:
+            return State.LISTENING, "listening"
+        return State.READY, "ready"
+
+    def _update(self) -> None:
+        state, detail = self._derive()
+        if state != self._state or detail != self._detail:
+            self._state, self._detail = state, detail
+            self._emit(ShowState(state, detail))
+
+
+def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
+                threshold: float, prefix_padding_ms: int, silence_duration_ms: int,
+                eagerness: str, transcription: wire.TranscriptionParam,
+                half_duplex: bool, echo_tail_ms: int, push_to_talk: bool,
+                send_model: bool) -> Policy:
+    """Build a :class:`Policy` from plain values (the supervisor maps settings here)."""
+    td: wire.TurnDetectionParam | None
+    if push_to_talk or turn_type == "none":
+        td = None  # the client ends turns itself
+    elif turn_type == "server_vad":
+        td = {"type": "server_vad", "threshold": threshold,
+              "prefix_padding_ms": prefix_padding_ms,
+              "silence_duration_ms": silence_duration_ms,
+              "create_response": True, "interrupt_response": True}
+    else:
+        td = {"type": "semantic_vad", "eagerness": eagerness,
+              "create_response": True, "interrupt_response": True}
+    return Policy(model=model, voice=voice, instructions=instructions, turn_detection=td,
+                  transcription=transcription, half_duplex=half_duplex,
+                  echo_tail_ms=echo_tail_ms, send_model=send_model)
+
+
+__all__ = ["Conversation", "Effect", "MicOpened", "Play", "Policy", "Reconnect", "Record",
+           "Send", "ShowState", "State", "StopPlayback", "Transcript", "make_policy"]

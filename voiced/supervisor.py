@@ -1,0 +1,382 @@
+"""The composition root: builds the adapters, owns every task, pumps events and effects.
+
+Only this module sees both the session core and the adapters. Sequence: open the local
+devices → READY → run the mic pump, the connection loop, the watchdog and the control
+socket in one TaskGroup → on SIGTERM/SIGINT stop, close everything, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from voiced import __version__, wire
+from voiced.audio import AudioSink, AudioSource
+from voiced.config import Settings
+from voiced.control import ControlServer
+from voiced.errors import AudioDeviceError, BackendError, RealtimeError
+from voiced.notify import Notifier
+from voiced.realtime import Backoff, build_url, classify, open_connection
+from voiced.session import (
+    Conversation,
+    Effect,
+    MicOpened,
+    Play,
+    Reconnect,
+    Record,
+    Send,
+    ShowState,
+    State,
+    StopPlayback,
+    make_policy,
+)
+from voiced.transcripts import JsonlSink, make_record
+
+logger = logging.getLogger(__name__)
+
+_STABLE_S = 60.0  # a connection that lasted this long resets the backoff
+
+
+class _StopRequested(Exception):
+    """Raised inside the task group to end it."""
+
+
+def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
+    """The mic and speaker the configuration asks for."""
+    a = settings.audio
+    if a.backend == "file":
+        from voiced.audio.filebackend import WavFileSink, WavFileSource
+
+        assert a.input.file is not None and a.output.file is not None  # validated
+        return (WavFileSource(a.input.file, frame_ms=a.frame_ms,
+                              starts_on_mic=a.input_file_starts == "on_mic",
+                              channel=a.input.channel),
+                WavFileSink(a.output.file, frame_ms=a.frame_ms))
+    raise AudioDeviceError("the pyaudio backend is not implemented yet in this version; "
+                           "set audio.backend: file")
+
+
+def build_conversation(settings: Settings) -> Conversation:
+    """The session core, configured from the settings."""
+    rt = settings.realtime
+    td = rt.turn_detection
+    transcription: wire.TranscriptionParam = {"model": rt.transcription.model}
+    if rt.transcription.language:
+        transcription["language"] = rt.transcription.language
+    if rt.transcription.prompt:
+        transcription["prompt"] = rt.transcription.prompt
+    policy = make_policy(
+        model=rt.model, voice=rt.voice, instructions=rt.instructions, turn_type=td.type,
+        threshold=td.threshold, prefix_padding_ms=td.prefix_padding_ms,
+        silence_duration_ms=td.silence_duration_ms, eagerness=td.eagerness,
+        transcription=transcription, half_duplex=settings.audio.echo == "half_duplex",
+        echo_tail_ms=settings.audio.echo_tail_ms,
+        push_to_talk=settings.button is not None and settings.button.mode == "push_to_talk",
+        send_model=rt.relay is None)
+    cid = (rt.relay.conversation_id if rt.relay and rt.relay.conversation_id
+           else str(uuid.uuid4()))
+    return Conversation(policy, conversation_id=cid, new_id=lambda: str(uuid.uuid4()))
+
+
+class Supervisor:
+    """Runs the daemon until asked to stop.
+
+    Args:
+        settings: validated configuration.
+        source, sink: audio devices (built from the settings when None).
+        notifier: sd_notify (built from the environment when None).
+        wall_clock: epoch seconds, for record timestamps.
+        listener: told ``("state", State)`` and ``("record", dict)`` as they happen
+            (the demo prints the conversation through it).
+    """
+
+    def __init__(self, settings: Settings, *, source: AudioSource | None = None,
+                 sink: AudioSink | None = None, notifier: Notifier | None = None,
+                 wall_clock: Callable[[], float] = time.time,
+                 listener: Callable[[str, Any], None] | None = None) -> None:
+        self.settings = settings
+        if source is None or sink is None:
+            source, sink = build_audio(settings)
+        self.source = source
+        self.sink = sink
+        self.notifier = notifier or Notifier()
+        self.wall_clock = wall_clock
+        self.listener = listener or (lambda kind, data: None)
+        self.session = build_conversation(settings)
+        self.control = ControlServer(settings.control.socket, self._on_control)
+        self.jsonl = (JsonlSink(settings.transcripts.jsonl_path)
+                      if settings.transcripts.sink == "jsonl"
+                      and settings.transcripts.jsonl_path else None)
+        self._ws: ClientConnection | None = None
+        self._outgoing: asyncio.Queue[wire.ClientEvent] = asyncio.Queue()
+        self._reconnect_now = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.malformed_frames = 0
+        self.records_written = 0
+        self.records_failed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (signal handlers call this)."""
+        self._stop.set()
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT or :meth:`request_stop`; return the exit status."""
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+        self._apply(self.session.take_effects())
+        self.notifier.status("starting: opening devices")
+        try:
+            await self.source.start()
+            self.sink.set_drained_callback(self._on_drained)
+            await self.sink.start()
+        except AudioDeviceError as e:
+            logger.error("audio device: %s", e)
+            await self._close()
+            return 1
+        await self.control.start()
+        self.session.on_devices_ready()
+        self._apply(self.session.take_effects())
+        self.notifier.ready()
+        logger.info("voiced %s running as %s", __version__, self.settings.device_id)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._mic_pump(), name="mic")
+                tg.create_task(self._connection_loop(), name="realtime")
+                tg.create_task(self.notifier.watchdog(), name="watchdog")
+                tg.create_task(self._wait_for_stop(), name="stop")
+        except* _StopRequested:
+            pass
+        finally:
+            await self._close()
+        logger.info("stopped")
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        logger.info("%s received: stopping", sig.name)
+        self.notifier.stopping()
+        self._stop.set()
+
+    async def _wait_for_stop(self) -> None:
+        await self._stop.wait()
+        raise _StopRequested
+
+    async def _close(self) -> None:
+        for closer in (self.control.aclose, self.source.aclose, self.sink.aclose):
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - closing must go on whatever one part does
+                logger.exception("error while closing")
+        if self._ws is not None:
+            await self._ws.close()
+
+    # ------------------------------------------------------------------ pumps
+
+    async def _mic_pump(self) -> None:
+        while True:
+            frame = await self.source.read()
+            self.session.on_audio_captured(frame, self._now())
+            self._apply(self.session.take_effects())
+
+    def _on_drained(self) -> None:
+        self.session.on_playback_drained(self._now())
+        self._apply(self.session.take_effects())
+
+    async def _connection_loop(self) -> None:
+        rt = self.settings.realtime
+        backoff = Backoff(rt.reconnect_min_s, rt.reconnect_max_s)
+        failures = 0
+        while True:
+            url = build_url(rt, self.session.conversation_id if rt.relay else None)
+            started = self._now()
+            err: RealtimeError | None = None
+            try:
+                reason = await self._run_connection(url)
+            except RealtimeError as e:
+                err, reason = e, str(e)
+            except OSError as e:
+                err = classify(e)
+                reason = str(err)
+            self._ws = None
+            self.session.on_connection_down(reason)
+            self._apply(self.session.take_effects())
+            if self._reconnect_now.is_set():
+                self._reconnect_now.clear()
+                backoff.reset()
+                continue
+            if self._now() - started >= _STABLE_S:
+                backoff.reset()
+                failures = 0
+            if err is not None and not err.retryable:
+                self.session.on_fatal(f"{reason}: check realtime.url and realtime.model")
+                self._apply(self.session.take_effects())
+                delay = rt.reconnect_max_s
+            elif err is not None and err.auth:
+                self.session.on_fatal(f"{reason}: check the API key")
+                self._apply(self.session.take_effects())
+                delay = rt.reconnect_max_s
+            else:
+                delay = backoff.next()
+            failures += 1
+            log = logger.warning if failures == 1 else logger.debug
+            log("realtime: %s; reconnecting in %.1f s", reason, delay)
+            self.notifier.status(f"reconnecting in {delay:.0f} s: {reason}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconnect_now.wait(), delay)
+            self._reconnect_now.clear()
+
+    async def _run_connection(self, url: str) -> str:
+        """Hold one connection until it ends; return why it ended in a few words.
+
+        Raises:
+            RealtimeError: the connection failed (classified).
+        """
+        rt = self.settings.realtime
+        key = rt.api_key.reveal() if rt.api_key else None
+        ws = await open_connection(url, key, timeout_s=rt.connect_timeout_s,
+                                   user_agent=f"voiced/{__version__}")
+        self._ws = ws
+        logger.info("connected to %s", url.split("?")[0])
+        self._drain_outgoing()
+        self.session.on_connection_up()
+        self._apply(self.session.take_effects())
+        timed_out = False
+
+        async def close_on_reconnect() -> None:
+            await self._reconnect_now.wait()
+            await ws.close(1000, "client reconnecting")
+
+        async def configure_deadline() -> None:
+            nonlocal timed_out
+            await asyncio.sleep(rt.connect_timeout_s)
+            if not self.session.connected:
+                timed_out = True
+                await ws.close(1000, "no session in time")
+
+        helpers = [asyncio.create_task(self._sender(ws), name="realtime-send"),
+                   asyncio.create_task(close_on_reconnect(), name="realtime-reconnect"),
+                   asyncio.create_task(configure_deadline(), name="realtime-deadline")]
+        try:
+            async for frame in ws:
+                self._on_frame(frame)
+        except ConnectionClosed as e:
+            raise classify(e) from e
+        finally:
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            await ws.close()
+        if timed_out:
+            raise RealtimeError(f"no session.created/updated within {rt.connect_timeout_s:g} s",
+                                retryable=True)
+        if self._reconnect_now.is_set():
+            return "reconnect requested"
+        return f"server closed {ws.close_code}" + (f": {ws.close_reason}"
+                                                   if ws.close_reason else "")
+
+    def _on_frame(self, frame: str | bytes) -> None:
+        try:
+            ev = wire.parse_server_event(frame)
+        except wire.MalformedEvent as e:
+            self.malformed_frames += 1
+            logger.warning("ignoring malformed server frame (%d so far): %s",
+                           self.malformed_frames, e)
+            return
+        if isinstance(ev, wire.SessionUpdated) and self.session.fatal_reason is not None:
+            self.session.on_fatal_cleared()
+        self.session.on_server_event(ev, self._now())
+        self._apply(self.session.take_effects())
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        debug = logger.isEnabledFor(logging.DEBUG)
+        while True:
+            event = await self._outgoing.get()
+            if debug:
+                logger.debug("send %s", wire.describe(event))
+            await ws.send(wire.encode(event))
+
+    def _drain_outgoing(self) -> None:
+        while not self._outgoing.empty():
+            self._outgoing.get_nowait()
+
+    # ------------------------------------------------------------------ effects
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for eff in effects:
+            match eff:
+                case Send():
+                    if self._ws is not None:
+                        self._outgoing.put_nowait(eff.event)
+                case Play():
+                    self.sink.play(eff.pcm, eff.item_id)
+                case StopPlayback():
+                    played = self.sink.stop()
+                    self.session.on_playback_stopped(self._now(), played)
+                    self._apply(self.session.take_effects())
+                case ShowState():
+                    self._show(eff.state, eff.detail)
+                case Record():
+                    self._record(eff)
+                case Reconnect():
+                    logger.info("reconnecting: %s", eff.reason)
+                    self._reconnect_now.set()
+                case MicOpened():
+                    self.source.mic_opened()
+
+    def _show(self, state: State, detail: str) -> None:
+        text = str(state) if detail == str(state) else f"{state}: {detail}"
+        logger.info("state %s", text)
+        self.notifier.status(text)
+        self.listener("state", state)
+
+    def _record(self, eff: Record) -> None:
+        record = make_record(eff.transcript, device_id=self.settings.device_id,
+                             created_at=self.wall_clock())
+        self.listener("record", record)
+        if self.jsonl is None:
+            return
+        try:
+            self.jsonl.write(record)
+            self.records_written += 1
+        except BackendError as e:
+            self.records_failed += 1
+            logger.error("transcript %s not saved: %s", record["id"], e)
+
+    # ------------------------------------------------------------------ control
+
+    def status(self) -> dict[str, Any]:
+        """The contract's status object."""
+        st = self.session.status()
+        exp = st.pop("session_expires_at")
+        return {**st, "session_expires_at": exp, "outbox_pending": 0, "version": __version__,
+                "device_id": self.settings.device_id,
+                "malformed_frames": self.malformed_frames,
+                "records_written": self.records_written}
+
+    def _on_control(self, cmd: str) -> dict[str, Any]:
+        now = self._now()
+        if cmd == "press":
+            self.session.on_press(now)
+        elif cmd == "long-press":
+            self.session.on_long_press(now)
+        elif cmd == "interrupt":
+            self.session.on_interrupt(now)
+        self._apply(self.session.take_effects())
+        return {"ok": True, "status": self.status()}

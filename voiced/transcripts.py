@@ -1,0 +1,70 @@
+"""Transcript records (contract §4) and the jsonl sink.
+
+A record's ``id`` is a UUID derived from ``device_id`` + the Realtime ``item_id``, so a
+retry can never create a duplicate at a backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from voiced.errors import BackendError
+from voiced.session import Transcript
+
+logger = logging.getLogger(__name__)
+
+RECORD_NAMESPACE: Final = uuid.UUID("6f1c1d2e-5a0b-4c8e-9d61-7a0f3c2b9e10")
+
+
+def record_id(device_id: str, item_id: str) -> str:
+    """The deterministic record id for one Realtime item on one device."""
+    return str(uuid.uuid5(RECORD_NAMESPACE, f"{device_id}/{item_id}"))
+
+
+def iso_utc(epoch_s: float) -> str:
+    """``2026-11-24T18:03:11.402Z`` for an epoch time."""
+    dt = datetime.fromtimestamp(epoch_s, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def make_record(t: Transcript, *, device_id: str, created_at: float) -> dict[str, Any]:
+    """The contract's JSON object for a transcript."""
+    return {
+        "id": record_id(device_id, t.item_id),
+        "conversation_id": t.conversation_id,
+        "device_id": device_id,
+        "role": t.role,
+        "text": t.text,
+        "created_at": iso_utc(created_at),
+        "metadata": dict(t.metadata),
+    }
+
+
+class JsonlSink:
+    """Appends one JSON object per line, fsynced, to ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` durably.
+
+        Raises:
+            BackendError: the file cannot be written (disk full, permissions).
+        """
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise BackendError(f"cannot append to {self.path}: {e.strerror or e}") from e

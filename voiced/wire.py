@@ -1,0 +1,475 @@
+"""Realtime API (GA dialect) wire types.
+
+Client events we send are ``TypedDict`` params built by small functions; server events we
+act on are frozen dataclasses built by :func:`parse_server_event` through one registry.
+Any other event type parses to :class:`Unhandled`; a frame that is not a JSON object with
+a string ``type``, or whose fields have the wrong types, raises :class:`MalformedEvent`.
+
+NOTE: the only audio format used on the wire is PCM16 LE mono at 24 kHz (GA's
+``{"type": "audio/pcm", "rate": 24000}``); :data:`SAMPLE_RATE` pins it in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NotRequired, TypedDict
+
+SAMPLE_RATE: Final = 24_000
+"""Hz; the only PCM rate the GA Realtime API accepts and produces."""
+BYTES_PER_SAMPLE: Final = 2
+
+
+def pcm_ms(nbytes: int) -> float:
+    """Milliseconds of PCM16 mono 24 kHz audio in ``nbytes`` bytes."""
+    return nbytes / BYTES_PER_SAMPLE / SAMPLE_RATE * 1000.0
+
+
+class MalformedEvent(ValueError):
+    """A server frame that is not a well-formed Realtime event."""
+
+
+# --------------------------------------------------------------------------------------
+# Client events (what we send)
+
+
+class AudioFormatParam(TypedDict):
+    """GA audio format."""
+
+    type: Literal["audio/pcm"]
+    rate: int
+
+
+class TurnDetectionParam(TypedDict, total=False):
+    """GA ``audio.input.turn_detection``."""
+
+    type: str
+    threshold: float
+    prefix_padding_ms: int
+    silence_duration_ms: int
+    eagerness: str
+    create_response: bool
+    interrupt_response: bool
+
+
+class TranscriptionParam(TypedDict, total=False):
+    """GA ``audio.input.transcription``."""
+
+    model: str
+    language: str
+    prompt: str
+
+
+class AudioInputParam(TypedDict):
+    """GA ``audio.input``."""
+
+    format: AudioFormatParam
+    transcription: TranscriptionParam
+    turn_detection: TurnDetectionParam | None
+
+
+class AudioOutputParam(TypedDict):
+    """GA ``audio.output``."""
+
+    format: AudioFormatParam
+    voice: str
+
+
+class SessionAudioParam(TypedDict):
+    """GA ``session.audio``."""
+
+    input: AudioInputParam
+    output: AudioOutputParam
+
+
+class SessionParam(TypedDict):
+    """GA ``session.update.session`` for a realtime (speech-to-speech) session."""
+
+    type: Literal["realtime"]
+    model: NotRequired[str]
+    instructions: str
+    output_modalities: list[str]
+    audio: SessionAudioParam
+
+
+class SessionUpdateParam(TypedDict):
+    """``session.update``."""
+
+    type: Literal["session.update"]
+    event_id: str
+    session: SessionParam
+
+
+class InputAudioBufferAppendParam(TypedDict):
+    """``input_audio_buffer.append``; ``audio`` is base64 PCM16."""
+
+    type: Literal["input_audio_buffer.append"]
+    event_id: str
+    audio: str
+
+
+class InputAudioBufferCommitParam(TypedDict):
+    """``input_audio_buffer.commit``."""
+
+    type: Literal["input_audio_buffer.commit"]
+    event_id: str
+
+
+class InputAudioBufferClearParam(TypedDict):
+    """``input_audio_buffer.clear``."""
+
+    type: Literal["input_audio_buffer.clear"]
+    event_id: str
+
+
+class ResponseCreateParam(TypedDict):
+    """``response.create``."""
+
+    type: Literal["response.create"]
+    event_id: str
+
+
+class ResponseCancelParam(TypedDict):
+    """``response.cancel``."""
+
+    type: Literal["response.cancel"]
+    event_id: str
+    response_id: NotRequired[str]
+
+
+class ConversationItemTruncateParam(TypedDict):
+    """``conversation.item.truncate``: what the user really heard of an assistant item."""
+
+    type: Literal["conversation.item.truncate"]
+    event_id: str
+    item_id: str
+    content_index: int
+    audio_end_ms: int
+
+
+ClientEvent = (
+    SessionUpdateParam | InputAudioBufferAppendParam | InputAudioBufferCommitParam
+    | InputAudioBufferClearParam | ResponseCreateParam | ResponseCancelParam
+    | ConversationItemTruncateParam
+)
+
+
+def audio_append(event_id: str, pcm: bytes) -> InputAudioBufferAppendParam:
+    """Build ``input_audio_buffer.append`` for 24 kHz PCM16 mono ``pcm``."""
+    return {"type": "input_audio_buffer.append", "event_id": event_id,
+            "audio": base64.b64encode(pcm).decode("ascii")}
+
+
+def encode(event: ClientEvent) -> str:
+    """Serialise a client event to the text frame sent on the socket."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def describe(event: ClientEvent | dict[str, Any]) -> str:
+    """A log-safe one-line summary of a client event (never the audio payload)."""
+    t = str(event.get("type"))
+    if t == "input_audio_buffer.append":
+        n = len(str(event.get("audio", ""))) * 3 // 4
+        return f"{t} ({pcm_ms(n):.0f} ms)"
+    if t == "conversation.item.truncate":
+        return f"{t} item={event.get('item_id')} audio_end_ms={event.get('audio_end_ms')}"
+    return t
+
+
+# --------------------------------------------------------------------------------------
+# Server events (what we act on)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCreated:
+    """``session.created``: the session exists; ``expires_at`` is epoch seconds or None."""
+
+    session_id: str | None
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    """``session.updated``: the effective configuration (raw)."""
+
+    session: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """``input_audio_buffer.speech_started`` (server VAD)."""
+
+    audio_start_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    """``input_audio_buffer.speech_stopped`` (server VAD)."""
+
+    audio_end_ms: int
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BufferCommitted:
+    """``input_audio_buffer.committed``: a user item was created from the buffer."""
+
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputTranscriptionCompleted:
+    """``conversation.item.input_audio_transcription.completed``: the user's words."""
+
+    item_id: str
+    content_index: int
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputTranscriptionFailed:
+    """``conversation.item.input_audio_transcription.failed``."""
+
+    item_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    """``response.created``."""
+
+    response_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    """``response.done``; ``transcripts`` maps item_id → transcript of audio outputs."""
+
+    response_id: str
+    status: str
+    reason: str | None
+    transcripts: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    """``response.output_audio.delta``: decoded PCM16 24 kHz reply audio."""
+
+    response_id: str
+    item_id: str
+    content_index: int
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    """``response.output_audio.done``: no more audio for this item."""
+
+    response_id: str
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioTranscriptDone:
+    """``response.output_audio_transcript.done``: the assistant's words for an item."""
+
+    response_id: str
+    item_id: str
+    content_index: int
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemTruncated:
+    """``conversation.item.truncated``."""
+
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """``error``; ``event_id`` is the client event it refers to, if any."""
+
+    type: str
+    code: str | None
+    message: str
+    param: str | None
+    event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConversationCreated:
+    """A relay's own ``conversation_created`` event naming the conversation it made."""
+
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unhandled:
+    """Any other event type; kept raw, logged at DEBUG, otherwise ignored."""
+
+    type: str
+    raw: dict[str, Any]
+
+
+ServerEvent = (
+    SessionCreated | SessionUpdated | SpeechStarted | SpeechStopped | BufferCommitted
+    | InputTranscriptionCompleted | InputTranscriptionFailed | ResponseCreated | ResponseDone
+    | AudioDelta | AudioDone | AudioTranscriptDone | ItemTruncated | ServerError
+    | RelayConversationCreated | Unhandled
+)
+
+
+def _s(d: dict[str, Any], key: str) -> str:
+    v = d.get(key)
+    if not isinstance(v, str):
+        raise MalformedEvent(f"{d.get('type')}: field {key!r} must be a string, got {v!r:.40}")
+    return v
+
+
+def _opt_s(d: dict[str, Any], key: str) -> str | None:
+    v = d.get(key)
+    if v is None or isinstance(v, str):
+        return v
+    raise MalformedEvent(f"{d.get('type')}: field {key!r} must be a string or null")
+
+
+def _i(d: dict[str, Any], key: str, default: int | None = None) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise MalformedEvent(f"{d.get('type')}: field {key!r} must be an integer, got {v!r:.40}")
+    return v
+
+
+def _obj(d: dict[str, Any], key: str) -> dict[str, Any]:
+    v = d.get(key)
+    if not isinstance(v, dict):
+        raise MalformedEvent(f"{d.get('type')}: field {key!r} must be an object")
+    return v
+
+
+def _session_created(d: dict[str, Any]) -> SessionCreated:
+    s = _obj(d, "session")
+    exp = s.get("expires_at")
+    if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float)):
+        raise MalformedEvent("session.created: session.expires_at must be a number")
+    return SessionCreated(session_id=_opt_s(s, "id"),
+                          expires_at=float(exp) if exp is not None else None)
+
+
+def _audio_delta(d: dict[str, Any]) -> AudioDelta:
+    try:
+        pcm = base64.b64decode(_s(d, "delta"), validate=True)
+    except binascii.Error as e:
+        raise MalformedEvent(f"{d.get('type')}: delta is not base64 ({e})") from None
+    if len(pcm) % BYTES_PER_SAMPLE:
+        raise MalformedEvent(f"{d.get('type')}: delta has an odd number of bytes ({len(pcm)})")
+    return AudioDelta(response_id=_s(d, "response_id"), item_id=_s(d, "item_id"),
+                      content_index=_i(d, "content_index", 0), pcm=pcm)
+
+
+def _response_done(d: dict[str, Any]) -> ResponseDone:
+    r = _obj(d, "response")
+    transcripts: dict[str, str] = {}
+    output = r.get("output") or []
+    if not isinstance(output, list):
+        raise MalformedEvent("response.done: response.output must be a list")
+    for item in output:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        for part in item.get("content") or []:
+            if isinstance(part, dict) and isinstance(part.get("transcript"), str):
+                transcripts[item["id"]] = part["transcript"]
+    details = r.get("status_details")
+    reason = details.get("reason") if isinstance(details, dict) else None
+    return ResponseDone(response_id=_s(r, "id"), status=str(r.get("status") or "completed"),
+                        reason=reason if isinstance(reason, str) else None,
+                        transcripts=transcripts)
+
+
+def _error(d: dict[str, Any]) -> ServerError:
+    e = d.get("error")
+    if isinstance(e, str):  # some relays send {"type": "error", "error": "text"}
+        return ServerError(type="relay_error", code=None, message=e, param=None, event_id=None)
+    if not isinstance(e, dict):
+        msg = d.get("msg") or d.get("message")  # and some {"type":"error","msg":...}
+        if isinstance(msg, str):
+            return ServerError(type="relay_error", code=None, message=msg, param=None,
+                               event_id=None)
+        raise MalformedEvent("error: field 'error' must be an object")
+    return ServerError(type=str(e.get("type") or "unknown"), code=_opt_s(e, "code"),
+                       message=str(e.get("message") or ""), param=_opt_s(e, "param"),
+                       event_id=_opt_s(e, "event_id"))
+
+
+_PARSERS: Final[dict[str, Any]] = {
+    "session.created": _session_created,
+    "session.updated": lambda d: SessionUpdated(session=_obj(d, "session")),
+    "input_audio_buffer.speech_started": lambda d: SpeechStarted(
+        audio_start_ms=_i(d, "audio_start_ms", 0), item_id=_s(d, "item_id")),
+    "input_audio_buffer.speech_stopped": lambda d: SpeechStopped(
+        audio_end_ms=_i(d, "audio_end_ms", 0), item_id=_s(d, "item_id")),
+    "input_audio_buffer.committed": lambda d: BufferCommitted(item_id=_s(d, "item_id")),
+    "conversation.item.input_audio_transcription.completed": lambda d:
+        InputTranscriptionCompleted(item_id=_s(d, "item_id"),
+                                    content_index=_i(d, "content_index", 0),
+                                    transcript=_s(d, "transcript")),
+    "conversation.item.input_audio_transcription.failed": lambda d: InputTranscriptionFailed(
+        item_id=_s(d, "item_id"),
+        message=str((d.get("error") or {}).get("message", "") if isinstance(
+            d.get("error"), dict) else d.get("error"))),
+    "response.created": lambda d: ResponseCreated(response_id=_s(_obj(d, "response"), "id")),
+    "response.done": _response_done,
+    "response.output_audio.delta": _audio_delta,
+    "response.output_audio.done": lambda d: AudioDone(response_id=_s(d, "response_id"),
+                                                      item_id=_s(d, "item_id")),
+    "response.output_audio_transcript.done": lambda d: AudioTranscriptDone(
+        response_id=_s(d, "response_id"), item_id=_s(d, "item_id"),
+        content_index=_i(d, "content_index", 0), transcript=_s(d, "transcript")),
+    "conversation.item.truncated": lambda d: ItemTruncated(
+        item_id=_s(d, "item_id"), audio_end_ms=_i(d, "audio_end_ms", 0)),
+    "error": _error,
+    "conversation_created": lambda d: RelayConversationCreated(
+        conversation_id=_s(d, "conversation_id")),
+}
+# NOTE: some adapters report GA models emitting the legacy beta names; accepting them costs
+# nothing (realtime-protocol.md §1.4).
+_PARSERS["response.audio.delta"] = _PARSERS["response.output_audio.delta"]
+_PARSERS["response.audio.done"] = _PARSERS["response.output_audio.done"]
+_PARSERS["response.audio_transcript.done"] = _PARSERS["response.output_audio_transcript.done"]
+
+
+def parse_server_event(frame: str | bytes) -> ServerEvent:
+    """Parse one server text frame.
+
+    Returns:
+        A typed event, or :class:`Unhandled` for a type voiced does not act on.
+
+    Raises:
+        MalformedEvent: binary data, not JSON, not an object, no string ``type``, or a
+            known type whose fields are missing or of the wrong type.
+    """
+    if isinstance(frame, bytes):
+        raise MalformedEvent(f"binary frame of {len(frame)} bytes (the API sends text only)")
+    try:
+        d = json.loads(frame)
+    except ValueError as e:
+        raise MalformedEvent(f"not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise MalformedEvent(f"not a JSON object but {type(d).__name__}")
+    t = d.get("type")
+    if not isinstance(t, str):
+        raise MalformedEvent("no string 'type' field")
+    parser = _PARSERS.get(t)
+    if parser is None:
+        return Unhandled(type=t, raw=d)
+    try:
+        return parser(d)  # type: ignore[no-any-return]
+    except MalformedEvent:
+        raise
+    except (AttributeError, TypeError, KeyError) as e:
+        raise MalformedEvent(f"{t}: {e}") from None
