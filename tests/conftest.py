@@ -1,0 +1,60 @@
+"""Shared test helpers: timeouts, config files, the voiced command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+TIMEOUT = 20.0  # every wait in the suite is bounded by this (seconds)
+MS = 0.001
+REPO = Path(__file__).resolve().parent.parent
+QUESTION_WAV = REPO / "voiced" / "data" / "question.wav"
+
+
+def voiced_cmd(*args: str) -> list[str]:
+    """The voiced command line, run with this interpreter."""
+    return [sys.executable, "-m", "voiced", *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus anything that would leak secrets or systemd into a test."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VOICED_", "NOTIFY_SOCKET", "WATCHDOG_"))
+           and k not in ("OPENAI_API_KEY", "CREDENTIALS_DIRECTORY")}
+    env.update(extra)
+    return env
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(
+            out.get(k), dict) else v
+    return out
+
+
+def write_config(tmp_path: Path, url: str, *, input_wav: Path = QUESTION_WAV,
+                 **overrides: Any) -> Path:
+    """A file-backend config against ``url``; returns its path."""
+    cfg: dict[str, Any] = {
+        "device_id": "test-device",
+        "realtime": {"url": url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "audio": {"backend": "file", "input": {"file": str(input_wav)},
+                  "output": {"file": str(tmp_path / "out.wav")}},
+        "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")}},
+        "control": {"socket": str(tmp_path / "ctl.sock")},
+    }
+    cfg = deep_merge(cfg, overrides)
+    path = tmp_path / "voiced.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
