@@ -134,11 +134,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                 debug=args.debug))
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    """Commands whose backend is not built yet say so plainly."""
-    print(f"voiced: `{args.cmd}` is not implemented yet in this version "
-          "(it needs the PyAudio backend)", file=sys.stderr)
-    return EX_FAIL
+def cmd_devices(args: argparse.Namespace) -> int:
+    """`voiced devices`: list audio devices."""
+    from voiced.audio.tools import print_devices
+
+    return print_devices(sys.stdout)
+
+
+def cmd_test_audio(args: argparse.Namespace) -> int:
+    """`voiced test-audio`: record from the configured mic and play it back."""
+    from voiced.audio.tools import test_audio
+    from voiced.errors import AudioDeviceError
+    from voiced.supervisor import build_audio
+
+    settings = _load(args)
+    setup_logging(logging.DEBUG if args.debug else logging.WARNING)
+    source, sink = build_audio(settings)
+    try:
+        return asyncio.run(test_audio(source, sink, args.seconds, sys.stdout))
+    except AudioDeviceError as e:
+        print(f"voiced: audio device: {e}", file=sys.stderr)
+        return EX_FAIL
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_config("test-leds", "show every orb state").set_defaults(func=cmd_test_leds)
     ta = with_config("test-audio", "record and play back")
     ta.add_argument("--seconds", type=float, default=3.0)
-    ta.set_defaults(func=cmd_not_yet)
-    sub.add_parser("devices", help="list audio devices").set_defaults(func=cmd_not_yet)
+    ta.set_defaults(func=cmd_test_audio)
+    sub.add_parser("devices", help="list audio devices").set_defaults(func=cmd_devices)
     ctl = with_config("ctl", "talk to the running daemon")
     ctl.add_argument("command", choices=["status", "press", "long-press", "interrupt"])
     ctl.set_defaults(func=cmd_ctl)

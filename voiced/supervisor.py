@@ -23,7 +23,7 @@ from voiced import __version__, wire
 from voiced.audio import AudioSink, AudioSource
 from voiced.config import Settings
 from voiced.control import ControlServer
-from voiced.errors import AudioDeviceError, BackendError, RealtimeError
+from voiced.errors import AudioDeviceError, BackendError, ConfigError, RealtimeError
 from voiced.notify import Notifier
 from voiced.realtime import Backoff, build_url, classify, open_connection
 from voiced.session import (
@@ -61,8 +61,9 @@ def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
                               starts_on_mic=a.input_file_starts == "on_mic",
                               channel=a.input.channel),
                 WavFileSink(a.output.file, frame_ms=a.frame_ms))
-    raise AudioDeviceError("the pyaudio backend is not implemented yet in this version; "
-                           "set audio.backend: file")
+    from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
+
+    return (PyAudioSource(a.input, frame_ms=a.frame_ms), PyAudioSink(a.output))
 
 
 def build_conversation(settings: Settings) -> Conversation:
@@ -151,6 +152,9 @@ class Supervisor:
             logger.error("audio device: %s", e)
             await self._close()
             return 1
+        except ConfigError:
+            await self._close()
+            raise
         await self.control.start()
         self.session.on_devices_ready()
         self._apply(self.session.take_effects())

@@ -1,0 +1,417 @@
+"""The ``pyaudio`` backend: real ALSA devices through PortAudio.
+
+Each device crosses into the event loop in exactly one place: the PortAudio callback
+thread converts what it got and hands it over with ``loop.call_soon_threadsafe``. The
+speaker's callback pulls from a jitter buffer, so playback never blocks the loop, and it
+counts what each item has really handed to the device, minus what is still in the
+device's latency pipeline, as the *played* position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from voiced.audio.convert import Framer, FromWire, ToWire, frame_bytes
+from voiced.config import AudioEndpointSettings
+from voiced.errors import AudioDeviceError, ConfigError
+from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+PROBE_RATES: Final = (24000, 48000, 44100, 16000, 32000, 22050, 8000)
+LISTED_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
+_QUEUE_FRAMES: Final = 50  # mic frames kept for the loop (1 s at 20 ms); oldest dropped
+_WARN_EVERY_S: Final = 60.0
+_MIC_SILENCE_S: Final = 2.0  # no callback for this long: the mic is gone
+
+
+def _pyaudio() -> Any:
+    try:
+        import pyaudio
+    except ImportError as e:  # pragma: no cover - a dependency
+        raise AudioDeviceError(f"PyAudio is not installed: {e}") from e
+    return pyaudio
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """One PortAudio device."""
+
+    index: int
+    name: str
+    max_input_channels: int
+    max_output_channels: int
+    default_rate: int
+    host_api: str
+
+
+def open_portaudio() -> Any:
+    """A PyAudio instance (PortAudio initialised); the caller terminates it."""
+    return _pyaudio().PyAudio()
+
+
+def list_devices(pa: Any) -> list[DeviceInfo]:
+    """Every device PortAudio sees."""
+    out = []
+    for i in range(pa.get_device_count()):
+        d = pa.get_device_info_by_index(i)
+        api = pa.get_host_api_info_by_index(d["hostApi"])["name"]
+        out.append(DeviceInfo(i, str(d["name"]), int(d["maxInputChannels"]),
+                              int(d["maxOutputChannels"]), int(d["defaultSampleRate"]),
+                              str(api)))
+    return out
+
+
+def supported_rates(pa: Any, dev: DeviceInfo, *, is_input: bool, channels: int = 1,
+                    rates: tuple[int, ...] = LISTED_RATES) -> list[int]:
+    """The rates from ``rates`` the device accepts for paInt16 with ``channels``."""
+    fmt = _pyaudio().paInt16
+    ok = []
+    for rate in rates:
+        try:
+            if is_input:
+                pa.is_format_supported(rate, input_device=dev.index, input_channels=channels,
+                                       input_format=fmt)
+            else:
+                pa.is_format_supported(rate, output_device=dev.index,
+                                       output_channels=channels, output_format=fmt)
+            ok.append(rate)
+        except ValueError:
+            pass
+    return ok
+
+
+def select_device(pa: Any, spec: str | int, *, is_input: bool, key: str) -> DeviceInfo:
+    """Find the device named by ``spec``: an index, a name substring, or "default".
+
+    Raises:
+        ConfigError: no device, or several, match; the message lists the devices.
+    """
+    devices = [d for d in list_devices(pa)
+               if (d.max_input_channels if is_input else d.max_output_channels) > 0]
+    listing = ", ".join(f'{d.index} "{d.name}"' for d in devices) or "no devices at all"
+    kind = "input" if is_input else "output"
+    if spec == "default":
+        try:
+            info = (pa.get_default_input_device_info() if is_input
+                    else pa.get_default_output_device_info())
+        except OSError:
+            if devices:
+                return devices[0]
+            raise ConfigError([(key, f"there is no {kind} device; found: {listing}")]) from None
+        return next((d for d in devices if d.index == info["index"]), devices[0])
+    if isinstance(spec, int):
+        for d in devices:
+            if d.index == spec:
+                return d
+        raise ConfigError([(key, f"no {kind} device has index {spec}; found: {listing}")])
+    matches = [d for d in devices if spec.lower() in d.name.lower()]
+    exact = [d for d in matches if d.name.lower() == spec.lower()]
+    if len(exact) == 1:
+        return exact[0]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ConfigError([(key, f'no {kind} device matches "{spec}"; found: {listing}')])
+    names = ", ".join(f'{d.index} "{d.name}"' for d in matches)
+    raise ConfigError([(key, f'"{spec}" matches several {kind} devices: {names}; '
+                             "use a longer name or the index")])
+
+
+def _explain_open_error(e: OSError, dev: DeviceInfo, kind: str) -> str:
+    text = str(e)
+    if "-9985" in text or "busy" in text.lower() or "Device unavailable" in text:
+        return (f"{kind} device {dev.index} \"{dev.name}\" is busy: another program holds "
+                f"it (check `fuser -v /dev/snd/*`, or stop PulseAudio/PipeWire for this "
+                f"user); {text}")
+    if "-9997" in text:
+        return f"{kind} device \"{dev.name}\" refused the sample rate: {text}"
+    return f"cannot open {kind} device {dev.index} \"{dev.name}\": {text}"
+
+
+class PyAudioSource:
+    """A microphone through PortAudio, converted to 24 kHz mono frames.
+
+    Args:
+        settings: ``audio.input``.
+        frame_ms: frame size handed to the session.
+    """
+
+    def __init__(self, settings: AudioEndpointSettings, *, frame_ms: int = 20) -> None:
+        self.settings = settings
+        self.frame_ms = frame_ms
+        self._pa: Any = None
+        self._stream: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._frames: deque[bytes] = deque(maxlen=_QUEUE_FRAMES)
+        self._ready = asyncio.Event()
+        self._last_callback = 0.0
+        self._last_drop_warning = -_WARN_EVERY_S
+        self.device: DeviceInfo | None = None
+        self.rate = 0
+        self.dropped_frames = 0
+        self.overflows = 0
+
+    async def start(self) -> None:
+        """Select and open the device (24 kHz if it can, else its best rate)."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        pa = self._pa = self._pa or open_portaudio()
+        dev = self.device = select_device(pa, self.settings.device, is_input=True,
+                                          key="audio.input.device")
+        want_channel = self.settings.channel
+        channels = 1 if want_channel is None else want_channel + 1
+        if channels > dev.max_input_channels:
+            raise ConfigError([("audio.input.channel",
+                                f"device \"{dev.name}\" has {dev.max_input_channels} "
+                                f"input channel(s); channel {want_channel} does not exist")])
+        rates = supported_rates(pa, dev, is_input=True, channels=channels, rates=PROBE_RATES)
+        if not rates and channels == 1 and dev.max_input_channels >= 2:
+            channels = 2  # some USB mics open only in stereo
+            rates = supported_rates(pa, dev, is_input=True, channels=2, rates=PROBE_RATES)
+        rate = rates[0] if rates else dev.default_rate
+        self.rate = rate
+        conv = ToWire(rate, channels, want_channel if want_channel is not None
+                      else (None if channels > 1 else None))
+        framer = Framer(frame_bytes(self.frame_ms))
+        pyaudio = _pyaudio()
+        overflow_flag = pyaudio.paInputOverflow
+        loop = self._loop
+        assert loop is not None
+
+        def callback(in_data: bytes | None, frame_count: int, time_info: Any,
+                     status: int) -> tuple[None, int]:
+            # NOTE: runs on PortAudio's thread; the only crossing is call_soon_threadsafe
+            if status & overflow_flag:
+                self.overflows += 1
+            if in_data:
+                frames = framer.push(conv.convert(in_data))
+                if frames:
+                    loop.call_soon_threadsafe(self._deliver, frames)
+            return None, pyaudio.paContinue
+
+        try:
+            self._stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
+                                   input=True, input_device_index=dev.index,
+                                   frames_per_buffer=rate * 10 // 1000,
+                                   stream_callback=callback)
+        except OSError as e:
+            raise AudioDeviceError(_explain_open_error(e, dev, "input")) from e
+        self._last_callback = time.monotonic()
+        logger.info("microphone: %d \"%s\" at %d Hz, %d channel(s)%s", dev.index, dev.name,
+                    rate, channels, "" if rate == SAMPLE_RATE else ", resampled to 24 kHz")
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        self._last_callback = time.monotonic()
+        for f in frames:
+            if len(self._frames) == self._frames.maxlen:
+                self.dropped_frames += 1
+                now = time.monotonic()
+                if now - self._last_drop_warning >= _WARN_EVERY_S:
+                    self._last_drop_warning = now
+                    logger.warning("microphone frames dropped (%d so far): the event loop "
+                                   "is falling behind", self.dropped_frames)
+            self._frames.append(f)
+        self._ready.set()
+
+    def mic_opened(self) -> None:
+        """Nothing to do: a real mic is always capturing."""
+
+    async def read(self) -> bytes:
+        """The next frame.
+
+        Raises:
+            AudioDeviceError: no audio arrived for 2 s (the mic was unplugged or failed).
+        """
+        while not self._frames:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), _MIC_SILENCE_S)
+            except TimeoutError:
+                name = self.device.name if self.device else "?"
+                raise AudioDeviceError(f"microphone \"{name}\" delivers no audio "
+                                       "(unplugged or failed)") from None
+        return self._frames.popleft()
+
+    async def aclose(self) -> None:
+        """Stop and close the stream and PortAudio."""
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop_stream()
+                stream.close()
+            except OSError as e:
+                logger.debug("closing the microphone: %s", e)
+        if self._pa is not None:
+            self._pa.terminate()
+            self._pa = None
+        self._frames.clear()
+
+
+class PyAudioSink:
+    """A speaker through PortAudio with a jitter buffer and a played-position count.
+
+    Args:
+        settings: ``audio.output``.
+        period_ms: PortAudio buffer size; a stop takes effect within one period.
+        jitter_ms: audio buffered before a reply starts to play (absorbs network jitter).
+    """
+
+    def __init__(self, settings: AudioEndpointSettings, *, period_ms: int = 10,
+                 jitter_ms: int = 80) -> None:
+        self.settings = settings
+        self.period_ms = period_ms
+        self.jitter_ms = jitter_ms
+        self._pa: Any = None
+        self._stream: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        # queue of [item_id, device-rate bytes, offset]
+        self._queue: deque[list[Any]] = deque()
+        self._queued_bytes = 0
+        self._handed: dict[str, int] = {}  # device frames handed to PortAudio per item
+        self._latency_frames = 0
+        self._priming = True
+        self._prime_waited = 0
+        self._conv: FromWire | None = None
+        self._on_drained: Callable[[], None] = lambda: None
+        self.device: DeviceInfo | None = None
+        self.rate = SAMPLE_RATE
+        self.channels = 1
+        self.underruns = 0
+
+    def set_drained_callback(self, callback: Callable[[], None]) -> None:
+        """Called on the loop when everything queued has been handed to the device."""
+        self._on_drained = callback
+
+    async def start(self) -> None:
+        """Select and open the output device."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open)
+
+    def _open(self) -> None:
+        pa = self._pa = self._pa or open_portaudio()
+        dev = self.device = select_device(pa, self.settings.device, is_input=False,
+                                          key="audio.output.device")
+        channels = 1
+        rates = supported_rates(pa, dev, is_input=False, channels=1, rates=PROBE_RATES)
+        if not rates and dev.max_output_channels >= 2:
+            channels = 2
+            rates = supported_rates(pa, dev, is_input=False, channels=2, rates=PROBE_RATES)
+        self.rate = rates[0] if rates else dev.default_rate
+        self.channels = channels
+        self._conv = FromWire(self.rate, channels)
+        pyaudio = _pyaudio()
+        loop = self._loop
+        assert loop is not None
+        period = self.rate * self.period_ms // 1000
+        frame_b = BYTES_PER_SAMPLE * channels
+
+        def callback(in_data: bytes | None, frame_count: int, time_info: Any,
+                     status: int) -> tuple[bytes, int]:
+            # NOTE: PortAudio's thread. Pull from the jitter buffer, pad with silence.
+            want = frame_count * frame_b
+            out = bytearray()
+            drained = False
+            with self._lock:
+                if self._priming and self._queue:
+                    self._prime_waited += frame_count
+                    if (self._queued_bytes >= self.rate * self.jitter_ms // 1000 * frame_b
+                            or self._prime_waited >= self.rate * self.jitter_ms // 1000):
+                        self._priming = False
+                if not self._priming:
+                    had = bool(self._queue)
+                    while self._queue and len(out) < want:
+                        entry = self._queue[0]
+                        item_id, data, off = entry
+                        take = data[off:off + want - len(out)]
+                        out += take
+                        entry[2] += len(take)
+                        self._queued_bytes -= len(take)
+                        self._handed[item_id] = self._handed.get(item_id, 0) + len(
+                            take) // frame_b
+                        if entry[2] >= len(data):
+                            self._queue.popleft()
+                    if had and not self._queue:
+                        drained = True
+                        self._priming = True
+                        self._prime_waited = 0
+                    elif had and len(out) < want:
+                        self.underruns += 1
+            if len(out) < want:
+                out += bytes(want - len(out))
+            if drained:
+                loop.call_soon_threadsafe(self._drained)
+            return bytes(out), pyaudio.paContinue
+
+        try:
+            self._stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=self.rate,
+                                   output=True, output_device_index=dev.index,
+                                   frames_per_buffer=period, stream_callback=callback)
+        except OSError as e:
+            raise AudioDeviceError(_explain_open_error(e, dev, "output")) from e
+        self._latency_frames = int(self._stream.get_output_latency() * self.rate)
+        logger.info("speaker: %d \"%s\" at %d Hz, %d channel(s), latency %.0f ms", dev.index,
+                    dev.name, self.rate, channels, self._stream.get_output_latency() * 1000)
+
+    def _drained(self) -> None:
+        with self._lock:
+            self._handed.clear()
+        self._on_drained()
+
+    def play(self, pcm: bytes, item_id: str) -> None:
+        """Queue reply audio (converted to the device's rate here, on the loop)."""
+        if not pcm or self._conv is None:
+            return
+        data = self._conv.convert(pcm)
+        with self._lock:
+            self._queue.append([item_id, data, 0])
+            self._queued_bytes += len(data)
+
+    def stop(self) -> Mapping[str, int]:
+        """Drop the queue now; return 24 kHz samples really played per unfinished item.
+
+        Played = handed to the device minus what is still inside its latency pipeline.
+        """
+        with self._lock:
+            pending = {entry[0] for entry in self._queue}
+            handed = dict(self._handed)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._handed.clear()
+            self._priming = True
+            self._prime_waited = 0
+        ratio = SAMPLE_RATE / self.rate
+        out = {}
+        for item_id in pending | set(handed):
+            frames = max(0, handed.get(item_id, 0) - self._latency_frames)
+            out[item_id] = int(frames * ratio)
+        return out
+
+    async def aclose(self) -> None:
+        """Stop and close the stream and PortAudio."""
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop_stream()
+                stream.close()
+            except OSError as e:
+                logger.debug("closing the speaker: %s", e)
+        if self._pa is not None:
+            self._pa.terminate()
+            self._pa = None
