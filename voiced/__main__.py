@@ -122,7 +122,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
     setup_logging(logging.DEBUG if args.debug else logging.INFO)
     from voiced.sim.server import SimOptions, serve_forever
 
-    opts = SimOptions(require_key=args.require_key, max_session_s=args.max_session_s)
+    opts = SimOptions(require_key=args.require_key, max_session_s=args.max_session_s,
+                      pace=args.pace, drop_mid_response=args.drop_mid_response,
+                      stall_after_s=args.stall_after_s, malformed_every=args.malformed_every,
+                      unknown_every=args.unknown_every)
     return asyncio.run(serve_forever(args.host, args.port, opts))
 
 
@@ -186,7 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--port", type=int, default=8765)
     sim.add_argument("--require-key", default=None,
                      help="refuse connections whose bearer is not this key")
-    sim.add_argument("--max-session-s", type=float, default=3600.0)
+    sim.add_argument("--max-session-s", type=float, default=3600.0,
+                     help="end sessions with session_expired + close 1001 after this long")
+    sim.add_argument("--pace", type=float, default=1.0,
+                     help="stream reply audio at this multiple of real time")
+    sim.add_argument("--drop-mid-response", type=int, default=0, metavar="N",
+                     help="fault: drop the connection halfway through the next N replies")
+    sim.add_argument("--stall-after-s", type=float, default=None,
+                     help="fault: go silent (no events, no pongs) this long after connect")
+    sim.add_argument("--malformed-every", type=int, default=0, metavar="N",
+                     help="fault: send a malformed frame after every N events")
+    sim.add_argument("--unknown-every", type=int, default=0, metavar="N",
+                     help="fault: send an unknown event type after every N events")
     sim.add_argument("--debug", action="store_true")
     sim.set_defaults(func=cmd_sim)
     demo = sub.add_parser("demo", help="a spoken exchange with no hardware, key or network")

@@ -55,6 +55,14 @@ class SimOptions:
     """Reply audio is streamed at this multiple of real time."""
     reply: Callable[[str], str] = field(default=lambda heard: f"You said: {heard}")
     """The assistant's words, given the user's transcript."""
+    drop_mid_response: int = 0
+    """Faults: abort the connection (no close frame) halfway through the next N replies."""
+    stall_after_s: float | None = None
+    """Faults: after this long, stop reading and sending (no pongs either)."""
+    malformed_every: int = 0
+    """Faults: after every N events sent, also send a malformed frame."""
+    unknown_every: int = 0
+    """Faults: after every N events sent, also send an event of an unknown type."""
 
 
 def _default_session(model: str) -> dict[str, Any]:
@@ -95,8 +103,10 @@ class _Response:
 class SimSession:
     """One client connection; keeps what tests want to inspect."""
 
-    def __init__(self, ws: ServerConnection, opts: SimOptions, model: str) -> None:
+    def __init__(self, ws: ServerConnection, opts: SimOptions, model: str,
+                 server: SimServer | None = None) -> None:
         self.ws = ws
+        self.server = server
         self.opts = opts
         self.session = _default_session(model)
         self.created_at = time.time()
@@ -127,6 +137,17 @@ class SimSession:
         if self.stalled:
             return
         await self.ws.send(json.dumps(event))
+        n = len(self.sent)
+        if self.opts.malformed_every and n % self.opts.malformed_every == 0:
+            await self.ws.send('{"type": "response.output_audio.delta", "delta": 12')
+        if self.opts.unknown_every and n % self.opts.unknown_every == 0:
+            await self.ws.send(json.dumps({"type": "sim.unknown_event", "event_id": _id("event"),
+                                           "note": "clients must ignore unknown types"}))
+
+    def stall(self) -> None:
+        """Go silent: stop reading (so pings get no pong) and sending."""
+        self.stalled = True
+        self.ws.transport.pause_reading()
 
     async def error(self, code: str, message: str, *, param: str | None = None,
                     event_id: str | None = None, etype: str = "invalid_request_error") -> None:
@@ -147,6 +168,8 @@ class SimSession:
         """Serve this connection until it closes or the session expires."""
         await self.send({"type": "session.created", "session": self.session})
         expiry = self._spawn(self._expire_later())
+        if self.opts.stall_after_s is not None:
+            self._spawn(self._stall_later(self.opts.stall_after_s))
         try:
             async for frame in self.ws:
                 await self._on_frame(frame)
@@ -156,6 +179,10 @@ class SimSession:
             expiry.cancel()
             for t in list(self._tasks):
                 t.cancel()
+
+    async def _stall_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self.stall()
 
     async def _expire_later(self) -> None:
         await asyncio.sleep(self.opts.max_session_s)
@@ -313,6 +340,23 @@ class SimSession:
                 "item_id": item_id, "content_index": 0, "transcript": text,
                 "usage": {"type": "duration", "seconds": round(len(audio) / 2 / SAMPLE_RATE, 3)}})
         if create_response:
+            await self._respond_to(text)
+
+    def _tool_named_in(self, text: str) -> dict[str, Any] | None:
+        words = text.lower()
+        for tool in self.session.get("tools") or []:
+            name = str(tool.get("name", ""))
+            if name and (name.lower() in words or name.lower().replace("_", " ") in words):
+                return dict(tool)
+        return None
+
+    async def _respond_to(self, text: str) -> None:
+        tool = self._tool_named_in(text)
+        if tool is not None:
+            resp = _Response(id=_id("resp"))
+            self.response = resp
+            resp.task = self._spawn(self._stream_function_call(resp, str(tool["name"])))
+        else:
             await self._start_response(self.opts.reply(text or "nothing"))
 
     async def _add_item(self, item: dict[str, Any]) -> None:
@@ -341,12 +385,19 @@ class SimSession:
                 f"Conversation already has an active response in progress: "
                 f"{self.response.id}. Wait until the response is finished before creating "
                 f"a new one.")
+        last = next(reversed(self.items.values()), None)
+        if last is not None and last.get("type") == "function_call_output":
+            name = next((i.get("name") for i in self.items.values()
+                         if i.get("call_id") == last.get("call_id")
+                         and i.get("type") == "function_call"), "tool")
+            await self._start_response(f"The {name} tool says: {last.get('output')}")
+            return
         heard = ""
         for item in reversed(self.items.values()):
             if item.get("role") == "user":
                 heard = str((item.get("content") or [{}])[0].get("transcript") or "")
                 break
-        await self._start_response(self.opts.reply(heard or "nothing"))
+        await self._respond_to(heard)
 
     async def on_response_cancel(self, ev: dict[str, Any]) -> None:
         """Cancel the active response, or refuse like upstream."""
@@ -449,6 +500,10 @@ class SimSession:
                              "delta": base64.b64encode(part).decode()})
             resp.audio_sent_ms += len(part) / 2 / SAMPLE_RATE * 1000
             self.item_audio_ms[item_id] = resp.audio_sent_ms
+            if i == n_chunks // 2 and self.server is not None and self.server.take_drop():
+                logger.info("fault: dropping the connection mid-response")
+                self.ws.transport.abort()
+                return
             upto = math.ceil(len(words) * (i + 1) / n_chunks)
             if upto > word_i:
                 delta = (" " if word_i else "") + " ".join(words[word_i:upto])
@@ -473,6 +528,37 @@ class SimSession:
         await self.send({"type": "response.done", "response": done})
         await self.send({"type": "rate_limits.updated", "rate_limits": [
             {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}]})
+
+    async def _stream_function_call(self, resp: _Response, name: str) -> None:
+        await self.send({"type": "response.created",
+                         "response": self._response_obj(resp, "in_progress", [])})
+        item_id = resp.item_id = _id("item")
+        call_id = _id("call")
+        item: dict[str, Any] = {"id": item_id, "type": "function_call",
+                                "object": "realtime.item", "status": "in_progress",
+                                "call_id": call_id, "name": name, "arguments": ""}
+        self.items[item_id] = item
+        base = {"response_id": resp.id, "item_id": item_id, "output_index": 0,
+                "call_id": call_id}
+        await self.send({"type": "response.output_item.added", "response_id": resp.id,
+                         "output_index": 0, "item": dict(item)})
+        await self.send({"type": "conversation.item.added", "item": dict(item),
+                         "previous_item_id": self._last_item})
+        self._last_item = item_id
+        args = "{}"
+        await self.send({"type": "response.function_call_arguments.delta", **base,
+                         "delta": args})
+        await self.send({"type": "response.function_call_arguments.done", **base,
+                         "name": name, "arguments": args})
+        item.update(status="completed", arguments=args)
+        await self.send({"type": "conversation.item.done", "item": dict(item),
+                         "previous_item_id": None})
+        await self.send({"type": "response.output_item.done", "response_id": resp.id,
+                         "output_index": 0, "item": dict(item)})
+        self.response = None
+        done = self._response_obj(resp, "completed", [dict(item)])
+        self.responses_done.append(done)
+        await self.send({"type": "response.done", "response": done})
 
     async def _cancel_response(self, reason: str) -> None:
         resp = self.response
@@ -519,6 +605,23 @@ class SimServer:
         self.sessions: list[SimSession] = []
         self._server: Server | None = None
         self.refuse_connections = False
+        self._drops_left = self.options.drop_mid_response
+
+    def take_drop(self) -> bool:
+        """Whether the current reply should be cut by a dropped connection."""
+        if self._drops_left > 0:
+            self._drops_left -= 1
+            return True
+        return False
+
+    def drop_next_responses(self, n: int = 1) -> None:
+        """Faults: abort the connection halfway through the next ``n`` replies."""
+        self._drops_left = n
+
+    def stall(self) -> None:
+        """Faults: every open connection goes silent (no events, no pongs)."""
+        for s in self.sessions:
+            s.stall()
 
     @property
     def url(self) -> str:
@@ -561,7 +664,7 @@ class SimServer:
                 "param": None, "event_id": None}}))
             await ws.close(code, f"invalid_request_error.{err}")
             return
-        session = SimSession(ws, self.options, model)
+        session = SimSession(ws, self.options, model, self)
         self.sessions.append(session)
         await session.run()
 
@@ -578,6 +681,9 @@ class SimServer:
 
     async def aclose(self) -> None:
         """Stop listening and close every connection."""
+        for session in self.sessions:
+            if session.stalled:  # a stalled peer would never answer the close handshake
+                session.ws.transport.abort()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
