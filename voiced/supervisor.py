@@ -39,7 +39,7 @@ from voiced.session import (
     StopPlayback,
     make_policy,
 )
-from voiced.transcripts import JsonlSink, make_record
+from voiced.transcripts import JsonlSink, iso_utc, make_record
 
 logger = logging.getLogger(__name__)
 
@@ -369,7 +369,8 @@ class Supervisor:
         """The contract's status object."""
         st = self.session.status()
         exp = st.pop("session_expires_at")
-        return {**st, "session_expires_at": exp, "outbox_pending": 0, "version": __version__,
+        return {**st, "session_expires_at": iso_utc(exp) if exp else None,
+                "outbox_pending": 0, "version": __version__,
                 "device_id": self.settings.device_id,
                 "malformed_frames": self.malformed_frames,
                 "records_written": self.records_written}

@@ -1,0 +1,179 @@
+"""The daemon in-process against the simulator: faults, interruptions, new conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import QUESTION_WAV, TIMEOUT
+from voiced import config
+from voiced.audio.filebackend import WavFileSink, WavFileSource
+from voiced.session import State
+from voiced.sim.server import SimOptions, SimServer
+from voiced.supervisor import Supervisor
+
+
+class Harness:
+    """A running Supervisor plus what it reported."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.states: list[State] = []
+        self.records: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    def listen(self, kind: str, data: Any) -> None:
+        if kind == "state":
+            self.states.append(data)
+        else:
+            self.records.append(data)
+        self.changed.set()
+
+    async def wait(self, pred: Callable[[], bool]) -> None:
+        async def loop() -> None:
+            while not pred():
+                self.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), 0.05)
+        await asyncio.wait_for(loop(), TIMEOUT)
+
+    @property
+    def state(self) -> State:
+        return self.sup.session.state
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
+                  environ: dict[str, str] | None = None,
+                  **overrides: Any) -> AsyncIterator[Harness]:
+    raw: dict[str, Any] = {
+        "device_id": "t",
+        "realtime": {"url": sim.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3,
+                     "connect_timeout_s": 2},
+        "audio": {"backend": "file", "input": {"file": str(QUESTION_WAV)},
+                  "output": {"file": str(tmp_path / "out.wav")}},
+        "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")}},
+        "control": {"socket": str(tmp_path / "ctl.sock")},
+    }
+    for k, v in overrides.items():
+        raw[k] = {**raw.get(k, {}), **v}
+    settings = config.parse(raw, environ=environ or {})
+    source = WavFileSource(QUESTION_WAV, speed=speed)
+    sink = WavFileSink(tmp_path / "out.wav", speed=speed)
+    h: Harness
+    sup = Supervisor(settings, source=source, sink=sink,
+                     listener=lambda kind, data: h.listen(kind, data))
+    h = Harness(sup)
+    task = asyncio.create_task(sup.run())
+    try:
+        yield h
+    finally:
+        sup.request_stop()
+        assert await asyncio.wait_for(task, TIMEOUT) == 0
+
+
+def roles(h: Harness) -> list[str]:
+    return [r["role"] for r in h.records]
+
+
+async def test_malformed_and_unknown_frames_are_counted_not_fatal(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(pace=4, malformed_every=3, unknown_every=4)) as sim:
+        async with running(tmp_path, sim) as h:
+            await h.wait(lambda: h.state == State.READY)
+            h.sup._on_control("press")
+            await h.wait(lambda: roles(h) == ["user", "assistant"])
+            assert h.sup.malformed_frames > 0
+            assert h.sup.status()["malformed_frames"] == h.sup.malformed_frames
+            assert len(sim.sessions) == 1  # no reconnect was needed
+
+
+async def test_reconnects_after_a_drop_mid_response(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(pace=4, drop_mid_response=1)) as sim:
+        async with running(tmp_path, sim) as h:
+            await h.wait(lambda: h.state == State.READY)
+            h.sup._on_control("press")
+            await h.wait(lambda: len(sim.sessions) == 2 and h.sup.session.connected)
+            assert State.CONNECTING in h.states[h.states.index(State.LISTENING):]
+            assert roles(h)[:1] == ["user"]
+
+
+async def test_wrong_api_key_is_the_error_state_with_a_clear_reason(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(require_key="right")) as sim:
+        async with running(tmp_path, sim, environ={"OPENAI_API_KEY": "wrong"}) as h:
+            await h.wait(lambda: h.state == State.ERROR)
+            assert "API key" in (h.sup.session.fatal_reason or "")
+            assert h.sup.status()["state"] == "error"
+
+
+async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(pace=1)) as sim:
+        async with running(tmp_path, sim) as h:
+            await h.wait(lambda: h.state == State.READY)
+            h.sup._on_control("press")
+            await h.wait(lambda: h.state == State.SPEAKING)
+            await asyncio.sleep(0.5)
+            h.sup._on_control("interrupt")
+            assert h.state == State.LISTENING
+            await h.wait(lambda: roles(h) == ["user", "assistant"])
+            await h.wait(lambda: any(e["type"] == "conversation.item.truncated"
+                                     for e in sim.sessions[0].sent))
+            truncate = next(e for e in sim.sessions[0].received
+                            if e["type"] == "conversation.item.truncate")
+            md = h.records[1]["metadata"]
+            assert md["interrupted"] is True
+            assert truncate["audio_end_ms"] == md["heard_ms"] or abs(
+                truncate["audio_end_ms"] - md["heard_ms"]) <= 1
+            # about half a second was played (one 20 ms period of slack either way)
+            assert 440 <= md["heard_ms"] <= 600
+            sent_ms = sim.sessions[0].item_audio_ms[truncate["item_id"]]
+            assert truncate["audio_end_ms"] <= sent_ms
+
+
+async def test_long_press_starts_a_new_conversation_and_session(tmp_path: Path) -> None:
+    async with SimServer() as sim:
+        async with running(tmp_path, sim) as h:
+            await h.wait(lambda: h.state == State.READY)
+            first = h.sup.status()["conversation_id"]
+            h.sup._on_control("long-press")
+            await h.wait(lambda: len(sim.sessions) == 2 and h.state == State.READY)
+            assert h.sup.status()["conversation_id"] != first
+            assert h.sup.status()["mic"] == "off"
+
+
+@pytest.mark.parametrize("cmd", ["status", "press", "interrupt"])
+async def test_control_commands_reply_with_status(tmp_path: Path, cmd: str) -> None:
+    from voiced.control import request
+    async with SimServer() as sim:
+        async with running(tmp_path, sim) as h:
+            await h.wait(lambda: h.state == State.READY)
+            reply = await asyncio.to_thread(request, tmp_path / "ctl.sock", cmd)
+            assert reply["ok"] is True
+            st = reply["status"]
+            for key in ("state", "mic", "connected", "conversation_id", "session_expires_at",
+                        "outbox_pending", "version"):
+                assert key in st
+            assert st["session_expires_at"] is not None
+
+
+async def test_control_socket_is_0660_and_rejects_unknown_commands(tmp_path: Path) -> None:
+    import json
+    import socket
+    async with SimServer() as sim:
+        async with running(tmp_path, sim) as h:
+            await h.wait(lambda: h.state == State.READY)
+            path = tmp_path / "ctl.sock"
+            assert path.stat().st_mode & 0o777 == 0o660
+
+            def ask(line: bytes) -> dict[str, Any]:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(TIMEOUT)
+                    s.connect(str(path))
+                    s.sendall(line)
+                    return dict(json.loads(s.makefile().readline()))
+            assert (await asyncio.to_thread(ask, b'{"cmd": "reboot"}\n'))["ok"] is False
+            assert (await asyncio.to_thread(ask, b"garbage\n"))["ok"] is False
