@@ -30,7 +30,7 @@ class Harness:
     def listen(self, kind: str, data: Any) -> None:
         if kind == "state":
             self.states.append(data)
-        else:
+        elif kind == "record":
             self.records.append(data)
         self.changed.set()
 

@@ -105,15 +105,56 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 
 def cmd_test_leds(args: argparse.Namespace) -> int:
-    """`voiced test-leds`: show every orb state in turn."""
+    """`voiced test-leds`: show every orb state in turn, printing its name."""
+    from voiced.hardware import build_orb
+    from voiced.orb import Animator
     from voiced.session import State
 
     s = _load(args)
-    if s.leds.driver != "none":  # pragma: no cover - rejected by config until implemented
-        print(f"voiced: the {s.leds.driver} orb driver is not implemented yet", file=sys.stderr)
+    setup_logging(logging.DEBUG if args.debug else logging.WARNING)
+    driver = build_orb(s)
+    if driver is None:
+        print("leds.driver is none: nothing lights up; the states are:")
+
+    async def show_all() -> None:
+        orb = Animator(driver, s.leds.patterns, fps=s.leds.fps)
+        task = asyncio.create_task(orb.run())
+        try:
+            for state in State:
+                p = s.leds.patterns[str(state)]
+                print(f"{state}: {p.effect} rgb{p.color} every {p.period_s:g} s", flush=True)
+                orb.set_state(str(state))
+                await asyncio.sleep(args.seconds if driver is not None else 0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(show_all())
+    return EX_OK
+
+
+def cmd_test_button(args: argparse.Namespace) -> int:
+    """`voiced test-button`: print each gesture as it is detected."""
+    from voiced.hardware import build_button
+
+    s = _load(args)
+    setup_logging(logging.DEBUG if args.debug else logging.WARNING)
+    if s.button is None:
+        print("voiced: the config has no button: section", file=sys.stderr)
         return EX_FAIL
-    for state in State:
-        print(f"{state}: (leds.driver is none: nothing lights up)")
+
+    async def watch() -> None:
+        loop = asyncio.get_running_loop()
+        button = build_button(s, lambda g: print(g, flush=True), loop)
+        print(f"press the button on pin {s.button.pin if s.button else '?'} "
+              f"({args.seconds:g} s; Ctrl-C ends)", flush=True)
+        try:
+            await asyncio.sleep(args.seconds)
+        finally:
+            if button is not None:
+                button.close()
+
+    asyncio.run(watch())
     return EX_OK
 
 
@@ -176,7 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config("run", "run the daemon").set_defaults(func=cmd_run)
     with_config("check-config", "validate the config").set_defaults(func=cmd_check_config)
-    with_config("test-leds", "show every orb state").set_defaults(func=cmd_test_leds)
+    tl = with_config("test-leds", "show every orb state in turn")
+    tl.add_argument("--seconds", type=float, default=2.0, help="per state")
+    tl.set_defaults(func=cmd_test_leds)
+    tb = with_config("test-button", "print each button gesture as it is detected")
+    tb.add_argument("--seconds", type=float, default=60.0)
+    tb.set_defaults(func=cmd_test_button)
     ta = with_config("test-audio", "record and play back")
     ta.add_argument("--seconds", type=float, default=3.0)
     ta.set_defaults(func=cmd_test_audio)

@@ -22,6 +22,15 @@ from voiced.sim.server import SimServer
 from voiced.supervisor import Supervisor
 
 DEMO_TIMEOUT_S = 30.0
+DEMO_BUTTON_PIN = "17"
+DEMO_LED_PINS = ("5", "6", "13")
+
+
+async def press(pin: Any, hold_s: float = 0.15) -> None:
+    """A short press on a mock pin (the button pulls the pin low)."""
+    pin.drive_low()
+    await asyncio.sleep(hold_s)
+    pin.drive_high()
 
 
 def demo_question() -> Path:
@@ -46,7 +55,14 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
                       "output": {"file": str(reply_wav)}},
             "transcripts": {"sink": "jsonl", "jsonl": {"path": str(transcripts)}},
             "control": {"socket": str(out / "control.sock")},
+            "button": {"pin": DEMO_BUTTON_PIN},
+            "leds": {"driver": "gpio", "kind": "rgb", "pins": list(DEMO_LED_PINS)},
         }, environ={})
+        # NOTE: gpiozero's mock pins stand in for the button and an RGB LED
+        from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+        pins = MockFactory(pin_class=MockPWMPin)
+        button_pin = pins.pin(int(DEMO_BUTTON_PIN))
         print(f"voiced demo: simulator at {sim.url}; the mic is {demo_question().name}")
         done = asyncio.Event()
         seen: dict[str, Any] = {"pressed": False, "assistant": False, "state": None}
@@ -57,11 +73,12 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
                 if data == seen["state"]:
                     return
                 seen["state"] = data
-                print(f"  [{data}]", flush=True)
+                p = settings.leds.patterns[str(data)]
+                print(f"  [{data}]  orb: {p.effect} rgb{p.color}", flush=True)
                 if data == State.READY and not seen["pressed"]:
                     seen["pressed"] = True
-                    print("  (button pressed: the mic is on)", flush=True)
-                    sup._on_control("press")
+                    print("  (pressing the button)", flush=True)
+                    presses.append(asyncio.ensure_future(press(button_pin)))
                 elif data in (State.LISTENING, State.READY) and seen["assistant"]:
                     done.set()
             elif kind == "record":
@@ -70,7 +87,8 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
                 if data["role"] == "assistant":
                     seen["assistant"] = True
 
-        sup = Supervisor(settings, listener=listen)
+        presses: list[asyncio.Future[None]] = []
+        sup = Supervisor(settings, listener=listen, pin_factory=pins)
         task = asyncio.create_task(sup.run())
         try:
             await asyncio.wait_for(done.wait(), DEMO_TIMEOUT_S)

@@ -21,10 +21,13 @@ from websockets.exceptions import ConnectionClosed
 
 from voiced import __version__, wire
 from voiced.audio import AudioSink, AudioSource
+from voiced.button import ButtonInput
 from voiced.config import Settings
 from voiced.control import ControlServer
 from voiced.errors import AudioDeviceError, BackendError, ConfigError, RealtimeError
+from voiced.hardware import build_button, build_orb
 from voiced.notify import Notifier
+from voiced.orb import Animator
 from voiced.realtime import Backoff, build_url, classify, open_connection
 from voiced.session import (
     Conversation,
@@ -98,12 +101,16 @@ class Supervisor:
         wall_clock: epoch seconds, for record timestamps.
         listener: told ``("state", State)`` and ``("record", dict)`` as they happen
             (the demo prints the conversation through it).
+        pin_factory: gpiozero pin factory for the button and LEDs (None: gpiozero's
+            default, which honours GPIOZERO_PIN_FACTORY).
+        spi: the SPI seam for an APA102 ring (None: spidev).
     """
 
     def __init__(self, settings: Settings, *, source: AudioSource | None = None,
                  sink: AudioSink | None = None, notifier: Notifier | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 listener: Callable[[str, Any], None] | None = None) -> None:
+                 listener: Callable[[str, Any], None] | None = None,
+                 pin_factory: Any = None, spi: Any = None) -> None:
         self.settings = settings
         if source is None or sink is None:
             source, sink = build_audio(settings)
@@ -112,6 +119,10 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.wall_clock = wall_clock
         self.listener = listener or (lambda kind, data: None)
+        self.pin_factory = pin_factory
+        self.spi = spi
+        self.button: ButtonInput | None = None
+        self.orb = Animator(None, settings.leds.patterns, fps=settings.leds.fps)
         self.session = build_conversation(settings)
         self.control = ControlServer(settings.control.socket, self._on_control)
         self.jsonl = (JsonlSink(settings.transcripts.jsonl_path)
@@ -145,6 +156,9 @@ class Supervisor:
         self._apply(self.session.take_effects())
         self.notifier.status("starting: opening devices")
         try:
+            self.orb.driver = build_orb(self.settings, self.pin_factory, self.spi)
+            self.button = build_button(self.settings, self._on_gesture, self._loop,
+                                       self.pin_factory)
             await self.source.start()
             self.sink.set_drained_callback(self._on_drained)
             await self.sink.start()
@@ -165,6 +179,7 @@ class Supervisor:
                 tg.create_task(self._mic_pump(), name="mic")
                 tg.create_task(self._connection_loop(), name="realtime")
                 tg.create_task(self.notifier.watchdog(), name="watchdog")
+                tg.create_task(self.orb.run(), name="orb")
                 tg.create_task(self._wait_for_stop(), name="stop")
         except* _StopRequested:
             pass
@@ -183,6 +198,9 @@ class Supervisor:
         raise _StopRequested
 
     async def _close(self) -> None:
+        if self.button is not None:
+            self.button.close()
+        self.orb.close()
         for closer in (self.control.aclose, self.source.aclose, self.sink.aclose):
             try:
                 await closer()
@@ -348,6 +366,7 @@ class Supervisor:
         text = str(state) if detail == str(state) else f"{state}: {detail}"
         logger.info("state %s", text)
         self.notifier.status(text)
+        self.orb.set_state(str(state))
         self.listener("state", state)
 
     def _record(self, eff: Record) -> None:
@@ -374,6 +393,20 @@ class Supervisor:
                 "device_id": self.settings.device_id,
                 "malformed_frames": self.malformed_frames,
                 "records_written": self.records_written}
+
+    def _on_gesture(self, gesture: str) -> None:
+        logger.debug("button: %s", gesture)
+        self.listener("button", gesture)
+        now = self._now()
+        if gesture == "press":
+            self.session.on_press(now)
+        elif gesture == "long-press":
+            self.session.on_long_press(now)
+        elif gesture == "talk-start":
+            self.session.on_talk_start(now)
+        elif gesture == "talk-end":
+            self.session.on_talk_end(now)
+        self._apply(self.session.take_effects())
 
     def _on_control(self, cmd: str) -> dict[str, Any]:
         now = self._now()
