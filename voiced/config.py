@@ -742,3 +742,19 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Setti
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError([("config", f"{p} is not valid YAML{where}: {problem}")]) from None
     return parse(data, environ=environ, base_dir=p.resolve().parent, source_path=p)
+
+
+def diff(old: object, new: object, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two settings trees."""
+    import dataclasses
+
+    if (dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new)
+            and type(old) is type(new)):
+        out: list[str] = []
+        for f in dataclasses.fields(old):
+            if f.name == "source_path":
+                continue
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            out += diff(getattr(old, f.name), getattr(new, f.name), key)
+        return out
+    return [] if old == new else [prefix]

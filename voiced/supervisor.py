@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -19,7 +20,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from voiced import __version__, wire
+from voiced import __version__, config, wire
 from voiced.audio import AudioSink, AudioSource
 from voiced.button import ButtonInput
 from voiced.config import Settings
@@ -34,6 +35,7 @@ from voiced.session import (
     Effect,
     MicOpened,
     Play,
+    Policy,
     Reconnect,
     Record,
     Send,
@@ -47,6 +49,11 @@ from voiced.transcripts import JsonlSink, iso_utc, make_record
 logger = logging.getLogger(__name__)
 
 _STABLE_S = 60.0  # a connection that lasted this long resets the backoff
+# settings a SIGHUP applies without a restart (prefixes of dotted keys)
+_LIVE_KEYS = ("realtime.voice", "realtime.instructions", "realtime.turn_detection",
+              "realtime.transcription", "realtime.model", "realtime.url", "realtime.relay",
+              "realtime.connect_timeout_s", "realtime.reconnect_", "leds.patterns",
+              "log_level", "realtime.api_key")
 
 
 class _StopRequested(Exception):
@@ -69,8 +76,8 @@ def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
     return (PyAudioSource(a.input, frame_ms=a.frame_ms), PyAudioSink(a.output))
 
 
-def build_conversation(settings: Settings) -> Conversation:
-    """The session core, configured from the settings."""
+def build_policy(settings: Settings) -> Policy:
+    """The session core's policy, from the settings."""
     rt = settings.realtime
     td = rt.turn_detection
     transcription: wire.TranscriptionParam = {"model": rt.transcription.model}
@@ -78,7 +85,7 @@ def build_conversation(settings: Settings) -> Conversation:
         transcription["language"] = rt.transcription.language
     if rt.transcription.prompt:
         transcription["prompt"] = rt.transcription.prompt
-    policy = make_policy(
+    return make_policy(
         model=rt.model, voice=rt.voice, instructions=rt.instructions, turn_type=td.type,
         threshold=td.threshold, prefix_padding_ms=td.prefix_padding_ms,
         silence_duration_ms=td.silence_duration_ms, eagerness=td.eagerness,
@@ -86,6 +93,12 @@ def build_conversation(settings: Settings) -> Conversation:
         echo_tail_ms=settings.audio.echo_tail_ms,
         push_to_talk=settings.button is not None and settings.button.mode == "push_to_talk",
         send_model=rt.relay is None)
+
+
+def build_conversation(settings: Settings) -> Conversation:
+    """The session core, configured from the settings."""
+    rt = settings.realtime
+    policy = build_policy(settings)
     cid = (rt.relay.conversation_id if rt.relay and rt.relay.conversation_id
            else str(uuid.uuid4()))
     return Conversation(policy, conversation_id=cid, new_id=lambda: str(uuid.uuid4()))
@@ -153,6 +166,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self._loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._apply(self.session.take_effects())
         self.notifier.status("starting: opening devices")
         try:
@@ -193,6 +208,45 @@ class Supervisor:
         self.notifier.stopping()
         self._stop.set()
 
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; apply what can be applied live, keep the rest.
+
+        An invalid new config is rejected with the usual error lines and the running
+        one stays in force.
+        """
+        self.notifier.reloading()
+        path = self.settings.source_path
+        try:
+            if path is None:
+                raise ConfigError([("config", "these settings did not come from a file")])
+            new = config.load(path)
+        except ConfigError as e:
+            for line in e.lines():
+                logger.error("%s", line)
+            logger.error("reload rejected: the running configuration stays in force")
+            self.notifier.status(f"reload rejected ({len(e.problems)} problem(s)); "
+                                 f"{self.session.state}")
+            self.notifier.ready()
+            return
+        changed = config.diff(self.settings, new)
+        live = [k for k in changed if k.startswith(_LIVE_KEYS)]
+        restart = [k for k in changed if not k.startswith(_LIVE_KEYS)]
+        self.session.policy = build_policy(new)
+        self.orb.set_patterns(new.leds.patterns)
+        logging.getLogger().setLevel(new.log_level.upper())
+        keep = {k: getattr(self.settings, k) for k in ("audio", "button", "control",
+                                                         "transcripts", "device_id")}
+        self.settings = dataclasses.replace(new, **keep)
+        if live:
+            logger.info("reloaded: %s (voice, instructions and turn detection apply from "
+                        "the next session)", ", ".join(live))
+        if restart:
+            logger.warning("changed but only applied after a restart: %s", ", ".join(restart))
+        if not changed:
+            logger.info("reloaded: nothing changed")
+        self.notifier.status(f"reloaded; {self.session.state}")
+        self.notifier.ready()
+
     async def _wait_for_stop(self) -> None:
         await self._stop.wait()
         raise _StopRequested
@@ -226,6 +280,8 @@ class Supervisor:
         backoff = Backoff(rt.reconnect_min_s, rt.reconnect_max_s)
         failures = 0
         while True:
+            rt = self.settings.realtime  # a SIGHUP may have changed it
+            backoff.min_s, backoff.max_s = rt.reconnect_min_s, rt.reconnect_max_s
             url = build_url(rt, self.session.conversation_id if rt.relay else None)
             started = self._now()
             err: RealtimeError | None = None
