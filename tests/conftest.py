@@ -46,7 +46,8 @@ def write_config(tmp_path: Path, url: str, *, input_wav: Path = QUESTION_WAV,
         "realtime": {"url": url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
         "audio": {"backend": "file", "input": {"file": str(input_wav)},
                   "output": {"file": str(tmp_path / "out.wav")}},
-        "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")}},
+        "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")},
+                        "outbox_dir": str(tmp_path / "outbox")},
         "control": {"socket": str(tmp_path / "ctl.sock")},
     }
     cfg = deep_merge(cfg, overrides)

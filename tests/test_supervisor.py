@@ -57,7 +57,8 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
                      "connect_timeout_s": 2},
         "audio": {"backend": "file", "input": {"file": str(QUESTION_WAV)},
                   "output": {"file": str(tmp_path / "out.wav")}},
-        "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")}},
+        "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")},
+                        "outbox_dir": str(tmp_path / "outbox")},
         "control": {"socket": str(tmp_path / "ctl.sock")},
     }
     for k, v in overrides.items():

@@ -251,6 +251,24 @@ class TranscriptSettings:
     """Durable spool of records not yet accepted by the sink."""
     jsonl_path: Path | None = None
     """jsonl sink: file the records are appended to."""
+    webhook_url: str | None = None
+    """webhook sink: the URL records are POSTed to."""
+    webhook_token: Secret | None = field(default=None, repr=False)
+    """webhook sink: bearer token (credential webhook_token), optional."""
+    supabase_url: str | None = None
+    """supabase sink: the project URL (https://<ref>.supabase.co)."""
+    supabase_key: Secret | None = field(default=None, repr=False)
+    """supabase sink: apikey + bearer (credential supabase_key)."""
+    postgres_dsn: Secret | None = field(default=None, repr=False)
+    """postgres sink: connection string (credential postgres_dsn)."""
+    timeout_s: float = 10.0
+    """Network sinks: one delivery attempt may take this long."""
+    max_records: int = 10_000
+    """Outbox bound: more records than this drops the oldest (with a WARNING)."""
+    max_bytes: int = 50_000_000
+    """Outbox bound in bytes."""
+    retry_max_s: float = 300.0
+    """Longest wait between delivery attempts (jittered exponential backoff)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,29 +673,64 @@ def _leds(sec: _Section) -> LedSettings:
     return s
 
 
+def _url(sec: _Section, name: str, schemes: tuple[str, ...]) -> str | None:
+    v = sec.opt_str(name)
+    if v is None:
+        return None
+    parts = urlsplit(v)
+    if parts.scheme not in schemes or not parts.hostname:
+        sec.bad(name, f"{v!r} is not an {' or '.join(s + '://' for s in schemes)} URL")
+        return None
+    return v
+
+
 def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> TranscriptSettings:
     d = TranscriptSettings()
     sink = sec.str_("sink", d.sink, choices=SINKS)
     outbox = _path(sec, "outbox_dir", base) or d.outbox_dir
-    jsonl_path: Path | None = None
-    if sec.has("jsonl"):
-        js = sec.section("jsonl")
-        jsonl_path = _path(js, "path", base)
-        js.finish()
-    else:
-        sec.raw("jsonl")
+    subs: dict[str, _Section] = {}
+    for name in ("jsonl", "webhook", "supabase", "postgres"):
+        subs[name] = sec.section(name)
+    jsonl_path = _path(subs["jsonl"], "path", base)
+    webhook_url = _url(subs["webhook"], "url", ("http", "https"))
+    supabase_url = _url(subs["supabase"], "url", ("http", "https"))
+    for sub in subs.values():
+        sub.finish()
+    webhook_token = read_credential("webhook_token", environ)
+    supabase_key = read_credential("supabase_key", environ)
+    postgres_dsn = read_credential("postgres_dsn", environ)
+
+    def need(ok: object, key: str, what: str) -> None:
+        if not ok:
+            sec.problems.add(key, what)
+
     if sink == "jsonl":
-        if jsonl_path is None:
-            sec.problems.add("transcripts.jsonl.path", "is required when transcripts.sink is jsonl")
-        elif not jsonl_path.parent.is_dir():
+        need(jsonl_path, "transcripts.jsonl.path", "is required when transcripts.sink is jsonl")
+        if jsonl_path is not None and not jsonl_path.parent.is_dir():
             sec.problems.add("transcripts.jsonl.path",
                              f"directory {jsonl_path.parent} does not exist")
-    elif sink in ("webhook", "supabase", "postgres"):
-        sec.bad("sink", f"the {sink} sink is not implemented yet in this version; "
-                        "use jsonl or none")
+    elif sink == "webhook":
+        need(webhook_url, "transcripts.webhook.url",
+             "is required when transcripts.sink is webhook")
+    elif sink == "supabase":
+        need(supabase_url, "transcripts.supabase.url",
+             "is required when transcripts.sink is supabase")
+        need(supabase_key, "credentials.supabase_key",
+             "missing: put it in $CREDENTIALS_DIRECTORY/supabase_key or $VOICED_SUPABASE_KEY")
+    elif sink == "postgres":
+        need(postgres_dsn, "credentials.postgres_dsn",
+             "missing: put it in $CREDENTIALS_DIRECTORY/postgres_dsn or $VOICED_POSTGRES_DSN")
+    s = TranscriptSettings(
+        sink=sink, outbox_dir=outbox, jsonl_path=jsonl_path,  # type: ignore[arg-type]
+        webhook_url=webhook_url, webhook_token=webhook_token, supabase_url=supabase_url,
+        supabase_key=supabase_key, postgres_dsn=postgres_dsn,
+        timeout_s=sec.num("timeout_s", d.timeout_s, lo=0.5, hi=300),
+        max_records=sec.int_("max_records", d.max_records, lo=1, hi=10_000_000),
+        max_bytes=sec.int_("max_bytes", d.max_bytes, lo=10_000, hi=100_000_000_000),
+        retry_max_s=sec.num("retry_max_s", d.retry_max_s, lo=1, hi=86_400),
+    )
     sec.finish()
-    return TranscriptSettings(sink=sink, outbox_dir=outbox,  # type: ignore[arg-type]
-                              jsonl_path=jsonl_path)
+    return s
 
 
 def parse(data: object, *, environ: Mapping[str, str] | None = None,

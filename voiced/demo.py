@@ -53,7 +53,8 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
             "realtime": {"url": sim.url},
             "audio": {"backend": "file", "input": {"file": str(demo_question())},
                       "output": {"file": str(reply_wav)}},
-            "transcripts": {"sink": "jsonl", "jsonl": {"path": str(transcripts)}},
+            "transcripts": {"sink": "jsonl", "jsonl": {"path": str(transcripts)},
+                            "outbox_dir": str(out / "outbox")},
             "control": {"socket": str(out / "control.sock")},
             "button": {"pin": DEMO_BUTTON_PIN},
             "leds": {"driver": "gpio", "kind": "rgb", "pins": list(DEMO_LED_PINS)},
@@ -92,6 +93,9 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
         task = asyncio.create_task(sup.run())
         try:
             await asyncio.wait_for(done.wait(), DEMO_TIMEOUT_S)
+            # the transcripts go through the outbox: let it deliver before stopping
+            if sup.outbox is not None:
+                await asyncio.wait_for(sup.outbox.idle.wait(), 5)
         except TimeoutError:
             print(f"voiced demo: no complete exchange within {DEMO_TIMEOUT_S:.0f} s",
                   file=sys.stderr)

@@ -25,10 +25,11 @@ from voiced.audio import AudioSink, AudioSource
 from voiced.button import ButtonInput
 from voiced.config import Settings
 from voiced.control import ControlServer
-from voiced.errors import AudioDeviceError, BackendError, ConfigError, RealtimeError
+from voiced.errors import AudioDeviceError, ConfigError, RealtimeError
 from voiced.hardware import build_button, build_orb
 from voiced.notify import Notifier
 from voiced.orb import Animator
+from voiced.outbox import Outbox
 from voiced.realtime import Backoff, build_url, classify, open_connection
 from voiced.session import (
     Conversation,
@@ -44,7 +45,8 @@ from voiced.session import (
     StopPlayback,
     make_policy,
 )
-from voiced.transcripts import JsonlSink, iso_utc, make_record
+from voiced.sinks import build_sink
+from voiced.transcripts import iso_utc, make_record
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +140,14 @@ class Supervisor:
         self.orb = Animator(None, settings.leds.patterns, fps=settings.leds.fps)
         self.session = build_conversation(settings)
         self.control = ControlServer(settings.control.socket, self._on_control)
-        self.jsonl = (JsonlSink(settings.transcripts.jsonl_path)
-                      if settings.transcripts.sink == "jsonl"
-                      and settings.transcripts.jsonl_path else None)
+        tr = settings.transcripts
+        self.outbox: Outbox | None = None
+        if tr.sink != "none":
+            backend = build_sink(tr, device_id=settings.device_id,
+                                 agent_id=settings.realtime.relay.agent_id
+                                 if settings.realtime.relay else None)
+            self.outbox = Outbox(tr.outbox_dir, backend, max_records=tr.max_records,
+                                 max_bytes=tr.max_bytes, retry_max_s=tr.retry_max_s)
         self._ws: ClientConnection | None = None
         self._outgoing: asyncio.Queue[wire.ClientEvent] = asyncio.Queue()
         self._reconnect_now = asyncio.Event()
@@ -148,7 +155,6 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.malformed_frames = 0
         self.records_written = 0
-        self.records_failed = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -171,6 +177,7 @@ class Supervisor:
         self._apply(self.session.take_effects())
         self.notifier.status("starting: opening devices")
         try:
+            self._open_outbox()
             self.orb.driver = build_orb(self.settings, self.pin_factory, self.spi)
             self.button = build_button(self.settings, self._on_gesture, self._loop,
                                        self.pin_factory)
@@ -195,6 +202,8 @@ class Supervisor:
                 tg.create_task(self._connection_loop(), name="realtime")
                 tg.create_task(self.notifier.watchdog(), name="watchdog")
                 tg.create_task(self.orb.run(), name="orb")
+                if self.outbox is not None:
+                    tg.create_task(self.outbox.run(), name="outbox")
                 tg.create_task(self._wait_for_stop(), name="stop")
         except* _StopRequested:
             pass
@@ -202,6 +211,15 @@ class Supervisor:
             await self._close()
         logger.info("stopped")
         return 0
+
+    def _open_outbox(self) -> None:
+        if self.outbox is None:
+            return
+        try:
+            self.outbox.open()
+        except OSError as e:
+            raise ConfigError([("transcripts.outbox_dir",
+                                f"cannot use {self.outbox.dir}: {e.strerror or e}")]) from e
 
     def _on_signal(self, sig: signal.Signals) -> None:
         logger.info("%s received: stopping", sig.name)
@@ -255,7 +273,10 @@ class Supervisor:
         if self.button is not None:
             self.button.close()
         self.orb.close()
-        for closer in (self.control.aclose, self.source.aclose, self.sink.aclose):
+        closers = [self.control.aclose, self.source.aclose, self.sink.aclose]
+        if self.outbox is not None:
+            closers.append(self.outbox.aclose)  # pending records reach the disk
+        for closer in closers:
             try:
                 await closer()
             except Exception:  # noqa: BLE001 - closing must go on whatever one part does
@@ -429,14 +450,9 @@ class Supervisor:
         record = make_record(eff.transcript, device_id=self.settings.device_id,
                              created_at=self.wall_clock())
         self.listener("record", record)
-        if self.jsonl is None:
-            return
-        try:
-            self.jsonl.write(record)
+        if self.outbox is not None:
+            self.outbox.put(record)
             self.records_written += 1
-        except BackendError as e:
-            self.records_failed += 1
-            logger.error("transcript %s not saved: %s", record["id"], e)
 
     # ------------------------------------------------------------------ control
 
@@ -445,7 +461,8 @@ class Supervisor:
         st = self.session.status()
         exp = st.pop("session_expires_at")
         return {**st, "session_expires_at": iso_utc(exp) if exp else None,
-                "outbox_pending": 0, "version": __version__,
+                "outbox_pending": self.outbox.pending if self.outbox else 0,
+                "version": __version__,
                 "device_id": self.settings.device_id,
                 "malformed_frames": self.malformed_frames,
                 "records_written": self.records_written}

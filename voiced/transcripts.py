@@ -1,4 +1,4 @@
-"""Transcript records (contract §4) and the jsonl sink.
+"""Transcript records (contract §4).
 
 A record's ``id`` is a UUID derived from ``device_id`` + the Realtime ``item_id``, so a
 retry can never create a duplicate at a backend.
@@ -6,15 +6,11 @@ retry can never create a duplicate at a backend.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
-from voiced.errors import BackendError
 from voiced.session import Transcript
 
 logger = logging.getLogger(__name__)
@@ -44,27 +40,3 @@ def make_record(t: Transcript, *, device_id: str, created_at: float) -> dict[str
         "created_at": iso_utc(created_at),
         "metadata": dict(t.metadata),
     }
-
-
-class JsonlSink:
-    """Appends one JSON object per line, fsynced, to ``path``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append ``record`` durably.
-
-        Raises:
-            BackendError: the file cannot be written (disk full, permissions).
-        """
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise BackendError(f"cannot append to {self.path}: {e.strerror or e}") from e

@@ -1,0 +1,283 @@
+"""The durable transcript outbox: every record reaches disk first, then the sink.
+
+One JSON file per record in ``transcripts.outbox_dir``, written to a temp file, fsynced,
+renamed, and the directory fsynced, so a power cut leaves either the whole record or
+nothing. A delivery task sends records oldest first and removes a file only after the
+sink accepted it; rejected records move to ``rejected/``, unreadable ones to
+``corrupt/``. Writes run on one worker thread so a slow SD card never stalls the audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(Enum):
+    """What a sink did with a record."""
+
+    DELIVERED = "delivered"  # 2xx, 409, or already there
+    REJECTED = "rejected"  # the backend will never take it (other 4xx, bad data)
+    RETRY = "retry"  # 5xx, timeout, connection error: try again later
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A sink's answer, with a reason for logs."""
+
+    outcome: Outcome
+    reason: str = ""
+
+
+class Sink(Protocol):
+    """Where records go: one call per record, idempotent by ``record["id"]``."""
+
+    name: str
+
+    async def deliver(self, record: dict[str, Any]) -> Result:
+        """Try to deliver; never raises for backend trouble (returns RETRY)."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Outbox:
+    """The spool directory plus its delivery loop.
+
+    Args:
+        directory: ``transcripts.outbox_dir``.
+        sink: where records go (None: records are only kept on disk).
+        max_records, max_bytes: bounds; over them the oldest records are dropped.
+        retry_max_s: the longest wait between delivery attempts.
+        rand: jitter source (tests pass a fixed one).
+    """
+
+    def __init__(self, directory: Path, sink: Sink | None, *, max_records: int = 10_000,
+                 max_bytes: int = 50_000_000, retry_min_s: float = 1.0,
+                 retry_max_s: float = 300.0, rand: Callable[[], float] = random.random
+                 ) -> None:
+        self.dir = directory
+        self.sink = sink
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.rand = rand
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._writes: set[asyncio.Future[None]] = set()
+        self._unsaved: list[dict[str, Any]] = []  # records the disk refused (ENOSPC)
+        self._wake = asyncio.Event()
+        self.idle = asyncio.Event()
+        """Set while nothing is pending (the demo and tests wait on it)."""
+        self._seq = 0
+        self._disk_error_logged = False
+        self.delivered = 0
+        self.rejected = 0
+        self.dropped = 0
+        self.corrupt = 0
+
+    # ------------------------------------------------------------------ set-up
+
+    def open(self) -> None:
+        """Create the directories; move aside half-written files from a crash.
+
+        Raises:
+            OSError: the directory cannot be created (the caller reports it).
+        """
+        for sub in ("", "rejected", "corrupt"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o750)
+        for tmp in self.dir.glob(".tmp-*"):
+            logger.warning("outbox: removing %s, a record half-written when the power "
+                           "went (it was never acknowledged)", tmp.name)
+            tmp.unlink()
+        pending = self.pending
+        if pending:
+            logger.info("outbox: %d transcript record(s) waiting from before", pending)
+
+    @property
+    def pending(self) -> int:
+        """Records not yet accepted by the sink (on disk or waiting for disk space)."""
+        try:
+            on_disk = sum(1 for p in self.dir.iterdir() if p.suffix == ".json")
+        except OSError:
+            on_disk = 0
+        return on_disk + len(self._unsaved) + len(self._writes)
+
+    # ------------------------------------------------------------------ writing
+
+    def put(self, record: dict[str, Any]) -> None:
+        """Queue ``record`` for a durable write (on the worker thread), then delivery."""
+        loop = asyncio.get_running_loop()
+        self.idle.clear()
+        fut = asyncio.wrap_future(self._io.submit(self._write, record), loop=loop)
+        self._writes.add(fut)
+        fut.add_done_callback(self._written)
+
+    def _written(self, fut: asyncio.Future[None]) -> None:
+        self._writes.discard(fut)
+        self._wake.set()
+
+    def _name(self) -> str:
+        # time first, so that a directory listing sorted by name is oldest first
+        self._seq += 1
+        return f"{time.time_ns():020d}-{self._seq:06d}"
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """Write one record durably (worker thread); on failure keep it in memory."""
+        data = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        name = self._name()
+        tmp = self.dir / f".tmp-{name}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.dir / f"{name}.json")
+            _fsync_dir(self.dir)
+            self._disk_error_logged = False
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self._unsaved.append(record)
+            if not self._disk_error_logged:
+                self._disk_error_logged = True
+                what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+                logger.error("outbox: cannot save transcript %s to %s: %s; keeping it in "
+                             "memory and retrying", record.get("id"), self.dir, what)
+            return
+        self._enforce_bounds()
+
+    def _enforce_bounds(self) -> None:
+        files = sorted(p for p in self.dir.iterdir() if p.suffix == ".json")
+        total = 0
+        sizes = []
+        for p in files:
+            try:
+                size = p.stat().st_size
+            except FileNotFoundError:
+                size = 0
+            sizes.append(size)
+            total += size
+        drop = 0
+        while len(files) - drop > self.max_records or (total > self.max_bytes
+                                                        and drop < len(files) - 1):
+            total -= sizes[drop]
+            with contextlib.suppress(FileNotFoundError):
+                files[drop].unlink()
+            drop += 1
+        if drop:
+            self.dropped += drop
+            logger.warning("outbox: over its bound (%d records / %d bytes): dropped the %d "
+                           "oldest transcript record(s)", self.max_records, self.max_bytes,
+                           drop)
+
+    def _retry_unsaved(self) -> None:
+        records, self._unsaved = self._unsaved, []
+        for r in records:
+            self._write(r)
+
+    async def flush(self) -> None:
+        """Wait until every record handed to :meth:`put` is on disk (or kept in memory)."""
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    # ------------------------------------------------------------------ delivery
+
+    def _oldest(self) -> Path | None:
+        try:
+            files = sorted(p for p in self.dir.iterdir() if p.suffix == ".json")
+        except OSError:
+            return None
+        return files[0] if files else None
+
+    def _load(self, path: Path) -> dict[str, Any] | None:
+        try:
+            record = json.loads(path.read_bytes())
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                raise ValueError("not a transcript record")
+            return record
+        except (ValueError, UnicodeDecodeError) as e:
+            self.corrupt += 1
+            dest = self.dir / "corrupt" / path.name
+            os.replace(path, dest)
+            logger.error("outbox: %s is damaged (%s); moved to %s", path.name, e, dest)
+            return None
+
+    def _remove(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        _fsync_dir(self.dir)
+
+    async def run(self) -> None:
+        """Deliver forever, oldest first, with jittered exponential backoff on failure."""
+        attempts = 0
+        first_failure_logged = False
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._unsaved:
+                await loop.run_in_executor(self._io, self._retry_unsaved)
+            path = await loop.run_in_executor(self._io, self._oldest)
+            if path is None or self.sink is None:
+                self._wake.clear()
+                if path is None and not self._writes and not self._unsaved:
+                    self.idle.set()
+                timeout = 30.0 if self._unsaved else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            record = await loop.run_in_executor(self._io, self._load, path)
+            if record is None:
+                continue
+            result = await self.sink.deliver(record)
+            if result.outcome is Outcome.DELIVERED:
+                await loop.run_in_executor(self._io, self._remove, path)
+                self.delivered += 1
+                if attempts:
+                    logger.info("outbox: %s reachable again; delivering", self.sink.name)
+                attempts = 0
+                first_failure_logged = False
+                continue
+            if result.outcome is Outcome.REJECTED:
+                self.rejected += 1
+                dest = self.dir / "rejected" / path.name
+                await loop.run_in_executor(self._io, os.replace, path, dest)
+                logger.error("outbox: %s rejected transcript %s (%s); kept in %s",
+                             self.sink.name, record["id"], result.reason, dest)
+                continue
+            base = min(self.retry_max_s, self.retry_min_s * 2 ** min(attempts, 20))
+            delay = base * (0.5 + 0.5 * self.rand())
+            attempts += 1
+            log = logger.debug if first_failure_logged else logger.warning
+            first_failure_logged = True
+            log("outbox: %s: %s; %d record(s) waiting, retrying in %.0f s", self.sink.name,
+                result.reason, self.pending, delay)
+            await asyncio.sleep(delay)
+
+    async def aclose(self) -> None:
+        """Let pending writes reach disk, then release the sink and the worker thread."""
+        await self.flush()
+        if self.sink is not None:
+            await self.sink.aclose()
+        self._io.shutdown(wait=True)

@@ -1,0 +1,87 @@
+"""The ``postgres`` sink: direct inserts for self-hosted backends (psycopg 3).
+
+psycopg 3 is the maintained PostgreSQL driver with native asyncio; its binary wheels
+cover arm64, and it falls back to the system libpq elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from voiced.config import Secret
+from voiced.outbox import Outcome, Result
+
+logger = logging.getLogger(__name__)
+
+_INSERT_CONVERSATION = """
+insert into conversations (id, agent_id, device_id, created_at)
+values (%s, %s, %s, %s) on conflict do nothing"""
+_INSERT_MESSAGE = """
+insert into chat_messages_v2 (id, conversation_id, role, content, metadata, created_at)
+values (%s, %s, %s, %s, %s::jsonb, %s) on conflict do nothing"""
+
+
+class PostgresSink:
+    """Inserts the conversation (once) and the message in one transaction."""
+
+    name = "postgres"
+
+    def __init__(self, dsn: Secret, *, timeout_s: float, device_id: str,
+                 agent_id: str | None) -> None:
+        self.dsn = dsn
+        self.timeout_s = timeout_s
+        self.device_id = device_id
+        self.agent_id = agent_id
+        self._conn: Any = None
+
+    async def _connect(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.dsn.reveal(), connect_timeout=max(1, int(self.timeout_s)),
+                autocommit=False)
+        return self._conn
+
+    async def deliver(self, record: dict[str, Any]) -> Result:
+        """Insert; unique conflicts count as delivered."""
+        import psycopg
+
+        try:
+            conn = await self._connect()
+            async with conn.transaction():
+                await conn.execute(_INSERT_CONVERSATION, (
+                    record["conversation_id"], self.agent_id, self.device_id,
+                    record["created_at"]))
+                await conn.execute(_INSERT_MESSAGE, (
+                    record["id"], record["conversation_id"], record["role"], record["text"],
+                    json.dumps(record["metadata"], ensure_ascii=False),
+                    record["created_at"]))
+            return Result(Outcome.DELIVERED)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege) as e:
+            # the schema is not applied or the role may not insert: fixable, so keep trying
+            await self._drop()
+            return Result(Outcome.RETRY, f"{type(e).__name__}: {str(e).strip()[:200]} "
+                                         "(apply voiced/sinks/schema.sql?)")
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError,
+                psycopg.errors.ProgrammingError) as e:
+            # the data or the schema is wrong: retrying cannot help
+            return Result(Outcome.REJECTED, f"{type(e).__name__}: {str(e).strip()[:200]}")
+        except (psycopg.OperationalError, OSError) as e:
+            await self._drop()
+            # NOTE: never log the DSN: it carries the password
+            return Result(Outcome.RETRY, f"{type(e).__name__}: {str(e).strip()[:200]}")
+
+    async def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                await self._conn.close()
+            except Exception as e:  # noqa: BLE001 - already broken
+                logger.debug("closing a broken connection: %s", e)
+            self._conn = None
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        await self._drop()
