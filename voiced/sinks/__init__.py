@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from voiced.config import TranscriptSettings
+from voiced.errors import ConfigError
 from voiced.outbox import Sink
 
 
@@ -32,6 +33,11 @@ def build_sink(settings: TranscriptSettings, *, device_id: str, agent_id: str | 
         return SupabaseSink(settings.supabase_url, key=settings.supabase_key,
                             timeout_s=settings.timeout_s, device_id=device_id,
                             agent_id=agent_id)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ConfigError([("transcripts.sink", "the postgres sink needs psycopg 3: "
+                            "pip install 'voiced[postgres]' in the venv")]) from None
     from voiced.sinks.postgres import PostgresSink
 
     assert settings.postgres_dsn is not None
