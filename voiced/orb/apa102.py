@@ -50,7 +50,7 @@ class SpidevWriter:
     """spidev on the Pi (``/dev/spidev<bus>.<device>``)."""
 
     def __init__(self, bus: int, device: int, speed_hz: int = 8_000_000) -> None:
-        import spidev  # type: ignore[import-not-found]
+        import spidev
 
         self._spi = spidev.SpiDev()
         self._spi.open(bus, device)
