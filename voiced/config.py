@@ -145,6 +145,8 @@ class AudioEndpointSettings:
     """WAV path for the file backend."""
     channel: int | None = None
     """Input only: which channel of a multi-channel mic to use (None downmixes)."""
+    rate_hz: int | None = None
+    """pyaudio: force this device rate (None: 24 kHz if supported, else 48k, 44.1k, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,6 +528,11 @@ def _endpoint(sec: _Section, backend: str, base: Path, *, is_input: bool) -> Aud
     else:
         device = raw_dev
     path = _path(sec, "file", base)
+    rate_hz: int | None = None
+    if sec.has("rate_hz") and sec.data.get("rate_hz") is not None:
+        rate_hz = sec.int_("rate_hz", 48000, lo=8000, hi=192000)
+    else:
+        sec.raw("rate_hz")
     channel: int | None = None
     if is_input:
         if sec.has("channel") and sec.data.get("channel") is not None:
@@ -540,7 +547,7 @@ def _endpoint(sec: _Section, backend: str, base: Path, *, is_input: bool) -> Aud
         elif not is_input and not path.parent.is_dir():
             sec.bad("file", f"directory {path.parent} does not exist")
     sec.finish()
-    return AudioEndpointSettings(device=device, file=path, channel=channel)
+    return AudioEndpointSettings(device=device, file=path, channel=channel, rate_hz=rate_hz)
 
 
 def _audio(sec: _Section, base: Path) -> AudioSettings:

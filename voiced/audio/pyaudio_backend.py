@@ -174,14 +174,17 @@ class PyAudioSource:
             raise ConfigError([("audio.input.channel",
                                 f"device \"{dev.name}\" has {dev.max_input_channels} "
                                 f"input channel(s); channel {want_channel} does not exist")])
-        rates = supported_rates(pa, dev, is_input=True, channels=channels, rates=PROBE_RATES)
+        probe = (self.settings.rate_hz,) if self.settings.rate_hz else PROBE_RATES
+        rates = supported_rates(pa, dev, is_input=True, channels=channels, rates=probe)
         if not rates and channels == 1 and dev.max_input_channels >= 2:
             channels = 2  # some USB mics open only in stereo
-            rates = supported_rates(pa, dev, is_input=True, channels=2, rates=PROBE_RATES)
+            rates = supported_rates(pa, dev, is_input=True, channels=2, rates=probe)
+        if not rates and self.settings.rate_hz:
+            raise ConfigError([("audio.input.rate_hz", f"device \"{dev.name}\" does not "
+                                f"accept {self.settings.rate_hz} Hz")])
         rate = rates[0] if rates else dev.default_rate
         self.rate = rate
-        conv = ToWire(rate, channels, want_channel if want_channel is not None
-                      else (None if channels > 1 else None))
+        conv = ToWire(rate, channels, want_channel)
         framer = Framer(frame_bytes(self.frame_ms))
         pyaudio = _pyaudio()
         overflow_flag = pyaudio.paInputOverflow
@@ -306,10 +309,14 @@ class PyAudioSink:
         dev = self.device = select_device(pa, self.settings.device, is_input=False,
                                           key="audio.output.device")
         channels = 1
-        rates = supported_rates(pa, dev, is_input=False, channels=1, rates=PROBE_RATES)
+        probe = (self.settings.rate_hz,) if self.settings.rate_hz else PROBE_RATES
+        rates = supported_rates(pa, dev, is_input=False, channels=1, rates=probe)
         if not rates and dev.max_output_channels >= 2:
             channels = 2
-            rates = supported_rates(pa, dev, is_input=False, channels=2, rates=PROBE_RATES)
+            rates = supported_rates(pa, dev, is_input=False, channels=2, rates=probe)
+        if not rates and self.settings.rate_hz:
+            raise ConfigError([("audio.output.rate_hz", f"device \"{dev.name}\" does not "
+                                f"accept {self.settings.rate_hz} Hz")])
         self.rate = rates[0] if rates else dev.default_rate
         self.channels = channels
         self._conv = FromWire(self.rate, channels)

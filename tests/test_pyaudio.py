@@ -1,0 +1,209 @@
+"""The PyAudio backend on a real PortAudio stack: ALSA's file plugin over a null device.
+
+ALSA reads its configuration once per process, so each test runs PortAudio in a child
+process whose HOME holds an ``.asoundrc`` naming a device ``usbmic``: capture reads a raw
+file, playback writes one (exact bytes, not paced; see shared/docs/test-harness.md §2a).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+import yaml
+
+from tests.conftest import TIMEOUT, clean_env, voiced_cmd
+
+
+def alsa_home(tmp_path: Path, rate_in_s: float = 4.0, in_pcm: bytes | None = None) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    infile = tmp_path / "in.raw"
+    # NOTE: in.raw must exist before PortAudio enumerates, and be longer than any read
+    infile.write_bytes(in_pcm if in_pcm is not None else bytes(int(48000 * 2 * rate_in_s)))
+    (home / ".asoundrc").write_text(textwrap.dedent(f"""
+        pcm.usbmic {{
+            type file
+            slave.pcm "null"
+            file "{tmp_path}/out.raw"
+            infile "{infile}"
+            format "raw"
+        }}
+        pcm.!default {{ type plug; slave.pcm "usbmic" }}
+    """))
+    return home
+
+
+def run_py(home: Path, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                          env=clean_env(HOME=str(home)), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_devices_lists_the_virtual_device_with_rates(tmp_path: Path) -> None:
+    home = alsa_home(tmp_path)
+    p = subprocess.run(voiced_cmd("devices"), env=clean_env(HOME=str(home)),
+                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert p.returncode == 0, p.stderr
+    assert "usbmic" in p.stdout
+    assert "input rates:" in p.stdout and "24k" in p.stdout and "48k" in p.stdout
+    assert "[default input, default output]" in p.stdout
+
+
+SELECT = """
+import sys
+from voiced.audio.pyaudio_backend import open_portaudio, select_device
+from voiced.errors import ConfigError
+pa = open_portaudio()
+try:
+    d = select_device(pa, {spec!r}, is_input=True, key="audio.input.device")
+    print("OK", d.index, d.name)
+except ConfigError as e:
+    print("ERR", e.lines()[0])
+"""
+
+
+@pytest.mark.parametrize(("spec", "want"), [
+    ("USBMIC", "OK"), ("usb", "OK"), (0, "OK"), ("default", "OK"),
+    ("Blue Yeti", 'ERR voiced: config error: audio.input.device: no input device matches'),
+    (7, "ERR voiced: config error: audio.input.device: no input device has index 7"),
+])
+def test_device_selection_by_name_index_default(tmp_path: Path, spec: object,
+                                                want: str) -> None:
+    home = alsa_home(tmp_path)
+    p = run_py(home, SELECT.format(spec=spec))
+    assert p.stdout.startswith(want), p.stdout + p.stderr
+    if want.startswith("ERR"):
+        assert '"usbmic"' in p.stdout  # the error lists what was found
+
+
+def test_ambiguous_name_is_a_config_error(tmp_path: Path) -> None:
+    home = alsa_home(tmp_path)
+    # "u" matches usbmic and nothing else here, "m" neither: make two devices share a word
+    rc = home / ".asoundrc"
+    rc.write_text(rc.read_text() + '\npcm.usbmic2 { type plug; slave.pcm "usbmic" }\n')
+    p = run_py(home, SELECT.format(spec="usbm"))
+    assert "matches several input devices" in p.stdout, p.stdout + p.stderr
+
+
+CAPTURE = """
+import asyncio, sys
+from voiced.audio.pyaudio_backend import PyAudioSource
+from voiced.config import AudioEndpointSettings
+async def main():
+    src = PyAudioSource(AudioEndpointSettings(device="usbmic", rate_hz={rate}), frame_ms=20)
+    await src.start()
+    out = bytearray()
+    while len(out) < {nbytes}:
+        out += await asyncio.wait_for(src.read(), 10)
+    await src.aclose()
+    sys.stdout.buffer.write(bytes(out[:{nbytes}]))
+    sys.stderr.write("RATE %d\\n" % src.rate)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path,
+                                                           rate: int) -> None:
+    seconds = 2.0
+    t = np.arange(int(rate * (seconds + 1))) / rate
+    # a chirp: any discontinuity at a chunk border shows up against the one-shot result
+    sig = (0.5 * np.sin(2 * np.pi * (200 + 300 * t) * t) * 32767).astype("<i2")
+    home = alsa_home(tmp_path, in_pcm=sig.tobytes())
+    nbytes = int(24000 * seconds) * 2
+    p = subprocess.run([sys.executable, "-c", CAPTURE.format(rate=rate, nbytes=nbytes)],
+                       env=clean_env(HOME=str(home)), capture_output=True, timeout=60,
+                       check=False)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    assert f"RATE {rate}" in p.stderr.decode()
+    got = np.frombuffer(p.stdout, dtype="<i2").astype(np.float64)
+    want = soxr.resample(sig, rate, 24000, quality="HQ").astype(np.float64)
+    # the streaming resampler has a delay; align on the best lag, then compare
+    lags = range(0, 200)
+    errs = [np.max(np.abs(got[1000:40000] - want[1000 - lag:40000 - lag])) for lag in lags]
+    best = int(np.argmin(errs))
+    assert errs[best] <= 2, f"streaming differs from one-shot by {errs[best]} (lag {best})"
+
+
+PLAY = """
+import asyncio, sys
+from voiced.audio.pyaudio_backend import PyAudioSink
+from voiced.config import AudioEndpointSettings
+async def main():
+    sink = PyAudioSink(AudioEndpointSettings(device="usbmic", rate_hz=24000), jitter_ms=40)
+    drained = asyncio.Event()
+    sink.set_drained_callback(drained.set)
+    await sink.start()
+    pcm = open(sys.argv[1], "rb").read()
+    half = len(pcm) // 2 // 2 * 2
+    sink.play(pcm[:half], "item_1")
+    await asyncio.sleep(0.3)  # the null device drains at once: a gap, so an underrun
+    sink.play(pcm[half:], "item_1")
+    await asyncio.wait_for(drained.wait(), 10)
+    await asyncio.sleep(0.1)
+    print("UNDERRUNS", sink.underruns, "RATE", sink.rate)
+    await sink.aclose()
+asyncio.run(main())
+"""
+
+
+def test_playback_reaches_the_device_bit_exact(tmp_path: Path) -> None:
+    home = alsa_home(tmp_path)
+    rng = np.random.default_rng(1)
+    pcm = (rng.standard_normal(24000) * 3000).astype("<i2").tobytes()  # 1 s
+    src = tmp_path / "reply.raw"
+    src.write_bytes(pcm)
+    p = subprocess.run([sys.executable, "-c", PLAY, str(src)], env=clean_env(HOME=str(home)),
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "RATE 24000" in p.stdout
+    out = (tmp_path / "out.raw").read_bytes()
+    half = len(pcm) // 2 // 2 * 2
+    # both halves arrive intact, in order; between them the device got silence
+    a = out.find(pcm[:half])
+    b = out.find(pcm[half:])
+    assert a >= 0 and b > a, "reply audio not found intact in what the device received"
+    assert not any(out[a + half:b]), "the gap must be silence"
+
+
+def test_test_audio_command_records_and_plays_back(tmp_path: Path) -> None:
+    t = np.arange(48000 * 4) / 48000
+    tone = (0.25 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    home = alsa_home(tmp_path, in_pcm=tone.tobytes())
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "realtime": {"url": "ws://127.0.0.1:1/v1/realtime"},
+        "audio": {"input": {"device": "usbmic", "rate_hz": 48000},
+                  "output": {"device": "usbmic"}},
+        "control": {"socket": str(tmp_path / "c.sock")}}))
+    p = subprocess.run(voiced_cmd("test-audio", "-c", str(cfg), "--seconds", "1"),
+                       env=clean_env(HOME=str(home)), capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    line = next(x for x in p.stdout.splitlines() if x.startswith("peak"))
+    peak = float(line.split()[1])
+    assert -13.5 < peak < -11.0  # a 0.25 full-scale sine is -12 dBFS
+    assert "done" in p.stdout
+
+
+def test_unknown_device_in_run_is_exit_78_with_the_device_list(tmp_path: Path) -> None:
+    home = alsa_home(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "realtime": {"url": "ws://127.0.0.1:1/v1/realtime"},
+        "audio": {"input": {"device": "Blue Yeti"}},
+        "control": {"socket": str(tmp_path / "c.sock")}}))
+    p = subprocess.run(voiced_cmd("run", "-c", str(cfg)), env=clean_env(HOME=str(home)),
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 78, p.stderr[-2000:]
+    assert 'voiced: config error: audio.input.device: no input device matches "Blue Yeti"' \
+        in p.stderr
+    assert "Traceback" not in p.stderr
+    json.dumps(p.stderr)  # printable
