@@ -130,6 +130,7 @@ class _Item:
     """Playback bookkeeping for one assistant audio item."""
 
     response_id: str
+    conversation_id: str  # fixed when the item appears: a long press must not re-file it
     content_index: int = 0
     received: int = 0  # samples received from the server
     played: int | None = None  # samples the device consumed, once known
@@ -325,15 +326,17 @@ class Conversation:
     def on_playback_stopped(self, now: float, played: Mapping[str, int]) -> None:
         """Answer to :class:`StopPlayback`: samples of each item the device really played.
 
-        Items absent from ``played`` are taken as played up to what was last known.
-        Sends the truncation that tells the server what the user actually heard.
+        Sinks report only items that still had audio queued, so an item absent from
+        ``played`` was heard in full. Sends the truncation that tells the server what
+        the user actually heard.
         """
         self._queued = False
         self._mute_until = now + self.policy.echo_tail_ms / 1000
-        for item_id, item in self._items.items():
+        # a copy: recording an item forgets it from self._items
+        for item_id, item in list(self._items.items()):
             if item.finished or not item.interrupted:
                 continue
-            heard = min(played.get(item_id, item.played or 0), item.received)
+            heard = min(played.get(item_id, item.received), item.received)
             item.played = heard
             item.finished = True
             if heard < item.received and self._configured:
@@ -394,7 +397,8 @@ class Conversation:
             case wire.AudioTranscriptDone():
                 item = self._items.get(ev.item_id)
                 if item is None:
-                    item = self._items[ev.item_id] = _Item(response_id=ev.response_id)
+                    item = self._items[ev.item_id] = _Item(
+                        response_id=ev.response_id, conversation_id=self.conversation_id)
                 item.transcript = ev.transcript
                 self._maybe_record(ev.item_id, item)
             case wire.ItemTruncated():
@@ -404,7 +408,7 @@ class Conversation:
             case wire.RelayConversationCreated():
                 logger.info("relay created conversation %s", ev.conversation_id)
                 self.conversation_id = ev.conversation_id
-            case wire.Unhandled():
+            case _:  # wire.Unhandled, the only type left
                 logger.debug("ignoring server event %s", ev.type)
         self._update()
 
@@ -498,6 +502,7 @@ class Conversation:
         item = self._items.get(ev.item_id)
         if item is None:
             item = self._items[ev.item_id] = _Item(response_id=ev.response_id,
+                                                   conversation_id=self.conversation_id,
                                                    content_index=ev.content_index)
         elif item.finished:
             # audio after the item ended (out of order, or after an interruption)
@@ -555,7 +560,7 @@ class Conversation:
                     f" [interrupted after {heard_ms} ms]" if item.interrupted else "")
         self._emit(Record(Transcript(
             role="assistant", text=item.transcript, item_id=item_id,
-            conversation_id=self.conversation_id,
+            conversation_id=item.conversation_id,
             metadata={"voice": self.policy.voice, "model": self.policy.model,
                       "item_id": item_id, "response_id": item.response_id,
                       "interrupted": item.interrupted, "heard_ms": heard_ms})))
