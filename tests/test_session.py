@@ -364,6 +364,21 @@ def test_error_outranks_starting_outranks_connecting() -> None:
     assert fx(c) == [show(State.ERROR, "bad key"), show(State.STARTING, "devices opening")]
 
 
+def test_device_fault_shows_error_until_restored_and_ranks_below_fatal() -> None:
+    c = configured()
+    c.on_press(0.0)
+    assert fx(c) == [MicOpened(), show(State.LISTENING)]
+    c.on_device_fault("microphone \"USB mic\" lost, retrying")
+    assert fx(c) == [show(State.ERROR, "microphone \"USB mic\" lost, retrying")]
+    c.on_fatal("bad key")  # a fault needing a person outranks one that heals itself
+    assert fx(c) == [show(State.ERROR, "bad key")]
+    c.on_fatal_cleared()
+    assert fx(c) == [show(State.ERROR, "microphone \"USB mic\" lost, retrying")]
+    c.on_device_restored()
+    assert fx(c) == [show(State.LISTENING)]  # the user's mic choice survived the fault
+    assert c.mic_on
+
+
 def test_show_state_only_on_change_of_state_or_detail() -> None:
     c = configured()
     assert server(c, wire.Unhandled(type="rate_limits.updated", raw={})) == []
@@ -382,7 +397,7 @@ def test_status_fields() -> None:
     assert c.status() == {
         "state": "starting", "detail": "devices opening", "mic": "off", "connected": False,
         "conversation_id": "conv-1", "session_expires_at": None, "audio_sent_ms": 0,
-        "interruptions": 0, "server_errors": 0}
+        "interruptions": 0, "server_errors": 0, "playback_underruns": 0}
     c = configured()
     c.on_press(0.0)
     c.on_audio_captured(pcm(samples(40)), 0.0)
@@ -390,7 +405,7 @@ def test_status_fields() -> None:
     assert c.status() == {
         "state": "listening", "detail": "listening", "mic": "on", "connected": True,
         "conversation_id": "conv-1", "session_expires_at": EXPIRES, "audio_sent_ms": 40,
-        "interruptions": 0, "server_errors": 1}
+        "interruptions": 0, "server_errors": 1, "playback_underruns": 0}
     c.on_connection_down("gone")
     status = c.status()
     assert (status["state"], status["connected"], status["mic"]) == ("connecting", False, "on")
@@ -867,6 +882,7 @@ def test_audio_done_after_playback_caught_up_finishes_the_item() -> None:
     c.on_playback_drained(1.0)  # an underrun: the stream is not over
     assert fx(c) == []
     assert c.state is State.SPEAKING
+    assert c.status()["playback_underruns"] == 1
     assert server(c, audio_done()) == [show(State.READY)]
     assert server(c, said("Hi.")) == [assistant("Hi.", heard_ms=200)]
     assert server(c, done()) == []

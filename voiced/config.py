@@ -168,6 +168,12 @@ class AudioSettings:
     input_file_starts: Literal["on_mic", "at_start"] = "on_mic"
     """file backend: the input WAV starts when the mic is switched on (a person speaking
     after the press), or as soon as the daemon starts."""
+    jitter_ms: int = 80
+    """pyaudio: reply audio buffered before playback starts (absorbs network jitter)."""
+    period_ms: int = 10
+    """pyaudio: speaker buffer size; an interruption silences the speaker within one."""
+    reopen_s: float = 3.0
+    """How often a failed (e.g. unplugged) mic or speaker is tried again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +568,9 @@ def _audio(sec: _Section, base: Path) -> AudioSettings:
         frame_ms=sec.int_("frame_ms", d.frame_ms, lo=10, hi=100),
         input_file_starts=sec.str_(  # type: ignore[arg-type]
             "input_file_starts", d.input_file_starts, choices=("on_mic", "at_start")),
+        jitter_ms=sec.int_("jitter_ms", d.jitter_ms, lo=0, hi=1000),
+        period_ms=sec.int_("period_ms", d.period_ms, lo=5, hi=100),
+        reopen_s=sec.num("reopen_s", d.reopen_s, lo=0.05, hi=300),
     )
     if s.frame_ms % 10:
         sec.bad("frame_ms", f"{s.frame_ms} is not a multiple of 10")

@@ -148,6 +148,7 @@ class _Counters:
     deltas_dropped: int = 0
     server_errors: int = 0
     interruptions: int = 0
+    underruns: int = 0  # playback ran dry while the reply was still streaming
 
 
 class Conversation:
@@ -170,6 +171,7 @@ class Conversation:
         # facts the state is derived from
         self._devices_ready = False
         self._fatal: str | None = None
+        self._device_fault: str | None = None
         self._connected = False
         self._configured = False
         self._mic_on = False
@@ -222,6 +224,7 @@ class Conversation:
             "audio_sent_ms": round(self.counters.appended_samples * 1000 / wire.SAMPLE_RATE),
             "interruptions": self.counters.interruptions,
             "server_errors": self.counters.server_errors,
+            "playback_underruns": self.counters.underruns,
         }
 
     def take_effects(self) -> list[Effect]:
@@ -244,6 +247,16 @@ class Conversation:
     def on_fatal_cleared(self) -> None:
         """The fatal condition went away (e.g. a retry after a key change worked)."""
         self._fatal = None
+        self._update()
+
+    def on_device_fault(self, reason: str) -> None:
+        """The mic or speaker failed (unplugged, I/O error); the supervisor is retrying."""
+        self._device_fault = reason
+        self._update()
+
+    def on_device_restored(self) -> None:
+        """The failed device is open again."""
+        self._device_fault = None
         self._update()
 
     def on_connection_up(self) -> None:
@@ -348,6 +361,8 @@ class Conversation:
 
     def on_playback_drained(self, now: float) -> None:
         """Everything queued has been played (the device consumed it)."""
+        if any(it.received and not it.audio_done for it in self._items.values()):
+            self.counters.underruns += 1  # the network fell behind real time
         self._queued = False
         self._mute_until = now + self.policy.echo_tail_ms / 1000
         for item_id, item in list(self._items.items()):
@@ -597,6 +612,8 @@ class Conversation:
     def _derive(self) -> tuple[State, str]:
         if self._fatal is not None:
             return State.ERROR, self._fatal
+        if self._device_fault is not None:
+            return State.ERROR, self._device_fault
         if not self._devices_ready:
             return State.STARTING, "devices opening"
         if not self._configured:

@@ -75,7 +75,8 @@ def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
                 WavFileSink(a.output.file, frame_ms=a.frame_ms))
     from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
 
-    return (PyAudioSource(a.input, frame_ms=a.frame_ms), PyAudioSink(a.output))
+    return (PyAudioSource(a.input, frame_ms=a.frame_ms),
+            PyAudioSink(a.output, period_ms=a.period_ms, jitter_ms=a.jitter_ms))
 
 
 def build_policy(settings: Settings) -> Policy:
@@ -155,6 +156,12 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.malformed_frames = 0
         self.records_written = 0
+        # audio device recovery: the mic pump reports faults, one task reopens
+        self._audio_ok = asyncio.Event()
+        self._audio_ok.set()
+        self._audio_generation = 0  # bumped on every reopen; stale errors are ignored
+        self._audio_faults: asyncio.Queue[str] = asyncio.Queue()
+        self.device_faults = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,29 +183,35 @@ class Supervisor:
             self._loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._apply(self.session.take_effects())
         self.notifier.status("starting: opening devices")
+        startup_fault: str | None = None
         try:
             self._open_outbox()
             self.orb.driver = build_orb(self.settings, self.pin_factory, self.spi)
             self.button = build_button(self.settings, self._on_gesture, self._loop,
                                        self.pin_factory)
-            await self.source.start()
             self.sink.set_drained_callback(self._on_drained)
-            await self.sink.start()
-        except AudioDeviceError as e:
-            logger.error("audio device: %s", e)
-            await self._close()
-            return 1
+            try:
+                await self.source.start()
+                await self.sink.start()
+            except AudioDeviceError as e:
+                # not fatal: a USB mic plugged in late, or busy for a moment, must not
+                # cost the appliance its service; the reopen loop takes over
+                startup_fault = str(e)
         except ConfigError:
             await self._close()
             raise
         await self.control.start()
         self.session.on_devices_ready()
         self._apply(self.session.take_effects())
+        if startup_fault is not None:
+            self._audio_ok.clear()
+            self._audio_faults.put_nowait(startup_fault)
         self.notifier.ready()
         logger.info("voiced %s running as %s", __version__, self.settings.device_id)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mic_pump(), name="mic")
+                tg.create_task(self._audio_watch(), name="audio-watch")
                 tg.create_task(self._connection_loop(), name="realtime")
                 tg.create_task(self.notifier.watchdog(), name="watchdog")
                 tg.create_task(self.orb.run(), name="orb")
@@ -288,9 +301,69 @@ class Supervisor:
 
     async def _mic_pump(self) -> None:
         while True:
-            frame = await self.source.read()
+            await self._audio_ok.wait()
+            generation = self._audio_generation
+            try:
+                frame = await self.source.read()
+            except AudioDeviceError as e:
+                # an error from a source that was already replaced is old news
+                if generation == self._audio_generation and self._audio_ok.is_set():
+                    self._audio_ok.clear()
+                    self._audio_faults.put_nowait(str(e))
+                continue
             self.session.on_audio_captured(frame, self._now())
             self._apply(self.session.take_effects())
+
+    async def _audio_watch(self) -> None:
+        """Check the speaker every second; reopen the audio devices when one fails."""
+        while True:
+            try:
+                reason = await asyncio.wait_for(self._audio_faults.get(), 1.0)
+            except TimeoutError:
+                try:
+                    self.sink.check()
+                    continue
+                except AudioDeviceError as e:
+                    reason = str(e)
+            await self._reopen_audio(reason)
+
+    async def _reopen_audio(self, reason: str) -> None:
+        """Close mic and speaker, retry opening both every ``audio.reopen_s``.
+
+        Both are reopened because PortAudio only enumerates devices afresh once every
+        stream is closed, and a replugged USB device may come back under a new card.
+        """
+        self._audio_ok.clear()
+        self.device_faults += 1
+        every = self.settings.audio.reopen_s
+        logger.error("audio device failed: %s; reopening every %g s", reason, every)
+        self.session.on_interrupt(self._now())  # what was queued is lost with the device
+        self._apply(self.session.take_effects())
+        self.session.on_device_fault(f"{reason}; retrying")
+        self._apply(self.session.take_effects())
+        attempts = 0
+        while True:
+            for closer in (self.source.aclose, self.sink.aclose):
+                try:
+                    await closer()
+                except Exception as e:  # noqa: BLE001 - a dead device may fail to close
+                    logger.debug("closing a failed audio device: %s", e)
+            await asyncio.sleep(every)
+            attempts += 1
+            try:
+                await self.source.start()
+                await self.sink.start()
+            except (AudioDeviceError, ConfigError) as e:
+                why = "; ".join(e.lines()) if isinstance(e, ConfigError) else str(e)
+                logger.log(logging.WARNING if attempts == 1 else logging.DEBUG,
+                           "audio devices still unavailable (attempt %d): %s", attempts, why)
+                continue
+            break
+        self._audio_generation += 1
+        self._audio_ok.set()
+        logger.info("audio devices open again after %d attempt(s)", attempts)
+        self.session.on_device_restored()
+        self._apply(self.session.take_effects())
 
     def _on_drained(self) -> None:
         self.session.on_playback_drained(self._now())

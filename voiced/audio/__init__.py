@@ -41,5 +41,8 @@ class AudioSink(Protocol):
     def stop(self) -> Mapping[str, int]:
         """Drop everything queued at once; return samples played per unfinished item."""
 
+    def check(self) -> None:
+        """Raise ``AudioDeviceError`` if the device has failed since it was opened."""
+
     async def aclose(self) -> None:
         """Close the device; safe to call twice."""

@@ -127,7 +127,6 @@ class WavFileSink:
         self._task: asyncio.Task[None] | None = None
         self._on_drained: Callable[[], None] = lambda: None
         self.samples_written = 0
-        self.underruns = 0
 
     def set_drained_callback(self, callback: Callable[[], None]) -> None:
         """Set what to call (on the loop) when the queue runs empty after playing."""
@@ -158,6 +157,13 @@ class WavFileSink:
         self._head_offset = 0
         self._played = {k: v for k, v in self._played.items() if k in pending}
         return pending
+
+    def check(self) -> None:
+        """Raise ``AudioDeviceError`` if writing the WAV failed (e.g. the disk is full)."""
+        task = self._task
+        if task is not None and task.done() and not task.cancelled():
+            err = task.exception()
+            raise AudioDeviceError(f"file speaker {self.path} stopped: {err}")
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

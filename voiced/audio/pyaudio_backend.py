@@ -236,6 +236,8 @@ class PyAudioSource:
             AudioDeviceError: no audio arrived for 2 s (the mic was unplugged or failed).
         """
         while not self._frames:
+            if self._stream is None:
+                raise AudioDeviceError("microphone is closed")
             self._ready.clear()
             try:
                 await asyncio.wait_for(self._ready.wait(), _MIC_SILENCE_S)
@@ -261,6 +263,8 @@ class PyAudioSource:
             self._pa.terminate()
             self._pa = None
         self._frames.clear()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._ready.set)  # a waiting read() sees it
 
 
 class PyAudioSink:
@@ -293,7 +297,6 @@ class PyAudioSink:
         self.device: DeviceInfo | None = None
         self.rate = SAMPLE_RATE
         self.channels = 1
-        self.underruns = 0
 
     def set_drained_callback(self, callback: Callable[[], None]) -> None:
         """Called on the loop when everything queued has been handed to the device."""
@@ -352,11 +355,10 @@ class PyAudioSink:
                         if entry[2] >= len(data):
                             self._queue.popleft()
                     if had and not self._queue:
+                        # dry: tell the loop, and buffer jitter_ms again before resuming
                         drained = True
                         self._priming = True
                         self._prime_waited = 0
-                    elif had and len(out) < want:
-                        self.underruns += 1
             if len(out) < want:
                 out += bytes(want - len(out))
             if drained:
@@ -388,9 +390,12 @@ class PyAudioSink:
             self._queued_bytes += len(data)
 
     def stop(self) -> Mapping[str, int]:
-        """Drop the queue now; return 24 kHz samples really played per unfinished item.
+        """Drop the queue now; return 24 kHz samples the user hears of each item.
 
-        Played = handed to the device minus what is still inside its latency pipeline.
+        That is everything handed to PortAudio: the next callback plays silence, but what
+        is already in the device's buffers still plays out (the speaker goes quiet one
+        output latency later). Measured on a PulseAudio null sink: the audio that
+        reached the sink equals the handed count to the sample (bench/audio_bench.py).
         """
         with self._lock:
             pending = {entry[0] for entry in self._queue}
@@ -403,9 +408,19 @@ class PyAudioSink:
         ratio = SAMPLE_RATE / self.rate
         out = {}
         for item_id in pending | set(handed):
-            frames = max(0, handed.get(item_id, 0) - self._latency_frames)
-            out[item_id] = int(frames * ratio)
+            out[item_id] = int(handed.get(item_id, 0) * ratio)
         return out
+
+    def check(self) -> None:
+        """Raise ``AudioDeviceError`` when PortAudio stopped the stream by itself.
+
+        That is how a USB speaker pulled out shows: the host API ends the callback
+        thread and the stream goes inactive.
+        """
+        stream = self._stream
+        if stream is not None and not stream.is_active():
+            name = self.device.name if self.device else "?"
+            raise AudioDeviceError(f"speaker \"{name}\" stopped (unplugged or failed)")
 
     async def aclose(self) -> None:
         """Stop and close the stream and PortAudio."""
@@ -413,6 +428,12 @@ class PyAudioSink:
 
     def _close(self) -> None:
         stream, self._stream = self._stream, None
+        with self._lock:
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._handed.clear()
+            self._priming = True
+            self._prime_waited = 0
         if stream is not None:
             try:
                 stream.stop_stream()
