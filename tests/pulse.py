@@ -1,0 +1,93 @@
+"""A throwaway PulseAudio server with null sinks: real, clocked audio devices for PortAudio.
+
+PortAudio reaches it through ALSA's ``pulse`` plugin (device ``pulse``). The sinks use
+``norewinds=1`` so what a stream plays reaches ``<sink>.monitor`` bit-exact (see
+shared/docs/test-harness.md §2b); the default source is the monitor of the default sink,
+so a test hears exactly what the speaker played. Unloading a sink's module is the
+machine's version of pulling out a USB sound card: streams on it fail.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TIMEOUT, clean_env
+
+SINK_ARGS = "format=s16le rate=24000 channels=1 norewinds=1"
+
+
+class Pulse:
+    """A running PulseAudio daemon in ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"  # no .asoundrc: ALSA's default config routes to pulse
+        self.home.mkdir(parents=True)
+        self.run_dir = root / "run"
+        self.run_dir.mkdir(mode=0o700)
+        self.socket = root / "native"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a process that should use this server."""
+        return clean_env(HOME=str(self.home), XDG_RUNTIME_DIR=str(self.run_dir),
+                         PULSE_SERVER=f"unix:{self.socket}", **extra)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["pulseaudio", "--daemonize=no", "--exit-idle-time=-1", "-n",
+             "--disable-shm=yes", "--log-target=stderr",
+             f"--load=module-null-sink sink_name=null24 {SINK_ARGS}",
+             f"--load=module-native-protocol-unix auth-anonymous=1 socket={self.socket}"],
+            env=self.env(), stdout=subprocess.DEVNULL, stderr=open(  # noqa: SIM115
+                self.root / "pulse.log", "wb"))
+        deadline = time.monotonic() + TIMEOUT
+        while self.pactl("info", check=False).returncode != 0:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("pulseaudio did not start: "
+                                   + (self.root / "pulse.log").read_text()[-2000:])
+            time.sleep(0.05)
+
+    def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["pactl", *args], env=self.env(), capture_output=True,
+                              text=True, timeout=TIMEOUT, check=check)
+
+    def unplug(self) -> None:
+        """Remove the null sink (and so its monitor): every stream on it fails."""
+        self.pactl("unload-module", "module-null-sink")
+
+    def plug(self) -> None:
+        """Bring the sink back as the default sink and (monitor) source."""
+        self.pactl("load-module", "module-null-sink", "sink_name=null24", *SINK_ARGS.split())
+        self.pactl("set-default-sink", "null24")
+        self.pactl("set-default-source", "null24.monitor")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(TIMEOUT)
+
+
+@contextmanager
+def running_pulse(tmp_path: Path) -> Iterator[Pulse]:
+    """A fresh PulseAudio server (tests unplug its sink, so one per test)."""
+    if shutil.which("pulseaudio") is None or shutil.which("pactl") is None:
+        pytest.skip("pulseaudio is not installed (scripts/setup.sh test installs it)")
+    server = Pulse(tmp_path / "pulse")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+

@@ -1,0 +1,119 @@
+"""PyAudio on clocked devices (a PulseAudio null sink): barge-in, and a device that
+disappears and comes back while `voiced run` is running.
+
+PortAudio runs in child processes: ALSA reads its configuration once per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TIMEOUT, voiced_cmd, write_config
+from tests.pulse import Pulse, running_pulse
+from tests.test_e2e import ctl, wait_for_status
+from voiced.sim.server import SimOptions, SimServer
+
+BARGE_IN = """
+import asyncio, json
+import numpy as np
+from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
+from voiced.config import AudioEndpointSettings
+async def main():
+    mic = PyAudioSource(AudioEndpointSettings(device="pulse"))  # the sink's monitor
+    speaker = PyAudioSink(AudioEndpointSettings(device="pulse"), period_ms=10,
+                          jitter_ms=80)
+    await mic.start()
+    await speaker.start()
+    t = np.arange(24000 * 3)
+    tone = (3000 + 2000 * np.sin(2 * np.pi * 440 * t / 24000)).astype("<i2")  # never 0
+    heard = bytearray()
+    async def record():
+        while True:
+            heard.extend(await mic.read())
+    task = asyncio.create_task(record())
+    await asyncio.sleep(0.3)
+    speaker.play(tone.tobytes(), "item_1")
+    await asyncio.sleep(1.0)
+    played = speaker.stop()  # the barge-in
+    await asyncio.sleep(0.6)
+    task.cancel()
+    a = np.frombuffer(bytes(heard), "<i2")
+    nz = np.nonzero(a)[0]
+    print(json.dumps({"reported": played.get("item_1", 0),
+                      "heard": int(nz[-1] - nz[0] + 1) if len(nz) else 0,
+                      "rate": speaker.rate, "latency_s": speaker._latency_frames / speaker.rate}))
+    await mic.aclose()
+    await speaker.aclose()
+asyncio.run(main())
+"""
+
+
+def test_barge_in_silences_the_speaker_where_stop_says(tmp_path: Path) -> None:
+    """The played position stop() reports is what reached the device, to the period.
+
+    The tone cannot be called back once handed to PortAudio, so silence comes one output
+    latency after the stop; nothing beyond what stop() reported may be heard, and the
+    reported position must not over-state what was heard either.
+    """
+    with running_pulse(tmp_path) as pulse:
+        p = subprocess.run([sys.executable, "-c", textwrap.dedent(BARGE_IN)],
+                           env=pulse.env(), capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["rate"] == 24000
+    period = 24000 * 10 // 1000
+    # about a second of tone played before the stop (minus the 80 ms jitter buffer)
+    assert 0.5 * 24000 < got["reported"] < 1.2 * 24000, got
+    assert got["heard"] <= got["reported"] + period, got  # silent after what was handed
+    assert got["reported"] - got["heard"] <= period, got  # and truncation does not lie
+
+
+@pytest.mark.timeout(120)
+async def test_run_survives_the_sound_device_disappearing(tmp_path: Path) -> None:
+    """Unplugged: error state naming the device, retries; plugged back: listening again."""
+    with running_pulse(tmp_path) as pulse:
+        async with SimServer(SimOptions()) as sim:
+            cfg = write_config(tmp_path, sim.url, audio={
+                "backend": "pyaudio", "input": {"device": "pulse", "file": None},
+                "output": {"device": "pulse", "file": None}, "reopen_s": 0.2})
+            log = tmp_path / "voiced.log"
+            with log.open("wb") as err:
+                proc = await asyncio.create_subprocess_exec(
+                    *voiced_cmd("run", "-c", str(cfg)), env=pulse.env(),
+                    stdout=asyncio.subprocess.DEVNULL, stderr=err)
+            try:
+                await _unplug_and_replug(cfg, pulse)
+            finally:
+                if proc.returncode is None:
+                    proc.terminate()
+                rc = await asyncio.wait_for(proc.wait(), TIMEOUT)
+            text = log.read_text()
+            assert rc == 0, text[-3000:]
+            assert "Traceback" not in text, text[-3000:]
+            assert "audio device failed" in text and "open again" in text, text[-3000:]
+
+
+async def _unplug_and_replug(cfg: Path, pulse: Pulse) -> None:
+    seen: list[str] = []
+    await wait_for_status(cfg, lambda s: s["state"] == "ready", seen)
+    await ctl(cfg, "press")
+    st = await wait_for_status(cfg, lambda s: s["state"] == "listening"
+                               and s["audio_sent_ms"] > 300, seen)
+    pulse.unplug()
+    st = await wait_for_status(cfg, lambda s: s["state"] == "error", seen)
+    assert "pulse" in st["detail"] and "retrying" in st["detail"], st
+    await asyncio.sleep(1.0)  # several reopen attempts fail while it is gone
+    st = await ctl(cfg, "status")
+    assert st["state"] == "error", st
+    pulse.plug()
+    st = await wait_for_status(cfg, lambda s: s["state"] == "listening", seen)
+    sent = st["audio_sent_ms"]
+    await wait_for_status(cfg, lambda s: s["audio_sent_ms"] > sent + 300, seen)
