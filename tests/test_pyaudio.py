@@ -19,6 +19,7 @@ import soxr
 import yaml
 
 from tests.conftest import TIMEOUT, clean_env, voiced_cmd
+from voiced.audio.convert import QUALITY
 
 
 def alsa_home(tmp_path: Path, rate_in_s: float = 4.0, in_pcm: bytes | None = None) -> Path:
@@ -129,7 +130,7 @@ def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path,
     assert p.returncode == 0, p.stderr.decode()[-2000:]
     assert f"RATE {rate}" in p.stderr.decode()
     got = np.frombuffer(p.stdout, dtype="<i2").astype(np.float64)
-    want = soxr.resample(sig, rate, 24000, quality="HQ").astype(np.float64)
+    want = soxr.resample(sig, rate, 24000, quality=QUALITY).astype(np.float64)
     # the streaming resampler has a delay; align on the best lag, then compare
     lags = range(0, 200)
     errs = [np.max(np.abs(got[1000:40000] - want[1000 - lag:40000 - lag])) for lag in lags]

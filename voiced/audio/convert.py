@@ -12,6 +12,11 @@ import soxr
 
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
+# soxr's LQ filter: 16-bit quality, ample for speech at 24 kHz, and it holds back only
+# 1.25 ms at 48 kHz (5.5 ms at 44.1 kHz) where HQ holds 31.7 ms, latency that every
+# mic frame and every reply would carry (measured with bench/audio_bench.py).
+QUALITY = "LQ"
+
 
 class ToWire:
     """Converts interleaved PCM16 at ``rate`` with ``channels`` into 24 kHz mono PCM16.
@@ -29,7 +34,7 @@ class ToWire:
         self.channels = channels
         self.channel = channel
         self._rs = (None if rate == SAMPLE_RATE
-                    else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ"))
+                    else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="int16", quality=QUALITY))
 
     def convert(self, data: bytes, *, last: bool = False) -> bytes:
         """Convert one chunk; pass ``last=True`` with the final chunk to flush the filter."""
@@ -52,7 +57,7 @@ class FromWire:
         self.rate = rate
         self.channels = channels
         self._rs = (None if rate == SAMPLE_RATE
-                    else soxr.ResampleStream(SAMPLE_RATE, rate, 1, dtype="int16", quality="HQ"))
+                    else soxr.ResampleStream(SAMPLE_RATE, rate, 1, dtype="int16", quality=QUALITY))
 
     def convert(self, data: bytes, *, last: bool = False) -> bytes:
         """Convert one chunk; ``last=True`` flushes the resampler."""
@@ -62,6 +67,11 @@ class FromWire:
         if self.channels > 1:
             a = np.repeat(a, self.channels)
         return a.astype("<i2", copy=False).tobytes()
+
+    def reset(self) -> None:
+        """Forget the filter's history (after an interruption: no old tail leaks out)."""
+        if self._rs is not None:
+            self._rs.clear()
 
 
 class Framer:

@@ -289,6 +289,10 @@ class PyAudioSink:
         self._queue: deque[list[Any]] = deque()
         self._queued_bytes = 0
         self._handed: dict[str, int] = {}  # device frames handed to PortAudio per item
+        self._arrived: dict[str, float] = {}  # when an item's first audio was queued
+        # seconds from an item's first play() to its first sample reaching PortAudio
+        # (jitter buffer + wait for the next period); for status and bench/
+        self.start_latencies: deque[float] = deque(maxlen=100)
         self._latency_frames = 0
         self._priming = True
         self._prime_waited = 0
@@ -350,6 +354,9 @@ class PyAudioSink:
                         out += take
                         entry[2] += len(take)
                         self._queued_bytes -= len(take)
+                        if item_id in self._arrived:
+                            self.start_latencies.append(
+                                time.monotonic() - self._arrived.pop(item_id))
                         self._handed[item_id] = self._handed.get(item_id, 0) + len(
                             take) // frame_b
                         if entry[2] >= len(data):
@@ -386,6 +393,8 @@ class PyAudioSink:
             return
         data = self._conv.convert(pcm)
         with self._lock:
+            if item_id not in self._handed:
+                self._arrived.setdefault(item_id, time.monotonic())
             self._queue.append([item_id, data, 0])
             self._queued_bytes += len(data)
 
@@ -403,8 +412,11 @@ class PyAudioSink:
             self._queue.clear()
             self._queued_bytes = 0
             self._handed.clear()
+            self._arrived.clear()
             self._priming = True
             self._prime_waited = 0
+        if self._conv is not None:
+            self._conv.reset()
         ratio = SAMPLE_RATE / self.rate
         out = {}
         for item_id in pending | set(handed):

@@ -1,0 +1,323 @@
+"""Audio engine benchmark: prints figures, and the same figures for a naive baseline.
+
+Run: ``.venv/bin/python bench/audio_bench.py [--seconds 60]`` (needs pulseaudio, as
+``scripts/setup.sh test`` installs). It starts a private PulseAudio server with a 48 kHz
+"microphone" (a null sink whose monitor the daemon records, fed speech by ``paplay``)
+and a 24 kHz "speaker", then measures:
+
+1. ``voiced run`` (a subprocess) in full duplex against the simulator for ``--seconds``:
+   CPU % of one core and peak RSS, against a bare ``python -c 'import voiced.supervisor'``
+   measured in the same run.
+2. Capture conversion (48 kHz stereo USB-mic chunks to 24 kHz mono): soxr's streaming
+   resampler against naive per-chunk linear resampling: CPU per second of audio and the
+   largest error against a one-shot resample of the whole signal (seams at chunk borders).
+3. Mic to socket: from the PortAudio callback that completes a frame to the frame leaving
+   the event loop's queue, plus the JSON/base64 encoding of the append event.
+4. Socket to device: from ``play()`` of a reply's first delta to its first sample handed
+   to PortAudio, with the default 80 ms jitter buffer and with none.
+5. Barge-in: played position reported by ``stop()`` against the tone that really reached
+   the sink (truncation error), and how long the speaker keeps sounding after ``stop()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.pulse import Pulse  # noqa: E402
+from voiced.audio.convert import QUALITY, ToWire  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ----------------------------------------------------------------- 1. the daemon
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
+    question = REPO / "voiced" / "data" / "question.wav"
+    feed = tmp / "feed.wav"  # the question then 4 s of silence, played in a loop at 48 kHz
+    with wave.open(str(question), "rb") as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        rate = w.getframerate()
+    up = soxr.resample(pcm, rate, 48000).astype("<i2")
+    with wave.open(str(feed), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(np.concatenate([up, np.zeros(48000 * 4, "<i2")]).tobytes())
+    pulse.pactl("load-module", "module-null-sink", "sink_name=mic48", "format=s16le",
+                "rate=48000", "channels=1", "norewinds=1")
+    port = free_port()
+    cfg = tmp / "voiced.yaml"
+    cfg.write_text(json.dumps({
+        "device_id": "bench", "log_level": "warning",
+        "realtime": {"url": f"ws://127.0.0.1:{port}/v1/realtime"},
+        "audio": {"backend": "pyaudio", "echo": "full_duplex",
+                  "input": {"device": "pulse", "rate_hz": 48000},
+                  "output": {"device": "pulse"}},
+        "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp / "t.jsonl")},
+                        "outbox_dir": str(tmp / "outbox")},
+        "control": {"socket": str(tmp / "ctl.sock")}}))
+    env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
+    voiced = [sys.executable, "-m", "voiced"]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen([*voiced, "sim", "--port", str(port)], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with (tmp / "daemon.log").open("wb") as log:
+            daemon = subprocess.Popen([*voiced, "run", "-c", str(cfg)], env=env, stderr=log)
+        procs.append(daemon)
+        time.sleep(3.0)  # start-up and connect
+        subprocess.run([*voiced, "ctl", "-c", str(cfg), "press"], env=env, check=True,
+                       capture_output=True, timeout=20)
+        procs.append(subprocess.Popen(
+            ["sh", "-c", f"while :; do paplay --device=mic48 {feed}; done"], env=env))
+        time.sleep(2.0)
+        c0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+        rss = peak_rss_mb(daemon.pid)
+        status = json.loads(subprocess.run(
+            [*voiced, "ctl", "-c", str(cfg), "status"], env=env, check=True,
+            capture_output=True, text=True, timeout=20).stdout)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    records = (tmp / "t.jsonl").read_text().splitlines() if (tmp / "t.jsonl").exists() else []
+    bare = subprocess.run(
+        [sys.executable, "-c", "import voiced.supervisor, voiced.audio.pyaudio_backend, "
+         "os, re; s=open(f'/proc/{os.getpid()}/status').read(); "
+         "print(int(re.search(r'VmHWM:\\s+(\\d+)', s).group(1)) / 1024)"],
+        env=env, check=True, capture_output=True, text=True, timeout=60)
+    return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "rss_mb": rss,
+            "bare_rss_mb": float(bare.stdout), "seconds": t1 - t0,
+            "audio_sent_s": status["audio_sent_ms"] / 1000, "records": len(records),
+            "underruns": status.get("playback_underruns")}
+
+
+# ----------------------------------------------------------- 2. capture conversion
+
+
+def naive_to_wire(chunk: np.ndarray, rate: int) -> np.ndarray:
+    """The baseline: average the channels, then linear-resample each chunk on its own."""
+    mono = chunk.reshape(-1, 2).mean(axis=1)
+    n_out = int(round(len(mono) * 24000 / rate))
+    x = np.linspace(0, len(mono) - 1, n_out)
+    return np.interp(x, np.arange(len(mono)), mono).astype("<i2")
+
+
+def bench_conversion(seconds: float = 60.0) -> dict[str, Any]:
+    rate, chunk = 48000, 480  # 10 ms periods, as the PyAudio source opens them
+    t = np.arange(int(rate * seconds)) / rate
+    mono = (0.5 * np.sin(2 * np.pi * (200 + 40 * t) * t) * 32767).astype("<i2")
+    stereo = np.repeat(mono, 2)
+    want = soxr.resample(mono, rate, 24000, quality=QUALITY).astype(np.float64)
+    out: dict[str, Any] = {}
+    for name in ("soxr stream", "naive"):
+        conv = ToWire(rate, 2)
+        pieces = []
+        c0 = time.process_time()
+        for i in range(0, len(stereo), chunk * 2):
+            part = stereo[i:i + chunk * 2]
+            pieces.append(np.frombuffer(conv.convert(part.tobytes()), "<i2")
+                          if name == "soxr stream" else naive_to_wire(part, rate))
+        cpu = time.process_time() - c0
+        got = np.concatenate(pieces).astype(np.float64)
+        n = min(len(got), len(want)) - 2000
+        lags = range(0, 200)
+        err = min(float(np.max(np.abs(got[1000:n] - want[1000 - k:n - k]))) for k in lags)
+        out[name] = {"cpu_us_per_s": cpu / seconds * 1e6, "max_err": err}
+    return out
+
+
+# ------------------------------------------------- 3-5. latency and barge-in, PortAudio
+
+PORTAUDIO = """
+import asyncio, base64, json, time
+import numpy as np
+from voiced.audio import pyaudio_backend
+from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
+from voiced.config import AudioEndpointSettings
+
+completed = []  # monotonic time at which the callback completed each frame
+class TimedFramer(pyaudio_backend.Framer):
+    def push(self, data):
+        frames = super().push(data)
+        now = time.monotonic()
+        completed.extend([now] * len(frames))
+        return frames
+pyaudio_backend.Framer = TimedFramer
+
+async def mic_to_socket(n=250):
+    mic = PyAudioSource(AudioEndpointSettings(device="pulse", rate_hz=48000))
+    await mic.start()
+    hops, encode = [], []
+    for i in range(n):
+        frame = await mic.read()
+        got = time.monotonic()
+        hops.append(got - completed[i])
+        e0 = time.perf_counter()
+        json.dumps({"type": "input_audio_buffer.append", "event_id": "evt_%d" % i,
+                    "audio": base64.b64encode(frame).decode()})
+        encode.append(time.perf_counter() - e0)
+    await mic.aclose()
+    return hops[25:], encode[25:]
+
+async def start_latency(jitter_ms, n=8):
+    sink = PyAudioSink(AudioEndpointSettings(device="pulse"), jitter_ms=jitter_ms)
+    drained = asyncio.Event()
+    sink.set_drained_callback(drained.set)
+    await sink.start()
+    for i in range(n):
+        drained.clear()
+        for k in range(10):  # a reply arriving in real time as 40 ms deltas
+            sink.play(np.full(960, 1000, "<i2").tobytes(), "item_%d" % i)
+            await asyncio.sleep(0.04)
+        await asyncio.wait_for(drained.wait(), 10)
+    await sink.aclose()
+    return list(sink.start_latencies)
+
+async def barge_in(n=8):
+    mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
+    sink = PyAudioSink(AudioEndpointSettings(device="pulse"))
+    await mic.start()
+    await sink.start()
+    t = np.arange(24000 * 3)
+    tone = (3000 + 2000 * np.sin(2 * np.pi * 440 * t / 24000)).astype("<i2").tobytes()
+    errors, tails = [], []
+    for i in range(n):
+        heard = []
+        async def record():
+            while True:
+                heard.append((time.monotonic(), await mic.read()))
+        task = asyncio.create_task(record())
+        await asyncio.sleep(0.2)
+        sink.play(tone, "item_%d" % i)
+        await asyncio.sleep(0.5 + 0.07 * i)  # stop at varying points of the reply
+        t_stop = time.monotonic()
+        played = sink.stop().get("item_%d" % i, 0)
+        await asyncio.sleep(0.4)
+        task.cancel()
+        a = np.frombuffer(b"".join(f for _, f in heard), "<i2")
+        nz = np.nonzero(a)[0]
+        errors.append((int(nz[-1] - nz[0] + 1) - played) / 24)  # ms
+        last = max(t for t, f in heard if any(f))
+        tails.append(last - t_stop)
+    await mic.aclose()
+    await sink.aclose()
+    return errors, tails, sink._latency_frames / sink.rate
+
+async def main():
+    hops, encode = await mic_to_socket()
+    lat80 = await start_latency(80)
+    lat0 = await start_latency(0)
+    errors, tails, out_latency = await barge_in()
+    print(json.dumps({"hops": hops, "encode": encode, "lat80": lat80, "lat0": lat0,
+                      "errors": errors, "tails": tails, "out_latency": out_latency}))
+asyncio.run(main())
+"""
+
+
+def bench_portaudio(pulse: Pulse) -> dict[str, Any]:
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(PORTAUDIO)], env=pulse.env(),
+                       capture_output=True, text=True, timeout=300, check=False)
+    if p.returncode != 0:
+        raise SystemExit(f"PortAudio measurements failed:\n{p.stderr[-3000:]}")
+    return dict(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+# ----------------------------------------------------------------------- report
+
+
+def ms(xs: list[float]) -> str:
+    a = np.asarray(xs) * 1000
+    return f"median {np.median(a):.2f} ms, p95 {np.percentile(a, 95):.2f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="daemon run length")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="voiced-bench-") as d:
+        tmp = Path(d)
+        conv = bench_conversion()
+        pulse = Pulse(tmp / "pulse")
+        pulse.start()
+        try:
+            pa = bench_portaudio(pulse)
+            daemon = bench_daemon(pulse, tmp, args.seconds)
+        finally:
+            pulse.stop()
+    soxr_c, naive = conv["soxr stream"], conv["naive"]
+    probe = ToWire(48000)  # audio the resampler holds back: 1 s in, how much less out
+    held = 24000 - sum(len(probe.convert(bytes(960))) // 2 for _ in range(100))
+    rows = [
+        ("daemon CPU, full duplex (% of one core)", f"{daemon['cpu_pct']:.1f} %",
+         f"over {daemon['seconds']:.0f} s, {daemon['audio_sent_s']:.0f} s of mic audio sent, "
+         f"{daemon['records']} transcripts"),
+        ("daemon peak RSS", f"{daemon['rss_mb']:.1f} MB",
+         f"bare interpreter importing voiced: {daemon['bare_rss_mb']:.1f} MB"),
+        ("capture conversion CPU (48k stereo to 24k)",
+         f"{soxr_c['cpu_us_per_s']:.0f} us per s of audio",
+         f"naive per-chunk linear: {naive['cpu_us_per_s']:.0f} us "
+         f"({soxr_c['cpu_us_per_s'] / naive['cpu_us_per_s']:.2f}x)"),
+        ("capture error vs one-shot resample", f"{soxr_c['max_err']:.0f} LSB",
+         f"naive: {naive['max_err']:.0f} LSB (clicks at chunk borders)"),
+        ("mic to socket: callback to loop", ms(pa["hops"]),
+         f"+ encode {ms(pa['encode'])}; + framing up to one 20 ms frame; "
+         f"+ resampler holds {held / 24:.2f} ms"),
+        ("socket to device: play() to PortAudio", ms(pa["lat80"]),
+         f"with jitter_ms 80; with jitter_ms 0: {ms(pa['lat0'])}"),
+        ("barge-in: audio_end error (heard - reported)",
+         f"max {max(abs(e) for e in pa['errors']):.2f} ms",
+         f"over {len(pa['errors'])} interruptions at varying points"),
+        ("barge-in: speaker sounds after stop()", ms(pa["tails"]),
+         f"device output latency {pa['out_latency'] * 1000:.0f} ms; measured at the sink "
+         "monitor, so it includes the monitor's own delay"),
+        ("playback underruns in the run", str(daemon["underruns"]), ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:<36}  {note}")
+
+
+if __name__ == "__main__":
+    main()
