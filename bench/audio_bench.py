@@ -61,6 +61,34 @@ def peak_rss_mb(pid: int) -> float:
 # ----------------------------------------------------------------- 1. the daemon
 
 
+IDLE_STREAMS = """
+import os, sys, time, pyaudio
+pa = pyaudio.PyAudio()
+dev = next(i for i in range(pa.get_device_count())
+           if pa.get_device_info_by_index(i)["name"] == "pulse")
+def mic(data, n, t, s): return (None, pyaudio.paContinue)
+def speaker(data, n, t, s): return (bytes(2 * n), pyaudio.paContinue)
+streams = [  # kept referenced: a collected stream's callback would crash
+    pa.open(format=pyaudio.paInt16, channels=1, rate=48000, input=True,
+            frames_per_buffer=480, input_device_index=dev, stream_callback=mic),
+    pa.open(format=pyaudio.paInt16, channels=1, rate=24000, output=True,
+            frames_per_buffer=240, output_device_index=dev, stream_callback=speaker)]
+time.sleep(2)
+t0 = os.times()
+time.sleep(float(sys.argv[1]))
+t1 = os.times()
+print(100 * (t1.user + t1.system - t0.user - t0.system) / float(sys.argv[1]))
+"""
+
+
+def bench_idle_streams(pulse: Pulse, seconds: float) -> float:
+    """The baseline: CPU of a process that only keeps the same two PortAudio streams open."""
+    p = subprocess.run([sys.executable, "-c", IDLE_STREAMS, str(seconds)],
+                       env=pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24"),
+                       capture_output=True, text=True, timeout=seconds + 60, check=True)
+    return float(p.stdout.strip().splitlines()[-1])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,7 +136,12 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
             ["sh", "-c", f"while :; do paplay --device=mic48 {feed}; done"], env=env))
         time.sleep(2.0)
         c0, t0 = cpu_seconds(daemon.pid), time.monotonic()
-        time.sleep(seconds)
+        if os.environ.get("BENCH_PROFILE"):  # where the daemon's CPU goes (py-spy)
+            subprocess.run(["py-spy", "record", "-p", str(daemon.pid), "-d", str(int(seconds)),
+                            "-f", "raw", "-o", os.environ["BENCH_PROFILE"], "--threads",
+                            "--native"], check=False, timeout=seconds + 30)
+        else:
+            time.sleep(seconds)
         c1, t1 = cpu_seconds(daemon.pid), time.monotonic()
         rss = peak_rss_mb(daemon.pid)
         status = json.loads(subprocess.run(
@@ -284,6 +317,7 @@ def main() -> None:
         try:
             pa = bench_portaudio(pulse)
             daemon = bench_daemon(pulse, tmp, args.seconds)
+            idle = bench_idle_streams(pulse, min(args.seconds, 30.0))
         finally:
             pulse.stop()
     soxr_c, naive = conv["soxr stream"], conv["naive"]
@@ -293,6 +327,8 @@ def main() -> None:
         ("daemon CPU, full duplex (% of one core)", f"{daemon['cpu_pct']:.1f} %",
          f"over {daemon['seconds']:.0f} s, {daemon['audio_sent_s']:.0f} s of mic audio sent, "
          f"{daemon['records']} transcripts"),
+        ("  of which PortAudio + PulseAudio plugin", f"{idle:.1f} %",
+         "a process holding the same two streams open with empty callbacks"),
         ("daemon peak RSS", f"{daemon['rss_mb']:.1f} MB",
          f"bare interpreter importing voiced: {daemon['bare_rss_mb']:.1f} MB"),
         ("capture conversion CPU (48k stereo to 24k)",
