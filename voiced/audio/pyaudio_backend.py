@@ -136,6 +136,21 @@ def _explain_open_error(e: OSError, dev: DeviceInfo, kind: str) -> str:
     return f"cannot open {kind} device {dev.index} \"{dev.name}\": {text}"
 
 
+def _release(stream: Any, pa: Any, what: str) -> None:
+    """Stop and close a stream, then terminate its PortAudio instance (either may be None).
+
+    Errors are expected here (the device may be gone) and only logged at DEBUG.
+    """
+    if stream is not None:
+        try:
+            stream.stop_stream()
+            stream.close()
+        except OSError as e:
+            logger.debug("closing the %s: %s", what, e)
+    if pa is not None:
+        pa.terminate()
+
+
 class PyAudioSource:
     """A microphone through PortAudio, converted to 24 kHz mono frames.
 
@@ -252,16 +267,8 @@ class PyAudioSource:
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop_stream()
-                stream.close()
-            except OSError as e:
-                logger.debug("closing the microphone: %s", e)
-        if self._pa is not None:
-            self._pa.terminate()
-            self._pa = None
+        _release(self._stream, self._pa, "microphone")
+        self._stream = self._pa = None
         self._frames.clear()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._ready.set)  # a waiting read() sees it
@@ -446,12 +453,5 @@ class PyAudioSink:
             self._handed.clear()
             self._priming = True
             self._prime_waited = 0
-        if stream is not None:
-            try:
-                stream.stop_stream()
-                stream.close()
-            except OSError as e:
-                logger.debug("closing the speaker: %s", e)
-        if self._pa is not None:
-            self._pa.terminate()
-            self._pa = None
+        _release(stream, self._pa, "speaker")
+        self._pa = None
