@@ -1160,3 +1160,51 @@ def test_reply_cut_by_long_press_stays_in_its_conversation() -> None:
     assert server(c, said("Goodbye for now.")) == [
         assistant("Goodbye for now.", interrupted=True, heard_ms=100,
                   conversation_id="conv-1")]
+
+
+# ------------------------------------------------------------------ re-seeding
+
+
+def reseed(c: Conversation) -> list[dict[str, Any]]:
+    """Reconnect; return the conversation.item.create events sent to the new session."""
+    c.on_connection_down("session expired")
+    c.on_connection_up()
+    c.take_effects()
+    sent = [e.event for e in server(c, wire.SessionCreated("s2", EXPIRES + 3600))
+            if isinstance(e, Send)]
+    assert sent[0]["type"] == "session.update"
+    server(c, wire.SessionUpdated(session={}))
+    return [dict(e) for e in sent[1:]]
+
+
+def text_of(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(e["item"]["role"], e["item"]["content"][0]["text"]) for e in events]
+
+
+def test_a_new_session_of_the_same_conversation_is_reseeded_with_the_last_turns() -> None:
+    c = configured(reseed_turns=3)
+    assert reseed(c) == []  # nothing said yet: nothing to re-seed
+    for i in range(3):
+        server(c, heard(f"question {i}", item=f"item_u{i}"))
+        speaking(c, samples(100), item=f"item_a{i}", resp="resp_1")
+        server(c, audio_done(item=f"item_a{i}"))
+        server(c, said(f"answer {i}", item=f"item_a{i}"))
+        c.on_playback_drained(float(i))
+        server(c, done())
+        fx(c)
+    events = reseed(c)
+    assert text_of(events) == [("assistant", "answer 1"), ("user", "question 2"),
+                               ("assistant", "answer 2")]  # the last three turns
+    assert [e["item"]["content"][0]["type"] for e in events] == [
+        "output_text", "input_text", "output_text"]
+
+
+def test_a_long_press_forgets_the_history_and_a_cut_reply_stays_with_its_own() -> None:
+    c = configured()
+    server(c, heard("old question"))
+    speaking(c, samples(500))
+    c.on_long_press(1.0)
+    c.on_playback_stopped(1.0, {"item_a": samples(100)})
+    server(c, said("old answer"))  # recorded under the old conversation
+    fx(c)
+    assert reseed(c) == []  # the new conversation starts with no context

@@ -61,6 +61,11 @@ def sends_for(policy: dict[str, Any]) -> list[dict[str, Any]]:
         lambda: c.on_server_event(wire.AudioDelta("r1", "a1", 0, b"\0\0" * 2400), 0),
         lambda: c.on_press(0),
         lambda: c.on_playback_stopped(0, {"a1": 1200}),
+        lambda: c.on_server_event(wire.InputTranscriptionCompleted("u1", 0, "Hallo, wie spät?"), 0),
+        lambda: c.on_server_event(wire.AudioTranscriptDone("r1", "a1", 0, "Es ist zwölf."), 0),
+        lambda: c.on_connection_down("server closed 1006"),
+        lambda: c.on_connection_up(),
+        lambda: c.on_server_event(wire.SessionCreated("s2", 2.0), 0),  # re-seeded
     ]
     for step in steps:
         step()
@@ -79,7 +84,7 @@ def test_every_sendable_client_event_type_is_produced_and_valid_ga() -> None:
 
 def test_session_update_variants_are_ga() -> None:
     updates = [e for e in all_sends() if e["type"] == "session.update"]
-    assert len(updates) == 5
+    assert len(updates) == 10  # five policies, each configuring two sessions
     tds = [u["session"]["audio"]["input"]["turn_detection"] for u in updates]
     assert {td["type"] if td else None for td in tds} == {"server_vad", "semantic_vad", None}
     assert any("model" not in u["session"] for u in updates)  # behind a relay

@@ -15,11 +15,11 @@ never stored, so it cannot drift from them:
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from voiced import wire
 
@@ -59,6 +59,8 @@ class Policy:
     echo_tail_ms: int = 300
     send_model: bool = True
     """False behind a relay, which chooses the model itself."""
+    reseed_turns: int = 10
+    """Earlier turns given to a new session of the same conversation as context."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,8 @@ class Conversation:
         self._active_response: str | None = None
         self._discarded: set[str] = set()
         self._items: dict[str, _Item] = {}
+        # the conversation so far, as text, to re-seed a new session (expiry, reconnect)
+        self._history: deque[tuple[Literal["user", "assistant"], str]] = deque()
         self._speech_active = False
         self._uncommitted = 0  # samples appended since the last commit/clear
         self._mute_until = 0.0
@@ -299,6 +303,7 @@ class Conversation:
             self._interrupt(cancel=True)
         self._set_mic(False)
         self.conversation_id = self._new_id()
+        self._history.clear()
         logger.info("starting a new conversation %s", self.conversation_id)
         self._emit(Reconnect("new conversation"))
         self._update()
@@ -383,6 +388,11 @@ class Conversation:
                 self.expires_at = ev.expires_at
                 self._conn_detail = "configuring session"
                 self._send(self._session_update())
+                if self._history:
+                    logger.info("re-seeding the new session with %d earlier turn(s)",
+                                len(self._history))
+                for role, text in self._history:
+                    self._send(wire.text_item(self._eid(), role, text))
             case wire.SessionUpdated():
                 self._on_session_updated(ev)
             case wire.SpeechStarted():
@@ -435,6 +445,11 @@ class Conversation:
     def _eid(self) -> str:
         self._event_seq += 1
         return f"voiced_{self._event_seq}"
+
+    def _remember(self, role: Literal["user", "assistant"], text: str) -> None:
+        self._history.append((role, text))
+        while len(self._history) > self.policy.reseed_turns:
+            self._history.popleft()
 
     def _send(self, event: wire.ClientEvent) -> None:
         self._sent[event["event_id"]] = wire.describe(event)
@@ -570,6 +585,8 @@ class Conversation:
         if item.recorded or not item.finished or item.transcript is None:
             return
         item.recorded = True
+        if item.conversation_id == self.conversation_id:
+            self._remember("assistant", item.transcript)
         heard_ms = round((item.played or 0) * 1000 / wire.SAMPLE_RATE)
         logger.info("assistant: %s%s", item.transcript,
                     f" [interrupted after {heard_ms} ms]" if item.interrupted else "")
@@ -589,6 +606,7 @@ class Conversation:
             logger.debug("empty user transcript for %s ignored", ev.item_id)
             return
         logger.info("user: %s", text)
+        self._remember("user", text)
         self._emit(Record(Transcript(
             role="user", text=text, item_id=ev.item_id, conversation_id=self.conversation_id,
             metadata={"input_method": "realtime_voice", "model": self.policy.model,
@@ -637,7 +655,7 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
                 threshold: float, prefix_padding_ms: int, silence_duration_ms: int,
                 eagerness: str, transcription: wire.TranscriptionParam,
                 half_duplex: bool, echo_tail_ms: int, push_to_talk: bool,
-                send_model: bool) -> Policy:
+                send_model: bool, reseed_turns: int = 10) -> Policy:
     """Build a :class:`Policy` from plain values (the supervisor maps settings here)."""
     td: wire.TurnDetectionParam | None
     if push_to_talk or turn_type == "none":
@@ -652,7 +670,8 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
               "create_response": True, "interrupt_response": True}
     return Policy(model=model, voice=voice, instructions=instructions, turn_detection=td,
                   transcription=transcription, half_duplex=half_duplex,
-                  echo_tail_ms=echo_tail_ms, send_model=send_model)
+                  echo_tail_ms=echo_tail_ms, send_model=send_model,
+                  reseed_turns=reseed_turns)
 
 
 __all__ = ["Conversation", "Effect", "MicOpened", "Play", "Policy", "Reconnect", "Record",

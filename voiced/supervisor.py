@@ -95,7 +95,7 @@ def build_policy(settings: Settings) -> Policy:
         transcription=transcription, half_duplex=settings.audio.echo == "half_duplex",
         echo_tail_ms=settings.audio.echo_tail_ms,
         push_to_talk=settings.button is not None and settings.button.mode == "push_to_talk",
-        send_model=rt.relay is None)
+        send_model=rt.relay is None, reseed_turns=rt.reseed_turns)
 
 
 def build_conversation(settings: Settings) -> Conversation:

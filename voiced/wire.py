@@ -149,11 +149,42 @@ class ConversationItemTruncateParam(TypedDict):
     audio_end_ms: int
 
 
+class TextContentParam(TypedDict):
+    """One text part of a message item: ``input_text`` (user), ``output_text`` (assistant)."""
+
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class MessageItemParam(TypedDict):
+    """A message item in the GA item format."""
+
+    type: Literal["message"]
+    role: Literal["user", "assistant"]
+    content: list[TextContentParam]
+
+
+class ConversationItemCreateParam(TypedDict):
+    """``conversation.item.create``: re-seeds a new session with earlier turns."""
+
+    type: Literal["conversation.item.create"]
+    event_id: str
+    item: MessageItemParam
+
+
 ClientEvent = (
     SessionUpdateParam | InputAudioBufferAppendParam | InputAudioBufferCommitParam
     | InputAudioBufferClearParam | ResponseCreateParam | ResponseCancelParam
-    | ConversationItemTruncateParam
+    | ConversationItemTruncateParam | ConversationItemCreateParam
 )
+
+
+def text_item(event_id: str, role: Literal["user", "assistant"],
+              text: str) -> ConversationItemCreateParam:
+    """Build ``conversation.item.create`` for one earlier turn of the conversation."""
+    return {"type": "conversation.item.create", "event_id": event_id,
+            "item": {"type": "message", "role": role, "content": [
+                {"type": "input_text" if role == "user" else "output_text", "text": text}]}}
 
 
 def audio_append(event_id: str, pcm: bytes) -> InputAudioBufferAppendParam:
