@@ -432,7 +432,7 @@ def test_frames_dropped_while_mic_off() -> None:
     assert c.counters.frames_muted == 0
 
 
-def test_frames_dropped_until_session_configured() -> None:
+def test_frames_spoken_while_connecting_are_sent_once_configured() -> None:
     c = fresh()
     c.on_devices_ready()
     c.on_connection_up()
@@ -440,12 +440,14 @@ def test_frames_dropped_until_session_configured() -> None:
     c.on_press(0.0)
     assert fx(c) == [MicOpened()]  # mic on, still connecting
     c.on_audio_captured(pcm(480), 0.0)
-    assert fx(c) == []
+    assert fx(c) == []  # kept, not sent: there is no session yet
     server(c, wire.SessionCreated("s", EXPIRES))
-    assert server(c, wire.SessionUpdated(session={})) == [show(State.LISTENING)]
+    assert server(c, wire.SessionUpdated(session={})) == [append(pcm(480)),
+                                                           show(State.LISTENING)]
     c.on_audio_captured(pcm(480), 0.1)
     assert fx(c) == [append(pcm(480))]
-    assert c.counters.appended_samples == 480
+    assert c.counters.appended_samples == 960
+    assert server(c, wire.SessionUpdated(session={})) == []  # a repeat changes nothing
 
 
 def test_frames_streamed_and_counted() -> None:
@@ -778,19 +780,62 @@ def test_manual_mic_off_while_unconfigured_sends_nothing() -> None:
     assert fx(c) == [MicOpened()]
 
 
-def test_connection_down_forgets_uncommitted_audio() -> None:
+def test_speech_the_old_session_never_committed_is_replayed_into_the_new_one() -> None:
     c = configured(turn_type="none")
     c.on_press(0.0)
     c.on_audio_captured(pcm(samples(200)), 0.0)
+    c.take_effects()
+    c.on_connection_down("server closed 1006")
+    c.on_audio_captured(pcm(samples(100)), 0.5)  # still talking during the reconnect
+    c.on_connection_up()
+    server(c, wire.SessionCreated("s2", EXPIRES + 60))
+    c.take_effects()
+    assert server(c, wire.SessionUpdated(session={})) == [
+        append(pcm(samples(200))), append(pcm(samples(100))), show(State.LISTENING)]
+    c.on_press(1.0)
+    assert fx(c) == [COMMIT, CREATE, show(State.THINKING)]
+    assert c.expires_at == EXPIRES + 60
+
+
+def test_push_to_talk_released_during_a_reconnect_is_committed_after_replay() -> None:
+    c = configured(push_to_talk=True)
+    c.on_talk_start(0.0)
+    c.on_audio_captured(pcm(samples(300)), 0.1)
+    c.on_connection_down("server closed 1006")
+    c.on_talk_end(0.5)
+    c.on_connection_up()
+    server(c, wire.SessionCreated("s2", EXPIRES + 60))
+    c.take_effects()
+    assert server(c, wire.SessionUpdated(session={})) == [
+        append(pcm(samples(300))), COMMIT, CREATE, show(State.THINKING)]
+
+
+def test_a_long_outage_keeps_only_the_last_15_s_of_speech() -> None:
+    c = configured()
+    c.on_press(0.0)
+    c.take_effects()
+    c.on_connection_down("network unreachable")
+    for i in range(800):  # 16 s in 20 ms frames
+        c.on_audio_captured(pcm(samples(20)), i * 0.02)
+    assert c.counters.backlog_dropped == 50
+    c.on_connection_up()
+    server(c, wire.SessionCreated("s2", EXPIRES + 60))
+    c.take_effects()
+    sent = server(c, wire.SessionUpdated(session={}))
+    assert len([e for e in sent if isinstance(e, Send)]) == 750
+
+
+def test_committed_speech_is_not_replayed() -> None:
+    c = configured()
+    c.on_press(0.0)
+    c.on_audio_captured(pcm(samples(200)), 0.0)
+    server(c, wire.BufferCommitted(item_id="item_u"))
     c.take_effects()
     c.on_connection_down("server closed 1006")
     c.on_connection_up()
     server(c, wire.SessionCreated("s2", EXPIRES + 60))
     c.take_effects()
     assert server(c, wire.SessionUpdated(session={})) == [show(State.LISTENING)]
-    c.on_press(1.0)
-    assert fx(c) == [show(State.READY)]  # the old buffer died with the old session
-    assert c.expires_at == EXPIRES + 60
 
 
 def test_push_to_talk_commits_on_release() -> None:
@@ -1208,3 +1253,45 @@ def test_a_long_press_forgets_the_history_and_a_cut_reply_stays_with_its_own() -
     server(c, said("old answer"))  # recorded under the old conversation
     fx(c)
     assert reseed(c) == []  # the new conversation starts with no context
+
+
+# ------------------------------------------------------------------ session rollover
+
+
+def test_rollover_waits_for_a_quiet_moment_before_expiry() -> None:
+    c = configured(rollover_margin_s=300)  # the session expires at EXPIRES
+    c.on_tick(0.0, EXPIRES - 301)
+    assert fx(c) == []  # not yet inside the margin
+    speaking(c)
+    c.on_tick(1.0, EXPIRES - 299)
+    assert fx(c) == []  # inside, but the assistant is talking
+    server(c, audio_done())
+    c.on_playback_drained(2.0)
+    server(c, done())
+    fx(c)
+    c.on_tick(3.0, EXPIRES - 290)
+    assert fx(c) == [Reconnect("session rollover")]
+    c.on_tick(4.0, EXPIRES - 289)
+    assert fx(c) == []  # asked once per session
+
+
+def test_rollover_is_forced_in_the_last_fifth_of_the_margin() -> None:
+    c = configured(rollover_margin_s=300)
+    c.on_press(0.0)
+    c.on_audio_captured(pcm(samples(200)), 0.0)  # the user is mid-sentence
+    fx(c)
+    c.on_tick(1.0, EXPIRES - 100)
+    assert fx(c) == []
+    c.on_tick(2.0, EXPIRES - 59)
+    assert fx(c) == [Reconnect("session rollover")]
+
+
+def test_no_rollover_without_an_expiry_or_a_session() -> None:
+    c = fresh()
+    c.on_tick(0.0, EXPIRES)
+    assert fx(c) == []
+    c = configured()
+    c.on_connection_down("gone")
+    fx(c)
+    c.on_tick(0.0, EXPIRES)
+    assert fx(c) == []

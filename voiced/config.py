@@ -130,6 +130,8 @@ class RealtimeSettings:
     reseed_turns: int = 10
     """A new session of the same conversation (after an expiry or a dropped connection)
     is given the last this many user and assistant turns as context (0: none)."""
+    rollover_margin_s: float = 300.0
+    """Move to a new session this long before the 60-minute expiry, at a quiet moment."""
     reconnect_min_s: float = 0.5
     """First reconnect delay."""
     reconnect_max_s: float = 30.0
@@ -498,6 +500,7 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
 
     connect_timeout_s = sec.num("connect_timeout_s", d.connect_timeout_s, lo=1, hi=120)
     reseed_turns = sec.int_("reseed_turns", d.reseed_turns, lo=0, hi=100)
+    rollover_margin_s = sec.num("rollover_margin_s", d.rollover_margin_s, lo=5, hi=1800)
     rmin = sec.num("reconnect_min_s", d.reconnect_min_s, lo=0.01, hi=60)
     rmax = sec.num("reconnect_max_s", d.reconnect_max_s, lo=0.1, hi=3600)
     if rmax < rmin:
@@ -514,7 +517,8 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     return RealtimeSettings(
         url=url, model=model, voice=voice, instructions=instructions, relay=relay,
         turn_detection=turn, transcription=transcription, connect_timeout_s=connect_timeout_s,
-        reseed_turns=reseed_turns, reconnect_min_s=rmin, reconnect_max_s=max(rmax, rmin),
+        reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s, reconnect_min_s=rmin,
+        reconnect_max_s=max(rmax, rmin),
         api_key=api_key,
     )
 

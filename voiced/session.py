@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 _SENT_MEMORY: Final = 256  # client events remembered to explain an `error` event
 _MIN_COMMIT_SAMPLES: Final = wire.SAMPLE_RATE // 10  # the API refuses commits under 100 ms
+# user speech kept until the server commits it, to replay into a new session after a
+# drop; bounded so a long outage with the mic on cannot grow memory
+_BACKLOG_SAMPLES: Final = wire.SAMPLE_RATE * 15
 _QUIET_ERRORS: Final = frozenset({"response_cancel_not_active"})
 _FATAL_ERRORS: Final = frozenset({"invalid_api_key", "beta_api_shape_disabled",
                                   "invalid_model", "missing_model"})
@@ -61,6 +64,9 @@ class Policy:
     """False behind a relay, which chooses the model itself."""
     reseed_turns: int = 10
     """Earlier turns given to a new session of the same conversation as context."""
+    rollover_margin_s: float = 300.0
+    """Move to a new session this long before the current one expires (at a quiet
+    moment; forced in the last fifth of the margin)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,7 @@ class _Counters:
     deltas_dropped: int = 0
     server_errors: int = 0
     interruptions: int = 0
+    backlog_dropped: int = 0  # mic frames dropped from the replay backlog (long outage)
     underruns: int = 0  # playback ran dry while the reply was still streaming
 
 
@@ -190,8 +197,11 @@ class Conversation:
         self._history: deque[tuple[Literal["user", "assistant"], str]] = deque()
         self._speech_active = False
         self._uncommitted = 0  # samples appended since the last commit/clear
+        self._backlog: deque[bytes] = deque()  # those frames (and any not yet sent)
+        self._backlog_samples = 0
         self._mute_until = 0.0
         self.expires_at: float | None = None
+        self._rollover_asked = False
         self.counters = _Counters()
 
     # ------------------------------------------------------------------ public reads
@@ -286,6 +296,28 @@ class Conversation:
             self._close_response(self._active_response)
         self._update()
 
+    def on_tick(self, now: float, wall: float) -> None:
+        """About once a second; ``wall`` is epoch seconds, to compare with expires_at.
+
+        Sessions end after 60 minutes. Before that, at a moment when nobody is talking,
+        the conversation moves to a new session (re-seeded with the recent turns), so
+        the expiry never cuts the user off.
+        """
+        if self.expires_at is None or not self._configured or self._rollover_asked:
+            return
+        left = self.expires_at - wall
+        margin = self.policy.rollover_margin_s
+        if left > margin:
+            return
+        busy = (self._speaking() or self._awaiting_reply or self._speech_active
+                or self._active_response is not None or self._uncommitted > 0)
+        if busy and left > margin / 5:
+            return  # wait for a quiet moment
+        self._rollover_asked = True
+        logger.info("session expires in %.0f s: moving to a new session%s", left,
+                    " now (no quiet moment came)" if busy else "")
+        self._emit(Reconnect("session rollover"))
+
     # -------------------------------------------------------------------- user inputs
 
     def on_press(self, now: float) -> None:
@@ -304,6 +336,7 @@ class Conversation:
         self._set_mic(False)
         self.conversation_id = self._new_id()
         self._history.clear()
+        self._forget_uncommitted()
         logger.info("starting a new conversation %s", self.conversation_id)
         self._emit(Reconnect("new conversation"))
         self._update()
@@ -327,17 +360,49 @@ class Conversation:
         self._update()
 
     def on_audio_captured(self, pcm: bytes, now: float) -> None:
-        """A mic frame (PCM16 24 kHz mono): stream it when the mic is on and live."""
-        if not (self._mic_on and self._configured):
+        """A mic frame (PCM16 24 kHz mono): stream it when the mic is on.
+
+        While the connection is down the frame is kept (bounded) and sent to the next
+        session, so words spoken during a reconnect are not lost.
+        """
+        if not self._mic_on:
             return
         if self.policy.half_duplex and (self._queued or now < self._mute_until):
             # NOTE: half duplex keeps the assistant from hearing itself through the speaker
             self.counters.frames_muted += 1
             return
+        self._keep(pcm)
+        if self._configured:
+            self._append(pcm)
+
+    def _append(self, pcm: bytes) -> None:
         self._send(wire.audio_append(self._eid(), pcm))
         n = len(pcm) // wire.BYTES_PER_SAMPLE
         self.counters.appended_samples += n
         self._uncommitted += n
+
+    def _keep(self, pcm: bytes) -> None:
+        self._backlog.append(pcm)
+        self._backlog_samples += len(pcm) // wire.BYTES_PER_SAMPLE
+        while self._backlog_samples > _BACKLOG_SAMPLES:
+            self._backlog_samples -= len(self._backlog.popleft()) // wire.BYTES_PER_SAMPLE
+            self.counters.backlog_dropped += 1
+
+    def _forget_uncommitted(self) -> None:
+        self._uncommitted = 0
+        self._backlog.clear()
+        self._backlog_samples = 0
+
+    def _replay_backlog(self) -> None:
+        """A new session: send it the user's speech the old one never committed."""
+        if not self._backlog:
+            return
+        logger.info("replaying %d ms of the user's speech into the new session",
+                    self._backlog_samples * 1000 // wire.SAMPLE_RATE)
+        for pcm in self._backlog:
+            self._append(pcm)
+        if not self._mic_on and self.policy.turn_detection is None:
+            self._end_manual_turn()  # push to talk was released while we were away
 
     # ---------------------------------------------------------------- playback inputs
 
@@ -386,6 +451,7 @@ class Conversation:
                 self._on_audio_delta(ev)
             case wire.SessionCreated():
                 self.expires_at = ev.expires_at
+                self._rollover_asked = False
                 self._conn_detail = "configuring session"
                 self._send(self._session_update())
                 if self._history:
@@ -406,7 +472,7 @@ class Conversation:
                 self._speech_active = False
                 self._awaiting_reply = True
             case wire.BufferCommitted():
-                self._uncommitted = 0
+                self._forget_uncommitted()
             case wire.InputTranscriptionCompleted():
                 self._on_user_transcript(ev)
             case wire.InputTranscriptionFailed():
@@ -466,23 +532,26 @@ class Conversation:
             self._emit(MicOpened())
             return
         if not self._configured:
-            return
+            return  # what was said is in the backlog, for the next session
         if self.policy.turn_detection is None:
-            # manual turns: switching the mic off ends the turn
-            if self._uncommitted >= _MIN_COMMIT_SAMPLES:
-                self._send({"type": "input_audio_buffer.commit", "event_id": self._eid()})
-                self._send({"type": "response.create", "event_id": self._eid()})
-                self._awaiting_reply = True
-            elif self._uncommitted:
-                logger.info("turn too short to send (%.0f ms); discarded",
-                            self._uncommitted * 1000 / wire.SAMPLE_RATE)
-                self._send({"type": "input_audio_buffer.clear", "event_id": self._eid()})
-            self._uncommitted = 0
+            self._end_manual_turn()
         elif self._speech_active:
             # the user switched off mid-sentence: drop the half utterance
             self._send({"type": "input_audio_buffer.clear", "event_id": self._eid()})
             self._speech_active = False
-            self._uncommitted = 0
+            self._forget_uncommitted()
+
+    def _end_manual_turn(self) -> None:
+        """Manual turns: switching the mic off commits the turn and asks for a reply."""
+        if self._uncommitted >= _MIN_COMMIT_SAMPLES:
+            self._send({"type": "input_audio_buffer.commit", "event_id": self._eid()})
+            self._send({"type": "response.create", "event_id": self._eid()})
+            self._awaiting_reply = True
+        elif self._uncommitted:
+            logger.info("turn too short to send (%.0f ms); discarded",
+                        self._uncommitted * 1000 / wire.SAMPLE_RATE)
+            self._send({"type": "input_audio_buffer.clear", "event_id": self._eid()})
+        self._forget_uncommitted()
 
     def _speaking(self) -> bool:
         return any(not it.finished and it.received for it in self._items.values())
@@ -519,11 +588,14 @@ class Conversation:
         return {"type": "session.update", "event_id": self._eid(), "session": session}
 
     def _on_session_updated(self, ev: wire.SessionUpdated) -> None:
+        if self._configured:
+            return  # a later session.update (none today) changes nothing here
         self._configured = True
         self._conn_detail = "connected"
         audio = ev.session.get("audio")
         fmt = audio.get("output", {}).get("format") if isinstance(audio, dict) else None
         logger.info("session configured (output format %s)", fmt)
+        self._replay_backlog()
 
     def _on_audio_delta(self, ev: wire.AudioDelta) -> None:
         if ev.response_id in self._discarded:
@@ -655,7 +727,8 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
                 threshold: float, prefix_padding_ms: int, silence_duration_ms: int,
                 eagerness: str, transcription: wire.TranscriptionParam,
                 half_duplex: bool, echo_tail_ms: int, push_to_talk: bool,
-                send_model: bool, reseed_turns: int = 10) -> Policy:
+                send_model: bool, reseed_turns: int = 10,
+                rollover_margin_s: float = 300.0) -> Policy:
     """Build a :class:`Policy` from plain values (the supervisor maps settings here)."""
     td: wire.TurnDetectionParam | None
     if push_to_talk or turn_type == "none":
@@ -671,7 +744,7 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
     return Policy(model=model, voice=voice, instructions=instructions, turn_detection=td,
                   transcription=transcription, half_duplex=half_duplex,
                   echo_tail_ms=echo_tail_ms, send_model=send_model,
-                  reseed_turns=reseed_turns)
+                  reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s)
 
 
 __all__ = ["Conversation", "Effect", "MicOpened", "Play", "Policy", "Reconnect", "Record",

@@ -95,7 +95,8 @@ def build_policy(settings: Settings) -> Policy:
         transcription=transcription, half_duplex=settings.audio.echo == "half_duplex",
         echo_tail_ms=settings.audio.echo_tail_ms,
         push_to_talk=settings.button is not None and settings.button.mode == "push_to_talk",
-        send_model=rt.relay is None, reseed_turns=rt.reseed_turns)
+        send_model=rt.relay is None, reseed_turns=rt.reseed_turns,
+        rollover_margin_s=rt.rollover_margin_s)
 
 
 def build_conversation(settings: Settings) -> Conversation:
@@ -212,6 +213,7 @@ class Supervisor:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mic_pump(), name="mic")
                 tg.create_task(self._audio_watch(), name="audio-watch")
+                tg.create_task(self._clock(), name="clock")
                 tg.create_task(self._connection_loop(), name="realtime")
                 tg.create_task(self.notifier.watchdog(), name="watchdog")
                 tg.create_task(self.orb.run(), name="orb")
@@ -312,6 +314,13 @@ class Supervisor:
                     self._audio_faults.put_nowait(str(e))
                 continue
             self.session.on_audio_captured(frame, self._now())
+            self._apply(self.session.take_effects())
+
+    async def _clock(self) -> None:
+        """Tell the core the time once a second (session rollover before expiry)."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.session.on_tick(self._now(), self.wall_clock())
             self._apply(self.session.take_effects())
 
     async def _audio_watch(self) -> None:
