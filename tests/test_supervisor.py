@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class Harness:
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
                   environ: dict[str, str] | None = None,
+                  wall_clock: Callable[[], float] = time.time,
                   **overrides: Any) -> AsyncIterator[Harness]:
     raw: dict[str, Any] = {
         "device_id": "t",
@@ -67,7 +69,7 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
     source = WavFileSource(QUESTION_WAV, speed=speed)
     sink = WavFileSink(tmp_path / "out.wav", speed=speed)
     h: Harness
-    sup = Supervisor(settings, source=source, sink=sink,
+    sup = Supervisor(settings, source=source, sink=sink, wall_clock=wall_clock,
                      listener=lambda kind, data: h.listen(kind, data))
     h = Harness(sup)
     task = asyncio.create_task(sup.run())
