@@ -113,6 +113,8 @@ class SimSession:
         self.session["expires_at"] = int(self.created_at + opts.max_session_s)
         self.received: list[dict[str, Any]] = []  # every client event, audio elided
         self.sent: list[dict[str, Any]] = []
+        self.sent_at: list[float] = []  # time.monotonic() of each sent event
+        self.ended_at: float | None = None  # when the connection ended
         self.appended = bytearray()  # every byte of input audio, in order
         self.buffer = bytearray()  # uncommitted input audio
         self.buffer_start_ms = 0.0  # stream position of buffer[0]
@@ -134,6 +136,7 @@ class SimSession:
         """Send a server event (adds event_id)."""
         event = {"event_id": _id("event"), **event}
         self.sent.append(event)
+        self.sent_at.append(time.monotonic())
         if self.stalled:
             return
         await self.ws.send(json.dumps(event))
@@ -176,6 +179,7 @@ class SimSession:
         except ConnectionClosed:
             pass
         finally:
+            self.ended_at = time.monotonic()
             expiry.cancel()
             for t in list(self._tasks):
                 t.cancel()
