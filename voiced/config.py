@@ -127,6 +127,9 @@ class RealtimeSettings:
     """Input transcription sent in session.update."""
     connect_timeout_s: float = 10.0
     """Handshake plus session.created must finish within this."""
+    keepalive_s: float = 20.0
+    """Ping interval, and how long a pong may take: a dead peer is noticed within twice
+    this."""
     reseed_turns: int = 10
     """A new session of the same conversation (after an expiry or a dropped connection)
     is given the last this many user and assistant turns as context (0: none)."""
@@ -500,6 +503,7 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
 
     connect_timeout_s = sec.num("connect_timeout_s", d.connect_timeout_s, lo=1, hi=120)
     reseed_turns = sec.int_("reseed_turns", d.reseed_turns, lo=0, hi=100)
+    keepalive_s = sec.num("keepalive_s", d.keepalive_s, lo=0.1, hi=120)
     rollover_margin_s = sec.num("rollover_margin_s", d.rollover_margin_s, lo=5, hi=1800)
     rmin = sec.num("reconnect_min_s", d.reconnect_min_s, lo=0.01, hi=60)
     rmax = sec.num("reconnect_max_s", d.reconnect_max_s, lo=0.1, hi=3600)
@@ -517,7 +521,8 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     return RealtimeSettings(
         url=url, model=model, voice=voice, instructions=instructions, relay=relay,
         turn_detection=turn, transcription=transcription, connect_timeout_s=connect_timeout_s,
-        reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s, reconnect_min_s=rmin,
+        reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s, keepalive_s=keepalive_s,
+        reconnect_min_s=rmin,
         reconnect_max_s=max(rmax, rmin),
         api_key=api_key,
     )

@@ -42,7 +42,7 @@ def build_url(s: RealtimeSettings, conversation_id: str | None) -> str:
 
 
 async def open_connection(url: str, api_key: str | None, *, timeout_s: float,
-                          user_agent: str) -> ClientConnection:
+                          user_agent: str, keepalive_s: float = 20.0) -> ClientConnection:
     """Open the WebSocket with bearer auth (GA: no ``OpenAI-Beta`` header).
 
     Raises:
@@ -52,8 +52,8 @@ async def open_connection(url: str, api_key: str | None, *, timeout_s: float,
     try:
         return await connect(
             url, additional_headers=headers, open_timeout=timeout_s,
-            # NOTE: the server pings every ~20 s; our own pings notice a dead peer
-            ping_interval=20, ping_timeout=20, close_timeout=5,
+            # NOTE: our own pings notice a dead peer within two keepalive periods
+            ping_interval=keepalive_s, ping_timeout=keepalive_s, close_timeout=5,
             max_size=MAX_FRAME_BYTES, compression=None,
             user_agent_header=user_agent,
         )

@@ -432,7 +432,8 @@ class Supervisor:
         rt = self.settings.realtime
         key = rt.api_key.reveal() if rt.api_key else None
         ws = await open_connection(url, key, timeout_s=rt.connect_timeout_s,
-                                   user_agent=f"voiced/{__version__}")
+                                   user_agent=f"voiced/{__version__}",
+                                   keepalive_s=rt.keepalive_s)
         self._ws = ws
         logger.info("connected to %s", url.split("?")[0])
         self._drain_outgoing()

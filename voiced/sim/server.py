@@ -609,6 +609,7 @@ class SimServer:
         self.sessions: list[SimSession] = []
         self._server: Server | None = None
         self.refuse_connections = False
+        self.attempts: list[float] = []  # time.monotonic() of every connection attempt
         self._drops_left = self.options.drop_mid_response
 
     def take_drop(self) -> bool:
@@ -641,6 +642,7 @@ class SimServer:
         logger.info("simulator listening on %s", self.url)
 
     def _check_request(self, conn: ServerConnection, req: Request) -> Response | None:
+        self.attempts.append(time.monotonic())
         if self.refuse_connections:
             return conn.respond(503, "simulator refusing connections\n")
         return None

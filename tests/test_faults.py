@@ -1,0 +1,95 @@
+"""The daemon against a misbehaving server: it never crashes, says what is happening,
+retries within its backoff bounds, loses no transcript, and recovers by itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_supervisor import Harness, roles, running
+from voiced.session import State
+from voiced.sim.server import SimOptions, SimServer
+
+FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.4, "keepalive_s": 0.3}
+
+
+async def exchange(h: Harness, n: int) -> None:
+    """Press, and wait for the n-th user+assistant pair."""
+    await h.wait(lambda: h.state in (State.READY, State.LISTENING))
+    if not h.sup.session.mic_on:
+        h.sup._on_control("press")
+    await h.wait(lambda: roles(h).count("assistant") >= n)
+
+
+async def test_a_stalled_server_is_noticed_by_keepalive_and_left(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, realtime=FAST) as h:
+            await h.wait(lambda: h.state == State.READY)
+            sim.stall()  # no events, no pongs: a dead peer behind a live TCP connection
+            await h.wait(lambda: h.state == State.CONNECTING)
+            await h.wait(lambda: len(sim.sessions) == 2 and h.sup.session.connected)
+            await exchange(h, 1)
+
+
+async def test_binary_oversized_and_out_of_order_frames_do_not_hurt(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, speed=3, realtime=FAST) as h:
+            await h.wait(lambda: h.state == State.READY)
+            await sim.inject(b"\x00\x01\x02 binary")
+            await sim.inject(json.dumps({"type": "response.output_audio.delta",
+                                         "response_id": "resp_ghost", "item_id": "item_ghost",
+                                         "output_index": 0, "content_index": 0,
+                                         "delta": "AAAA", "event_id": "e1"}))
+            await sim.inject(json.dumps({"type": "response.done", "event_id": "e2",
+                                         "response": {"id": "resp_unknown", "status":
+                                                      "completed", "output": []}}))
+            await h.wait(lambda: h.sup.malformed_frames >= 1)
+            await exchange(h, 1)
+            assert len(sim.sessions) == 1  # none of that cost the connection
+            await sim.inject("x" * (17 << 20))  # past max_size: the client must hang up
+            await h.wait(lambda: len(sim.sessions) == 2 and h.sup.session.connected)
+            h.sup._on_control("press")  # mic off, then on: a second question
+            await exchange(h, 2)
+            assert h.state != State.ERROR
+
+
+async def test_errors_for_the_clients_own_mistakes_change_nothing(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, speed=3, realtime=FAST) as h:
+            await h.wait(lambda: h.state == State.READY)
+            before = h.state
+            h.sup._outgoing.put_nowait({"type": "response.cancel", "event_id": "evt_x"})
+            await h.wait(lambda: h.sup.session.counters.server_errors == 1)
+            assert h.state == before and len(sim.sessions) == 1
+            await exchange(h, 1)
+
+
+async def test_refused_connections_retry_within_backoff_and_recover(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, speed=3, realtime=FAST) as h:
+            await h.wait(lambda: h.state == State.READY)
+            sim.refuse_connections = True
+            sim.drop_connections()
+            await h.wait(lambda: h.state == State.CONNECTING)
+            await h.wait(lambda: len(sim.attempts) >= 8)
+            gaps = [b - a for a, b in zip(sim.attempts[2:], sim.attempts[3:], strict=False)]
+            # jittered exponential backoff: never sooner than half the minimum, never
+            # later than the maximum (plus scheduling slack)
+            assert all(0.04 <= g <= 0.4 + 0.25 for g in gaps), gaps
+            sim.refuse_connections = False
+            await h.wait(lambda: h.sup.session.connected)
+            await exchange(h, 1)
+            assert [r["role"] for r in h.records] == ["user", "assistant"]
+
+
+async def test_a_drop_mid_reply_loses_no_transcript(tmp_path: Path) -> None:
+    async with SimServer(SimOptions(pace=4, drop_mid_response=1)) as sim:
+        async with running(tmp_path, sim, speed=3, realtime=FAST) as h:
+            await h.wait(lambda: h.state == State.READY)
+            h.sup._on_control("press")
+            await h.wait(lambda: len(sim.sessions) == 2 and h.sup.session.connected)
+            await h.wait(lambda: roles(h)[:1] == ["user"])
+            first_user = sim.sessions[0].sent
+            said = [e["transcript"] for e in first_user
+                    if e["type"] == "conversation.item.input_audio_transcription.completed"]
+            assert [r["text"] for r in h.records if r["role"] == "user"][:1] == said[:1]
