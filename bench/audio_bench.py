@@ -70,7 +70,7 @@ def mic(data, n, t, s): return (None, pyaudio.paContinue)
 def speaker(data, n, t, s): return (bytes(2 * n), pyaudio.paContinue)
 streams = [  # kept referenced: a collected stream's callback would crash
     pa.open(format=pyaudio.paInt16, channels=1, rate=48000, input=True,
-            frames_per_buffer=480, input_device_index=dev, stream_callback=mic),
+            frames_per_buffer=960, input_device_index=dev, stream_callback=mic),
     pa.open(format=pyaudio.paInt16, channels=1, rate=24000, output=True,
             frames_per_buffer=240, output_device_index=dev, stream_callback=speaker)]
 time.sleep(2)
@@ -78,6 +78,10 @@ t0 = os.times()
 time.sleep(float(sys.argv[1]))
 t1 = os.times()
 print(100 * (t1.user + t1.system - t0.user - t0.system) / float(sys.argv[1]))
+for st in streams:  # close before exit: a callback running at shutdown crashes
+    st.stop_stream()
+    st.close()
+pa.terminate()
 """
 
 

@@ -220,7 +220,8 @@ class PyAudioSource:
         try:
             self._stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
                                    input=True, input_device_index=dev.index,
-                                   frames_per_buffer=rate * 10 // 1000,
+                                   # one callback per frame: framing waits that long anyway
+                                   frames_per_buffer=rate * self.frame_ms // 1000,
                                    stream_callback=callback)
         except OSError as e:
             raise AudioDeviceError(_explain_open_error(e, dev, "input")) from e
