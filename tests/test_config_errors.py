@@ -1,0 +1,195 @@
+"""Config validation as an installer meets it: `voiced check-config` on bad files.
+
+Each case is a YAML file and the dotted key its error must name. Every one must exit 78
+with `voiced: config error: <key>: ...` on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import QUESTION_WAV, REPO, TIMEOUT, clean_env, voiced_cmd
+from voiced import config
+from voiced.errors import ConfigError
+
+BASE = f"""
+device_id: kitchen
+realtime: {{url: "ws://127.0.0.1:8765/v1/realtime"}}
+audio: {{backend: file, input: {{file: "{QUESTION_WAV}"}}, output: {{file: out.wav}}}}
+"""
+
+# (id, yaml, dotted key the error names)
+BAD: list[tuple[str, str, str]] = [
+    ("unknown-top-level-key", BASE + "colour: blue\n", "colour"),
+    ("unknown-nested-key", BASE.replace("realtime: {", "realtime: {tempo: 3, "),
+     "realtime.tempo"),
+    ("url-wrong-type", BASE.replace('url: "ws://127.0.0.1:8765/v1/realtime"', "url: 5"),
+     "realtime.url"),
+    ("url-http-scheme", BASE.replace("ws://127.0.0.1", "http://127.0.0.1"), "realtime.url"),
+    ("unknown-voice", BASE.replace("realtime: {", "realtime: {voice: bob, "),
+     "realtime.voice"),
+    ("beta-preview-model", BASE.replace(
+        "realtime: {", "realtime: {model: gpt-4o-realtime-preview, "), "realtime.model"),
+    ("missing-api-key-for-openai", BASE.replace(
+        "ws://127.0.0.1:8765/v1/realtime", "wss://api.openai.com/v1/realtime"),
+     "credentials.openai_api_key"),
+    ("threshold-out-of-range", BASE.replace(
+        "realtime: {", "realtime: {turn_detection: {threshold: 1.5}, "),
+     "realtime.turn_detection.threshold"),
+    ("unknown-turn-detection", BASE.replace(
+        "realtime: {", "realtime: {turn_detection: {type: magic}, "),
+     "realtime.turn_detection.type"),
+    ("bad-language-code", BASE.replace(
+        "realtime: {", "realtime: {transcription: {language: german}, "),
+     "realtime.transcription.language"),
+    ("reconnect-max-below-min", BASE.replace(
+        "realtime: {", "realtime: {reconnect_min_s: 5, reconnect_max_s: 1, "),
+     "realtime.reconnect_max_s"),
+    ("unknown-audio-backend", BASE.replace("backend: file", "backend: jack"),
+     "audio.backend"),
+    ("missing-input-wav", BASE.replace(str(QUESTION_WAV), "/nonexistent/q.wav"),
+     "audio.input.file"),
+    ("frame-ms-not-multiple-of-10", BASE.replace("audio: {", "audio: {frame_ms: 25, "),
+     "audio.frame_ms"),
+    ("echo-tail-negative", BASE.replace("audio: {", "audio: {echo_tail_ms: -1, "),
+     "audio.echo_tail_ms"),
+    ("negative-device-index", BASE.replace("input: {", "input: {device: -2, "),
+     "audio.input.device"),
+    ("jitter-as-string", BASE.replace("audio: {", 'audio: {jitter_ms: "80", '),
+     "audio.jitter_ms"),
+    ("button-bad-pin", BASE + "button: {pin: GPIO99x}\n", "button.pin"),
+    ("button-bad-mode", BASE + "button: {pin: 17, mode: tap_dance}\n", "button.mode"),
+    ("button-hold-too-short", BASE + "button: {pin: 17, hold_time_s: 0.01}\n",
+     "button.hold_time_s"),
+    ("led-unknown-driver", BASE + "leds: {driver: neopixel}\n", "leds.driver"),
+    ("led-gpio-without-pins", BASE + "leds: {driver: gpio, kind: rgb}\n", "leds.pins"),
+    ("led-brightness-range", BASE + "leds: {driver: apa102, brightness: 40}\n",
+     "leds.brightness"),
+    ("led-fps-over-30", BASE + "leds: {driver: apa102, fps: 120}\n", "leds.fps"),
+    ("led-bad-colour", BASE + "leds: {patterns: {ready: {color: blurple}}}\n",
+     "leds.patterns.ready"),
+    ("unknown-sink", BASE + "transcripts: {sink: kafka}\n", "transcripts.sink"),
+    ("webhook-without-url", BASE + "transcripts: {sink: webhook}\n",
+     "transcripts.webhook"),
+    ("webhook-ftp-url", BASE + "transcripts: {sink: webhook, webhook: {url: ftp://x}}\n",
+     "transcripts.webhook.url"),
+    ("outbox-bound-too-small", BASE + "transcripts: {sink: jsonl, max_records: 0}\n",
+     "transcripts.max_records"),
+    ("log-level", BASE + "log_level: chatty\n", "log_level"),
+    ("device-id-not-a-string", BASE.replace("device_id: kitchen", "device_id: [1, 2]"),
+     "device_id"),
+]
+
+
+def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text(text)
+    return subprocess.run(voiced_cmd("check-config", "-c", str(cfg)), cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT,
+                          check=False)
+
+
+@pytest.mark.parametrize(("text", "key"), [(t, k) for _, t, k in BAD],
+                         ids=[i for i, _, _ in BAD])
+def test_bad_config_is_exit_78_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    p = check(tmp_path, text)
+    assert p.returncode == 78, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("voiced: config error: ")]
+    assert any(ln.startswith(f"voiced: config error: {key}") for ln in lines), p.stderr
+
+
+def test_the_base_of_the_table_is_itself_valid(tmp_path: Path) -> None:
+    p = check(tmp_path, BASE)
+    assert p.returncode == 0, p.stderr  # so each case fails for its own reason only
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("realtime: [1, 2\n", "YAML"),  # syntax error
+    ("- just\n- a list\n", "mapping"),
+    ("", "empty"),
+])
+def test_unreadable_files_are_exit_78_without_traceback(tmp_path: Path, text: str,
+                                                        why: str) -> None:
+    p = check(tmp_path, text)
+    assert p.returncode == 78, p.stderr
+    assert "Traceback" not in p.stderr and "config error" in p.stderr
+
+
+def test_missing_config_file_is_exit_78(tmp_path: Path) -> None:
+    p = subprocess.run(voiced_cmd("check-config", "-c", str(tmp_path / "nope.yaml")),
+                       env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT,
+                       check=False)
+    assert p.returncode == 78 and "Traceback" not in p.stderr
+    assert "nope.yaml" in p.stderr
+
+
+def test_three_problems_are_reported_at_once(tmp_path: Path) -> None:
+    text = BASE.replace("realtime: {", "realtime: {voice: bob, bogus: 1, ").replace(
+        "audio: {", "audio: {frame_ms: 7, ")
+    p = check(tmp_path, text)
+    assert p.returncode == 78
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("voiced: config error:")]
+    assert len(errors) == 3, p.stderr
+    for key in ("realtime.voice", "realtime.bogus", "audio.frame_ms"):
+        assert any(f"config error: {key}: " in ln for ln in errors), (key, p.stderr)
+
+
+def test_example_config_validates() -> None:
+    p = subprocess.run(voiced_cmd("check-config", "-c",
+                                  str(REPO / "config" / "voiced.example.yaml")),
+                       env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT,
+                       check=False)
+    assert p.returncode == 0, p.stderr
+
+
+# ------------------------------------------------------------------ secrets
+
+SECRET = "sk-test-SECRET123"
+
+
+def test_credentials_directory_wins_over_the_environment(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "openai_api_key").write_text(SECRET + "\n")
+    data = yaml.safe_load(BASE.replace("ws://127.0.0.1:8765",
+                                              "wss://api.openai.com"))
+    s = config.parse(data, environ={"CREDENTIALS_DIRECTORY": str(creds),
+                                    "OPENAI_API_KEY": "sk-from-env"}, base_dir=tmp_path)
+    assert s.realtime.api_key is not None and s.realtime.api_key.reveal() == SECRET
+    s = config.parse(data, environ={"OPENAI_API_KEY": "sk-from-env"}, base_dir=tmp_path)
+    assert s.realtime.api_key is not None and s.realtime.api_key.reveal() == "sk-from-env"
+
+
+def test_a_secret_never_prints(tmp_path: Path) -> None:
+    data = yaml.safe_load(BASE.replace("ws://127.0.0.1:8765",
+                                              "wss://api.openai.com"))
+    s = config.parse(data, environ={"OPENAI_API_KEY": SECRET}, base_dir=tmp_path)
+    assert SECRET not in repr(s) and SECRET not in str(s)
+    assert SECRET not in repr(s.realtime.api_key) and SECRET not in f"{s.realtime.api_key}"
+    cfg = tmp_path / "v.yaml"
+    cfg.write_text(BASE.replace("ws://127.0.0.1:8765", "wss://api.openai.com")
+                   + "audio_typo: 1\n")
+    p = subprocess.run(voiced_cmd("check-config", "-c", str(cfg)), cwd=tmp_path,
+                       env=clean_env(OPENAI_API_KEY=SECRET), capture_output=True, text=True,
+                       timeout=TIMEOUT, check=False)
+    assert p.returncode == 78 and SECRET not in p.stdout + p.stderr
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    s = config.parse(yaml.safe_load(BASE), environ={}, base_dir=tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.realtime.voice = "ash"  # type: ignore[misc]
+
+
+def test_parse_raises_one_error_with_every_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse({"realtime": {"voice": "bob"}, "audio": {"frame_ms": 7}}, environ={},
+                     base_dir=tmp_path)
+    keys = [k for k, _ in e.value.problems]
+    assert "realtime.voice" in keys and "audio.frame_ms" in keys
