@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import time
 import uuid
@@ -182,6 +183,8 @@ class Supervisor:
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             self._loop.add_signal_handler(signal.SIGHUP, self.reload)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            self._loop.add_signal_handler(signal.SIGUSR2, self._watchdog_drill)
         self._apply(self.session.take_effects())
         self.notifier.status("starting: opening devices")
         startup_fault: str | None = None
@@ -240,6 +243,23 @@ class Supervisor:
         logger.info("%s received: stopping", sig.name)
         self.notifier.stopping()
         self._stop.set()
+
+    def _watchdog_drill(self) -> None:
+        """SIGUSR2: block the event loop on purpose, to prove the watchdog restarts us.
+
+        Only when ``VOICED_WATCHDOG_DRILL_S`` is set (an administrator checking the unit,
+        or the tests); otherwise the signal is logged and ignored.
+        """
+        raw = os.environ.get("VOICED_WATCHDOG_DRILL_S", "")
+        try:
+            seconds = float(raw)
+        except ValueError:
+            logger.warning("SIGUSR2 ignored: set VOICED_WATCHDOG_DRILL_S to block the loop "
+                           "for that many seconds (a watchdog drill)")
+            return
+        logger.warning("watchdog drill: blocking the event loop for %g s", seconds)
+        time.sleep(seconds)  # deliberately blocking: that is the drill
+        logger.warning("watchdog drill over")
 
     def reload(self) -> None:
         """SIGHUP: re-read the config; apply what can be applied live, keep the rest.
