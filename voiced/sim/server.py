@@ -287,11 +287,12 @@ class SimSession:
                     self._speech_on = max(0.0, pos_ms - prefix_ms)
                     self._silence_ms = 0.0
                     self._speech_item = _id("item")
-                    if self.response is not None and td.get("interrupt_response", True):
-                        await self._cancel_response("turn_detected")
+                    # upstream order: the client hears of the speech, then of the cancel
                     await self.send({"type": "input_audio_buffer.speech_started",
                                      "audio_start_ms": int(self._speech_on),
                                      "item_id": self._speech_item})
+                    if self.response is not None and td.get("interrupt_response", True):
+                        await self._cancel_response("turn_detected")
             elif loud:
                 self._silence_ms = 0.0
             else:
@@ -399,7 +400,8 @@ class SimSession:
         heard = ""
         for item in reversed(self.items.values()):
             if item.get("role") == "user":
-                heard = str((item.get("content") or [{}])[0].get("transcript") or "")
+                part = (item.get("content") or [{}])[0]  # input_audio or input_text
+                heard = str(part.get("transcript") or part.get("text") or "")
                 break
         await self._respond_to(heard)
 
