@@ -51,7 +51,7 @@ class Harness:
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
                   environ: dict[str, str] | None = None,
-                  wall_clock: Callable[[], float] = time.time,
+                  wall_clock: Callable[[], float] = time.time, pin_factory: Any = None,
                   **overrides: Any) -> AsyncIterator[Harness]:
     raw: dict[str, Any] = {
         "device_id": "t",
@@ -70,6 +70,7 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
     sink = WavFileSink(tmp_path / "out.wav", speed=speed)
     h: Harness
     sup = Supervisor(settings, source=source, sink=sink, wall_clock=wall_clock,
+                     pin_factory=pin_factory,
                      listener=lambda kind, data: h.listen(kind, data))
     h = Harness(sup)
     task = asyncio.create_task(sup.run())

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +42,9 @@ class ButtonInput:
         self._button: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._held = False
+        self._down = False
+        self._last_edge = -1e9
+        self._lock = threading.Lock()  # gpiozero's threads and the loop both get here
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Claim the pin.
@@ -60,23 +65,62 @@ class ButtonInput:
         self._button.when_held = self._held_cb
         logger.info("button on pin %s (%s)", s.pin, s.mode)
 
-    # NOTE: the three callbacks below run on gpiozero's threads
+    # NOTE: the gpiozero callbacks below run on gpiozero's threads
     def _pressed(self) -> None:
-        self._held = False
-        if self.settings.mode == "push_to_talk":
-            self._emit("talk-start")
-
-    def _held_cb(self) -> None:
-        if self.settings.mode == "toggle":
-            self._held = True
-            self._emit("long-press")
+        self._edge(True)
 
     def _released(self) -> None:
-        if self.settings.mode == "push_to_talk":
-            self._emit("talk-end")
-        elif not self._held:
-            self._emit("press")
-        self._held = False
+        self._edge(False)
+
+    def _held_cb(self) -> None:
+        with self._lock:
+            if self.settings.mode == "toggle" and self._down:
+                self._held = True
+                self._emit("long-press")
+
+    def _edge(self, down: bool) -> None:
+        """Debounce in software as well, so a worn switch never double-fires.
+
+        Not every pin library honours ``bounce_time`` (gpiozero's mock pins ignore it).
+        An edge after a quiet ``bounce_time_s`` counts at once; edges inside it are
+        noise, and once they stop the pin's real level decides (on the loop).
+        """
+        now = time.monotonic()
+        with self._lock:
+            quiet = now - self._last_edge >= self.settings.bounce_time_s
+            self._last_edge = now
+        if quiet:
+            self._apply(down)
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.call_later, self.settings.bounce_time_s,
+                                      self._settle)
+
+    def _settle(self) -> None:
+        """On the loop, a bounce window after a noisy edge: follow the pin's level."""
+        if time.monotonic() - self._last_edge < self.settings.bounce_time_s:
+            return  # still bouncing: the latest edge scheduled its own check
+        button = self._button
+        if button is not None:
+            self._apply(bool(button.is_pressed))
+
+    def _apply(self, down: bool) -> None:
+        with self._lock:
+            if down == self._down:
+                return
+            self._down = down
+            ptt = self.settings.mode == "push_to_talk"
+            if down:
+                self._held = False
+                if ptt:
+                    self._emit("talk-start")
+            else:
+                if ptt:
+                    self._emit("talk-end")
+                elif not self._held:
+                    self._emit("press")
+                self._held = False
 
     def _emit(self, gesture: Gesture) -> None:
         loop = self._loop
