@@ -1,0 +1,358 @@
+"""Transcripts are never lost: the outbox on disk, and each sink against a real backend."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.backends import CALLS, FlakyWebhook, pg_bin, postgres, postgrest_app, rows, serve_app
+from tests.conftest import TIMEOUT
+from voiced.config import Secret
+from voiced.outbox import Outbox, Outcome, Result
+from voiced.session import Transcript
+from voiced.sinks.http import SupabaseSink, WebhookSink
+from voiced.sinks.jsonl import JsonlSink
+from voiced.sinks.postgres import PostgresSink
+from voiced.transcripts import make_record
+
+CONVERSATION = str(uuid.UUID(int=1))
+
+
+def record(n: int, role: str = "user", text: str | None = None,
+           conversation: str = CONVERSATION) -> dict[str, Any]:
+    md = ({"input_method": "realtime_voice", "model": "gpt-realtime", "item_id": f"item_{n}"}
+          if role == "user" else {"voice": "marin", "model": "gpt-realtime",
+                                  "item_id": f"item_{n}", "interrupted": False,
+                                  "heard_ms": 1200})
+    return make_record(Transcript(role=role, text=text or f"utterance {n}",
+                                  item_id=f"item_{n}", conversation_id=conversation,
+                                  metadata=md), device_id="kitchen",
+                       created_at=1_790_000_000 + n)
+
+
+class ScriptedSink:
+    """Answers from a script, then DELIVERED; remembers what it was given."""
+
+    name = "scripted"
+
+    def __init__(self, *answers: Outcome) -> None:
+        self.answers = list(answers)
+        self.calls: list[str] = []
+
+    async def deliver(self, rec: dict[str, Any]) -> Result:
+        self.calls.append(rec["id"])
+        outcome = self.answers.pop(0) if self.answers else Outcome.DELIVERED
+        return Result(outcome, "scripted")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def drain(box: Outbox) -> None:
+    task = asyncio.create_task(box.run())
+    try:
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(box.idle.wait(), TIMEOUT)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def files(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.is_file())
+
+
+# ------------------------------------------------------------------ the outbox
+
+
+async def test_records_are_on_disk_whole_before_anything_else(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "ob", None)
+    box.open()
+    for n in range(3):
+        box.put(record(n))
+    await box.flush()
+    names = files(tmp_path / "ob")
+    assert len(names) == 3 and all(n.endswith(".json") for n in names)  # no temp files
+    assert [json.loads((tmp_path / "ob" / n).read_text())["id"] for n in names] == [
+        record(n)["id"] for n in range(3)]  # oldest first by name
+    assert box.pending == 3
+    await box.aclose()
+
+
+async def test_delivery_is_oldest_first_and_removes_only_accepted(tmp_path: Path) -> None:
+    sink = ScriptedSink(Outcome.RETRY, Outcome.RETRY)
+    box = Outbox(tmp_path / "ob", sink, retry_min_s=0.01, retry_max_s=0.05,
+                 rand=lambda: 1.0)
+    box.open()
+    for n in range(3):
+        box.put(record(n))
+    await box.flush()
+    await drain(box)
+    ids = [record(n)["id"] for n in range(3)]
+    assert sink.calls == [ids[0], ids[0], ids[0], ids[1], ids[2]]  # retried, in order
+    assert files(tmp_path / "ob") == [] and box.pending == 0 and box.delivered == 3
+    await box.aclose()
+
+
+async def test_backoff_is_jittered_exponential_and_capped(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(s: float) -> None:
+        waits.append(s)
+        await real_sleep(0)
+
+    sink = ScriptedSink(*[Outcome.RETRY] * 8)
+    box = Outbox(tmp_path / "ob", sink, retry_min_s=1, retry_max_s=10, rand=lambda: 0.5)
+    box.open()
+    box.put(record(1))
+    await box.flush()
+    monkeypatch.setattr("voiced.outbox.asyncio.sleep", fake_sleep)
+    await drain(box)
+    waits = [w for w in waits if w != 0.05]  # drain()'s own sleep went through the patch
+    assert waits[:8] == [0.75, 1.5, 3.0, 6.0, 7.5, 7.5, 7.5, 7.5]  # base*(0.5+0.5*0.5)
+    await box.aclose()
+
+
+async def test_rejected_records_move_aside_logged_once(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture
+                                                       ) -> None:
+    sink = ScriptedSink(Outcome.REJECTED)
+    box = Outbox(tmp_path / "ob", sink)
+    box.open()
+    box.put(record(1))
+    box.put(record(2))
+    await box.flush()
+    with caplog.at_level(logging.ERROR):
+        await drain(box)
+    assert len(files(tmp_path / "ob" / "rejected")) == 1
+    assert sink.calls == [record(1)["id"], record(2)["id"]]
+    assert len([r for r in caplog.records if "rejected transcript" in r.message]) == 1
+    await box.aclose()
+
+
+async def test_over_the_bound_the_oldest_go_with_a_warning(tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    box = Outbox(tmp_path / "ob", None, max_records=3)
+    box.open()
+    with caplog.at_level(logging.WARNING):
+        for n in range(5):
+            box.put(record(n))
+        await box.flush()
+    kept = [json.loads((tmp_path / "ob" / n).read_text())["id"] for n in files(
+        tmp_path / "ob")]
+    assert kept == [record(n)["id"] for n in (2, 3, 4)]
+    assert box.dropped == 2
+    assert any("dropped the 1 oldest" in r.message for r in caplog.records)
+    await box.aclose()
+
+
+async def test_torn_and_corrupt_files_are_moved_aside_at_start(tmp_path: Path) -> None:
+    d = tmp_path / "ob"
+    d.mkdir()
+    (d / ".tmp-00000000000000000001-000001").write_bytes(b'{"id": "half')  # power cut
+    (d / "00000000000000000002-000001.json").write_bytes(b'{"id": "trunc')  # torn
+    (d / "00000000000000000003-000001.json").write_text(json.dumps(record(3)))
+    sink = ScriptedSink()
+    box = Outbox(d, sink)
+    box.open()
+    assert not any(n.startswith(".tmp-") for n in os.listdir(d))
+    await drain(box)
+    assert sink.calls == [record(3)["id"]]
+    assert files(d / "corrupt") == ["00000000000000000002-000001.json"]
+    assert box.corrupt == 1
+    await box.aclose()
+
+
+async def test_stop_leaves_pending_on_disk_and_a_new_outbox_resumes(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "ob", ScriptedSink(*[Outcome.RETRY] * 100), retry_min_s=0.01)
+    box.open()
+    box.put(record(1))
+    task = asyncio.create_task(box.run())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await box.aclose()
+    assert box.pending == 1
+    sink = ScriptedSink()
+    box2 = Outbox(tmp_path / "ob", sink)
+    box2.open()
+    await drain(box2)
+    assert sink.calls == [record(1)["id"]]
+    await box2.aclose()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a full SD card, for real."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
+                      capture_output=True, check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+async def test_a_full_disk_keeps_records_in_memory_until_space_returns(
+        tiny_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sink = ScriptedSink()
+    box = Outbox(tiny_disk / "ob", sink)
+    box.open()
+    filler = tiny_disk / "filler"
+    with filler.open("wb", buffering=0) as f:  # fill the disk to the last byte
+        with pytest.raises(OSError) as full:
+            while True:
+                f.write(b"x" * 512)
+    assert full.value.errno == errno.ENOSPC
+    with caplog.at_level(logging.ERROR):
+        box.put(record(1))
+        box.put(record(2))
+        await box.flush()
+    assert box.pending == 2  # kept in memory, not lost
+    errors = [r.message for r in caplog.records if "cannot save transcript" in r.message]
+    assert len(errors) == 1 and "the disk is full" in errors[0]
+    filler.unlink()  # space again: the records are written and delivered
+    task = asyncio.create_task(box.run())
+    await asyncio.wait_for(box.idle.wait(), TIMEOUT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sink.calls == [record(1)["id"], record(2)["id"]]
+    await box.aclose()
+
+
+async def test_jsonl_through_the_outbox_is_once_per_id(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    sink = JsonlSink(path)
+    for _ in range(2):  # a crash after the write, before the file was removed
+        assert (await sink.deliver(record(1, text="Grüße, 東京"))).outcome is \
+            Outcome.DELIVERED
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    assert [x["id"] for x in lines] == [record(1)["id"]]
+    assert lines[0]["text"] == "Grüße, 東京"
+    await sink.aclose()
+
+
+# ------------------------------------------------------------------ real backends
+
+
+@pytest.fixture(scope="module")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh test installs it)")
+    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
+        yield dsn
+
+
+def fresh_conversation() -> str:
+    return str(uuid.uuid4())
+
+
+async def test_postgres_sink_writes_the_seed_tables(pg_dsn: str) -> None:
+    conv = fresh_conversation()
+    sink = PostgresSink(Secret(pg_dsn), timeout_s=5, device_id="kitchen", agent_id="agent-1")
+    recs = [record(10, "user", "Wie spät ist es?", conv),
+            record(11, "assistant", "Es ist zwölf Uhr.", conv)]
+    for r in recs + recs:  # the second round is a redelivery after a crash
+        assert (await sink.deliver(r)).outcome is Outcome.DELIVERED
+    await sink.aclose()
+    assert rows(pg_dsn, f"select agent_id, device_id from conversations where id = '{conv}'"
+                ) == [("agent-1", "kitchen")]
+    got = rows(pg_dsn, "select id::text, role, content, metadata from chat_messages_v2 "
+                       f"where conversation_id = '{conv}' order by created_at")
+    assert [(g[0], g[1], g[2]) for g in got] == [(r["id"], r["role"], r["text"])
+                                                for r in recs]
+    assert got[0][3]["input_method"] == "realtime_voice" and "model" in got[0][3]
+    assert got[1][3]["voice"] == "marin" and "model" in got[1][3]
+
+
+async def test_postgres_sink_retries_while_the_database_is_down(tmp_path: Path) -> None:
+    sink = PostgresSink(Secret("postgresql://postgres@127.0.0.1:9/postgres"), timeout_s=1,
+                        device_id="kitchen", agent_id=None)
+    res = await sink.deliver(record(1))
+    assert res.outcome is Outcome.RETRY and "127.0.0.1:9" not in res.reason.replace(
+        "port 9", "")  # the reason is logged: no DSN in it
+    await sink.aclose()
+
+
+@pytest_asyncio.fixture
+async def postgrest(pg_dsn: str) -> AsyncIterator[tuple[str, Any]]:
+    app = postgrest_app(pg_dsn, "service-key")
+    runner, url = await serve_app(app)
+    yield url, app
+    await runner.cleanup()
+
+
+async def test_supabase_sink_through_postgrest_into_real_tables(
+        pg_dsn: str, postgrest: tuple[str, Any]) -> None:
+    url, app = postgrest
+    conv = fresh_conversation()
+    sink = SupabaseSink(url, key=Secret("service-key"), timeout_s=5, device_id="kitchen",
+                        agent_id=None)
+    recs = [record(20, "user", "日本語で話して", conv), record(21, "assistant", "はい。", conv)]
+    for r in recs:
+        assert (await sink.deliver(r)).outcome is Outcome.DELIVERED
+    sink2 = SupabaseSink(url, key=Secret("service-key"), timeout_s=5, device_id="kitchen",
+                         agent_id=None)  # a restarted daemon redelivers
+    assert (await sink2.deliver(recs[1])).outcome is Outcome.DELIVERED
+    await sink.aclose()
+    await sink2.aclose()
+    got = rows(pg_dsn, "select content from chat_messages_v2 "
+                       f"where conversation_id = '{conv}' order by created_at")
+    assert got == [("日本語で話して",), ("はい。",)]
+    tables = [t for t, _ in app[CALLS]]
+    assert tables[:2] == ["conversations", "chat_messages_v2"]  # the conversation first
+    headers = app[CALLS][0][1]
+    assert headers["apikey"] == "service-key" and "ignore-duplicates" in headers["Prefer"]
+    bad = SupabaseSink(url, key=Secret("wrong"), timeout_s=5, device_id="k", agent_id=None)
+    assert (await bad.deliver(record(22, conversation=fresh_conversation()))).outcome is \
+        Outcome.RETRY  # a wrong key is fixable: keep the record
+    await bad.aclose()
+
+
+async def test_webhook_sink_against_a_flaky_server(tmp_path: Path) -> None:
+    poison = record(99, text="poison")
+    hook = FlakyWebhook(seed=3, token="tok", slow_s=1.5,
+                        poison=lambda r: r["id"] == poison["id"])
+    url = await hook.start()
+    try:
+        sink = WebhookSink(url, token=Secret("tok"), timeout_s=0.5)
+        box = Outbox(tmp_path / "ob", sink, retry_min_s=0.01, retry_max_s=0.1)
+        box.open()
+        recs = [record(n) for n in range(30)] + [poison]
+        for r in recs:
+            box.put(r)
+        await box.flush()
+        task = asyncio.create_task(box.run())
+        await asyncio.wait_for(box.idle.wait(), 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await box.aclose()
+        assert set(hook.records) == {r["id"] for r in recs[:30]}
+        outcomes = {what.split()[0] for _, what in hook.seen}
+        assert {"500", "dropped", "slow", "200"} <= outcomes  # every failure happened
+        rejected = [json.loads(p.read_text()) for p in (tmp_path / "ob" / "rejected").iterdir()]
+        assert [r["id"] for r in rejected] == [poison["id"]]
+        assert hook.records[recs[0]["id"]] == recs[0]  # the contract's JSON, unchanged
+    finally:
+        await hook.stop()
