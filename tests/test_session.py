@@ -18,6 +18,7 @@ import pytest
 from voiced import wire
 from voiced.session import (
     Conversation,
+    Draft,
     Effect,
     MicOpened,
     Play,
@@ -63,11 +64,16 @@ def fresh(**overrides: Any) -> Conversation:
     return Conversation(policy(**overrides), conversation_id="conv-1", new_id=new_ids())
 
 
+DRAFTS: list[Draft] = []  # drafts are checked by their own tests, kept out of the rest
+
+
 def plain(effects: list[Effect]) -> list[Effect]:
     """The effects, each Send checked for a string event_id and compared without it."""
     out: list[Effect] = []
     for e in effects:
-        if isinstance(e, Send):
+        if isinstance(e, Draft):
+            DRAFTS.append(e)
+        elif isinstance(e, Send):
             event: dict[str, Any] = dict(e.event)
             eid = event.pop("event_id")
             assert isinstance(eid, str) and eid
@@ -1295,3 +1301,32 @@ def test_no_rollover_without_an_expiry_or_a_session() -> None:
     fx(c)
     c.on_tick(0.0, EXPIRES)
     assert fx(c) == []
+
+
+# ------------------------------------------------------------------ drafts
+
+
+def test_a_transcript_known_before_playback_ends_is_drafted_once() -> None:
+    c = configured()
+    speaking(c, samples(500))
+    effects = c.take_effects()
+    c.on_server_event(said("Sunny and warm."), 0.0)
+    c.on_server_event(done(transcripts={"item_a": "Sunny and warm."}), 0.0)
+    effects = c.take_effects()
+    drafts = [e for e in effects if isinstance(e, Draft)]
+    assert len(drafts) == 1  # once, though response.done repeated the transcript
+    t = drafts[0].transcript
+    assert (t.role, t.text, t.item_id) == ("assistant", "Sunny and warm.", "item_a")
+    assert t.metadata["heard_ms"] is None and t.metadata["interrupted"] is None
+    c.on_playback_drained(1.0)
+    assert fx(c) == [assistant("Sunny and warm.", heard_ms=500), show(State.READY)]
+
+
+def test_no_draft_when_playback_already_ended() -> None:
+    c = configured()
+    speaking(c, samples(100))
+    server(c, audio_done())
+    c.on_playback_drained(1.0)
+    c.take_effects()
+    effects = c.take_effects() + (c.on_server_event(said("Hi."), 1.0) or c.take_effects())
+    assert not any(isinstance(e, Draft) for e in effects)

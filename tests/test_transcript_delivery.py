@@ -356,3 +356,30 @@ async def test_webhook_sink_against_a_flaky_server(tmp_path: Path) -> None:
         assert hook.records[recs[0]["id"]] == recs[0]  # the contract's JSON, unchanged
     finally:
         await hook.stop()
+
+
+async def test_a_reply_cut_off_by_a_crash_survives_as_its_draft(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "ob", None)
+    box.open()
+    reply = record(5, "assistant", "It will be sunny.")
+    box.put_draft(reply)  # the words arrived; the audio was still playing ...
+    await box.flush()
+    await box.aclose()  # ... when the power went
+    sink = ScriptedSink()
+    box = Outbox(tmp_path / "ob", sink)
+    box.open()
+    await drain(box)
+    assert sink.calls == [reply["id"]]
+    assert files(tmp_path / "ob" / "drafts") == []
+    await box.aclose()
+
+
+async def test_the_final_record_replaces_its_draft(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "ob", None)
+    box.open()
+    reply = record(6, "assistant", "Done.")
+    box.put_draft(reply)
+    box.put(reply)
+    await box.flush()
+    assert files(tmp_path / "ob" / "drafts") == [] and box.pending == 1
+    await box.aclose()

@@ -5,6 +5,11 @@ renamed, and the directory fsynced, so a power cut leaves either the whole recor
 nothing. A delivery task sends records oldest first and removes a file only after the
 sink accepted it; rejected records move to ``rejected/``, unreadable ones to
 ``corrupt/``. Writes run on one worker thread so a slow SD card never stalls the audio.
+
+An assistant transcript arrives before its audio has finished playing, and its record
+(which says how much was heard) only when playback ends. Meanwhile a *draft* of it waits
+in ``drafts/``; the record replaces it. A draft still there at start-up (the device died
+mid-reply) becomes the record, with ``heard_ms`` unknown, so the words are not lost.
 """
 
 from __future__ import annotations
@@ -106,12 +111,13 @@ class Outbox:
         Raises:
             OSError: the directory cannot be created (the caller reports it).
         """
-        for sub in ("", "rejected", "corrupt"):
+        for sub in ("", "rejected", "corrupt", "drafts"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True, mode=0o750)
-        for tmp in self.dir.glob(".tmp-*"):
+        for tmp in [*self.dir.glob(".tmp-*"), *(self.dir / "drafts").glob(".tmp-*")]:
             logger.warning("outbox: removing %s, a record half-written when the power "
                            "went (it was never acknowledged)", tmp.name)
             tmp.unlink()
+        self._promote_drafts()
         pending = self.pending
         if pending:
             logger.info("outbox: %d transcript record(s) waiting from before", pending)
@@ -157,6 +163,7 @@ class Outbox:
             os.replace(tmp, self.dir / f"{name}.json")
             _fsync_dir(self.dir)
             self._disk_error_logged = False
+            self._drop_draft(record.get("id"))  # the record is safe: its draft can go
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -168,6 +175,47 @@ class Outbox:
                              "memory and retrying", record.get("id"), self.dir, what)
             return
         self._enforce_bounds()
+
+    def put_draft(self, record: dict[str, Any]) -> None:
+        """Keep an assistant record durably until its final version is :meth:`put`."""
+        loop = asyncio.get_running_loop()
+        fut = asyncio.wrap_future(self._io.submit(self._write_draft, record), loop=loop)
+        self._writes.add(fut)
+        fut.add_done_callback(self._written)
+
+    def _write_draft(self, record: dict[str, Any]) -> None:
+        drafts = self.dir / "drafts"
+        tmp = drafts / f".tmp-{record['id']}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(json.dumps(record, ensure_ascii=False).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, drafts / f"{record['id']}.json")
+            _fsync_dir(drafts)
+        except OSError as e:  # the final record will still be written (or kept in memory)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            logger.debug("outbox: draft %s not saved: %s", record.get("id"), e)
+
+    def _drop_draft(self, record_id: object) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / "drafts" / f"{record_id}.json").unlink()
+
+    def _promote_drafts(self) -> None:
+        """Drafts left by a crash become records: the words, with heard_ms unknown."""
+        for path in sorted((self.dir / "drafts").glob("*.json")):
+            try:
+                record = json.loads(path.read_bytes())
+                record["metadata"]["playback"] = "unknown: the device stopped while playing"
+            except (ValueError, KeyError, TypeError) as e:
+                os.replace(path, self.dir / "corrupt" / path.name)
+                logger.error("outbox: draft %s is damaged (%s); moved to corrupt/",
+                             path.name, e)
+                continue
+            logger.warning("outbox: recovering transcript %s, cut off mid-reply by a "
+                           "restart", record.get("id"))
+            self._write(record)
 
     def _enforce_bounds(self) -> None:
         files = sorted(p for p in self.dir.iterdir() if p.suffix == ".json")

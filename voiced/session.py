@@ -119,6 +119,17 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class Draft:
+    """Keep an assistant transcript durably while its audio still plays.
+
+    The record proper (with ``interrupted`` and ``heard_ms``) comes when playback ends;
+    if the device dies before that, the draft is what survives.
+    """
+
+    transcript: Transcript
+
+
+@dataclass(frozen=True, slots=True)
 class Reconnect:
     """Close the current Realtime connection and open a fresh session."""
 
@@ -130,7 +141,7 @@ class MicOpened:
     """The user switched the mic on (the file backend starts its WAV here)."""
 
 
-Effect = Send | Play | StopPlayback | ShowState | Record | Reconnect | MicOpened
+Effect = Send | Play | StopPlayback | ShowState | Record | Draft | Reconnect | MicOpened
 
 
 @dataclass(slots=True)
@@ -147,6 +158,7 @@ class _Item:
     interrupted: bool = False
     transcript: str | None = None
     recorded: bool = False
+    drafted: bool = False
 
 
 @dataclass(slots=True)
@@ -654,7 +666,12 @@ class Conversation:
         self._discarded.discard(response_id)
 
     def _maybe_record(self, item_id: str, item: _Item) -> None:
-        if item.recorded or not item.finished or item.transcript is None:
+        if item.recorded or item.transcript is None:
+            return
+        if not item.finished:
+            if not item.drafted:  # the words are known; how much was heard is not yet
+                item.drafted = True
+                self._emit(Draft(self._assistant(item_id, item, None)))
             return
         item.recorded = True
         if item.conversation_id == self.conversation_id:
@@ -662,15 +679,21 @@ class Conversation:
         heard_ms = round((item.played or 0) * 1000 / wire.SAMPLE_RATE)
         logger.info("assistant: %s%s", item.transcript,
                     f" [interrupted after {heard_ms} ms]" if item.interrupted else "")
-        self._emit(Record(Transcript(
+        self._emit(Record(self._assistant(item_id, item, heard_ms)))
+        # forget finished items so a days-long conversation does not grow memory
+        for done_id in [k for k, v in self._items.items() if v.recorded]:
+            del self._items[done_id]
+
+    def _assistant(self, item_id: str, item: _Item, heard_ms: int | None) -> Transcript:
+        """The assistant transcript; ``heard_ms`` None: playback has not ended yet."""
+        assert item.transcript is not None
+        return Transcript(
             role="assistant", text=item.transcript, item_id=item_id,
             conversation_id=item.conversation_id,
             metadata={"voice": self.policy.voice, "model": self.policy.model,
                       "item_id": item_id, "response_id": item.response_id,
-                      "interrupted": item.interrupted, "heard_ms": heard_ms})))
-        # forget finished items so a days-long conversation does not grow memory
-        for done_id in [k for k, v in self._items.items() if v.recorded]:
-            del self._items[done_id]
+                      "interrupted": item.interrupted if heard_ms is not None else None,
+                      "heard_ms": heard_ms})
 
     def _on_user_transcript(self, ev: wire.InputTranscriptionCompleted) -> None:
         text = ev.transcript.strip()

@@ -34,6 +34,7 @@ from voiced.outbox import Outbox
 from voiced.realtime import Backoff, build_url, classify, open_connection
 from voiced.session import (
     Conversation,
+    Draft,
     Effect,
     MicOpened,
     Play,
@@ -536,6 +537,11 @@ class Supervisor:
                     self._show(eff.state, eff.detail)
                 case Record():
                     self._record(eff)
+                case Draft():
+                    if self.outbox is not None:
+                        self.outbox.put_draft(make_record(
+                            eff.transcript, device_id=self.settings.device_id,
+                            created_at=self.wall_clock()))
                 case Reconnect():
                     logger.info("reconnecting: %s", eff.reason)
                     self._reconnect_now.set()
