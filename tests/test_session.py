@@ -107,6 +107,14 @@ def configured(**overrides: Any) -> Conversation:
     return c
 
 
+def reconnected(c: Conversation) -> list[Effect]:
+    """The connection came back with a new session; returns what session.updated caused."""
+    c.on_connection_up()
+    server(c, wire.SessionCreated("s2", EXPIRES + 60))
+    c.take_effects()
+    return server(c, wire.SessionUpdated(session={}))
+
+
 def samples(ms: int) -> int:
     return RATE * ms // 1000
 
@@ -793,10 +801,7 @@ def test_speech_the_old_session_never_committed_is_replayed_into_the_new_one() -
     c.take_effects()
     c.on_connection_down("server closed 1006")
     c.on_audio_captured(pcm(samples(100)), 0.5)  # still talking during the reconnect
-    c.on_connection_up()
-    server(c, wire.SessionCreated("s2", EXPIRES + 60))
-    c.take_effects()
-    assert server(c, wire.SessionUpdated(session={})) == [
+    assert reconnected(c) == [
         append(pcm(samples(200))), append(pcm(samples(100))), show(State.LISTENING)]
     c.on_press(1.0)
     assert fx(c) == [COMMIT, CREATE, show(State.THINKING)]
@@ -809,10 +814,7 @@ def test_push_to_talk_released_during_a_reconnect_is_committed_after_replay() ->
     c.on_audio_captured(pcm(samples(300)), 0.1)
     c.on_connection_down("server closed 1006")
     c.on_talk_end(0.5)
-    c.on_connection_up()
-    server(c, wire.SessionCreated("s2", EXPIRES + 60))
-    c.take_effects()
-    assert server(c, wire.SessionUpdated(session={})) == [
+    assert reconnected(c) == [
         append(pcm(samples(300))), COMMIT, CREATE, show(State.THINKING)]
 
 
@@ -824,10 +826,7 @@ def test_a_long_outage_keeps_only_the_last_15_s_of_speech() -> None:
     for i in range(800):  # 16 s in 20 ms frames
         c.on_audio_captured(pcm(samples(20)), i * 0.02)
     assert c.counters.backlog_dropped == 50
-    c.on_connection_up()
-    server(c, wire.SessionCreated("s2", EXPIRES + 60))
-    c.take_effects()
-    sent = server(c, wire.SessionUpdated(session={}))
+    sent = reconnected(c)
     assert len([e for e in sent if isinstance(e, Send)]) == 750
 
 
@@ -838,10 +837,7 @@ def test_committed_speech_is_not_replayed() -> None:
     server(c, wire.BufferCommitted(item_id="item_u"))
     c.take_effects()
     c.on_connection_down("server closed 1006")
-    c.on_connection_up()
-    server(c, wire.SessionCreated("s2", EXPIRES + 60))
-    c.take_effects()
-    assert server(c, wire.SessionUpdated(session={})) == [show(State.LISTENING)]
+    assert reconnected(c) == [show(State.LISTENING)]
 
 
 def test_push_to_talk_commits_on_release() -> None:
