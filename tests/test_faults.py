@@ -3,9 +3,12 @@ retries within its backoff bounds, loses no transcript, and recovers by itself."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+from tests.conftest import TIMEOUT, clean_env, voiced_cmd, write_config
 from tests.test_supervisor import Harness, roles, running
 from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
@@ -93,3 +96,55 @@ async def test_a_drop_mid_reply_loses_no_transcript(tmp_path: Path) -> None:
             said = [e["transcript"] for e in first_user
                     if e["type"] == "conversation.item.input_audio_transcription.completed"]
             assert [r["text"] for r in h.records if r["role"] == "user"][:1] == said[:1]
+
+
+async def test_ten_minutes_of_refused_connections_in_simulated_time(tmp_path: Path) -> None:
+    """Backoff delays are recorded instead of slept: ten minutes pass in a second or two."""
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, speed=3, realtime={
+                "reconnect_min_s": 0.5, "reconnect_max_s": 30}) as h:
+            await h.wait(lambda: h.state == State.READY)
+            waited: list[float] = []
+
+            async def fast_forward(wake: Any, delay: float) -> None:
+                waited.append(delay)
+                if hasattr(wake, "close"):
+                    wake.close()  # the event wait is not needed: time "passes" at once
+                await asyncio.sleep(0.005)
+
+            h.sup.backoff_wait = fast_forward
+            sim.refuse_connections = True
+            sim.drop_connections()
+            await h.wait(lambda: sum(waited) >= 600)
+            assert h.state == State.CONNECTING
+            assert all(0.25 <= d <= 30 for d in waited), waited  # within the bounds
+            assert max(waited) > 15  # it really backed off towards the maximum
+            assert sum(1 for d in waited if d > 15) >= len(waited) // 2  # and stayed there
+            sim.refuse_connections = False
+            await h.wait(lambda: h.sup.session.connected)
+            await exchange(h, 1)
+            assert len(h.records) == 2
+
+
+async def test_a_request_shape_refusal_is_a_config_error(tmp_path: Path) -> None:
+    """Close 4000 (the beta dialect, an unknown model): exit 78 naming the key."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def refuse(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "error", "event_id": "e1", "error": {
+            "type": "invalid_request_error", "code": "beta_api_shape_disabled",
+            "message": "The Realtime Beta API is no longer supported.", "param": None,
+            "event_id": None}}))
+        await ws.close(4000, "invalid_request_error.beta_api_shape_disabled")
+
+    async with serve(refuse, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        cfg = write_config(tmp_path, f"ws://127.0.0.1:{port}/v1/realtime")
+        proc = await asyncio.create_subprocess_exec(
+            *voiced_cmd("run", "-c", str(cfg)), env=clean_env(),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    text = err.decode()
+    assert proc.returncode == 78, text[-2000:]
+    assert "voiced: config error: realtime.url: the server refused the session" in text
+    assert "Traceback" not in text

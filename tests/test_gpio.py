@@ -384,3 +384,22 @@ async def test_a_physical_press_starts_listening_and_the_orb_follows(tmp_path: P
             assert h.records[1]["metadata"]["interrupted"] is True
             assert h.state == State.LISTENING
             assert len(sim.sessions) == 1
+
+
+async def test_a_press_is_acknowledged_with_a_flash_over_any_pattern() -> None:
+    factory = pwm_factory()
+    driver = GpioOrb(LedSettings(driver="gpio", kind="pwm", pins=("12",)), factory)
+    orb = Animator(driver, DEFAULT_PATTERNS, fps=30)
+    task = asyncio.create_task(orb.run())
+    orb.set_state("ready")  # a dim blue: the flash must stand out
+    await asyncio.sleep(0.2)
+    pin = factory.pin(12)
+    before = len(pin.states)
+    orb.acknowledge(0.15)
+    await asyncio.sleep(0.4)
+    values = [v for _, v in pin_values(pin, before)]
+    assert values[0] == 1.0  # full white at once
+    assert values[-1] < 1.0  # then the pattern again
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

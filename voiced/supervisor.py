@@ -15,7 +15,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -140,6 +140,9 @@ class Supervisor:
         self.listener = listener or (lambda kind, data: None)
         self.pin_factory = pin_factory
         self.spi = spi
+        # how reconnect delays are waited out (tests fast-forward them)
+        self.backoff_wait: Callable[[Awaitable[Any], float], Awaitable[Any]] = \
+            asyncio.wait_for
         self.button: ButtonInput | None = None
         self.orb = Animator(None, settings.leds.patterns, fps=settings.leds.fps)
         self.session = build_conversation(settings)
@@ -226,6 +229,9 @@ class Supervisor:
                 tg.create_task(self._wait_for_stop(), name="stop")
         except* _StopRequested:
             pass
+        except* ConfigError as group:
+            # the server refused the request shape: only the config can fix that
+            raise group.exceptions[0] from None
         finally:
             await self._close()
         logger.info("stopped")
@@ -427,10 +433,12 @@ class Supervisor:
                 backoff.reset()
                 failures = 0
             if err is not None and not err.retryable:
-                self.session.on_fatal(f"{reason}: check realtime.url and realtime.model")
-                self._apply(self.session.take_effects())
-                delay = rt.reconnect_max_s
-            elif err is not None and err.auth:
+                # close 4000 (the beta dialect, an unknown model): retrying cannot help,
+                # and systemd's RestartPreventExitStatus=78 keeps the service down
+                self.notifier.status(f"stopped: {reason}")
+                raise ConfigError([("realtime.url", f"the server refused the session: "
+                                    f"{reason}; check realtime.url and realtime.model")])
+            if err is not None and err.auth:
                 self.session.on_fatal(f"{reason}: check the API key")
                 self._apply(self.session.take_effects())
                 delay = rt.reconnect_max_s
@@ -441,7 +449,7 @@ class Supervisor:
             log("realtime: %s; reconnecting in %.1f s", reason, delay)
             self.notifier.status(f"reconnecting in {delay:.0f} s: {reason}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reconnect_now.wait(), delay)
+                await self.backoff_wait(self._reconnect_now.wait(), delay)
             self._reconnect_now.clear()
 
     async def _run_connection(self, url: str) -> str:
@@ -579,6 +587,8 @@ class Supervisor:
     def _on_gesture(self, gesture: str) -> None:
         logger.debug("button: %s", gesture)
         self.listener("button", gesture)
+        if gesture != "talk-end":
+            self.orb.acknowledge()  # seen at once, even when nothing else changes
         now = self._now()
         if gesture == "press":
             self.session.on_press(now)

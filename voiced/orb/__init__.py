@@ -9,6 +9,7 @@ so an idle orb costs nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -75,6 +76,7 @@ class Animator:
         self.state = "starting"
         self._changed = asyncio.Event()
         self._last: list[Pixel] | None = None
+        self._flash_until = 0.0
         self.frames_shown = 0
 
     def set_state(self, state: str) -> None:
@@ -82,6 +84,15 @@ class Animator:
         if state != self.state:
             self.state = state
             self._changed.set()
+
+    def acknowledge(self, seconds: float = 0.15) -> None:
+        """A short white flash over the current pattern: "I felt that press".
+
+        The press may change nothing else the user can see (the mic toggled while the
+        device is still connecting), so the button always gets this answer.
+        """
+        self._flash_until = asyncio.get_running_loop().time() + seconds
+        self._changed.set()
 
     def set_patterns(self, patterns: dict[str, Pattern]) -> None:
         """Replace the pattern table (a config reload)."""
@@ -111,6 +122,12 @@ class Animator:
                 n = self.driver.pixels if self.driver is not None else 1
                 frame_no = 0
                 while not self._changed.is_set():
+                    flash = self._flash_until - loop.time()
+                    if flash > 0:
+                        self._show([(1.0, 1.0, 1.0)] * n)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._changed.wait(), flash)
+                        break
                     self._show(render(pattern, loop.time() - t0, n))
                     if is_static(pattern) or self.driver is None:
                         await self._changed.wait()
