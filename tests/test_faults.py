@@ -61,7 +61,8 @@ async def test_errors_for_the_clients_own_mistakes_change_nothing(tmp_path: Path
         async with running(tmp_path, sim, speed=3, realtime=FAST) as h:
             await h.wait(lambda: h.state == State.READY)
             before = h.state
-            h.sup._outgoing.put_nowait({"type": "response.cancel", "event_id": "evt_x"})
+            assert h.sup._link is not None
+            h.sup._link.queue.put_nowait({"type": "response.cancel", "event_id": "evt_x"})
             await h.wait(lambda: h.sup.session.counters.server_errors == 1)
             assert h.state == before and len(sim.sessions) == 1
             await exchange(h, 1)

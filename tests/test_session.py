@@ -17,10 +17,12 @@ import pytest
 
 from voiced import wire
 from voiced.session import (
+    CloseStandby,
     Conversation,
     Draft,
     Effect,
     MicOpened,
+    OpenStandby,
     Play,
     Policy,
     Reconnect,
@@ -29,6 +31,7 @@ from voiced.session import (
     ShowState,
     State,
     StopPlayback,
+    SwitchToStandby,
     Transcript,
     make_policy,
 )
@@ -77,7 +80,7 @@ def plain(effects: list[Effect]) -> list[Effect]:
             event: dict[str, Any] = dict(e.event)
             eid = event.pop("event_id")
             assert isinstance(eid, str) and eid
-            out.append(Send(event))  # type: ignore[arg-type]
+            out.append(Send(event, e.standby))  # type: ignore[arg-type]
         else:
             out.append(e)
     return out
@@ -1260,32 +1263,126 @@ def test_a_long_press_forgets_the_history_and_a_cut_reply_stays_with_its_own() -
 # ------------------------------------------------------------------ session rollover
 
 
-def test_rollover_waits_for_a_quiet_moment_before_expiry() -> None:
+def standby_ready(c: Conversation, now: float = 0.0) -> list[Effect]:
+    """The standby connection opens and is configured; return what that produced."""
+    c.on_standby_up()
+    out = plain([*c.take_effects()])
+    c.on_standby_event(wire.SessionCreated("s2", EXPIRES + 3600), now)
+    out += fx(c)
+    c.on_standby_event(wire.SessionUpdated(session={}), now)
+    return out + fx(c)
+
+
+def test_rollover_prepares_the_next_session_then_switches_at_a_quiet_moment() -> None:
     c = configured(rollover_margin_s=300)  # the session expires at EXPIRES
+    server(c, heard("what time is it"))
     c.on_tick(0.0, EXPIRES - 301)
     assert fx(c) == []  # not yet inside the margin
     speaking(c)
     c.on_tick(1.0, EXPIRES - 299)
-    assert fx(c) == []  # inside, but the assistant is talking
+    assert fx(c) == [OpenStandby()]  # prepared while the assistant talks
+    assert c.standby == "opening"
+    c.on_tick(1.5, EXPIRES - 298)
+    assert fx(c) == []  # asked once
+    update, seed = standby_ready(c)
+    assert isinstance(update, Send) and update.standby
+    assert update.event["type"] == "session.update"
+    assert isinstance(seed, Send) and seed.standby
+    assert text_of([dict(seed.event)]) == [("user", "what time is it")]
+    assert c.standby == "ready"
+    c.on_tick(2.0, EXPIRES - 297)
+    assert fx(c) == []  # still speaking: no switch
     server(c, audio_done())
-    c.on_playback_drained(2.0)
+    server(c, said("It is noon."))
+    c.on_playback_drained(3.0)
     server(c, done())
     fx(c)
-    c.on_tick(3.0, EXPIRES - 290)
-    assert fx(c) == [Reconnect("session rollover")]
-    c.on_tick(4.0, EXPIRES - 289)
-    assert fx(c) == []  # asked once per session
+    c.on_tick(4.0, EXPIRES - 290)
+    effects = fx(c)
+    # the switch re-seeds the turn that ended after the standby was seeded, and replays
+    # no audio (the mic is off)
+    assert effects[0] == SwitchToStandby()
+    assert [(e.event["type"], e.standby) for e in effects[1:]
+            if isinstance(e, Send)] == [("conversation.item.create", False)]
+    assert effects[1].event["item"]["content"][0]["text"] == "It is noon."  # type: ignore
+    assert c.expires_at == EXPIRES + 3600 and c.standby is None and c.connected
+    assert c.state == State.READY  # the user saw nothing of it
 
 
-def test_rollover_is_forced_in_the_last_fifth_of_the_margin() -> None:
+def test_rollover_is_forced_in_the_last_fifth_and_replays_the_unfinished_turn() -> None:
     c = configured(rollover_margin_s=300)
     c.on_press(0.0)
+    server(c, wire.SpeechStarted(item_id="item_u", audio_start_ms=0))
     c.on_audio_captured(pcm(samples(200)), 0.0)  # the user is mid-sentence
     fx(c)
     c.on_tick(1.0, EXPIRES - 100)
+    assert fx(c) == [OpenStandby()]
+    standby_ready(c)
+    c.on_tick(2.0, EXPIRES - 61)
+    assert fx(c) == []  # waiting for the user to finish
+    c.on_tick(3.0, EXPIRES - 59)
+    effects = fx(c)
+    assert effects[0] == SwitchToStandby()
+    assert effects[1:] == [send("input_audio_buffer.append",
+                                audio=base64.b64encode(pcm(samples(200))).decode())]
+
+
+def test_a_quiet_switch_replays_only_the_newest_half_second() -> None:
+    c = configured(rollover_margin_s=300)
+    c.on_press(0.0)
+    for _ in range(20):  # two seconds of room noise the server VAD ignored
+        c.on_audio_captured(pcm(samples(100)), 0.0)
+    fx(c)
+    c.on_tick(1.0, EXPIRES - 200)
+    fx(c)
+    effects = standby_ready(c)
+    assert SwitchToStandby() in effects  # quiet already: it switches as soon as ready
+    sent = c.counters.appended_samples
+    assert sent == samples(2000) + samples(500)  # a word just begun is not lost
+
+
+def test_a_standby_that_fails_is_tried_again_later() -> None:
+    c = configured(rollover_margin_s=300)
+    c.on_tick(0.0, EXPIRES - 200)
+    assert fx(c) == [OpenStandby()]
+    c.on_standby_down("connection refused", 0.0)
+    c.on_standby_down("again", 0.0)  # once is enough
+    c.on_tick(5.0, EXPIRES - 195)
     assert fx(c) == []
-    c.on_tick(2.0, EXPIRES - 59)
-    assert fx(c) == [Reconnect("session rollover")]
+    c.on_tick(10.0, EXPIRES - 190)
+    assert fx(c) == [OpenStandby()]
+    c.on_standby_up()
+    c.on_standby_event(wire.SessionCreated("s2", EXPIRES + 3600), 10.0)
+    fx(c)
+    c.on_standby_event(error("invalid_api_key"), 10.0)
+    assert fx(c) == [CloseStandby("refused: invalid_api_key")]
+    assert c.standby is None
+    c.on_standby_event(wire.SessionUpdated(session={}), 11.0)
+    assert fx(c) == []  # events from a standby already given up are ignored
+
+
+def test_the_live_session_ending_closes_the_standby() -> None:
+    c = configured(rollover_margin_s=300)
+    c.on_tick(0.0, EXPIRES - 200)
+    fx(c)
+    c.on_standby_up()
+    c.on_connection_down("server closed 1006")
+    assert CloseStandby("the live session ended") in fx(c)
+    assert c.standby is None
+
+
+def test_session_expired_switches_at_once_to_a_ready_standby() -> None:
+    c = configured(rollover_margin_s=300)
+    c.on_tick(0.0, EXPIRES - 250)
+    fx(c)
+    c.on_tick(1.0, EXPIRES - 249)
+    server(c, created())  # busy: the switch waits
+    standby_ready(c)
+    assert c.standby == "ready"
+    c.on_standby_event(wire.Unhandled(type="conversation.item.added", raw={}), 1.0)  # ignored
+    effects = server(c, error("session_expired"))
+    assert effects[0] == SwitchToStandby() and Reconnect("session expired") not in effects
+    assert c.expires_at == EXPIRES + 3600
 
 
 def test_no_rollover_without_an_expiry_or_a_session() -> None:

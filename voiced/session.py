@@ -30,6 +30,10 @@ _MIN_COMMIT_SAMPLES: Final = wire.SAMPLE_RATE // 10  # the API refuses commits u
 # user speech kept until the server commits it, to replay into a new session after a
 # drop; bounded so a long outage with the mic on cannot grow memory
 _BACKLOG_SAMPLES: Final = wire.SAMPLE_RATE * 15
+_STANDBY_RETRY_S: Final = 10.0  # a standby session that failed is tried again after this
+# at a rollover at a quiet moment, the newest mic audio is replayed into the new session
+# too: the user may have begun a word the old session's VAD had not yet noticed
+_ONSET_SAMPLES: Final = wire.SAMPLE_RATE // 2
 _QUIET_ERRORS: Final = frozenset({"response_cancel_not_active"})
 _FATAL_ERRORS: Final = frozenset({"invalid_api_key", "beta_api_shape_disabled",
                                   "invalid_model", "missing_model"})
@@ -88,6 +92,8 @@ class Send:
     """Send this client event on the Realtime connection."""
 
     event: wire.ClientEvent
+    standby: bool = False
+    """To the standby session being prepared for a rollover, not the live one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +147,29 @@ class MicOpened:
     """The user switched the mic on (the file backend starts its WAV here)."""
 
 
-Effect = Send | Play | StopPlayback | ShowState | Record | Draft | Reconnect | MicOpened
+@dataclass(frozen=True, slots=True)
+class OpenStandby:
+    """Open a second connection, the standby session a rollover will move to.
+
+    Its events come back through :meth:`Conversation.on_standby_event`, its fate
+    through :meth:`Conversation.on_standby_up` / :meth:`Conversation.on_standby_down`.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchToStandby:
+    """Make the standby the live connection (sends after this go to it); close the old."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStandby:
+    """Close the standby connection, if there is one."""
+
+    reason: str
+
+
+Effect = (Send | Play | StopPlayback | ShowState | Record | Draft | Reconnect | MicOpened
+          | OpenStandby | SwitchToStandby | CloseStandby)
 
 
 @dataclass(slots=True)
@@ -213,7 +241,13 @@ class Conversation:
         self._backlog_samples = 0
         self._mute_until = 0.0
         self.expires_at: float | None = None
-        self._rollover_asked = False
+        # make-before-break rollover: None, "opening", "configuring" or "ready"
+        self._standby: str | None = None
+        self._standby_expires: float | None = None
+        self._standby_seeded = 0  # self._turns when the standby was re-seeded
+        self._standby_retry_at = 0.0
+        self._turns = 0  # turns remembered so far, to re-seed what a standby missed
+        self._wall: float | None = None  # the last wall time on_tick gave
         self.counters = _Counters()
 
     # ------------------------------------------------------------------ public reads
@@ -306,29 +340,115 @@ class Conversation:
         self._uncommitted = 0
         if self._active_response is not None:
             self._close_response(self._active_response)
+        if self._standby is not None:
+            self._standby = None
+            self._emit(CloseStandby("the live session ended"))
         self._update()
 
     def on_tick(self, now: float, wall: float) -> None:
         """About once a second; ``wall`` is epoch seconds, to compare with expires_at.
 
-        Sessions end after 60 minutes. Before that, at a moment when nobody is talking,
-        the conversation moves to a new session (re-seeded with the recent turns), so
-        the expiry never cuts the user off.
+        Sessions end after 60 minutes. Inside the rollover margin a standby session is
+        opened, configured and re-seeded with the recent turns while the live one goes
+        on; at a moment when nobody is talking (forced in the last fifth of the margin)
+        the conversation switches to it, so the user never hears the expiry.
         """
-        if self.expires_at is None or not self._configured or self._rollover_asked:
+        self._wall = wall
+        if self.expires_at is None or not self._configured:
             return
         left = self.expires_at - wall
-        margin = self.policy.rollover_margin_s
-        if left > margin:
+        if left > self.policy.rollover_margin_s:
             return
-        busy = (self._speaking() or self._awaiting_reply or self._speech_active
-                or self._active_response is not None or self._uncommitted > 0)
-        if busy and left > margin / 5:
+        if self._standby is None and now >= self._standby_retry_at:
+            logger.info("session expires in %.0f s: preparing the next session", left)
+            self._standby = "opening"
+            self._emit(OpenStandby())
+        elif self._standby == "ready":
+            self._maybe_switch()
+
+    # ------------------------------------------------------------- standby session
+
+    @property
+    def standby(self) -> str | None:
+        """The standby session's progress: None, "opening", "configuring" or "ready"."""
+        return self._standby
+
+    def on_standby_up(self) -> None:
+        """The standby connection is open; its ``session.created`` is awaited."""
+        if self._standby == "opening":
+            self._standby = "configuring"
+
+    def on_standby_down(self, reason: str, now: float) -> None:
+        """The standby connection failed or closed before the switch; retried later."""
+        if self._standby is None:
+            return
+        logger.warning("the next session could not be prepared (%s); trying again in %g s",
+                       reason, _STANDBY_RETRY_S)
+        self._standby = None
+        self._standby_retry_at = now + _STANDBY_RETRY_S
+
+    def on_standby_event(self, ev: wire.ServerEvent, now: float) -> None:
+        """An event on the standby connection: configure and re-seed it, then switch."""
+        if self._standby is None:
+            return
+        match ev:
+            case wire.SessionCreated():
+                self._standby_expires = ev.expires_at
+                self._send(self._session_update(), standby=True)
+                for role, text in self._history:
+                    self._send(wire.text_item(self._eid(), role, text), standby=True)
+                self._standby_seeded = self._turns
+            case wire.SessionUpdated():
+                if self._standby != "ready":
+                    self._standby = "ready"
+                    logger.info("next session ready (%d turn(s) of context)",
+                                len(self._history))
+                    self._maybe_switch()
+            case wire.ServerError():
+                self.counters.server_errors += 1
+                logger.warning("next session: server error %s: %s", ev.code or ev.type,
+                               ev.message)
+                if ev.code in _FATAL_ERRORS:
+                    self._emit(CloseStandby(f"refused: {ev.code}"))
+                    self.on_standby_down(f"refused: {ev.code}", now)
+            case _:
+                logger.debug("next session: %s", getattr(ev, "type", type(ev).__name__))
+        self._update()
+
+    def _busy(self) -> bool:
+        """Someone is talking, or a reply is on its way: not the moment to switch."""
+        return (self._speaking() or self._awaiting_reply or self._speech_active
+                or self._active_response is not None
+                or (self.policy.turn_detection is None and self._uncommitted > 0))
+
+    def _maybe_switch(self) -> None:
+        if self._wall is None or self.expires_at is None:
+            return
+        left = self.expires_at - self._wall
+        busy = self._busy()
+        if busy and left > self.policy.rollover_margin_s / 5:
             return  # wait for a quiet moment
-        self._rollover_asked = True
-        logger.info("session expires in %.0f s: moving to a new session%s", left,
-                    " now (no quiet moment came)" if busy else "")
-        self._emit(Reconnect("session rollover"))
+        logger.info("moving to the next session%s (%.0f s before expiry)",
+                    " now, mid-turn: no quiet moment came" if busy else "", left)
+        self._switch()
+
+    def _switch(self) -> None:
+        self._emit(SwitchToStandby())
+        self._standby = None
+        self.expires_at = self._standby_expires
+        # turns that ended while the standby was being prepared
+        missed = min(self._turns - self._standby_seeded, len(self._history))
+        for role, text in list(self._history)[len(self._history) - missed:]:
+            self._send(wire.text_item(self._eid(), role, text))
+        if self._active_response is not None:
+            self._close_response(self._active_response)  # forced: the reply is cut
+        self._awaiting_reply = False
+        # the old session never committed this audio: the new one hears it again
+        mid_turn = self._speech_active or (self.policy.turn_detection is None
+                                           and self._uncommitted > 0)
+        self._speech_active = False
+        self._uncommitted = 0
+        self._replay_backlog(None if mid_turn else _ONSET_SAMPLES)
 
     # -------------------------------------------------------------------- user inputs
 
@@ -405,13 +525,26 @@ class Conversation:
         self._backlog.clear()
         self._backlog_samples = 0
 
-    def _replay_backlog(self) -> None:
-        """A new session: send it the user's speech the old one never committed."""
-        if not self._backlog:
+    def _replay_backlog(self, newest: int | None = None) -> None:
+        """A new session: send it the user's speech the old one never committed.
+
+        Args:
+            newest: only about this many of the newest samples (None: all of them).
+        """
+        frames = list(self._backlog)
+        if newest is not None:
+            kept, total = [], 0
+            for pcm in reversed(frames):
+                if total >= newest:
+                    break
+                kept.append(pcm)
+                total += len(pcm) // wire.BYTES_PER_SAMPLE
+            frames = kept[::-1]
+        if not frames:
             return
         logger.info("replaying %d ms of the user's speech into the new session",
-                    self._backlog_samples * 1000 // wire.SAMPLE_RATE)
-        for pcm in self._backlog:
+                    sum(len(f) for f in frames) * 500 // wire.SAMPLE_RATE)
+        for pcm in frames:
             self._append(pcm)
         if not self._mic_on and self.policy.turn_detection is None:
             self._end_manual_turn()  # push to talk was released while we were away
@@ -463,7 +596,6 @@ class Conversation:
                 self._on_audio_delta(ev)
             case wire.SessionCreated():
                 self.expires_at = ev.expires_at
-                self._rollover_asked = False
                 self._conn_detail = "configuring session"
                 self._send(self._session_update())
                 if self._history:
@@ -525,15 +657,16 @@ class Conversation:
         return f"voiced_{self._event_seq}"
 
     def _remember(self, role: Literal["user", "assistant"], text: str) -> None:
+        self._turns += 1
         self._history.append((role, text))
         while len(self._history) > self.policy.reseed_turns:
             self._history.popleft()
 
-    def _send(self, event: wire.ClientEvent) -> None:
+    def _send(self, event: wire.ClientEvent, *, standby: bool = False) -> None:
         self._sent[event["event_id"]] = wire.describe(event)
         if len(self._sent) > _SENT_MEMORY:
             self._sent.popitem(last=False)
-        self._emit(Send(event))
+        self._emit(Send(event, standby))
 
     def _set_mic(self, on: bool) -> None:
         if on == self._mic_on:
@@ -720,7 +853,11 @@ class Conversation:
             self._fatal = (f"the server refused the session: {ev.code}"
                            + (": check the API key" if ev.code == "invalid_api_key" else ""))
         elif ev.code == "session_expired":
-            self._emit(Reconnect("session expired"))
+            if self._standby == "ready":
+                logger.info("moving to the next session at once")
+                self._switch()
+            else:
+                self._emit(Reconnect("session expired"))
 
     def _derive(self) -> tuple[State, str]:
         if self._fatal is not None:
@@ -770,5 +907,6 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
                   reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s)
 
 
-__all__ = ["Conversation", "Effect", "MicOpened", "Play", "Policy", "Reconnect", "Record",
-           "Send", "ShowState", "State", "StopPlayback", "Transcript", "make_policy"]
+__all__ = ["CloseStandby", "Conversation", "Draft", "Effect", "MicOpened", "OpenStandby",
+           "Play", "Policy", "Reconnect", "Record", "Send", "ShowState", "State",
+           "StopPlayback", "SwitchToStandby", "Transcript", "make_policy"]

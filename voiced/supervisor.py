@@ -33,10 +33,12 @@ from voiced.orb import Animator
 from voiced.outbox import Outbox
 from voiced.realtime import Backoff, build_url, classify, open_connection
 from voiced.session import (
+    CloseStandby,
     Conversation,
     Draft,
     Effect,
     MicOpened,
+    OpenStandby,
     Play,
     Policy,
     Reconnect,
@@ -45,6 +47,7 @@ from voiced.session import (
     ShowState,
     State,
     StopPlayback,
+    SwitchToStandby,
     make_policy,
 )
 from voiced.sinks import build_sink
@@ -62,6 +65,22 @@ _LIVE_KEYS = ("realtime.voice", "realtime.instructions", "realtime.turn_detectio
 
 class _StopRequested(Exception):
     """Raised inside the task group to end it."""
+
+
+@dataclasses.dataclass(eq=False)
+class _Link:
+    """One Realtime connection: its socket, its send queue, its reader and sender.
+
+    Two exist only during a rollover: the live one and the standby being prepared.
+    """
+
+    ws: ClientConnection
+    queue: asyncio.Queue[wire.ClientEvent] = dataclasses.field(default_factory=asyncio.Queue)
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+
+    @property
+    def reader(self) -> asyncio.Task[None]:
+        return self.tasks[0]
 
 
 def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
@@ -155,8 +174,9 @@ class Supervisor:
                                  if settings.realtime.relay else None)
             self.outbox = Outbox(tr.outbox_dir, backend, max_records=tr.max_records,
                                  max_bytes=tr.max_bytes, retry_max_s=tr.retry_max_s)
-        self._ws: ClientConnection | None = None
-        self._outgoing: asyncio.Queue[wire.ClientEvent] = asyncio.Queue()
+        self._link: _Link | None = None  # the live connection
+        self._standby: _Link | None = None  # the next session, during a rollover
+        self._link_tasks: set[asyncio.Task[None]] = set()  # opening/closing in background
         self._reconnect_now = asyncio.Event()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -323,8 +343,11 @@ class Supervisor:
                 await closer()
             except Exception:  # noqa: BLE001 - closing must go on whatever one part does
                 logger.exception("error while closing")
-        if self._ws is not None:
-            await self._ws.close()
+        for task in list(self._link_tasks):
+            task.cancel()
+        for link in (self._link, self._standby):
+            if link is not None:
+                await self._close_link(link)
 
     # ------------------------------------------------------------------ pumps
 
@@ -422,7 +445,6 @@ class Supervisor:
             except OSError as e:
                 err = classify(e)
                 reason = str(err)
-            self._ws = None
             self.session.on_connection_down(reason)
             self._apply(self.session.take_effects())
             if self._reconnect_now.is_set():
@@ -452,57 +474,124 @@ class Supervisor:
                 await self.backoff_wait(self._reconnect_now.wait(), delay)
             self._reconnect_now.clear()
 
+    async def _open(self, url: str) -> ClientConnection:
+        rt = self.settings.realtime
+        key = rt.api_key.reveal() if rt.api_key else None
+        return await open_connection(url, key, timeout_s=rt.connect_timeout_s,
+                                     user_agent=f"voiced/{__version__}",
+                                     keepalive_s=rt.keepalive_s)
+
+    def _start_link(self, ws: ClientConnection) -> _Link:
+        link = _Link(ws)
+        link.tasks += [asyncio.create_task(self._reader(link), name="realtime-read"),
+                       asyncio.create_task(self._sender(link), name="realtime-send")]
+        return link
+
+    async def _close_link(self, link: _Link, reason: str = "") -> None:
+        await link.ws.close(1000, reason)
+        for task in link.tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*link.tasks, return_exceptions=True)
+
+    def _background(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._link_tasks.add(task)
+        task.add_done_callback(self._link_tasks.discard)
+
     async def _run_connection(self, url: str) -> str:
-        """Hold one connection until it ends; return why it ended in a few words.
+        """Hold the live connection (and those a rollover moves it to) until it ends.
+
+        Returns why it ended, in a few words.
 
         Raises:
             RealtimeError: the connection failed (classified).
         """
         rt = self.settings.realtime
-        key = rt.api_key.reveal() if rt.api_key else None
-        ws = await open_connection(url, key, timeout_s=rt.connect_timeout_s,
-                                   user_agent=f"voiced/{__version__}",
-                                   keepalive_s=rt.keepalive_s)
-        self._ws = ws
+        link = self._start_link(await self._open(url))
+        self._link = link
         logger.info("connected to %s", url.split("?")[0])
-        self._drain_outgoing()
         self.session.on_connection_up()
         self._apply(self.session.take_effects())
         timed_out = False
 
         async def close_on_reconnect() -> None:
             await self._reconnect_now.wait()
-            await ws.close(1000, "client reconnecting")
+            if self._link is not None:
+                await self._link.ws.close(1000, "client reconnecting")
 
         async def configure_deadline() -> None:
             nonlocal timed_out
             await asyncio.sleep(rt.connect_timeout_s)
             if not self.session.connected:
                 timed_out = True
-                await ws.close(1000, "no session in time")
+                await link.ws.close(1000, "no session in time")
 
-        helpers = [asyncio.create_task(self._sender(ws), name="realtime-send"),
-                   asyncio.create_task(close_on_reconnect(), name="realtime-reconnect"),
+        helpers = [asyncio.create_task(close_on_reconnect(), name="realtime-reconnect"),
                    asyncio.create_task(configure_deadline(), name="realtime-deadline")]
         try:
-            async for frame in ws:
-                self._on_frame(frame)
-        except ConnectionClosed as e:
-            raise classify(e) from e
+            while True:
+                # a rollover replaces self._link: the old link's end is then expected
+                current = self._link
+                assert current is not None
+                await asyncio.wait([current.reader])
+                if self._link is current:
+                    break
+            current.reader.result()  # raises the classified failure
         finally:
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await ws.close()
+            for old in (self._link, self._standby):
+                if old is not None:
+                    await self._close_link(old)
+            self._link = self._standby = None
         if timed_out:
             raise RealtimeError(f"no session.created/updated within {rt.connect_timeout_s:g} s",
                                 retryable=True)
         if self._reconnect_now.is_set():
             return "reconnect requested"
+        ws = current.ws
         return f"server closed {ws.close_code}" + (f": {ws.close_reason}"
                                                    if ws.close_reason else "")
 
-    def _on_frame(self, frame: str | bytes) -> None:
+    async def _open_standby(self) -> None:
+        """Open the next session for a rollover; the core configures it and switches."""
+        rt = self.settings.realtime
+        url = build_url(rt, self.session.conversation_id if rt.relay else None)
+        try:
+            ws = await self._open(url)
+        except (RealtimeError, OSError) as e:
+            reason = str(e if isinstance(e, RealtimeError) else classify(e))
+            self.session.on_standby_down(reason, self._now())
+            self._apply(self.session.take_effects())
+            return
+        if self.session.standby is None or self._link is None:  # no longer wanted
+            await ws.close(1000, "not needed")
+            return
+        link = self._standby = self._start_link(ws)
+        self.session.on_standby_up()
+        self._apply(self.session.take_effects())
+        await asyncio.sleep(rt.connect_timeout_s)
+        if self._standby is link and self.session.standby != "ready":
+            self._standby = None
+            await self._close_link(link, "no session in time")
+            self.session.on_standby_down("no session.updated in time", self._now())
+            self._apply(self.session.take_effects())
+
+    async def _reader(self, link: _Link) -> None:
+        try:
+            async for frame in link.ws:
+                self._on_frame(frame, link)
+        except ConnectionClosed as e:
+            raise classify(e) from e
+        finally:
+            if link is self._standby:  # the next session ended before the switch
+                self._standby = None
+                self.session.on_standby_down(f"closed {link.ws.close_code}", self._now())
+                self._apply(self.session.take_effects())
+
+    def _on_frame(self, frame: str | bytes, link: _Link) -> None:
         try:
             ev = wire.parse_server_event(frame)
         except wire.MalformedEvent as e:
@@ -510,22 +599,32 @@ class Supervisor:
             logger.warning("ignoring malformed server frame (%d so far): %s",
                            self.malformed_frames, e)
             return
-        if isinstance(ev, wire.SessionUpdated) and self.session.fatal_reason is not None:
-            self.session.on_fatal_cleared()
-        self.session.on_server_event(ev, self._now())
+        if link is self._standby:
+            self.session.on_standby_event(ev, self._now())
+        elif link is self._link:
+            if isinstance(ev, wire.SessionUpdated) and self.session.fatal_reason is not None:
+                self.session.on_fatal_cleared()
+            self.session.on_server_event(ev, self._now())
+        else:  # the session a rollover left, closing
+            logger.debug("old session: %s", getattr(ev, "type", "?"))
+            return
         self._apply(self.session.take_effects())
 
-    async def _sender(self, ws: ClientConnection) -> None:
+    async def _sender(self, link: _Link) -> None:
         debug = logger.isEnabledFor(logging.DEBUG)
         while True:
-            event = await self._outgoing.get()
+            event = await link.queue.get()
             if debug:
                 logger.debug("send %s", wire.describe(event))
-            await ws.send(wire.encode(event))
+            await link.ws.send(wire.encode(event))
 
-    def _drain_outgoing(self) -> None:
-        while not self._outgoing.empty():
-            self._outgoing.get_nowait()
+    async def _retire(self, link: _Link) -> None:
+        """Close the session a rollover left, once what was queued for it is sent."""
+        for _ in range(50):
+            if link.queue.empty():
+                break
+            await asyncio.sleep(0.02)
+        await self._close_link(link, "session rollover")
 
     # ------------------------------------------------------------------ effects
 
@@ -533,8 +632,9 @@ class Supervisor:
         for eff in effects:
             match eff:
                 case Send():
-                    if self._ws is not None:
-                        self._outgoing.put_nowait(eff.event)
+                    link = self._standby if eff.standby else self._link
+                    if link is not None:
+                        link.queue.put_nowait(eff.event)
                 case Play():
                     self.sink.play(eff.pcm, eff.item_id)
                 case StopPlayback():
@@ -555,6 +655,22 @@ class Supervisor:
                     self._reconnect_now.set()
                 case MicOpened():
                     self.source.mic_opened()
+                case OpenStandby():
+                    self._background(self._open_standby(), "realtime-standby")
+                case SwitchToStandby():
+                    if self._standby is None:  # cannot happen; never strand the core
+                        logger.error("rollover without a standby connection: reconnecting")
+                        self._reconnect_now.set()
+                        continue
+                    old, self._link, self._standby = self._link, self._standby, None
+                    if old is not None:
+                        self._background(self._retire(old), "realtime-retire")
+                    logger.info("now on the next session")
+                case CloseStandby():
+                    if self._standby is not None:
+                        link, self._standby = self._standby, None
+                        self._background(self._close_link(link, eff.reason),
+                                         "realtime-standby-close")
 
     def _show(self, state: State, detail: str) -> None:
         text = str(state) if detail == str(state) else f"{state}: {detail}"
