@@ -100,7 +100,11 @@ fi
 src_hash=$(cd "$src" && find pyproject.toml voiced -type f -name '*.py' -o -type f -name '*.toml' \
   -o -type f -name '*.wav' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$prefix/.source-sha256" 2>/dev/null)" != "$src_hash" ]; then
-  "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "$src"
+  # the on-device VAD (client_vad) is optional: without a wheel for this board it
+  # needs a compiler, and the daemon works without it
+  "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "$src[vad]" \
+    || { say "webrtcvad unavailable: installing without client_vad support";
+         "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "$src"; }
   echo "$src_hash" > "$prefix/.source-sha256"
   say "installed voiced into $prefix/venv"
 fi

@@ -414,7 +414,8 @@ def test_status_fields() -> None:
     assert c.status() == {
         "state": "starting", "detail": "devices opening", "mic": "off", "connected": False,
         "conversation_id": "conv-1", "session_expires_at": None, "audio_sent_ms": 0,
-        "interruptions": 0, "server_errors": 0, "playback_underruns": 0}
+        "interruptions": 0, "server_errors": 0, "playback_underruns": 0,
+        "tool_calls": 0}
     c = configured()
     c.on_press(0.0)
     c.on_audio_captured(pcm(samples(40)), 0.0)
@@ -422,7 +423,8 @@ def test_status_fields() -> None:
     assert c.status() == {
         "state": "listening", "detail": "listening", "mic": "on", "connected": True,
         "conversation_id": "conv-1", "session_expires_at": EXPIRES, "audio_sent_ms": 40,
-        "interruptions": 0, "server_errors": 1, "playback_underruns": 0}
+        "interruptions": 0, "server_errors": 1, "playback_underruns": 0,
+        "tool_calls": 0}
     c.on_connection_down("gone")
     status = c.status()
     assert (status["state"], status["connected"], status["mic"]) == ("connecting", False, "on")

@@ -8,9 +8,12 @@ a repr, a log line or an error message.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
+import re
 import socket
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,11 @@ DEFAULT_CONFIG_PATH: Final = "/etc/voiced/voiced.yaml"
 VOICES: Final = (
     "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
 )
-TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad", "none")
+TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad", "client_vad", "none")
+HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE")
+BUILTIN_TOOLS: Final = ("time", "volume", "microphone", "status")
+TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CREDENTIAL_RE: Final = re.compile(r"\{credential:([a-z0-9_]+)\}")
 EAGERNESS: Final = ("low", "medium", "high", "auto")
 AUDIO_BACKENDS: Final = ("pyaudio", "file")
 ECHO_POLICIES: Final = ("half_duplex", "full_duplex")
@@ -73,8 +80,9 @@ class Secret:
 class TurnDetectionSettings:
     """How the end of the user's turn is found."""
 
-    type: Literal["server_vad", "semantic_vad", "none"] = "server_vad"
-    """server_vad (default), semantic_vad, or none (push to talk: the client commits)."""
+    type: Literal["server_vad", "semantic_vad", "client_vad", "none"] = "server_vad"
+    """server_vad (default), semantic_vad, client_vad (the device finds the turns and
+    sends only speech), or none (push to talk: the client commits)."""
     threshold: float = 0.5
     """server_vad activation threshold, 0..1."""
     prefix_padding_ms: int = 300
@@ -83,6 +91,12 @@ class TurnDetectionSettings:
     """Silence that ends a turn."""
     eagerness: str = "auto"
     """semantic_vad eagerness: low, medium, high, auto."""
+    vad_aggressiveness: int = 2
+    """client_vad: WebRTC VAD aggressiveness, 0 (lenient) to 3 (strict)."""
+    min_speech_ms: int = 60
+    """client_vad: speech this long starts a turn."""
+    tail_ms: int = 300
+    """client_vad: silence still sent after speech (at most silence_duration_ms)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +302,49 @@ class TranscriptSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpToolSettings:
+    """A tool the model may call that is an HTTP request (declared in YAML)."""
+
+    name: str
+    """Function name the model sees (letters, digits, _ and -)."""
+    description: str
+    """What it does and when to use it, for the model."""
+    parameters: dict[str, Any]
+    """JSON schema of the arguments (an object schema); checked before any request."""
+    url: str
+    """http(s) URL; {param} placeholders are filled with URL-encoded arguments."""
+    method: str = "GET"
+    """GET, POST, PUT, PATCH or DELETE."""
+    send_arguments: Literal["query", "json", "none"] = "query"
+    """Where arguments not used in the URL go: query string, JSON body, or nowhere."""
+    headers: tuple[tuple[str, Secret], ...] = field(default=(), repr=False)
+    """Request headers; {credential:name} in a value is filled from a credential."""
+    timeout_s: float = 5.0
+    """The whole request, including reading the reply."""
+    reply_path: str | None = None
+    """Dotted path into the JSON reply to pass back (None: the whole reply)."""
+    max_reply_chars: int = 2000
+    """Longer replies are cut (and marked so) before they reach the model."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSettings:
+    """Functions the model may call during a conversation."""
+
+    builtin: tuple[str, ...] = BUILTIN_TOOLS
+    """Enabled built-in tools: time, volume, microphone (mute / end the conversation),
+    status (network, uptime, outbox backlog)."""
+    timezone: str | None = None
+    """IANA zone for the time tool, e.g. Europe/Berlin (None: the system's)."""
+    volume_file: Path | None = None
+    """Where the speaker volume persists (None: "volume" next to the outbox dir)."""
+    http: tuple[HttpToolSettings, ...] = ()
+    """HTTP tools."""
+    timeout_s: float = 10.0
+    """Built-in tools that take longer than this answer with an error."""
+
+
+@dataclass(frozen=True, slots=True)
 class ControlSettings:
     """The local control socket used by `voiced ctl`."""
 
@@ -307,6 +364,7 @@ class Settings:
     leds: LedSettings
     transcripts: TranscriptSettings
     control: ControlSettings
+    tools: ToolSettings = field(default_factory=ToolSettings)
     log_level: str = "info"
     """debug, info, warning or error."""
     source_path: Path | None = None
@@ -437,8 +495,13 @@ def read_credential(name: str, environ: Mapping[str, str]) -> Secret | None:
             value = ""
         if value:
             return Secret(value)
-    value = environ.get(CREDENTIAL_ENV[name], "").strip()
+    value = environ.get(credential_env(name), "").strip()
     return Secret(value) if value else None
+
+
+def credential_env(name: str) -> str:
+    """The environment variable credential ``name`` may come from (contract §2)."""
+    return CREDENTIAL_ENV.get(name, f"VOICED_{name.upper()}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -487,7 +550,17 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         silence_duration_ms=td.int_("silence_duration_ms", tdd.silence_duration_ms,
                                     lo=100, hi=10000),
         eagerness=td.str_("eagerness", tdd.eagerness, choices=EAGERNESS),
+        vad_aggressiveness=td.int_("vad_aggressiveness", tdd.vad_aggressiveness, lo=0, hi=3),
+        min_speech_ms=td.int_("min_speech_ms", tdd.min_speech_ms, lo=10, hi=1000),
+        tail_ms=td.int_("tail_ms", tdd.tail_ms, lo=0, hi=10000),
     )
+    if td_type == "client_vad":
+        if turn.tail_ms > turn.silence_duration_ms:
+            td.bad("tail_ms", f"{turn.tail_ms} is longer than silence_duration_ms "
+                              f"({turn.silence_duration_ms})")
+        if importlib.util.find_spec("webrtcvad") is None:
+            td.bad("type", "client_vad needs the webrtcvad module: "
+                           "pip install 'voiced[vad]' (webrtcvad-wheels)")
     td.finish()
 
     tr = sec.section("transcription")
@@ -763,6 +836,120 @@ def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> Trans
     return s
 
 
+def _tools(sec: _Section, base: Path, environ: Mapping[str, str]) -> ToolSettings:
+    d = ToolSettings()
+    bt = sec.section("builtin")
+    enabled = []
+    for name in BUILTIN_TOOLS:
+        v = bt.raw(name)
+        if v is _MISSING or v is True:
+            enabled.append(name)
+        elif v is not False:
+            bt.bad(name, f"expected true or false, got {_kind(v)}")
+    bt.finish()
+    tz = sec.opt_str("timezone")
+    if tz is not None:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            sec.bad("timezone", f"unknown time zone {tz!r}; use an IANA name like Europe/Berlin")
+            tz = None
+    volume_file = _path(sec, "volume_file", base)
+    timeout_s = sec.num("timeout_s", d.timeout_s, lo=0.1, hi=300)
+    raw = sec.raw("http")
+    http: list[HttpToolSettings] = []
+    if raw is not _MISSING and raw is not None:
+        if not isinstance(raw, list):
+            sec.bad("http", f"expected a list of tools, got {_kind(raw)}")
+        else:
+            names = set(enabled) | {"get_time", "set_volume", "mute_microphone",
+                                    "end_conversation", "device_status"}
+            for i, entry in enumerate(raw):
+                tool = _http_tool(_Section(entry, sec.key(f"http[{i}]"), sec.problems),
+                                  environ, names)
+                if tool is not None:
+                    names.add(tool.name)
+                    http.append(tool)
+    sec.finish()
+    return ToolSettings(builtin=tuple(enabled), timezone=tz, volume_file=volume_file,
+                        http=tuple(http), timeout_s=timeout_s)
+
+
+def _http_tool(sec: _Section, environ: Mapping[str, str],
+               taken: set[str]) -> HttpToolSettings | None:
+    name = sec.str_("name", "")
+    if not sec.has("name"):
+        sec.bad("name", "is required")
+    elif not TOOL_NAME_RE.match(name):
+        sec.bad("name", f"{name!r} must be 1-64 letters, digits, _ or -")
+    elif name in taken:
+        sec.bad("name", f"{name!r} is already the name of another tool")
+    description = sec.str_("description", "")
+    if not sec.has("description"):
+        sec.bad("description", "is required: the model decides from it when to call the tool")
+    params = sec.raw("parameters")
+    if params is _MISSING or params is None:
+        params = {"type": "object", "properties": {}}
+    schema_ok = False
+    if not isinstance(params, dict) or params.get("type") != "object":
+        sec.bad("parameters", "must be a JSON schema of type object")
+    else:
+        import fastjsonschema
+
+        try:
+            fastjsonschema.compile(params)
+            schema_ok = True
+        except fastjsonschema.JsonSchemaDefinitionException as e:
+            sec.bad("parameters", f"is not a valid JSON schema: {e}")
+    props = params.get("properties", {}) if isinstance(params, dict) else {}
+    url = _url(sec, "url", ("http", "https")) or ""
+    if not sec.has("url"):
+        sec.bad("url", "is required")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(url) if f is not None]
+    except ValueError as e:
+        sec.bad("url", f"bad placeholder: {e}")
+        fields = []
+    for field_name in fields:
+        if field_name not in props:
+            sec.bad("url", f"placeholder {{{field_name}}} is not one of the parameters")
+    method = sec.str_("method", "GET", choices=HTTP_METHODS)
+    send = sec.str_("send_arguments", "query" if method in ("GET", "DELETE") else "json",
+                    choices=("query", "json", "none"))
+    headers: list[tuple[str, Secret]] = []
+    hs = sec.section("headers")
+    for header in list(hs.data):
+        value = hs.raw(header)
+        if not isinstance(value, str):
+            hs.bad(str(header), f"expected a string, got {_kind(value)}")
+            continue
+        filled, missing = value, False
+        for cred in CREDENTIAL_RE.findall(value):
+            secret = read_credential(cred, environ)
+            if secret is None:
+                missing = True
+                hs.problems.add(f"credentials.{cred}", (
+                    f"missing: put it in $CREDENTIALS_DIRECTORY/{cred} or "
+                    f"${credential_env(cred)} (used by {hs.key(str(header))})"))
+            else:
+                filled = filled.replace("{credential:" + cred + "}", secret.reveal())
+        if not missing:
+            headers.append((str(header), Secret(filled)))
+    timeout_s = sec.num("timeout_s", 5.0, lo=0.1, hi=120)
+    reply_path = sec.opt_str("reply_path")
+    max_reply = sec.int_("max_reply_chars", 2000, lo=100, hi=100_000)
+    sec.finish()
+    if not (name and schema_ok and url and isinstance(params, dict)):
+        return None
+    return HttpToolSettings(
+        name=name, description=description, parameters=dict(params), url=url,
+        method=method, send_arguments=send,  # type: ignore[arg-type]
+        headers=tuple(headers), timeout_s=timeout_s, reply_path=reply_path,
+        max_reply_chars=max_reply)
+
+
 def parse(data: object, *, environ: Mapping[str, str] | None = None,
           base_dir: Path | None = None, source_path: Path | None = None) -> Settings:
     """Validate a parsed YAML document into :class:`Settings`.
@@ -789,6 +976,7 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
     button = _button(top)
     leds = _leds(top.section("leds"))
     transcripts = _transcripts(top.section("transcripts"), base, env)
+    tools = _tools(top.section("tools"), base, env)
     ctl = top.section("control")
     control = ControlSettings(socket=_path(ctl, "socket", base) or ControlSettings().socket)
     ctl.finish()
@@ -796,7 +984,8 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
     if problems.items:
         raise ConfigError(problems.items)
     return Settings(device_id=device_id, realtime=realtime, audio=audio, button=button,
-                    leds=leds, transcripts=transcripts, control=control, log_level=log_level,
+                    leds=leds, transcripts=transcripts, control=control, tools=tools,
+                    log_level=log_level,
                     source_path=source_path)
 
 

@@ -34,6 +34,7 @@ _STANDBY_RETRY_S: Final = 10.0  # a standby session that failed is tried again a
 # at a rollover at a quiet moment, the newest mic audio is replayed into the new session
 # too: the user may have begun a word the old session's VAD had not yet noticed
 _ONSET_SAMPLES: Final = wire.SAMPLE_RATE // 2
+_CANCELLED: Final = '{"error": "cancelled: the user interrupted before it finished"}'
 _QUIET_ERRORS: Final = frozenset({"response_cancel_not_active"})
 _FATAL_ERRORS: Final = frozenset({"invalid_api_key", "beta_api_shape_disabled",
                                   "invalid_model", "missing_model"})
@@ -71,6 +72,24 @@ class Policy:
     rollover_margin_s: float = 300.0
     """Move to a new session this long before the current one expires (at a quiet
     moment; forced in the last fifth of the margin)."""
+    tools: tuple[wire.FunctionToolParam, ...] = ()
+    """Functions the model may call (declared in session.update)."""
+    client_vad: ClientVad | None = None
+    """On-device turn detection: send only speech, commit and ask for replies ourselves."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientVad:
+    """How on-device turn detection gates and ends the user's turns (milliseconds)."""
+
+    pre_roll_ms: int = 300
+    """Audio kept from before speech was detected and sent with it (word onsets)."""
+    tail_ms: int = 300
+    """Silence still sent after the speech (word endings)."""
+    silence_ms: int = 700
+    """Silence that ends the turn: the buffer is committed and a reply asked for."""
+    min_speech_ms: int = 60
+    """Speech this long (consecutive) starts a turn; shorter clicks do not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +167,22 @@ class MicOpened:
 
 
 @dataclass(frozen=True, slots=True)
+class CallTool:
+    """Run a tool the model called; answer with :meth:`Conversation.on_tool_result`."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTool:
+    """Stop a running tool call (the user interrupted, or the session ended)."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class OpenStandby:
     """Open a second connection, the standby session a rollover will move to.
 
@@ -169,7 +204,7 @@ class CloseStandby:
 
 
 Effect = (Send | Play | StopPlayback | ShowState | Record | Draft | Reconnect | MicOpened
-          | OpenStandby | SwitchToStandby | CloseStandby)
+          | CallTool | CancelTool | OpenStandby | SwitchToStandby | CloseStandby)
 
 
 @dataclass(slots=True)
@@ -198,6 +233,19 @@ class _Counters:
     interruptions: int = 0
     backlog_dropped: int = 0  # mic frames dropped from the replay backlog (long outage)
     underruns: int = 0  # playback ran dry while the reply was still streaming
+    tool_calls: int = 0
+    tool_calls_cancelled: int = 0
+    vad_samples_held_back: int = 0  # client VAD: mic samples not sent (silence)
+    vad_turns: int = 0  # client VAD: turns committed
+
+
+@dataclass(slots=True)
+class _Call:
+    """A tool call in flight, until its answer has been asked for."""
+
+    response_id: str
+    name: str
+    output: str | None = None
 
 
 class Conversation:
@@ -248,6 +296,17 @@ class Conversation:
         self._standby_retry_at = 0.0
         self._turns = 0  # turns remembered so far, to re-seed what a standby missed
         self._wall: float | None = None  # the last wall time on_tick gave
+        # tool calls
+        self._calls: dict[str, _Call] = {}
+        self._calls_seen: OrderedDict[str, None] = OrderedDict()  # dedupe by call_id
+        self._end_pending = False  # end the conversation once the reply has been heard
+        self._reply_wanted = False  # a committed turn waits for the active response to end
+        # client VAD
+        self._vad_talking = False
+        self._vad_preroll: deque[bytes] = deque()
+        self._vad_preroll_samples = 0
+        self._vad_voiced = 0  # consecutive speech samples (not talking yet)
+        self._vad_silence = 0  # consecutive silence samples (while talking)
         self.counters = _Counters()
 
     # ------------------------------------------------------------------ public reads
@@ -285,6 +344,7 @@ class Conversation:
             "interruptions": self.counters.interruptions,
             "server_errors": self.counters.server_errors,
             "playback_underruns": self.counters.underruns,
+            "tool_calls": self.counters.tool_calls,
         }
 
     def take_effects(self) -> list[Effect]:
@@ -338,6 +398,7 @@ class Conversation:
         self._awaiting_reply = False
         self._speech_active = False
         self._uncommitted = 0
+        self._cancel_calls("the session ended")  # a new session cannot take the answer
         if self._active_response is not None:
             self._close_response(self._active_response)
         if self._standby is not None:
@@ -418,7 +479,8 @@ class Conversation:
     def _busy(self) -> bool:
         """Someone is talking, or a reply is on its way: not the moment to switch."""
         return (self._speaking() or self._awaiting_reply or self._speech_active
-                or self._active_response is not None
+                or self._active_response is not None or bool(self._calls)
+                or self._vad_talking or self._end_pending
                 or (self.policy.turn_detection is None and self._uncommitted > 0))
 
     def _maybe_switch(self) -> None:
@@ -454,7 +516,7 @@ class Conversation:
 
     def on_press(self, now: float) -> None:
         """A short press (or `voiced ctl press`): toggle the mic, interrupting first."""
-        if self._speaking():
+        if self._speaking() or self._tool_running():
             self._interrupt(cancel=True)
             self._set_mic(True)
         else:
@@ -463,7 +525,8 @@ class Conversation:
 
     def on_long_press(self, now: float) -> None:
         """End this conversation and start a fresh one (a new Realtime session)."""
-        if self._speaking():
+        self._end_pending = False
+        if self._speaking() or self._tool_running():
             self._interrupt(cancel=True)
         self._set_mic(False)
         self.conversation_id = self._new_id()
@@ -474,8 +537,8 @@ class Conversation:
         self._update()
 
     def on_interrupt(self, now: float) -> None:
-        """`voiced ctl interrupt`: stop the assistant if it is speaking; nothing else."""
-        if self._speaking():
+        """`voiced ctl interrupt`: stop the assistant if it is speaking (or a tool runs)."""
+        if self._speaking() or self._tool_running():
             self._interrupt(cancel=True)
             self._update()
 
@@ -491,11 +554,12 @@ class Conversation:
         self._set_mic(False)
         self._update()
 
-    def on_audio_captured(self, pcm: bytes, now: float) -> None:
+    def on_audio_captured(self, pcm: bytes, now: float, speech: bool = False) -> None:
         """A mic frame (PCM16 24 kHz mono): stream it when the mic is on.
 
         While the connection is down the frame is kept (bounded) and sent to the next
-        session, so words spoken during a reconnect are not lost.
+        session, so words spoken during a reconnect are not lost. ``speech`` is the
+        on-device VAD's verdict on the frame (used only with client VAD).
         """
         if not self._mic_on:
             return
@@ -503,9 +567,59 @@ class Conversation:
             # NOTE: half duplex keeps the assistant from hearing itself through the speaker
             self.counters.frames_muted += 1
             return
+        if self.policy.client_vad is not None:
+            self._vad_frame(pcm, speech, self.policy.client_vad)
+            self._update()
+            return
+        self._stream(pcm)
+
+    def _stream(self, pcm: bytes) -> None:
         self._keep(pcm)
         if self._configured:
             self._append(pcm)
+
+    def _vad_frame(self, pcm: bytes, speech: bool, vad: ClientVad) -> None:
+        """Client VAD: send speech with its pre-roll and tail; silence ends the turn."""
+        n = len(pcm) // wire.BYTES_PER_SAMPLE
+        ms = wire.SAMPLE_RATE // 1000
+        if not self._vad_talking:
+            self._vad_preroll.append(pcm)
+            self._vad_preroll_samples += n
+            self._vad_voiced = self._vad_voiced + n if speech else 0
+            keep = (vad.pre_roll_ms + vad.min_speech_ms) * ms
+            while (self._vad_preroll_samples
+                   - len(self._vad_preroll[0]) // wire.BYTES_PER_SAMPLE >= keep):
+                dropped = self._vad_preroll.popleft()
+                self._vad_preroll_samples -= len(dropped) // wire.BYTES_PER_SAMPLE
+                self.counters.vad_samples_held_back += len(dropped) // wire.BYTES_PER_SAMPLE
+            if self._vad_voiced < vad.min_speech_ms * ms:
+                return
+            logger.info("speech detected on the device")
+            self._vad_talking = True
+            self._vad_silence = 0
+            if self._speaking():  # full duplex: the user talks over the reply
+                logger.info("barge-in: user speech while speaking")
+                self._interrupt(cancel=True)
+            self._cancel_calls("the user spoke again")
+            for frame in self._vad_preroll:
+                self._stream(frame)
+            self._vad_preroll.clear()
+            self._vad_preroll_samples = 0
+            return
+        self._vad_silence = 0 if speech else self._vad_silence + n
+        if self._vad_silence <= vad.tail_ms * ms:
+            self._stream(pcm)
+        else:
+            self.counters.vad_samples_held_back += n
+        if self._vad_silence >= vad.silence_ms * ms:
+            self._vad_end_turn()
+
+    def _vad_end_turn(self) -> None:
+        self._vad_talking = False
+        self._vad_voiced = self._vad_silence = 0
+        if self._configured:
+            self.counters.vad_turns += 1
+            self._end_manual_turn()
 
     def _append(self, pcm: bytes) -> None:
         self._send(wire.audio_append(self._eid(), pcm))
@@ -546,8 +660,75 @@ class Conversation:
                     sum(len(f) for f in frames) * 500 // wire.SAMPLE_RATE)
         for pcm in frames:
             self._append(pcm)
-        if not self._mic_on and self.policy.turn_detection is None:
+        if self.policy.turn_detection is None and not (self._mic_on or self._vad_talking):
             self._end_manual_turn()  # push to talk was released while we were away
+
+    # ------------------------------------------------------------------- tool inputs
+
+    def on_tool_result(self, call_id: str, output: str, now: float) -> None:
+        """A tool finished; ``output`` (JSON text, a result or an error) goes to the model.
+
+        Once every call of the response has its output and no response is active, one
+        ``response.create`` asks for the spoken answer.
+        """
+        call = self._calls.get(call_id)
+        if call is None or call.output is not None:
+            logger.debug("result for call %s nobody waits for (cancelled)", call_id)
+            return
+        call.output = output
+        if self._configured:
+            self._send(wire.function_output_item(self._eid(), call_id, output))
+        self._maybe_answer()
+        self._update()
+
+    def mute_mic(self) -> None:
+        """A tool switched the microphone off (the button switches it on again)."""
+        self._set_mic(False)
+        self._update()
+
+    def end_conversation(self) -> None:
+        """A tool ended the conversation: a new one starts once the reply was heard."""
+        self._end_pending = True
+
+    def _on_function_call(self, ev: wire.FunctionCallDone) -> None:
+        if ev.call_id in self._calls_seen:
+            return  # the same call, reported again by response.output_item.done
+        self._calls_seen[ev.call_id] = None
+        if len(self._calls_seen) > _SENT_MEMORY:
+            self._calls_seen.popitem(last=False)
+        if ev.response_id in self._discarded:
+            # the user interrupted the response that made this call: do not run it, but
+            # answer it, so the conversation holds no call without an output
+            logger.info("tool call %s from an interrupted response not run", ev.name)
+            self._send(wire.function_output_item(self._eid(), ev.call_id, _CANCELLED))
+            return
+        logger.info("tool call: %s", ev.name)
+        self.counters.tool_calls += 1
+        self._calls[ev.call_id] = _Call(response_id=ev.response_id, name=ev.name)
+        self._emit(CallTool(ev.call_id, ev.name, ev.arguments))
+
+    def _tool_running(self) -> bool:
+        return any(c.output is None for c in self._calls.values())
+
+    def _maybe_answer(self) -> None:
+        """Ask for the spoken answer when every call has its output and the air is free."""
+        if not self._calls or self._tool_running() or self._active_response is not None:
+            return
+        self._calls.clear()
+        if self._configured:
+            self._send({"type": "response.create", "event_id": self._eid()})
+            self._awaiting_reply = True
+
+    def _cancel_calls(self, why: str) -> None:
+        """Stop running tool calls; the model is told each was cancelled, not answered."""
+        for call_id, call in self._calls.items():
+            if call.output is None:
+                logger.info("tool call %s cancelled: %s", call.name, why)
+                self.counters.tool_calls_cancelled += 1
+                self._emit(CancelTool(call_id))
+                if self._configured:
+                    self._send(wire.function_output_item(self._eid(), call_id, _CANCELLED))
+        self._calls.clear()
 
     # ---------------------------------------------------------------- playback inputs
 
@@ -607,6 +788,7 @@ class Conversation:
                 self._on_session_updated(ev)
             case wire.SpeechStarted():
                 self._speech_active = True
+                self._cancel_calls("the user spoke again")
                 if self._speaking():
                     # the server heard the user over the reply; with interrupt_response it
                     # has cancelled the response itself, so only stop and truncate
@@ -636,6 +818,8 @@ class Conversation:
                         response_id=ev.response_id, conversation_id=self.conversation_id)
                 item.transcript = ev.transcript
                 self._maybe_record(ev.item_id, item)
+            case wire.FunctionCallDone():
+                self._on_function_call(ev)
             case wire.ItemTruncated():
                 logger.debug("server truncated %s at %d ms", ev.item_id, ev.audio_end_ms)
             case wire.ServerError():
@@ -676,6 +860,10 @@ class Conversation:
         if on:
             self._emit(MicOpened())
             return
+        self._vad_talking = False
+        self._vad_voiced = self._vad_silence = 0
+        self._vad_preroll.clear()
+        self._vad_preroll_samples = 0
         if not self._configured:
             return  # what was said is in the backlog, for the next session
         if self.policy.turn_detection is None:
@@ -690,8 +878,11 @@ class Conversation:
         """Manual turns: switching the mic off commits the turn and asks for a reply."""
         if self._uncommitted >= _MIN_COMMIT_SAMPLES:
             self._send({"type": "input_audio_buffer.commit", "event_id": self._eid()})
-            self._send({"type": "response.create", "event_id": self._eid()})
             self._awaiting_reply = True
+            if self._active_response is None:
+                self._send({"type": "response.create", "event_id": self._eid()})
+            else:  # a cancelled reply is still winding down: ask when it has ended
+                self._reply_wanted = True
         elif self._uncommitted:
             logger.info("turn too short to send (%.0f ms); discarded",
                         self._uncommitted * 1000 / wire.SAMPLE_RATE)
@@ -704,6 +895,7 @@ class Conversation:
     def _interrupt(self, *, cancel: bool) -> None:
         """Stop playback now; truncation follows in :meth:`on_playback_stopped`."""
         self.counters.interruptions += 1
+        self._cancel_calls("interrupted")
         for item in self._items.values():
             if not item.finished and item.received:
                 item.interrupted = True
@@ -730,6 +922,9 @@ class Conversation:
         }
         if p.send_model:
             session["model"] = p.model
+        if p.tools:
+            session["tools"] = list(p.tools)
+            session["tool_choice"] = "auto"
         return {"type": "session.update", "event_id": self._eid(), "session": session}
 
     def _on_session_updated(self, ev: wire.SessionUpdated) -> None:
@@ -797,6 +992,11 @@ class Conversation:
                 item.recorded = True  # nothing will ever come for it
                 logger.info("assistant item %s ended with no transcript", item_id)
         self._discarded.discard(response_id)
+        if self._reply_wanted and self._active_response is None and self._configured:
+            self._reply_wanted = False
+            self._send({"type": "response.create", "event_id": self._eid()})
+            self._awaiting_reply = True
+        self._maybe_answer()
 
     def _maybe_record(self, item_id: str, item: _Item) -> None:
         if item.recorded or item.transcript is None:
@@ -870,6 +1070,9 @@ class Conversation:
             return State.CONNECTING, self._conn_detail
         if self._speaking():
             return State.SPEAKING, "speaking"
+        if self._tool_running():
+            names = ", ".join(sorted({c.name for c in self._calls.values() if c.output is None}))
+            return State.THINKING, f"thinking: running {names}"
         if self._awaiting_reply:
             return State.THINKING, "thinking"
         if self._mic_on:
@@ -877,6 +1080,11 @@ class Conversation:
         return State.READY, "ready"
 
     def _update(self) -> None:
+        if self._end_pending and not (self._speaking() or self._awaiting_reply or self._calls
+                                      or self._active_response is not None or self._queued):
+            self._end_pending = False  # the goodbye has been heard
+            self.on_long_press(0.0)
+            return
         state, detail = self._derive()
         if state != self._state or detail != self._detail:
             self._state, self._detail = state, detail
@@ -888,10 +1096,14 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
                 eagerness: str, transcription: wire.TranscriptionParam,
                 half_duplex: bool, echo_tail_ms: int, push_to_talk: bool,
                 send_model: bool, reseed_turns: int = 10,
-                rollover_margin_s: float = 300.0) -> Policy:
+                rollover_margin_s: float = 300.0,
+                tools: tuple[wire.FunctionToolParam, ...] = (),
+                client_vad: ClientVad | None = None) -> Policy:
     """Build a :class:`Policy` from plain values (the supervisor maps settings here)."""
     td: wire.TurnDetectionParam | None
-    if push_to_talk or turn_type == "none":
+    if push_to_talk or turn_type != "client_vad":
+        client_vad = None
+    if push_to_talk or turn_type in ("none", "client_vad"):
         td = None  # the client ends turns itself
     elif turn_type == "server_vad":
         td = {"type": "server_vad", "threshold": threshold,
@@ -904,9 +1116,11 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
     return Policy(model=model, voice=voice, instructions=instructions, turn_detection=td,
                   transcription=transcription, half_duplex=half_duplex,
                   echo_tail_ms=echo_tail_ms, send_model=send_model,
-                  reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s)
+                  reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s,
+                  tools=tools, client_vad=client_vad)
 
 
-__all__ = ["CloseStandby", "Conversation", "Draft", "Effect", "MicOpened", "OpenStandby",
-           "Play", "Policy", "Reconnect", "Record", "Send", "ShowState", "State",
-           "StopPlayback", "SwitchToStandby", "Transcript", "make_policy"]
+__all__ = ["CallTool", "CancelTool", "ClientVad", "CloseStandby", "Conversation", "Draft",
+           "Effect", "MicOpened", "OpenStandby", "Play", "Policy", "Reconnect", "Record",
+           "Send", "ShowState", "State", "StopPlayback", "SwitchToStandby", "Transcript",
+           "make_policy"]

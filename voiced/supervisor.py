@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from voiced import __version__, config, wire
 from voiced.audio import AudioSink, AudioSource
+from voiced.audio.volume import Volume
 from voiced.button import ButtonInput
 from voiced.config import Settings
 from voiced.control import ControlServer
@@ -33,6 +34,9 @@ from voiced.orb import Animator
 from voiced.outbox import Outbox
 from voiced.realtime import Backoff, build_url, classify, open_connection
 from voiced.session import (
+    CallTool,
+    CancelTool,
+    ClientVad,
     CloseStandby,
     Conversation,
     Draft,
@@ -51,6 +55,9 @@ from voiced.session import (
     make_policy,
 )
 from voiced.sinks import build_sink
+from voiced.tools import Toolbox
+from voiced.tools.builtin import builtin_tools, network_status, system_uptime_s
+from voiced.tools.http import http_tool
 from voiced.transcripts import iso_utc, make_record
 
 logger = logging.getLogger(__name__)
@@ -100,8 +107,9 @@ def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
             PyAudioSink(a.output, period_ms=a.period_ms, jitter_ms=a.jitter_ms))
 
 
-def build_policy(settings: Settings) -> Policy:
-    """The session core's policy, from the settings."""
+def build_policy(settings: Settings,
+                 tools: tuple[wire.FunctionToolParam, ...] = ()) -> Policy:
+    """The session core's policy, from the settings (and the tools the model may call)."""
     rt = settings.realtime
     td = rt.turn_detection
     transcription: wire.TranscriptionParam = {"model": rt.transcription.model}
@@ -117,13 +125,17 @@ def build_policy(settings: Settings) -> Policy:
         echo_tail_ms=settings.audio.echo_tail_ms,
         push_to_talk=settings.button is not None and settings.button.mode == "push_to_talk",
         send_model=rt.relay is None, reseed_turns=rt.reseed_turns,
-        rollover_margin_s=rt.rollover_margin_s)
+        rollover_margin_s=rt.rollover_margin_s, tools=tools,
+        client_vad=ClientVad(pre_roll_ms=td.prefix_padding_ms, tail_ms=td.tail_ms,
+                             silence_ms=td.silence_duration_ms,
+                             min_speech_ms=td.min_speech_ms))
 
 
-def build_conversation(settings: Settings) -> Conversation:
+def build_conversation(settings: Settings,
+                       tools: tuple[wire.FunctionToolParam, ...] = ()) -> Conversation:
     """The session core, configured from the settings."""
     rt = settings.realtime
-    policy = build_policy(settings)
+    policy = build_policy(settings, tools)
     cid = (rt.relay.conversation_id if rt.relay and rt.relay.conversation_id
            else str(uuid.uuid4()))
     return Conversation(policy, conversation_id=cid, new_id=lambda: str(uuid.uuid4()))
@@ -164,7 +176,19 @@ class Supervisor:
             asyncio.wait_for
         self.button: ButtonInput | None = None
         self.orb = Animator(None, settings.leds.patterns, fps=settings.leds.fps)
-        self.session = build_conversation(settings)
+        tl = settings.tools
+        self.volume = Volume(tl.volume_file or settings.transcripts.outbox_dir.parent / "volume")
+        self.toolbox = Toolbox(
+            builtin_tools(tl.builtin, self, timezone=tl.timezone, timeout_s=tl.timeout_s)
+            + [http_tool(spec) for spec in tl.http])
+        self._tool_tasks: dict[str, asyncio.Task[None]] = {}
+        self.session = build_conversation(settings, self.toolbox.declarations())
+        self.vad = None
+        if self.session.policy.client_vad is not None:
+            from voiced.audio.vad import SpeechDetector
+
+            self.vad = SpeechDetector(settings.realtime.turn_detection.vad_aggressiveness)
+        self._started = time.monotonic()
         self.control = ControlServer(settings.control.socket, self._on_control)
         tr = settings.transcripts
         self.outbox: Outbox | None = None
@@ -311,7 +335,7 @@ class Supervisor:
         changed = config.diff(self.settings, new)
         live = [k for k in changed if k.startswith(_LIVE_KEYS)]
         restart = [k for k in changed if not k.startswith(_LIVE_KEYS)]
-        self.session.policy = build_policy(new)
+        self.session.policy = build_policy(new, self.toolbox.declarations())
         self.orb.set_patterns(new.leds.patterns)
         logging.getLogger().setLevel(new.log_level.upper())
         keep = {k: getattr(self.settings, k) for k in ("audio", "button", "control",
@@ -343,7 +367,7 @@ class Supervisor:
                 await closer()
             except Exception:  # noqa: BLE001 - closing must go on whatever one part does
                 logger.exception("error while closing")
-        for task in list(self._link_tasks):
+        for task in [*self._link_tasks, *self._tool_tasks.values()]:
             task.cancel()
         for link in (self._link, self._standby):
             if link is not None:
@@ -363,7 +387,8 @@ class Supervisor:
                     self._audio_ok.clear()
                     self._audio_faults.put_nowait(str(e))
                 continue
-            self.session.on_audio_captured(frame, self._now())
+            speech = self.vad.is_speech(frame) if self.vad is not None else False
+            self.session.on_audio_captured(frame, self._now(), speech)
             self._apply(self.session.take_effects())
 
     async def _clock(self) -> None:
@@ -636,7 +661,7 @@ class Supervisor:
                     if link is not None:
                         link.queue.put_nowait(eff.event)
                 case Play():
-                    self.sink.play(eff.pcm, eff.item_id)
+                    self.sink.play(self.volume.apply(eff.pcm), eff.item_id)
                 case StopPlayback():
                     played = self.sink.stop()
                     self.session.on_playback_stopped(self._now(), played)
@@ -655,6 +680,13 @@ class Supervisor:
                     self._reconnect_now.set()
                 case MicOpened():
                     self.source.mic_opened()
+                case CallTool():
+                    task = asyncio.create_task(self._run_tool(eff), name=f"tool-{eff.name}")
+                    self._tool_tasks[eff.call_id] = task
+                case CancelTool():
+                    running = self._tool_tasks.pop(eff.call_id, None)
+                    if running is not None:
+                        running.cancel()
                 case OpenStandby():
                     self._background(self._open_standby(), "realtime-standby")
                 case SwitchToStandby():
@@ -671,6 +703,43 @@ class Supervisor:
                         link, self._standby = self._standby, None
                         self._background(self._close_link(link, eff.reason),
                                          "realtime-standby-close")
+
+    async def _run_tool(self, call: CallTool) -> None:
+        # a task of its own: a slow tool never holds up audio or the socket
+        try:
+            output = await self.toolbox.run(call.name, call.arguments)
+        finally:
+            self._tool_tasks.pop(call.call_id, None)
+        self.session.on_tool_result(call.call_id, output, self._now())
+        self._apply(self.session.take_effects())
+
+    # the Device the built-in tools act on
+
+    def mute_mic(self) -> None:
+        """Built-in tool: the microphone off."""
+        self.session.mute_mic()
+        self._apply(self.session.take_effects())
+
+    def end_conversation(self) -> None:
+        """Built-in tool: a new conversation once the reply has been heard."""
+        self.session.end_conversation()
+
+    def volume_percent(self) -> int:
+        """Built-in tool: the speaker volume."""
+        return self.volume.percent
+
+    def set_volume(self, percent: int) -> int:
+        """Built-in tool: set and persist the speaker volume."""
+        return self.volume.set(percent)
+
+    def device_status(self) -> dict[str, Any]:
+        """Built-in tool: network, uptimes, transcript backlog, connection."""
+        return {**network_status(self.settings.realtime.url),
+                "daemon_uptime_s": round(time.monotonic() - self._started),
+                "system_uptime_s": system_uptime_s(),
+                "transcripts_waiting": self.outbox.pending if self.outbox else 0,
+                "volume_percent": self.volume.percent,
+                "version": __version__}
 
     def _show(self, state: State, detail: str) -> None:
         text = str(state) if detail == str(state) else f"{state}: {detail}"

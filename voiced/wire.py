@@ -84,6 +84,15 @@ class SessionAudioParam(TypedDict):
     output: AudioOutputParam
 
 
+class FunctionToolParam(TypedDict):
+    """One function tool the model may call (GA ``session.tools[]``)."""
+
+    type: Literal["function"]
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
 class SessionParam(TypedDict):
     """GA ``session.update.session`` for a realtime (speech-to-speech) session."""
 
@@ -92,6 +101,8 @@ class SessionParam(TypedDict):
     instructions: str
     output_modalities: list[str]
     audio: SessionAudioParam
+    tools: NotRequired[list[FunctionToolParam]]
+    tool_choice: NotRequired[str]
 
 
 class SessionUpdateParam(TypedDict):
@@ -164,12 +175,20 @@ class MessageItemParam(TypedDict):
     content: list[TextContentParam]
 
 
+class FunctionCallOutputItemParam(TypedDict):
+    """The result of a function call, for the model to speak about."""
+
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str
+
+
 class ConversationItemCreateParam(TypedDict):
-    """``conversation.item.create``: re-seeds a new session with earlier turns."""
+    """``conversation.item.create``: earlier turns (re-seeding) or a tool's result."""
 
     type: Literal["conversation.item.create"]
     event_id: str
-    item: MessageItemParam
+    item: MessageItemParam | FunctionCallOutputItemParam
 
 
 ClientEvent = (
@@ -185,6 +204,13 @@ def text_item(event_id: str, role: Literal["user", "assistant"],
     return {"type": "conversation.item.create", "event_id": event_id,
             "item": {"type": "message", "role": role, "content": [
                 {"type": "input_text" if role == "user" else "output_text", "text": text}]}}
+
+
+def function_output_item(event_id: str, call_id: str,
+                         output: str) -> ConversationItemCreateParam:
+    """Build ``conversation.item.create`` carrying a tool's result (a JSON string)."""
+    return {"type": "conversation.item.create", "event_id": event_id,
+            "item": {"type": "function_call_output", "call_id": call_id, "output": output}}
 
 
 def audio_append(event_id: str, pcm: bytes) -> InputAudioBufferAppendParam:
@@ -206,6 +232,9 @@ def describe(event: ClientEvent | dict[str, Any]) -> str:
         return f"{t} ({pcm_ms(n):.0f} ms)"
     if t == "conversation.item.truncate":
         return f"{t} item={event.get('item_id')} audio_end_ms={event.get('audio_end_ms')}"
+    item = event.get("item")
+    if t == "conversation.item.create" and isinstance(item, dict):
+        return f"{t} ({item.get('type')})"
     return t
 
 
@@ -322,6 +351,21 @@ class ItemTruncated:
 
 
 @dataclass(frozen=True, slots=True)
+class FunctionCallDone:
+    """The model called a tool (``response.function_call_arguments.done``).
+
+    ``response.output_item.done`` with a ``function_call`` item reports the same call
+    again; the core dedupes by ``call_id``. ``arguments`` is the model's JSON, unchecked.
+    """
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServerError:
     """``error``; ``event_id`` is the client event it refers to, if any."""
 
@@ -350,8 +394,8 @@ class Unhandled:
 ServerEvent = (
     SessionCreated | SessionUpdated | SpeechStarted | SpeechStopped | BufferCommitted
     | InputTranscriptionCompleted | InputTranscriptionFailed | ResponseCreated | ResponseDone
-    | AudioDelta | AudioDone | AudioTranscriptDone | ItemTruncated | ServerError
-    | RelayConversationCreated | Unhandled
+    | AudioDelta | AudioDone | AudioTranscriptDone | ItemTruncated | FunctionCallDone
+    | ServerError | RelayConversationCreated | Unhandled
 )
 
 
@@ -422,6 +466,15 @@ def _response_done(d: dict[str, Any]) -> ResponseDone:
                         transcripts=transcripts)
 
 
+def _output_item_done(d: dict[str, Any]) -> FunctionCallDone | Unhandled:
+    item = _obj(d, "item")
+    if item.get("type") != "function_call":
+        return Unhandled(type=str(d["type"]), raw=d)
+    return FunctionCallDone(response_id=_s(d, "response_id"), item_id=_s(item, "id"),
+                            call_id=_s(item, "call_id"), name=_s(item, "name"),
+                            arguments=_s(item, "arguments"))
+
+
 def _error(d: dict[str, Any]) -> ServerError:
     e = d.get("error")
     if isinstance(e, str):  # some relays send {"type": "error", "error": "text"}
@@ -461,6 +514,10 @@ _PARSERS: Final[dict[str, Any]] = {
     "response.output_audio_transcript.done": lambda d: AudioTranscriptDone(
         response_id=_s(d, "response_id"), item_id=_s(d, "item_id"),
         content_index=_i(d, "content_index", 0), transcript=_s(d, "transcript")),
+    "response.function_call_arguments.done": lambda d: FunctionCallDone(
+        response_id=_s(d, "response_id"), item_id=_s(d, "item_id"), call_id=_s(d, "call_id"),
+        name=_s(d, "name"), arguments=_s(d, "arguments")),
+    "response.output_item.done": _output_item_done,
     "conversation.item.truncated": lambda d: ItemTruncated(
         item_id=_s(d, "item_id"), audio_end_ms=_i(d, "audio_end_ms", 0)),
     "error": _error,

@@ -63,6 +63,11 @@ class SimOptions:
     """Faults: after every N events sent, also send a malformed frame."""
     unknown_every: int = 0
     """Faults: after every N events sent, also send an event of an unknown type."""
+    transcript: str | None = None
+    """What the user is heard to say, whatever the audio (tests of tools and languages);
+    None: the recogniser's transcript."""
+    tool_arguments: dict[str, str] = field(default_factory=dict)
+    """The JSON arguments the simulated model passes to each tool, by name ("{}")."""
 
 
 def _default_session(model: str) -> dict[str, Any]:
@@ -337,7 +342,10 @@ class SimSession:
     async def _transcribe_and_respond(self, item: dict[str, Any], audio: bytes,
                                       create_response: bool) -> None:
         item_id = item["id"]
-        text, _real = await asyncio.to_thread(voice.transcribe, audio)
+        if self.opts.transcript is not None:
+            text = self.opts.transcript
+        else:
+            text, _real = await asyncio.to_thread(voice.transcribe, audio)
         item["content"][0]["transcript"] = text
         if self.session["audio"]["input"].get("transcription") is not None:
             await self.send({
@@ -347,20 +355,19 @@ class SimSession:
         if create_response:
             await self._respond_to(text)
 
-    def _tool_named_in(self, text: str) -> dict[str, Any] | None:
+    def _tools_named_in(self, text: str) -> list[str]:
+        """The tools the user named (the simulated model calls each, in one response)."""
         words = text.lower()
-        for tool in self.session.get("tools") or []:
-            name = str(tool.get("name", ""))
-            if name and (name.lower() in words or name.lower().replace("_", " ") in words):
-                return dict(tool)
-        return None
+        return [str(t["name"]) for t in self.session.get("tools") or []
+                if t.get("name") and (str(t["name"]).lower() in words
+                                      or str(t["name"]).lower().replace("_", " ") in words)]
 
     async def _respond_to(self, text: str) -> None:
-        tool = self._tool_named_in(text)
-        if tool is not None:
+        names = self._tools_named_in(text)
+        if names:
             resp = _Response(id=_id("resp"))
             self.response = resp
-            resp.task = self._spawn(self._stream_function_call(resp, str(tool["name"])))
+            resp.task = self._spawn(self._stream_function_calls(resp, names))
         else:
             await self._start_response(self.opts.reply(text or "nothing"))
 
@@ -390,12 +397,19 @@ class SimSession:
                 f"Conversation already has an active response in progress: "
                 f"{self.response.id}. Wait until the response is finished before creating "
                 f"a new one.")
-        last = next(reversed(self.items.values()), None)
-        if last is not None and last.get("type") == "function_call_output":
-            name = next((i.get("name") for i in self.items.values()
-                         if i.get("call_id") == last.get("call_id")
-                         and i.get("type") == "function_call"), "tool")
-            await self._start_response(f"The {name} tool says: {last.get('output')}")
+        outputs = []
+        for item in reversed(self.items.values()):  # the outputs since the last call
+            if item.get("type") != "function_call_output":
+                break
+            outputs.insert(0, item)
+        if outputs:
+            said = []
+            for out in outputs:
+                name = next((i.get("name") for i in self.items.values()
+                             if i.get("call_id") == out.get("call_id")
+                             and i.get("type") == "function_call"), "tool")
+                said.append(f"The {name} tool says: {out.get('output')}")
+            await self._start_response(" ".join(said))
             return
         heard = ""
         for item in reversed(self.items.values()):
@@ -535,34 +549,39 @@ class SimSession:
         await self.send({"type": "rate_limits.updated", "rate_limits": [
             {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}]})
 
-    async def _stream_function_call(self, resp: _Response, name: str) -> None:
+    async def _stream_function_calls(self, resp: _Response, names: list[str]) -> None:
         await self.send({"type": "response.created",
                          "response": self._response_obj(resp, "in_progress", [])})
-        item_id = resp.item_id = _id("item")
-        call_id = _id("call")
-        item: dict[str, Any] = {"id": item_id, "type": "function_call",
-                                "object": "realtime.item", "status": "in_progress",
-                                "call_id": call_id, "name": name, "arguments": ""}
-        self.items[item_id] = item
-        base = {"response_id": resp.id, "item_id": item_id, "output_index": 0,
-                "call_id": call_id}
-        await self.send({"type": "response.output_item.added", "response_id": resp.id,
-                         "output_index": 0, "item": dict(item)})
-        await self.send({"type": "conversation.item.added", "item": dict(item),
-                         "previous_item_id": self._last_item})
-        self._last_item = item_id
-        args = "{}"
-        await self.send({"type": "response.function_call_arguments.delta", **base,
-                         "delta": args})
-        await self.send({"type": "response.function_call_arguments.done", **base,
-                         "name": name, "arguments": args})
-        item.update(status="completed", arguments=args)
-        await self.send({"type": "conversation.item.done", "item": dict(item),
-                         "previous_item_id": None})
-        await self.send({"type": "response.output_item.done", "response_id": resp.id,
-                         "output_index": 0, "item": dict(item)})
+        done_items = []
+        for index, name in enumerate(names):
+            item_id = resp.item_id = _id("item")
+            call_id = _id("call")
+            item: dict[str, Any] = {"id": item_id, "type": "function_call",
+                                    "object": "realtime.item", "status": "in_progress",
+                                    "call_id": call_id, "name": name, "arguments": ""}
+            self.items[item_id] = item
+            base = {"response_id": resp.id, "item_id": item_id, "output_index": index,
+                    "call_id": call_id}
+            await self.send({"type": "response.output_item.added", "response_id": resp.id,
+                             "output_index": index, "item": dict(item)})
+            await self.send({"type": "conversation.item.added", "item": dict(item),
+                             "previous_item_id": self._last_item})
+            self._last_item = item_id
+            args = self.opts.tool_arguments.get(name, "{}")
+            half = len(args) // 2  # the arguments stream in pieces, as upstream's do
+            for piece in (args[:half], args[half:]):
+                await self.send({"type": "response.function_call_arguments.delta", **base,
+                                 "delta": piece})
+            await self.send({"type": "response.function_call_arguments.done", **base,
+                             "name": name, "arguments": args})
+            item.update(status="completed", arguments=args)
+            await self.send({"type": "conversation.item.done", "item": dict(item),
+                             "previous_item_id": None})
+            await self.send({"type": "response.output_item.done", "response_id": resp.id,
+                             "output_index": index, "item": dict(item)})
+            done_items.append(dict(item))
         self.response = None
-        done = self._response_obj(resp, "completed", [dict(item)])
+        done = self._response_obj(resp, "completed", done_items)
         self.responses_done.append(done)
         await self.send({"type": "response.done", "response": done})
 
