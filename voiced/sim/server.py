@@ -397,7 +397,7 @@ class SimSession:
                 f"Conversation already has an active response in progress: "
                 f"{self.response.id}. Wait until the response is finished before creating "
                 f"a new one.")
-        outputs = []
+        outputs: list[dict[str, Any]] = []
         for item in reversed(self.items.values()):  # the outputs since the last call
             if item.get("type") != "function_call_output":
                 break
