@@ -56,14 +56,14 @@ def test_several_calls_are_run_and_answered_with_one_response_create() -> None:
     assert server(c, created()) == [show(State.THINKING)]
     assert server(c, call("call_1", args='{"a": 1}')) == [
         CallTool("call_1", "get_time", '{"a": 1}'), show(State.THINKING,
-                                                          "thinking: running get_time")]
+                                                          "running get_time")]
     assert server(c, call("call_1")) == []  # output_item.done repeats it: deduped
     assert server(c, call("call_2", name="weather")) == [
         CallTool("call_2", "weather", "{}"),
-        show(State.THINKING, "thinking: running get_time, weather")]
+        show(State.THINKING, "running get_time, weather")]
     c.on_tool_result("call_2", '{"sky": "clear"}', 0.0)
     assert fx(c) == [output("call_2", '{"sky": "clear"}'),
-                     show(State.THINKING, "thinking: running get_time")]
+                     show(State.THINKING, "running get_time")]
     c.on_tool_result("call_1", '{"time": "12:00"}', 0.0)
     # the response that made the calls is still active: no response.create yet
     assert fx(c) == [output("call_1", '{"time": "12:00"}'), show(State.THINKING)]

@@ -25,12 +25,14 @@ class Harness:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.states: list[State] = []
+        self.details: list[str] = []  # the STATUS= detail of each state shown
         self.records: list[dict[str, Any]] = []
         self.changed = asyncio.Event()
 
     def listen(self, kind: str, data: Any) -> None:
         if kind == "state":
             self.states.append(data)
+            self.details.append(self.sup.session.status()["detail"])
         elif kind == "record":
             self.records.append(data)
         self.changed.set()

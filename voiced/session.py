@@ -1072,7 +1072,7 @@ class Conversation:
             return State.SPEAKING, "speaking"
         if self._tool_running():
             names = ", ".join(sorted({c.name for c in self._calls.values() if c.output is None}))
-            return State.THINKING, f"thinking: running {names}"
+            return State.THINKING, f"running {names}"
         if self._awaiting_reply:
             return State.THINKING, "thinking"
         if self._mic_on:
