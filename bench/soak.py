@@ -4,8 +4,10 @@ Run: ``.venv/bin/python bench/soak.py [--minutes 30] [--seed N]``. The daemon (a
 subprocess, file audio backend) asks the shipped question again and again; between and
 during exchanges the simulator injects random faults: a connection dropped mid-reply, a
 network drop, malformed/binary/unknown frames, refusing connections for a while, and
-session expiry. It prints exchanges completed, faults injected, recoveries, transcripts
-lost, and the daemon's RSS over time (which must stay flat).
+session expiry. Sessions also end by themselves every ``--session-s`` (default 180 s),
+so the daemon's planned make-before-break rollovers run all the time. It prints
+exchanges completed, faults injected, recoveries, transcripts lost, and the daemon's RSS
+over time (which must stay flat).
 
 Lost transcripts are counted from both ends: every user and assistant transcript the
 simulator finished *and delivered* (its session stayed open for a second after) must be
@@ -64,15 +66,16 @@ async def wait_for(pred: Any, within_s: float) -> bool:
     return False
 
 
-async def soak(minutes: float, seed: int, tmp: Path) -> dict[str, Any]:
+async def soak(minutes: float, seed: int, tmp: Path, session_s: float) -> dict[str, Any]:
     rng = random.Random(seed)
     faults: collections.Counter[str] = collections.Counter()
     jsonl = tmp / "t.jsonl"
-    async with SimServer(SimOptions(pace=2)) as sim:
+    async with SimServer(SimOptions(pace=2, max_session_s=session_s)) as sim:
         cfg = tmp / "voiced.yaml"
         cfg.write_text(json.dumps({
             "device_id": DEVICE, "log_level": "warning",
-            "realtime": {"url": sim.url, "reconnect_min_s": 0.2, "reconnect_max_s": 2},
+            "realtime": {"url": sim.url, "reconnect_min_s": 0.2, "reconnect_max_s": 2,
+                         "rollover_margin_s": session_s / 3},
             "audio": {"backend": "file", "input": {"file": str(
                 REPO / "voiced" / "data" / "question.wav")},
                 "output": {"file": str(tmp / "out.wav")}},
@@ -112,8 +115,12 @@ async def soak(minutes: float, seed: int, tmp: Path) -> dict[str, Any]:
             await asyncio.wait_for(daemon.wait(), 30)
         delivered = _delivered_ids(sim)
     at_sink = sink_ids(jsonl)
+    # a planned rollover: the next session was open before the old one ended
+    rollovers = sum(1 for old, new in zip(sim.sessions, sim.sessions[1:], strict=False)
+                    if old.ended_at is not None and new.sent_at
+                    and new.sent_at[0] < old.ended_at)
     return {"exchanges": exchanges, "faults": dict(faults), "recoveries": recoveries,
-            "sessions": len(sim.sessions), "rss": rss,
+            "sessions": len(sim.sessions), "rollovers": rollovers, "rss": rss,
             "lost": sorted(delivered - set(at_sink)),
             "duplicates": sorted(k for k, v in at_sink.items() if v > 1),
             "transcripts": len(delivered), "at_sink": len(at_sink),
@@ -169,16 +176,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=random.randrange(1 << 30))
+    ap.add_argument("--session-s", type=float, default=180.0)
     args = ap.parse_args()
-    print(f"soak: {args.minutes:g} min, seed {args.seed}", flush=True)
+    print(f"soak: {args.minutes:g} min, seed {args.seed}, sessions of {args.session_s:g} s",
+          flush=True)
     with tempfile.TemporaryDirectory(prefix="voiced-soak-") as d:
-        r = asyncio.run(soak(args.minutes, args.seed, Path(d)))
+        r = asyncio.run(soak(args.minutes, args.seed, Path(d), args.session_s))
     rss = [mb for _, mb in r["rss"]]
     quarter = max(1, len(rss) // 4)
     growth = (sum(rss[-quarter:]) / quarter) - (sum(rss[:quarter]) / quarter)
     print(f"exchanges completed      {r['exchanges']}")
     print(f"faults injected          {sum(r['faults'].values())} {r['faults']}")
-    print(f"sessions opened          {r['sessions']}")
+    print(f"sessions opened          {r['sessions']} "
+          f"({r['rollovers']} planned rollovers, make before break)")
     print(f"transcripts delivered    {r['transcripts']} by the simulator, "
           f"{r['at_sink']} at the sink")
     print(f"lost transcripts         {len(r['lost'])}")

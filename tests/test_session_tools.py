@@ -216,3 +216,13 @@ def test_client_vad_switching_the_mic_off_mid_turn_commits_it() -> None:
     c.on_press(1.0)
     assert [e for e in fx(c) if e in (COMMIT, CREATE, CLEAR)] == [COMMIT, CREATE]
     assert c.status()["mic"] == "off"
+
+
+def test_switching_client_vad_off_mid_turn_ends_the_turn() -> None:
+    from tests.test_session import policy
+
+    c = vad()
+    frames(c, "..ssss")
+    c.set_policy(policy(turn_type="server_vad"))
+    assert [e for e in fx(c) if e in (COMMIT, CREATE, CLEAR)] == [COMMIT, CREATE]
+    assert c.policy.client_vad is None

@@ -354,6 +354,13 @@ class Conversation:
 
     # ---------------------------------------------------------------- lifecycle inputs
 
+    def set_policy(self, policy: Policy) -> None:
+        """New settings (SIGHUP); session-level ones apply from the next session."""
+        if policy.client_vad is None and self._vad_talking:
+            self._vad_end_turn()  # client VAD switched off mid-turn: end the turn
+        self.policy = policy
+        self._update()
+
     def on_devices_ready(self) -> None:
         """The mic and speaker are open."""
         self._devices_ready = True

@@ -16,7 +16,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -57,8 +57,10 @@ from voiced.session import (
 from voiced.sinks import build_sink
 from voiced.tools import Toolbox
 from voiced.tools.builtin import builtin_tools, network_status, system_uptime_s
-from voiced.tools.http import http_tool
 from voiced.transcripts import iso_utc, make_record
+
+if TYPE_CHECKING:
+    from voiced.audio.vad import SpeechDetector
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +180,15 @@ class Supervisor:
         self.orb = Animator(None, settings.leds.patterns, fps=settings.leds.fps)
         tl = settings.tools
         self.volume = Volume(tl.volume_file or settings.transcripts.outbox_dir.parent / "volume")
-        self.toolbox = Toolbox(
-            builtin_tools(tl.builtin, self, timezone=tl.timezone, timeout_s=tl.timeout_s)
-            + [http_tool(spec) for spec in tl.http])
+        tools = builtin_tools(tl.builtin, self, timezone=tl.timezone, timeout_s=tl.timeout_s)
+        if tl.http:
+            from voiced.tools.http import http_tool  # aiohttp: 25 MB, only when needed
+
+            tools += [http_tool(spec) for spec in tl.http]
+        self.toolbox = Toolbox(tools)
         self._tool_tasks: dict[str, asyncio.Task[None]] = {}
         self.session = build_conversation(settings, self.toolbox.declarations())
-        self.vad = None
+        self.vad: SpeechDetector | None = None
         if self.session.policy.client_vad is not None:
             from voiced.audio.vad import SpeechDetector
 
@@ -335,7 +340,13 @@ class Supervisor:
         changed = config.diff(self.settings, new)
         live = [k for k in changed if k.startswith(_LIVE_KEYS)]
         restart = [k for k in changed if not k.startswith(_LIVE_KEYS)]
-        self.session.policy = build_policy(new, self.toolbox.declarations())
+        self.session.set_policy(build_policy(new, self.toolbox.declarations()))
+        self._apply(self.session.take_effects())
+        self.vad = None
+        if self.session.policy.client_vad is not None:
+            from voiced.audio.vad import SpeechDetector
+
+            self.vad = SpeechDetector(new.realtime.turn_detection.vad_aggressiveness)
         self.orb.set_patterns(new.leds.patterns)
         logging.getLogger().setLevel(new.log_level.upper())
         keep = {k: getattr(self.settings, k) for k in ("audio", "button", "control",
