@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import TIMEOUT
 from tests.test_supervisor import roles, running
 from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
@@ -33,8 +34,9 @@ async def test_a_conversation_lives_across_three_session_expiries(tmp_path: Path
             conversation = h.sup.status()["conversation_id"]
             h.sup._on_control("press")
             await h.wait(lambda: roles(h) == ["user", "assistant"])
+            # three expiries take about 17 s of real time: more than the usual bound
             await h.wait(lambda: len(sim.sessions) >= 4 and h.sup.session.connected
-                         and sim.sessions[2].ended_at is not None)
+                         and sim.sessions[2].ended_at is not None, within_s=3 * TIMEOUT)
             assert h.sup.status()["conversation_id"] == conversation
             # make before break: each next session was configured before the old closed,
             # and the device never showed "connecting" again

@@ -37,13 +37,13 @@ class Harness:
             self.records.append(data)
         self.changed.set()
 
-    async def wait(self, pred: Callable[[], bool]) -> None:
+    async def wait(self, pred: Callable[[], bool], within_s: float = TIMEOUT) -> None:
         async def loop() -> None:
             while not pred():
                 self.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), 0.05)
-        await asyncio.wait_for(loop(), TIMEOUT)
+        await asyncio.wait_for(loop(), within_s)
 
     @property
     def state(self) -> State:
