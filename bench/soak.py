@@ -4,7 +4,7 @@ Run: ``.venv/bin/python bench/soak.py [--minutes 30] [--seed N]``. The daemon (a
 subprocess, file audio backend) asks the shipped question again and again; between and
 during exchanges the simulator injects random faults: a connection dropped mid-reply, a
 network drop, malformed/binary/unknown frames, refusing connections for a while, and
-session expiry. Sessions also end by themselves every ``--session-s`` (default 180 s),
+session expiry. Sessions also end by themselves every ``--session-s`` (default 60 s),
 so the daemon's planned make-before-break rollovers run all the time. It prints
 exchanges completed, faults injected, recoveries, transcripts lost, and the daemon's RSS
 over time (which must stay flat).
@@ -176,7 +176,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=random.randrange(1 << 30))
-    ap.add_argument("--session-s", type=float, default=180.0)
+    ap.add_argument("--session-s", type=float, default=60.0)
     args = ap.parse_args()
     print(f"soak: {args.minutes:g} min, seed {args.seed}, sessions of {args.session_s:g} s",
           flush=True)

@@ -30,8 +30,11 @@ def sendable_types() -> set[str]:
 
 def all_sends() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
+    tool: wire.FunctionToolParam = {
+        "type": "function", "name": "get_time", "description": "the time",
+        "parameters": {"type": "object", "properties": {}}}
     for policy in ({}, {"turn_type": "none"}, {"turn_type": "semantic_vad"},
-                   {"send_model": False}, {"push_to_talk": True}):
+                   {"send_model": False}, {"push_to_talk": True}, {"tools": (tool,)}):
         out += sends_for(policy)
     return out
 
@@ -66,6 +69,12 @@ def sends_for(policy: dict[str, Any]) -> list[dict[str, Any]]:
         lambda: c.on_connection_down("server closed 1006"),
         lambda: c.on_connection_up(),
         lambda: c.on_server_event(wire.SessionCreated("s2", 2.0), 0),  # re-seeded
+        lambda: c.on_server_event(wire.SessionUpdated({}), 0),
+        lambda: c.on_server_event(wire.ResponseCreated("r2"), 0),
+        lambda: c.on_server_event(wire.FunctionCallDone("r2", "f1", "call_1", "get_time",
+                                                        "{}"), 0),
+        lambda: c.on_tool_result("call_1", '{"time": "12:00"}', 0),
+        lambda: c.on_server_event(wire.ResponseDone("r2", "completed", None, {}), 0),
     ]
     for step in steps:
         step()
@@ -84,10 +93,11 @@ def test_every_sendable_client_event_type_is_produced_and_valid_ga() -> None:
 
 def test_session_update_variants_are_ga() -> None:
     updates = [e for e in all_sends() if e["type"] == "session.update"]
-    assert len(updates) == 10  # five policies, each configuring two sessions
+    assert len(updates) == 12  # six policies, each configuring two sessions
     tds = [u["session"]["audio"]["input"]["turn_detection"] for u in updates]
     assert {td["type"] if td else None for td in tds} == {"server_vad", "semantic_vad", None}
     assert any("model" not in u["session"] for u in updates)  # behind a relay
+    assert any(u["session"].get("tools") for u in updates)
     for u in updates:
         assert "OpenAI-Beta" not in json.dumps(u)
         assert u["session"]["audio"]["output"]["format"] == {"type": "audio/pcm",
@@ -165,3 +175,23 @@ def test_error_event_fields() -> None:
         "param": "type", "event_id": "voiced_3"}))
     assert ev == wire.ServerError("invalid_request_error", "invalid_value", "bad", "type",
                                   "voiced_3")
+
+
+def test_function_calls_parse_from_both_events_that_report_them() -> None:
+    args = frame(type="response.function_call_arguments.done", response_id="r",
+                 item_id="i", output_index=0, call_id="c", name="get_time",
+                 arguments='{"tz": "Europe/Berlin"}')
+    item = frame(type="response.output_item.done", response_id="r", output_index=0,
+                 item={"id": "i", "type": "function_call", "call_id": "c",
+                       "name": "get_time", "arguments": '{"tz": "Europe/Berlin"}'})
+    expected = wire.FunctionCallDone("r", "i", "c", "get_time", '{"tz": "Europe/Berlin"}')
+    assert wire.parse_server_event(args) == expected
+    assert wire.parse_server_event(item) == expected
+    message = frame(type="response.output_item.done", response_id="r", output_index=0,
+                    item={"id": "i", "type": "message", "role": "assistant"})
+    assert isinstance(wire.parse_server_event(message), wire.Unhandled)
+    with pytest.raises(wire.MalformedEvent):
+        wire.parse_server_event(frame(type="response.function_call_arguments.done",
+                                      response_id="r", item_id="i", name="x", arguments=""))
+    assert wire.describe(wire.function_output_item("e", "c", "{}")) == (
+        "conversation.item.create (function_call_output)")
