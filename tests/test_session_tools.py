@@ -226,3 +226,18 @@ def test_switching_client_vad_off_mid_turn_ends_the_turn() -> None:
     c.set_policy(policy(turn_type="server_vad"))
     assert [e for e in fx(c) if e in (COMMIT, CREATE, CLEAR)] == [COMMIT, CREATE]
     assert c.policy.client_vad is None
+
+
+def test_client_vad_turn_spoken_while_disconnected_is_committed_on_reconnect() -> None:
+    c = vad()
+    c.on_connection_down("server closed 1006")
+    fx(c)
+    frames(c, "..ssssss" + "................")  # a whole utterance while away
+    assert c.counters.vad_turns == 0
+    c.on_connection_up()
+    c.take_effects()
+    server(c, wire.SessionCreated("s2", None))
+    effects = server(c, wire.SessionUpdated(session={}))
+    types = [e.event["type"] for e in effects if hasattr(e, "event")]  # type: ignore[union-attr]
+    assert types.count("input_audio_buffer.append") >= 8
+    assert types[-2:] == ["input_audio_buffer.commit", "response.create"]

@@ -667,8 +667,11 @@ class Conversation:
                     sum(len(f) for f in frames) * 500 // wire.SAMPLE_RATE)
         for pcm in frames:
             self._append(pcm)
-        if self.policy.turn_detection is None and not (self._mic_on or self._vad_talking):
-            self._end_manual_turn()  # push to talk was released while we were away
+        ended = (not self._mic_on if self.policy.client_vad is None
+                 else not self._vad_talking)
+        if self.policy.turn_detection is None and ended:
+            # push to talk was released, or the device VAD heard the turn end, while away
+            self._end_manual_turn()
 
     # ------------------------------------------------------------------- tool inputs
 
