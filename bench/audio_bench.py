@@ -148,6 +148,9 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
             time.sleep(seconds)
         c1, t1 = cpu_seconds(daemon.pid), time.monotonic()
         rss = peak_rss_mb(daemon.pid)
+        if os.environ.get("BENCH_SMAPS"):  # where the daemon's memory goes
+            Path(os.environ["BENCH_SMAPS"]).write_text(
+                Path(f"/proc/{daemon.pid}/smaps").read_text())
         status = json.loads(subprocess.run(
             [*voiced, "ctl", "-c", str(cfg), "status"], env=env, check=True,
             capture_output=True, text=True, timeout=20).stdout)

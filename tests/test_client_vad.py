@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.speech import question_24k, speech_with_pauses
 from tests.test_supervisor import roles, running
@@ -51,3 +52,24 @@ async def test_only_speech_is_sent_and_each_utterance_committed_once(tmp_path: P
             assert speech_s * 0.7 < sent_s < speech_s + 2 * (0.2 + 0.06 + 0.2 + 0.1)
             assert sent_s < total_s / 2
             assert h.sup.session.counters.vad_turns == 2
+
+
+def test_client_vad_config_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    from voiced import config
+    from voiced.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",  # a board where the wheel is missing
+                        lambda name, *a: None if name == "webrtcvad" else real(name, *a))
+    raw = {"realtime": {"url": "ws://127.0.0.1:1/v1/realtime", "turn_detection": {
+        "type": "client_vad", "tail_ms": 900, "silence_duration_ms": 500,
+        "vad_aggressiveness": 4}}}
+    with pytest.raises(ConfigError) as e:
+        config.parse(raw, environ={})
+    text = "\n".join(e.value.lines())
+    assert "realtime.turn_detection.tail_ms: 900 is longer than silence_duration_ms" in text
+    assert "realtime.turn_detection.vad_aggressiveness: 4 is out of range" in text
+    assert ("realtime.turn_detection.type: client_vad needs the webrtcvad module: "
+            "pip install 'voiced[vad]'") in text
