@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any, Final, Literal
 
 from voiced import wire
+from voiced.speech_gate import ClientVad, SpeechGate
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +77,6 @@ class Policy:
     """Functions the model may call (declared in session.update)."""
     client_vad: ClientVad | None = None
     """On-device turn detection: send only speech, commit and ask for replies ourselves."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientVad:
-    """How on-device turn detection gates and ends the user's turns (milliseconds)."""
-
-    pre_roll_ms: int = 300
-    """Audio kept from before speech was detected and sent with it (word onsets)."""
-    tail_ms: int = 300
-    """Silence still sent after the speech (word endings)."""
-    silence_ms: int = 700
-    """Silence that ends the turn: the buffer is committed and a reply asked for."""
-    min_speech_ms: int = 60
-    """Speech this long (consecutive) starts a turn; shorter clicks do not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,12 +288,7 @@ class Conversation:
         self._calls_seen: OrderedDict[str, None] = OrderedDict()  # dedupe by call_id
         self._end_pending = False  # end the conversation once the reply has been heard
         self._reply_wanted = False  # a committed turn waits for the active response to end
-        # client VAD
-        self._vad_talking = False
-        self._vad_preroll: deque[bytes] = deque()
-        self._vad_preroll_samples = 0
-        self._vad_voiced = 0  # consecutive speech samples (not talking yet)
-        self._vad_silence = 0  # consecutive silence samples (while talking)
+        self._gate = SpeechGate(policy.client_vad) if policy.client_vad else None
         self.counters = _Counters()
 
     # ------------------------------------------------------------------ public reads
@@ -358,6 +340,12 @@ class Conversation:
         """New settings (SIGHUP); session-level ones apply from the next session."""
         if policy.client_vad is None and self._vad_talking:
             self._vad_end_turn()  # client VAD switched off mid-turn: end the turn
+        if policy.client_vad is None:
+            self._gate = None
+        elif self._gate is None:
+            self._gate = SpeechGate(policy.client_vad)
+        else:
+            self._gate.vad = policy.client_vad  # a turn in progress carries on
         self.policy = policy
         self._update()
 
@@ -485,10 +473,14 @@ class Conversation:
 
     def _busy(self) -> bool:
         """Someone is talking, or a reply is on its way: not the moment to switch."""
-        return (self._speaking() or self._awaiting_reply or self._speech_active
+        return (self._speaking() or self._awaiting_reply or self._user_mid_turn()
                 or self._active_response is not None or bool(self._calls)
-                or self._vad_talking or self._end_pending
-                or (self.policy.turn_detection is None and self._uncommitted > 0))
+                or self._vad_talking or self._end_pending)
+
+    def _user_mid_turn(self) -> bool:
+        """The user is saying something the server has not committed yet."""
+        return self._speech_active or (self.policy.turn_detection is None
+                                       and self._uncommitted > 0)
 
     def _maybe_switch(self) -> None:
         if self._wall is None or self.expires_at is None:
@@ -513,8 +505,7 @@ class Conversation:
             self._close_response(self._active_response)  # forced: the reply is cut
         self._awaiting_reply = False
         # the old session never committed this audio: the new one hears it again
-        mid_turn = self._speech_active or (self.policy.turn_detection is None
-                                           and self._uncommitted > 0)
+        mid_turn = self._user_mid_turn()
         self._speech_active = False
         self._uncommitted = 0
         self._replay_backlog(None if mid_turn else _ONSET_SAMPLES)
@@ -574,8 +565,8 @@ class Conversation:
             # NOTE: half duplex keeps the assistant from hearing itself through the speaker
             self.counters.frames_muted += 1
             return
-        if self.policy.client_vad is not None:
-            self._vad_frame(pcm, speech, self.policy.client_vad)
+        if self._gate is not None:
+            self._vad_frame(pcm, speech, self._gate)
             self._update()
             return
         self._stream(pcm)
@@ -585,45 +576,28 @@ class Conversation:
         if self._configured:
             self._append(pcm)
 
-    def _vad_frame(self, pcm: bytes, speech: bool, vad: ClientVad) -> None:
-        """Client VAD: send speech with its pre-roll and tail; silence ends the turn."""
-        n = len(pcm) // wire.BYTES_PER_SAMPLE
-        ms = wire.SAMPLE_RATE // 1000
-        if not self._vad_talking:
-            self._vad_preroll.append(pcm)
-            self._vad_preroll_samples += n
-            self._vad_voiced = self._vad_voiced + n if speech else 0
-            keep = (vad.pre_roll_ms + vad.min_speech_ms) * ms
-            while (self._vad_preroll_samples
-                   - len(self._vad_preroll[0]) // wire.BYTES_PER_SAMPLE >= keep):
-                dropped = self._vad_preroll.popleft()
-                self._vad_preroll_samples -= len(dropped) // wire.BYTES_PER_SAMPLE
-                self.counters.vad_samples_held_back += len(dropped) // wire.BYTES_PER_SAMPLE
-            if self._vad_voiced < vad.min_speech_ms * ms:
-                return
+    @property
+    def _vad_talking(self) -> bool:
+        return self._gate is not None and self._gate.talking
+
+    def _vad_frame(self, pcm: bytes, speech: bool, gate: SpeechGate) -> None:
+        """Client VAD: send what the gate lets through; act on turns starting and ending."""
+        gated = gate.feed(pcm, speech)
+        self.counters.vad_samples_held_back += gated.held_back
+        if gated.started:
             logger.info("speech detected on the device")
-            self._vad_talking = True
-            self._vad_silence = 0
             if self._speaking():  # full duplex: the user talks over the reply
                 logger.info("barge-in: user speech while speaking")
                 self._interrupt(cancel=True)
             self._cancel_calls("the user spoke again")
-            for frame in self._vad_preroll:
-                self._stream(frame)
-            self._vad_preroll.clear()
-            self._vad_preroll_samples = 0
-            return
-        self._vad_silence = 0 if speech else self._vad_silence + n
-        if self._vad_silence <= vad.tail_ms * ms:
-            self._stream(pcm)
-        else:
-            self.counters.vad_samples_held_back += n
-        if self._vad_silence >= vad.silence_ms * ms:
+        for frame in gated.send:
+            self._stream(frame)
+        if gated.ended:
             self._vad_end_turn()
 
     def _vad_end_turn(self) -> None:
-        self._vad_talking = False
-        self._vad_voiced = self._vad_silence = 0
+        if self._gate is not None:
+            self._gate.end_turn()
         if self._configured:
             self.counters.vad_turns += 1
             self._end_manual_turn()
@@ -870,10 +844,8 @@ class Conversation:
         if on:
             self._emit(MicOpened())
             return
-        self._vad_talking = False
-        self._vad_voiced = self._vad_silence = 0
-        self._vad_preroll.clear()
-        self._vad_preroll_samples = 0
+        if self._gate is not None:
+            self._gate.reset()
         if not self._configured:
             return  # what was said is in the backlog, for the next session
         if self.policy.turn_detection is None:

@@ -188,11 +188,7 @@ class Supervisor:
         self.toolbox = Toolbox(tools)
         self._tool_tasks: dict[str, asyncio.Task[None]] = {}
         self.session = build_conversation(settings, self.toolbox.declarations())
-        self.vad: SpeechDetector | None = None
-        if self.session.policy.client_vad is not None:
-            from voiced.audio.vad import SpeechDetector
-
-            self.vad = SpeechDetector(settings.realtime.turn_detection.vad_aggressiveness)
+        self.vad = self._build_vad(settings)
         self._started = time.monotonic()
         self.control = ControlServer(settings.control.socket, self._on_control)
         tr = settings.transcripts
@@ -217,6 +213,19 @@ class Supervisor:
         self._audio_generation = 0  # bumped on every reopen; stale errors are ignored
         self._audio_faults: asyncio.Queue[str] = asyncio.Queue()
         self.device_faults = 0
+
+    def _build_vad(self, settings: Settings) -> SpeechDetector | None:
+        """The on-device VAD, when the core's policy asks for client_vad."""
+        if self.session.policy.client_vad is None:
+            return None
+        from voiced.audio.vad import SpeechDetector  # webrtcvad: only for client_vad
+
+        return SpeechDetector(settings.realtime.turn_detection.vad_aggressiveness)
+
+    def _url(self) -> str:
+        """Where the next connection goes (a relay also gets the conversation id)."""
+        rt = self.settings.realtime
+        return build_url(rt, self.session.conversation_id if rt.relay else None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -342,11 +351,7 @@ class Supervisor:
         restart = [k for k in changed if not k.startswith(_LIVE_KEYS)]
         self.session.set_policy(build_policy(new, self.toolbox.declarations()))
         self._apply(self.session.take_effects())
-        self.vad = None
-        if self.session.policy.client_vad is not None:
-            from voiced.audio.vad import SpeechDetector
-
-            self.vad = SpeechDetector(new.realtime.turn_detection.vad_aggressiveness)
+        self.vad = self._build_vad(new)
         self.orb.set_patterns(new.leds.patterns)
         logging.getLogger().setLevel(new.log_level.upper())
         keep = {k: getattr(self.settings, k) for k in ("audio", "button", "control",
@@ -471,7 +476,7 @@ class Supervisor:
         while True:
             rt = self.settings.realtime  # a SIGHUP may have changed it
             backoff.min_s, backoff.max_s = rt.reconnect_min_s, rt.reconnect_max_s
-            url = build_url(rt, self.session.conversation_id if rt.relay else None)
+            url = self._url()
             started = self._now()
             err: RealtimeError | None = None
             try:
@@ -594,9 +599,8 @@ class Supervisor:
     async def _open_standby(self) -> None:
         """Open the next session for a rollover; the core configures it and switches."""
         rt = self.settings.realtime
-        url = build_url(rt, self.session.conversation_id if rt.relay else None)
         try:
-            ws = await self._open(url)
+            ws = await self._open(self._url())
         except (RealtimeError, OSError) as e:
             reason = str(e if isinstance(e, RealtimeError) else classify(e))
             self.session.on_standby_down(reason, self._now())
