@@ -8,6 +8,7 @@ the user is heard to say), with ``SimOptions.tool_arguments``; after the outputs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.test_supervisor import roles, running
+from tests.test_supervisor import Harness, roles, running
 from voiced import config
 from voiced.errors import ConfigError
 from voiced.session import State
@@ -105,6 +106,19 @@ def tools_config(svc: Service, **builtin: bool) -> dict[str, Any]:
 ENV = {"VOICED_WEATHER_TOKEN": TOKEN}
 
 
+@contextlib.asynccontextmanager
+async def exchanged(tmp_path: Path, service: Service,
+                    opts: SimOptions) -> AsyncIterator[tuple[SimServer, Harness]]:
+    """The daemon with the tools of :func:`tools_config`, after one spoken exchange."""
+    async with SimServer(opts) as sim:
+        async with running(tmp_path, sim, speed=4, environ=ENV,
+                           tools=tools_config(service)) as h:
+            await h.wait(lambda: h.state == State.READY)
+            h.sup._on_control("press")
+            await h.wait(lambda: roles(h) == ["user", "assistant"])
+            yield sim, h
+
+
 def outputs(sim: SimServer) -> dict[str, Any]:
     """Tool name -> parsed function_call_output the daemon sent, over all sessions."""
     out: dict[str, Any] = {}
@@ -121,67 +135,51 @@ async def test_a_spoken_request_runs_a_builtin_and_an_http_tool(tmp_path: Path,
                                                                 service: Service) -> None:
     opts = SimOptions(pace=4, transcript="What is the get_time, and the weather in Zürich?",
                       tool_arguments={"weather": '{"city": "Zürich"}'})
-    async with SimServer(opts) as sim:
-        async with running(tmp_path, sim, speed=4, environ=ENV, tools=tools_config(service)) as h:
-            await h.wait(lambda: h.state == State.READY)
-            h.sup._on_control("press")
-            await h.wait(lambda: roles(h) == ["user", "assistant"])
-            got = outputs(sim)
-            assert got["weather"] == {"city": "Zürich", "temp_c": 21, "sky": "clear"}
-            assert set(got["get_time"]) == {"date", "time", "timezone", "iso"}
-            assert got["get_time"]["timezone"] == "Europe/Berlin"
-            # the URL template encoded the argument; the credential became the header
-            method, url, headers, _ = service.requests[0]
-            assert (method, url) == ("GET", "/weather/Z%C3%BCrich")
-            assert headers["Authorization"] == f"Bearer {TOKEN}"
-            reply = h.records[1]["text"]
-            assert "The get_time tool says" in reply and "The weather tool says" in reply
-            assert "running get_time, weather" in h.details
-            assert h.sup.status()["tool_calls"] == 2
-            # one response.create for both outputs
-            creates = [e for e in sim.sessions[0].received if e["type"] == "response.create"]
-            assert len(creates) == 1
+    async with exchanged(tmp_path, service, opts) as (sim, h):
+        got = outputs(sim)
+        assert got["weather"] == {"city": "Zürich", "temp_c": 21, "sky": "clear"}
+        assert set(got["get_time"]) == {"date", "time", "timezone", "iso"}
+        assert got["get_time"]["timezone"] == "Europe/Berlin"
+        # the URL template encoded the argument; the credential became the header
+        method, url, headers, _ = service.requests[0]
+        assert (method, url) == ("GET", "/weather/Z%C3%BCrich")
+        assert headers["Authorization"] == f"Bearer {TOKEN}"
+        reply = h.records[1]["text"]
+        assert "The get_time tool says" in reply and "The weather tool says" in reply
+        assert "running get_time, weather" in h.details
+        assert h.sup.status()["tool_calls"] == 2
+        # one response.create for both outputs
+        creates = [e for e in sim.sessions[0].received if e["type"] == "response.create"]
+        assert len(creates) == 1
 
 
 async def test_a_post_tool_sends_its_arguments_as_json(tmp_path: Path,
                                                        service: Service) -> None:
     opts = SimOptions(pace=4, transcript="lights on please", tool_arguments={
         "lights": '{"on": true}'})
-    async with SimServer(opts) as sim:
-        async with running(tmp_path, sim, speed=4, environ=ENV, tools=tools_config(service)) as h:
-            await h.wait(lambda: h.state == State.READY)
-            h.sup._on_control("press")
-            await h.wait(lambda: roles(h) == ["user", "assistant"])
-            assert outputs(sim)["lights"] == {"ok": True, "got": {"on": True}}
-            assert service.requests[0][0] == "POST"
+    async with exchanged(tmp_path, service, opts) as (sim, h):
+        assert outputs(sim)["lights"] == {"ok": True, "got": {"on": True}}
+        assert service.requests[0][0] == "POST"
 
 
 async def test_a_tool_that_times_out_is_an_error_the_model_speaks_about(
         tmp_path: Path, service: Service) -> None:
     opts = SimOptions(pace=4, transcript="do the slow_thing")
-    async with SimServer(opts) as sim:
-        async with running(tmp_path, sim, speed=4, environ=ENV, tools=tools_config(service)) as h:
-            await h.wait(lambda: h.state == State.READY)
-            h.sup._on_control("press")
-            await h.wait(lambda: roles(h) == ["user", "assistant"])
-            assert outputs(sim)["slow_thing"] == {
-                "error": "the slow_thing tool did not answer within 0.5 s"}
-            assert "did not answer" in h.records[1]["text"]
+    async with exchanged(tmp_path, service, opts) as (sim, h):
+        assert outputs(sim)["slow_thing"] == {
+            "error": "the slow_thing tool did not answer within 0.5 s"}
+        assert "did not answer" in h.records[1]["text"]
 
 
 async def test_invalid_arguments_never_reach_the_service(tmp_path: Path,
                                                          service: Service) -> None:
     opts = SimOptions(pace=4, transcript="weather please",
                       tool_arguments={"weather": '{"city": 5, "extra": 1}'})
-    async with SimServer(opts) as sim:
-        async with running(tmp_path, sim, speed=4, environ=ENV, tools=tools_config(service)) as h:
-            await h.wait(lambda: h.state == State.READY)
-            h.sup._on_control("press")
-            await h.wait(lambda: roles(h) == ["user", "assistant"])
-            error = outputs(sim)["weather"]["error"]
-            assert error.startswith("invalid arguments:"), error
-            assert service.requests == []
-            assert h.state != State.ERROR
+    async with exchanged(tmp_path, service, opts) as (sim, h):
+        error = outputs(sim)["weather"]["error"]
+        assert error.startswith("invalid arguments:"), error
+        assert service.requests == []
+        assert h.state != State.ERROR
 
 
 async def test_barge_in_during_a_tool_call_cancels_it(tmp_path: Path,
@@ -207,14 +205,12 @@ async def test_volume_tool_sets_and_persists_the_volume(tmp_path: Path,
                                                         service: Service) -> None:
     opts = SimOptions(pace=4, transcript="set_volume to half",
                       tool_arguments={"set_volume": '{"action": "set", "percent": 50}'})
+    async with exchanged(tmp_path, service, opts) as (sim, h):
+        assert outputs(sim)["set_volume"] == {"volume_percent": 50}
+    assert (tmp_path / "volume").read_text().strip() == "50"  # next to the outbox
     async with SimServer(opts) as sim:
-        async with running(tmp_path, sim, speed=4, environ=ENV, tools=tools_config(service)) as h:
-            await h.wait(lambda: h.state == State.READY)
-            h.sup._on_control("press")
-            await h.wait(lambda: roles(h) == ["user", "assistant"])
-            assert outputs(sim)["set_volume"] == {"volume_percent": 50}
-        assert (tmp_path / "volume").read_text().strip() == "50"  # next to the outbox
-        async with running(tmp_path, sim, speed=4, environ=ENV, tools=tools_config(service)) as h:
+        async with running(tmp_path, sim, speed=4, environ=ENV,
+                           tools=tools_config(service)) as h:
             assert h.sup.volume.percent == 50  # a restart keeps it
 
 
