@@ -504,6 +504,11 @@ def credential_env(name: str) -> str:
     return CREDENTIAL_ENV.get(name, f"VOICED_{name.upper()}")
 
 
+def _missing_credential(name: str) -> str:
+    """The error for a credential found in neither place, saying where to put it."""
+    return f"missing: put it in $CREDENTIALS_DIRECTORY/{name} or ${credential_env(name)}"
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -587,8 +592,7 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     if api_key is None and parts.hostname and not _is_loopback(parts.hostname):
         sec.problems.add(
             "credentials.openai_api_key",
-            f"missing: put it in $CREDENTIALS_DIRECTORY/openai_api_key or "
-            f"${CREDENTIAL_ENV['openai_api_key']} (needed for {parts.hostname})",
+            f"{_missing_credential('openai_api_key')} (needed for {parts.hostname})",
         )
     sec.finish()
     return RealtimeSettings(
@@ -819,10 +823,10 @@ def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> Trans
         need(supabase_url, "transcripts.supabase.url",
              "is required when transcripts.sink is supabase")
         need(supabase_key, "credentials.supabase_key",
-             "missing: put it in $CREDENTIALS_DIRECTORY/supabase_key or $VOICED_SUPABASE_KEY")
+             _missing_credential("supabase_key"))
     elif sink == "postgres":
         need(postgres_dsn, "credentials.postgres_dsn",
-             "missing: put it in $CREDENTIALS_DIRECTORY/postgres_dsn or $VOICED_POSTGRES_DSN")
+             _missing_credential("postgres_dsn"))
     s = TranscriptSettings(
         sink=sink, outbox_dir=outbox, jsonl_path=jsonl_path,  # type: ignore[arg-type]
         webhook_url=webhook_url, webhook_token=webhook_token, supabase_url=supabase_url,
@@ -931,8 +935,7 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
             if secret is None:
                 missing = True
                 hs.problems.add(f"credentials.{cred}", (
-                    f"missing: put it in $CREDENTIALS_DIRECTORY/{cred} or "
-                    f"${credential_env(cred)} (used by {hs.key(str(header))})"))
+                    f"{_missing_credential(cred)} (used by {hs.key(str(header))})"))
             else:
                 filled = filled.replace("{credential:" + cred + "}", secret.reveal())
         if not missing:
