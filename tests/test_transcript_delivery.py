@@ -363,7 +363,10 @@ async def test_a_reply_cut_off_by_a_crash_survives_as_its_draft(tmp_path: Path) 
     box.open()
     reply = record(5, "assistant", "It will be sunny.")
     box.put_draft(reply)  # the words arrived; the audio was still playing ...
+    assert box.pending == 0  # a draft is not a record waiting for delivery, even in flight
     await box.flush()
+    assert files(tmp_path / "ob" / "drafts") == [f"{reply['id']}.json"]
+    assert box.pending == 0
     await box.aclose()  # ... when the power went
     sink = ScriptedSink()
     box = Outbox(tmp_path / "ob", sink)

@@ -91,7 +91,8 @@ class Outbox:
         self.retry_max_s = retry_max_s
         self.rand = rand
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self._writes: set[asyncio.Future[None]] = set()
+        self._writes: set[asyncio.Future[None]] = set()  # records on their way to disk
+        self._draft_writes: set[asyncio.Future[None]] = set()  # drafts: not pending delivery
         self._unsaved: list[dict[str, Any]] = []  # records the disk refused (ENOSPC)
         self._wake = asyncio.Event()
         self.idle = asyncio.Event()
@@ -180,8 +181,8 @@ class Outbox:
         """Keep an assistant record durably until its final version is :meth:`put`."""
         loop = asyncio.get_running_loop()
         fut = asyncio.wrap_future(self._io.submit(self._write_draft, record), loop=loop)
-        self._writes.add(fut)
-        fut.add_done_callback(self._written)
+        self._draft_writes.add(fut)
+        fut.add_done_callback(self._draft_writes.discard)
 
     def _write_draft(self, record: dict[str, Any]) -> None:
         drafts = self.dir / "drafts"
@@ -248,8 +249,8 @@ class Outbox:
 
     async def flush(self) -> None:
         """Wait until every record handed to :meth:`put` is on disk (or kept in memory)."""
-        if self._writes:
-            await asyncio.gather(*list(self._writes), return_exceptions=True)
+        if self._writes or self._draft_writes:
+            await asyncio.gather(*self._writes, *self._draft_writes, return_exceptions=True)
 
     # ------------------------------------------------------------------ delivery
 
