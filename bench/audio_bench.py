@@ -42,6 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.pulse import Pulse  # noqa: E402
 from voiced.audio.convert import QUALITY, ToWire  # noqa: E402
+from voiced.config import AudioSettings  # noqa: E402
+from voiced.wire import SAMPLE_RATE  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -51,11 +53,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (voiced names its threads; libpulse's are threaded-ml)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if task.name == str(pid):
+            name = "event loop"
+        elif name.startswith("python"):
+            name = "other"
+        fields = stat.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def private_mb(pid: int) -> float:
+    """Memory only this process holds (private pages), what it really costs the device:
+    RSS also counts shared library pages, which the kernel can drop and reload."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total / 1024
 
 
 # ----------------------------------------------------------------- 1. the daemon
@@ -72,7 +102,8 @@ streams = [  # kept referenced: a collected stream's callback would crash
     pa.open(format=pyaudio.paInt16, channels=1, rate=48000, input=True,
             frames_per_buffer=960, input_device_index=dev, stream_callback=mic),
     pa.open(format=pyaudio.paInt16, channels=1, rate=24000, output=True,
-            frames_per_buffer=240, output_device_index=dev, stream_callback=speaker)]
+            frames_per_buffer=int(sys.argv[2]), output_device_index=dev,
+            stream_callback=speaker)]
 time.sleep(2)
 t0 = os.times()
 time.sleep(float(sys.argv[1]))
@@ -87,7 +118,8 @@ pa.terminate()
 
 def bench_idle_streams(pulse: Pulse, seconds: float) -> float:
     """The baseline: CPU of a process that only keeps the same two PortAudio streams open."""
-    p = subprocess.run([sys.executable, "-c", IDLE_STREAMS, str(seconds)],
+    period = SAMPLE_RATE * AudioSettings().period_ms // 1000  # the daemon's speaker period
+    p = subprocess.run([sys.executable, "-c", IDLE_STREAMS, str(seconds), str(period)],
                        env=pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24"),
                        capture_output=True, text=True, timeout=seconds + 60, check=True)
     return float(p.stdout.strip().splitlines()[-1])
@@ -139,15 +171,16 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
         procs.append(subprocess.Popen(
             ["sh", "-c", f"while :; do paplay --device=mic48 {feed}; done"], env=env))
         time.sleep(2.0)
-        c0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        c0, t0, th0 = cpu_seconds(daemon.pid), time.monotonic(), thread_cpu(daemon.pid)
         if os.environ.get("BENCH_PROFILE"):  # where the daemon's CPU goes (py-spy)
             subprocess.run(["py-spy", "record", "-p", str(daemon.pid), "-d", str(int(seconds)),
                             "-f", "raw", "-o", os.environ["BENCH_PROFILE"], "--threads",
                             "--native"], check=False, timeout=seconds + 30)
         else:
             time.sleep(seconds)
-        c1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+        c1, t1, th1 = cpu_seconds(daemon.pid), time.monotonic(), thread_cpu(daemon.pid)
         rss = peak_rss_mb(daemon.pid)
+        private = private_mb(daemon.pid)
         if os.environ.get("BENCH_SMAPS"):  # where the daemon's memory goes
             Path(os.environ["BENCH_SMAPS"]).write_text(
                 Path(f"/proc/{daemon.pid}/smaps").read_text())
@@ -167,10 +200,57 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
          "os, re; s=open(f'/proc/{os.getpid()}/status').read(); "
          "print(int(re.search(r'VmHWM:\\s+(\\d+)', s).group(1)) / 1024)"],
         env=env, check=True, capture_output=True, text=True, timeout=60)
-    return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "rss_mb": rss,
+    threads = {k: 100 * (v - th0.get(k, 0.0)) / (t1 - t0) for k, v in th1.items()}
+    return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "rss_mb": rss, "threads": threads,
+            "private_mb": private,
             "bare_rss_mb": float(bare.stdout), "seconds": t1 - t0,
             "audio_sent_s": status["audio_sent_ms"] / 1000, "records": len(records),
             "underruns": status.get("playback_underruns")}
+
+
+PORTAUDIO_RSS = """
+import os, re, sys, pyaudio
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+before = rss()
+pa = pyaudio.PyAudio()  # enumerates, and so loads, every ALSA PCM plugin configured
+dev = next(i for i in range(pa.get_device_count())
+           if pa.get_device_info_by_index(i)["name"] == "pulse")
+st = pa.open(format=pyaudio.paInt16, channels=1, rate=24000, output=True,
+             output_device_index=dev)
+print(rss() - before)
+st.close()
+pa.terminate()
+"""
+
+
+def pulse_only_alsa_config(tmp: Path) -> Path:
+    """alsa.conf that loads only the pulse plugin's files, as on a device without the
+    libasound2-plugins package (a52, jack, oss, speex, upmix... not configured)."""
+    confd = tmp / "alsa-conf.d"
+    confd.mkdir()
+    for name in ("50-pulseaudio.conf", "99-pulse.conf"):
+        src = Path("/etc/alsa/conf.d") / name
+        if src.exists():
+            (confd / name).symlink_to(src.resolve())
+    text = Path("/usr/share/alsa/alsa.conf").read_text()
+    for d in ('"/var/lib/alsa/conf.d"', '"/usr/etc/alsa/conf.d"', '"/etc/alsa/conf.d"'):
+        text = text.replace(d, f'"{confd}"' if d == '"/etc/alsa/conf.d"' else "")
+    out = tmp / "alsa.conf"
+    out.write_text(text)
+    return out
+
+
+def bench_portaudio_rss(pulse: Pulse, tmp: Path) -> dict[str, float]:
+    """RSS PortAudio adds (init + one stream), with this machine's ALSA plugins and with
+    only the pulse plugin."""
+    out = {}
+    for name, extra in (("machine", {}),
+                        ("pulse only", {"ALSA_CONFIG_PATH": str(pulse_only_alsa_config(tmp))})):
+        p = subprocess.run([sys.executable, "-c", PORTAUDIO_RSS], env=pulse.env(**extra),
+                           capture_output=True, text=True, timeout=60, check=True)
+        out[name] = float(p.stdout.strip().splitlines()[-1])
+    return out
 
 
 # ----------------------------------------------------------- 2. capture conversion
@@ -325,6 +405,7 @@ def main() -> None:
             pa = bench_portaudio(pulse)
             daemon = bench_daemon(pulse, tmp, args.seconds)
             idle = bench_idle_streams(pulse, min(args.seconds, 30.0))
+            pa_rss = bench_portaudio_rss(pulse, tmp)
         finally:
             pulse.stop()
     soxr_c, naive = conv["soxr stream"], conv["naive"]
@@ -334,10 +415,17 @@ def main() -> None:
         ("daemon CPU, full duplex (% of one core)", f"{daemon['cpu_pct']:.1f} %",
          f"over {daemon['seconds']:.0f} s, {daemon['audio_sent_s']:.0f} s of mic audio sent, "
          f"{daemon['records']} transcripts"),
-        ("  of which PortAudio + PulseAudio plugin", f"{idle:.1f} %",
+        ("  by thread", ", ".join(f"{k} {v:.2f} %" for k, v in sorted(
+            daemon["threads"].items(), key=lambda kv: -kv[1]) if v >= 0.005), ""),
+        ("  baseline: PortAudio + PulseAudio plugin", f"{idle:.1f} %",
          "a process holding the same two streams open with empty callbacks"),
         ("daemon peak RSS", f"{daemon['rss_mb']:.1f} MB",
          f"bare interpreter importing voiced: {daemon['bare_rss_mb']:.1f} MB"),
+        ("  of which private to the daemon", f"{daemon['private_mb']:.1f} MB",
+         "at the end of the run; the rest are shared library pages"),
+        ("  PortAudio init + a stream", f"{pa_rss['machine']:.1f} MB",
+         f"with this machine's ALSA plugins; {pa_rss['pulse only']:.1f} MB with only "
+         "the pulse plugin configured"),
         ("capture conversion CPU (48k stereo to 24k)",
          f"{soxr_c['cpu_us_per_s']:.0f} us per s of audio",
          f"naive per-chunk linear: {naive['cpu_us_per_s']:.0f} us "

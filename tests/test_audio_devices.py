@@ -21,13 +21,13 @@ from tests.test_e2e import ctl, wait_for_status
 from voiced.sim.server import SimOptions, SimServer
 
 BARGE_IN = """
-import asyncio, json
+import asyncio, json, os, sys
 import numpy as np
 from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
 from voiced.config import AudioEndpointSettings
 async def main():
     mic = PyAudioSource(AudioEndpointSettings(device="pulse"))  # the sink's monitor
-    speaker = PyAudioSink(AudioEndpointSettings(device="pulse"), period_ms=10,
+    speaker = PyAudioSink(AudioEndpointSettings(device="pulse"), period_ms=int(sys.argv[1]),
                           jitter_ms=80)
     await mic.start()
     await speaker.start()
@@ -44,36 +44,42 @@ async def main():
     played = speaker.stop()  # the barge-in
     await asyncio.sleep(0.6)
     task.cancel()
+    threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip()
+                     for t in os.listdir("/proc/self/task"))
     a = np.frombuffer(bytes(heard), "<i2")
     nz = np.nonzero(a)[0]
     print(json.dumps({"reported": played.get("item_1", 0),
                       "heard": int(nz[-1] - nz[0] + 1) if len(nz) else 0,
-                      "rate": speaker.rate, "latency_s": speaker._latency_frames / speaker.rate}))
+                      "rate": speaker.rate, "threads": threads}))
     await mic.aclose()
     await speaker.aclose()
 asyncio.run(main())
 """
 
 
-def test_barge_in_silences_the_speaker_where_stop_says(tmp_path: Path) -> None:
+@pytest.mark.parametrize("period_ms", [10, 20])
+def test_barge_in_silences_the_speaker_where_stop_says(tmp_path: Path, period_ms: int) -> None:
     """The played position stop() reports is what reached the device, to the period.
 
     The tone cannot be called back once handed to PortAudio, so silence comes one output
     latency after the stop; nothing beyond what stop() reported may be heard, and the
-    reported position must not over-state what was heard either.
+    reported position must not over-state what was heard either. Both the default
+    speaker period (20 ms) and the faster-stopping 10 ms.
     """
     with running_pulse(tmp_path) as pulse:
-        p = subprocess.run([sys.executable, "-c", textwrap.dedent(BARGE_IN)],
+        p = subprocess.run([sys.executable, "-c", textwrap.dedent(BARGE_IN), str(period_ms)],
                            env=pulse.env(), capture_output=True, text=True, timeout=60,
                            check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["rate"] == 24000
-    period = 24000 * 10 // 1000
+    period = 24000 * period_ms // 1000
     # about a second of tone played before the stop (minus the 80 ms jitter buffer)
     assert 0.5 * 24000 < got["reported"] < 1.2 * 24000, got
     assert got["heard"] <= got["reported"] + period, got  # silent after what was handed
     assert got["reported"] - got["heard"] <= period, got  # and truncation does not lie
+    # PortAudio's callback threads carry names top -H shows
+    assert {"voiced-mic", "voiced-speaker"} <= set(got["threads"]), got["threads"]
 
 
 @pytest.mark.timeout(120)
@@ -117,3 +123,51 @@ async def _unplug_and_replug(cfg: Path, pulse: Pulse) -> None:
     st = await wait_for_status(cfg, lambda s: s["state"] == "listening", seen)
     sent = st["audio_sent_ms"]
     await wait_for_status(cfg, lambda s: s["audio_sent_ms"] > sent + 300, seen)
+
+
+MIC_GONE = """
+import asyncio, json, sys, time
+from voiced.audio.pyaudio_backend import PyAudioSource
+from voiced.config import AudioEndpointSettings
+from voiced.errors import AudioDeviceError
+async def main():
+    mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
+    await mic.start()
+    for _ in range(10):
+        await mic.read()
+    print("unplug", flush=True)
+    sys.stdin.readline()  # the parent has removed the device
+    t0 = time.monotonic()
+    try:
+        while True:
+            await mic.read()  # what was queued, then nothing more
+    except AudioDeviceError as e:
+        gone = {"error": str(e), "after_s": time.monotonic() - t0}
+    await mic.aclose()
+    try:
+        await mic.read()
+    except AudioDeviceError as e:
+        gone["closed"] = str(e)
+    print(json.dumps(gone))
+asyncio.run(main())
+"""
+
+
+def test_a_mic_that_stops_delivering_is_reported_by_read(tmp_path: Path) -> None:
+    """read() raises within about 2 s of the last callback, naming the device."""
+    with running_pulse(tmp_path) as pulse:
+        p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(MIC_GONE)],
+                             env=pulse.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout is not None and p.stdin is not None
+            assert p.stdout.readline().strip() == "unplug"
+            pulse.unplug()
+            out, err = p.communicate("go\n", timeout=TIMEOUT)
+        finally:
+            p.kill()
+    assert p.returncode == 0, err[-3000:]
+    got = json.loads(out.strip().splitlines()[-1])
+    assert "pulse" in got["error"] and "delivers no audio" in got["error"], got
+    assert 1.0 <= got["after_s"] <= 4.0, got
+    assert got["closed"] == "microphone is closed", got

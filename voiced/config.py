@@ -192,7 +192,7 @@ class AudioSettings:
     after the press), or as soon as the daemon starts."""
     jitter_ms: int = 80
     """pyaudio: reply audio buffered before playback starts (absorbs network jitter)."""
-    period_ms: int = 10
+    period_ms: int = 20
     """pyaudio: speaker buffer size; an interruption silences the speaker within one."""
     reopen_s: float = 3.0
     """How often a failed (e.g. unplugged) mic or speaker is tried again."""

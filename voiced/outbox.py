@@ -29,6 +29,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from voiced.threads import name_this_thread
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,7 +92,9 @@ class Outbox:
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
         self.rand = rand
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox",
+                                      initializer=name_this_thread,
+                                      initargs=("voiced-outbox",))
         self._writes: set[asyncio.Future[None]] = set()  # records on their way to disk
         self._draft_writes: set[asyncio.Future[None]] = set()  # drafts: not pending delivery
         self._unsaved: list[dict[str, Any]] = []  # records the disk refused (ENOSPC)

@@ -21,6 +21,7 @@ from typing import Any, Final
 from voiced.audio.convert import Framer, FromWire, ToWire, frame_bytes
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
+from voiced.threads import name_this_thread
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class PyAudioSource:
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._frames: deque[bytes] = deque(maxlen=_QUEUE_FRAMES)
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._last_callback = 0.0
         self._last_drop_warning = -_WARN_EVERY_S
         self.device: DeviceInfo | None = None
@@ -203,12 +204,15 @@ class PyAudioSource:
         framer = Framer(frame_bytes(self.frame_ms))
         pyaudio = _pyaudio()
         overflow_flag = pyaudio.paInputOverflow
+        named: list[None] = []
         loop = self._loop
         assert loop is not None
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[None, int]:
             # NOTE: runs on PortAudio's thread; the only crossing is call_soon_threadsafe
+            if not named:
+                named.append(name_this_thread("voiced-mic"))
             if status & overflow_flag:
                 self.overflows += 1
             if in_data:
@@ -240,7 +244,7 @@ class PyAudioSource:
                     logger.warning("microphone frames dropped (%d so far): the event loop "
                                    "is falling behind", self.dropped_frames)
             self._frames.append(f)
-        self._ready.set()
+        self._wake()
 
     def mic_opened(self) -> None:
         """Nothing to do: a real mic is always capturing."""
@@ -251,17 +255,29 @@ class PyAudioSource:
         Raises:
             AudioDeviceError: no audio arrived for 2 s (the mic was unplugged or failed).
         """
+        # A bare future and one timer per wait: asyncio.wait_for would start a task for
+        # every 20 ms frame, several extra event-loop turns each (bench/audio_bench.py).
         while not self._frames:
             if self._stream is None:
                 raise AudioDeviceError("microphone is closed")
-            self._ready.clear()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(_MIC_SILENCE_S, self._wake, waiter)
             try:
-                await asyncio.wait_for(self._ready.wait(), _MIC_SILENCE_S)
-            except TimeoutError:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._frames and time.monotonic() - self._last_callback >= _MIC_SILENCE_S:
                 name = self.device.name if self.device else "?"
                 raise AudioDeviceError(f"microphone \"{name}\" delivers no audio "
-                                       "(unplugged or failed)") from None
+                                       "(unplugged or failed)")
         return self._frames.popleft()
+
+    def _wake(self, waiter: asyncio.Future[None] | None = None) -> None:
+        waiter = waiter or self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def aclose(self) -> None:
         """Stop and close the stream and PortAudio."""
@@ -272,7 +288,7 @@ class PyAudioSource:
         self._stream = self._pa = None
         self._frames.clear()
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._ready.set)  # a waiting read() sees it
+            self._loop.call_soon_threadsafe(self._wake)  # a waiting read() sees it
 
 
 class PyAudioSink:
@@ -284,7 +300,7 @@ class PyAudioSink:
         jitter_ms: audio buffered before a reply starts to play (absorbs network jitter).
     """
 
-    def __init__(self, settings: AudioEndpointSettings, *, period_ms: int = 10,
+    def __init__(self, settings: AudioEndpointSettings, *, period_ms: int = 20,
                  jitter_ms: int = 80) -> None:
         self.settings = settings
         self.period_ms = period_ms
@@ -340,10 +356,13 @@ class PyAudioSink:
         assert loop is not None
         period = self.rate * self.period_ms // 1000
         frame_b = BYTES_PER_SAMPLE * channels
+        named: list[None] = []
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[bytes, int]:
             # NOTE: PortAudio's thread. Pull from the jitter buffer, pad with silence.
+            if not named:
+                named.append(name_this_thread("voiced-speaker"))
             want = frame_count * frame_b
             out = bytearray()
             drained = False
