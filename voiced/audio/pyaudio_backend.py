@@ -204,15 +204,16 @@ class PyAudioSource:
         framer = Framer(frame_bytes(self.frame_ms))
         pyaudio = _pyaudio()
         overflow_flag = pyaudio.paInputOverflow
-        named: list[None] = []
+        named: list[bool] = []
         loop = self._loop
         assert loop is not None
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[None, int]:
             # NOTE: runs on PortAudio's thread; the only crossing is call_soon_threadsafe
-            if not named:
-                named.append(name_this_thread("voiced-mic"))
+            if not named:  # the first call: PortAudio's thread is new
+                name_this_thread("voiced-mic")
+                named.append(True)
             if status & overflow_flag:
                 self.overflows += 1
             if in_data:
@@ -356,13 +357,14 @@ class PyAudioSink:
         assert loop is not None
         period = self.rate * self.period_ms // 1000
         frame_b = BYTES_PER_SAMPLE * channels
-        named: list[None] = []
+        named: list[bool] = []
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[bytes, int]:
             # NOTE: PortAudio's thread. Pull from the jitter buffer, pad with silence.
-            if not named:
-                named.append(name_this_thread("voiced-speaker"))
+            if not named:  # the first call: PortAudio's thread is new
+                name_this_thread("voiced-speaker")
+                named.append(True)
             want = frame_count * frame_b
             out = bytearray()
             drained = False
