@@ -78,14 +78,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def private_mb(pid: int) -> float:
-    """Memory only this process holds (private pages), what it really costs the device:
-    RSS also counts shared library pages, which the kernel can drop and reload."""
-    total = 0
+def anon_mb(pid: int) -> float:
+    """Anonymous memory (heap, stacks, buffers): what the daemon really costs the device.
+    RSS also counts library pages read from disk, which the kernel can drop and reload."""
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith(("Private_Clean:", "Private_Dirty:")):
-            total += int(line.split()[1])
-    return total / 1024
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # ----------------------------------------------------------------- 1. the daemon
@@ -180,7 +179,7 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
             time.sleep(seconds)
         c1, t1, th1 = cpu_seconds(daemon.pid), time.monotonic(), thread_cpu(daemon.pid)
         rss = peak_rss_mb(daemon.pid)
-        private = private_mb(daemon.pid)
+        anon = anon_mb(daemon.pid)
         if os.environ.get("BENCH_SMAPS"):  # where the daemon's memory goes
             Path(os.environ["BENCH_SMAPS"]).write_text(
                 Path(f"/proc/{daemon.pid}/smaps").read_text())
@@ -202,7 +201,7 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
         env=env, check=True, capture_output=True, text=True, timeout=60)
     threads = {k: 100 * (v - th0.get(k, 0.0)) / (t1 - t0) for k, v in th1.items()}
     return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "rss_mb": rss, "threads": threads,
-            "private_mb": private,
+            "anon_mb": anon,
             "bare_rss_mb": float(bare.stdout), "seconds": t1 - t0,
             "audio_sent_s": status["audio_sent_ms"] / 1000, "records": len(records),
             "underruns": status.get("playback_underruns")}
@@ -421,8 +420,8 @@ def main() -> None:
          "a process holding the same two streams open with empty callbacks"),
         ("daemon peak RSS", f"{daemon['rss_mb']:.1f} MB",
          f"bare interpreter importing voiced: {daemon['bare_rss_mb']:.1f} MB"),
-        ("  of which private to the daemon", f"{daemon['private_mb']:.1f} MB",
-         "at the end of the run; the rest are shared library pages"),
+        ("  of which anonymous (heap, buffers)", f"{daemon['anon_mb']:.1f} MB",
+         "at the end of the run; the rest are library pages the kernel can drop"),
         ("  PortAudio init + a stream", f"{pa_rss['machine']:.1f} MB",
          f"with this machine's ALSA plugins; {pa_rss['pulse only']:.1f} MB with only "
          "the pulse plugin configured"),
