@@ -23,6 +23,7 @@ from voiced.errors import ConfigError
 from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
 from voiced.tools import Tool, Toolbox, ToolError
+from voiced.tools.builtin import builtin_tools
 from voiced.tools.http import http_tool
 
 TOKEN = "s3cret-token"
@@ -241,6 +242,28 @@ async def test_builtins_can_be_switched_off(tmp_path: Path, service: Service) ->
 
 
 # ------------------------------------------------------------------ the toolbox alone
+
+
+class _Device:
+    def volume_percent(self) -> int:
+        return 50
+
+    def mute_mic(self) -> None: ...
+
+    def end_conversation(self) -> None: ...
+
+    def set_volume(self, percent: int) -> int:
+        return percent
+
+    def device_status(self) -> dict[str, Any]:
+        return {}
+
+
+def test_config_reserves_exactly_the_builtin_tool_names() -> None:
+    """config.py keeps its own copy of the names (it must not import the tools package);
+    an HTTP tool may take none of them, and a renamed built-in must be renamed there."""
+    tools = builtin_tools(config.BUILTIN_TOOLS, _Device(), timezone=None, timeout_s=1)
+    assert {t.name for t in tools} == config.BUILTIN_TOOL_NAMES
 
 
 async def test_the_toolbox_turns_every_failure_into_an_error_output() -> None:

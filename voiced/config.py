@@ -32,6 +32,11 @@ VOICES: Final = (
 TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad", "client_vad", "none")
 HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE")
 BUILTIN_TOOLS: Final = ("time", "volume", "microphone", "status")
+# the functions those groups give the model (voiced/tools/builtin.py defines them; config
+# does not import it, to keep fastjsonschema out of check-config): an HTTP tool may not
+# take one of these names. tests/test_tools.py checks the two agree.
+BUILTIN_TOOL_NAMES: Final = frozenset({"get_time", "set_volume", "mute_microphone",
+                                       "end_conversation", "device_status"})
 TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CREDENTIAL_RE: Final = re.compile(r"\{credential:([a-z0-9_]+)\}")
 EAGERNESS: Final = ("low", "medium", "high", "auto")
@@ -868,8 +873,7 @@ def _tools(sec: _Section, base: Path, environ: Mapping[str, str]) -> ToolSetting
         if not isinstance(raw, list):
             sec.bad("http", f"expected a list of tools, got {_kind(raw)}")
         else:
-            names = set(enabled) | {"get_time", "set_volume", "mute_microphone",
-                                    "end_conversation", "device_status"}
+            names = set(enabled) | BUILTIN_TOOL_NAMES
             for i, entry in enumerate(raw):
                 tool = _http_tool(_Section(entry, sec.key(f"http[{i}]"), sec.problems),
                                   environ, names)
