@@ -261,7 +261,8 @@ class PyAudioSource:
         while not self._frames:
             if self._stream is None:
                 raise AudioDeviceError("microphone is closed")
-            loop = asyncio.get_running_loop()
+            loop = self._loop
+            assert loop is not None  # start() ran, or _stream would be None
             waiter = self._waiter = loop.create_future()
             timer = loop.call_later(_MIC_SILENCE_S, self._wake, waiter)
             try:
