@@ -264,7 +264,7 @@ def naive_to_wire(chunk: np.ndarray, rate: int) -> np.ndarray:
 
 
 def bench_conversion(seconds: float = 60.0) -> dict[str, Any]:
-    rate, chunk = 48000, 480  # 10 ms periods, as the PyAudio source opens them
+    rate, chunk = 48000, 960  # 20 ms callbacks, as the PyAudio source opens them (frame_ms)
     t = np.arange(int(rate * seconds)) / rate
     mono = (0.5 * np.sin(2 * np.pi * (200 + 40 * t) * t) * 32767).astype("<i2")
     stereo = np.repeat(mono, 2)

@@ -18,6 +18,9 @@ import pytest
 from tests.conftest import TIMEOUT, voiced_cmd, write_config
 from tests.pulse import Pulse, running_pulse
 from tests.test_e2e import ctl, wait_for_status
+from voiced.audio.pyaudio_backend import PyAudioSource
+from voiced.config import AudioEndpointSettings
+from voiced.errors import AudioDeviceError
 from voiced.sim.server import SimOptions, SimServer
 
 BARGE_IN = """
@@ -171,3 +174,25 @@ def test_a_mic_that_stops_delivering_is_reported_by_read(tmp_path: Path) -> None
     assert "pulse" in got["error"] and "delivers no audio" in got["error"], got
     assert 1.0 <= got["after_s"] <= 4.0, got
     assert got["closed"] == "microphone is closed", got
+
+
+class _ClosedStream:
+    """Stands in for the PortAudio stream at the moment it is closed (no device needed:
+    the race is between the loop and the thread that closes)."""
+
+    def stop_stream(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def test_a_hand_over_still_queued_at_close_does_not_leak_into_the_next_stream() -> None:
+    """The last callback's frames can reach the loop after the stream was closed; they
+    belong to the old device and must not come out of read() (found in review)."""
+    mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
+    mic._loop = asyncio.get_running_loop()
+    mic._stream, mic._generation = _ClosedStream(), 1
+    mic._loop.call_soon(mic._deliver, [b"\x01\x00" * 480], 1)  # queued by the callback
+    mic._close()  # on the worker thread, before the loop ran the hand-over
+    await asyncio.sleep(0)  # now it runs
+    with pytest.raises(AudioDeviceError, match="microphone is closed"):
+        await mic.read()

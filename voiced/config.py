@@ -198,7 +198,8 @@ class AudioSettings:
     jitter_ms: int = 80
     """pyaudio: reply audio buffered before playback starts (absorbs network jitter)."""
     period_ms: int = 20
-    """pyaudio: speaker buffer size; an interruption silences the speaker within one."""
+    """pyaudio: speaker buffer size; a stop hands silence from the next period on (what
+    the device has buffered, about two periods, still plays)."""
     reopen_s: float = 3.0
     """How often a failed (e.g. unplugged) mic or speaker is tried again."""
 
@@ -873,7 +874,7 @@ def _tools(sec: _Section, base: Path, environ: Mapping[str, str]) -> ToolSetting
         if not isinstance(raw, list):
             sec.bad("http", f"expected a list of tools, got {_kind(raw)}")
         else:
-            names = set(enabled) | BUILTIN_TOOL_NAMES
+            names = set(BUILTIN_TOOL_NAMES)
             for i, entry in enumerate(raw):
                 tool = _http_tool(_Section(entry, sec.key(f"http[{i}]"), sec.problems),
                                   environ, names)

@@ -1,4 +1,4 @@
-"""OS-level thread names, so ``top -H -p $(pidof ...)`` shows which part of voiced is busy."""
+"""OS-level thread names, so ``top -H -p <pid>`` shows which part of voiced is busy."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 Each device crosses into the event loop in exactly one place: the PortAudio callback
 thread converts what it got and hands it over with ``loop.call_soon_threadsafe``. The
 speaker's callback pulls from a jitter buffer, so playback never blocks the loop, and it
-counts what each item has really handed to the device, minus what is still in the
-device's latency pipeline, as the *played* position.
+counts what each item has handed to the device as the *played* position: once handed,
+audio cannot be called back and does reach the speaker (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -168,6 +168,9 @@ class PyAudioSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._frames: deque[bytes] = deque(maxlen=_QUEUE_FRAMES)
         self._waiter: asyncio.Future[None] | None = None
+        # one per open stream: a callback's hand-over still queued on the loop when the
+        # stream was closed must not leak old audio into the next one
+        self._generation = 0
         self._last_callback = 0.0
         self._last_drop_warning = -_WARN_EVERY_S
         self.device: DeviceInfo | None = None
@@ -181,6 +184,8 @@ class PyAudioSource:
         await asyncio.to_thread(self._open)
 
     def _open(self) -> None:
+        self._generation += 1
+        generation = self._generation
         pa = self._pa = self._pa or open_portaudio()
         dev = self.device = select_device(pa, self.settings.device, is_input=True,
                                           key="audio.input.device")
@@ -219,7 +224,7 @@ class PyAudioSource:
             if in_data:
                 frames = framer.push(conv.convert(in_data))
                 if frames:
-                    loop.call_soon_threadsafe(self._deliver, frames)
+                    loop.call_soon_threadsafe(self._deliver, frames, generation)
             return None, pyaudio.paContinue
 
         try:
@@ -234,7 +239,9 @@ class PyAudioSource:
         logger.info("microphone: %d \"%s\" at %d Hz, %d channel(s)%s", dev.index, dev.name,
                     rate, channels, "" if rate == SAMPLE_RATE else ", resampled to 24 kHz")
 
-    def _deliver(self, frames: list[bytes]) -> None:
+    def _deliver(self, frames: list[bytes], generation: int) -> None:
+        if generation != self._generation:
+            return  # from a stream closed since: that audio is gone with it
         self._last_callback = time.monotonic()
         for f in frames:
             if len(self._frames) == self._frames.maxlen:
@@ -286,6 +293,7 @@ class PyAudioSource:
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
+        self._generation += 1
         _release(self._stream, self._pa, "microphone")
         self._stream = self._pa = None
         self._frames.clear()
