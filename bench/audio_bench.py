@@ -207,6 +207,79 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
             "underruns": status.get("playback_underruns")}
 
 
+MINIMAL_PIPELINE = """
+import asyncio, base64, json, os, sys, threading, time
+from websockets.asyncio.client import connect
+
+async def main(port, seconds):
+    loop = asyncio.get_running_loop()
+    frames, waiter, stop = [], [None], threading.Event()
+    def deliver(frame):  # on the loop, like the mic's hand-over
+        frames.append(frame)
+        if waiter[0] is not None and not waiter[0].done():
+            waiter[0].set_result(None)
+    def mic():  # a thread that has a 20 ms frame every 20 ms, like PortAudio's
+        due = time.monotonic()
+        while not stop.is_set():
+            due += 0.02
+            time.sleep(max(0.0, due - time.monotonic()))
+            loop.call_soon_threadsafe(deliver, bytes(960))
+    async with connect(f"ws://127.0.0.1:{port}") as ws:
+        async def pump():
+            n = 0
+            while True:
+                while not frames:
+                    waiter[0] = loop.create_future()
+                    await waiter[0]
+                n += 1
+                await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                          "event_id": f"e{n}", "audio":
+                                          base64.b64encode(frames.pop(0)).decode()}))
+        task = asyncio.create_task(pump())
+        threading.Thread(target=mic, daemon=True).start()
+        await asyncio.sleep(2)
+        t0 = os.times()
+        await asyncio.sleep(seconds)
+        t1 = os.times()
+        stop.set()
+        task.cancel()
+    print(100 * (t1.user + t1.system - t0.user - t0.system) / seconds)
+
+asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+"""
+
+SINK_SERVER = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+async def drain(ws):
+    async for _ in ws:
+        pass
+async def main():
+    async with serve(drain, "127.0.0.1", int(sys.argv[1]), max_size=None):
+        print("ready", flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"""
+
+
+def bench_minimal_pipeline(seconds: float) -> float:
+    """The least a Python process does for a mic: CPU % for 20 ms frames handed from a
+    thread to asyncio and sent as JSON appends over websockets (no audio device; the
+    server that receives them is another process)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SINK_SERVER, str(port)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        server.stdout.readline()  # "ready"
+        p = subprocess.run([sys.executable, "-c", MINIMAL_PIPELINE, str(port), str(seconds)],
+                           capture_output=True, text=True, timeout=seconds + 60, check=True)
+    finally:
+        server.terminate()
+        server.wait(20)
+    return float(p.stdout.strip().splitlines()[-1])
+
+
 PORTAUDIO_RSS = """
 import os, re, sys, pyaudio
 def rss():
@@ -405,6 +478,7 @@ def main() -> None:
             daemon = bench_daemon(pulse, tmp, args.seconds)
             idle = bench_idle_streams(pulse, min(args.seconds, 30.0))
             pa_rss = bench_portaudio_rss(pulse, tmp)
+            minimal = bench_minimal_pipeline(min(args.seconds, 30.0))
         finally:
             pulse.stop()
     soxr_c, naive = conv["soxr stream"], conv["naive"]
@@ -418,6 +492,8 @@ def main() -> None:
             daemon["threads"].items(), key=lambda kv: -kv[1]) if v >= 0.005), ""),
         ("  baseline: PortAudio + PulseAudio plugin", f"{idle:.1f} %",
          "a process holding the same two streams open with empty callbacks"),
+        ("  baseline: a minimal Python mic uplink", f"{minimal:.1f} %",
+         "a thread hands 20 ms frames to asyncio, sent as JSON appends over websockets"),
         ("daemon peak RSS", f"{daemon['rss_mb']:.1f} MB",
          f"bare interpreter importing voiced: {daemon['bare_rss_mb']:.1f} MB"),
         ("  of which anonymous (heap, buffers)", f"{daemon['anon_mb']:.1f} MB",
