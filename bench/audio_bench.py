@@ -6,8 +6,11 @@ Run: ``.venv/bin/python bench/audio_bench.py [--seconds 60]`` (needs pulseaudio,
 and a 24 kHz "speaker", then measures:
 
 1. ``voiced run`` (a subprocess) in full duplex against the simulator for ``--seconds``:
-   CPU % of one core and peak RSS, against a bare ``python -c 'import voiced.supervisor'``
-   measured in the same run.
+   CPU % of one core (and per thread) and peak RSS. Baselines in the same run: a process
+   that only holds the same two PortAudio streams open, a minimal Python mic uplink (a
+   thread handing 20 ms frames to asyncio, sent over websockets), a bare
+   ``python -c 'import voiced.supervisor'``, and what PortAudio's start-up adds with this
+   machine's ALSA plugins and with only the pulse plugin.
 2. Capture conversion (48 kHz stereo USB-mic chunks to 24 kHz mono): soxr's streaming
    resampler against naive per-chunk linear resampling: CPU per second of audio and the
    largest error against a one-shot resample of the whole signal (seams at chunk borders).
