@@ -1,11 +1,15 @@
 """Soak: `voiced run` holding exchange after exchange while the simulator misbehaves.
 
-Run: ``.venv/bin/python bench/soak.py [--minutes 30] [--seed N]``. The daemon (a
-subprocess, file audio backend) asks the shipped question again and again; between and
-during exchanges the simulator injects random faults: a connection dropped mid-reply, a
-network drop, malformed/binary/unknown frames, refusing connections for a while, and
-session expiry. Sessions also end by themselves every ``--session-s`` (default 60 s),
-so the daemon's planned make-before-break rollovers run all the time. It prints
+Run: ``.venv/bin/python bench/soak.py [--minutes 30] [--seed N] [--audio pyaudio]``.
+The daemon (a subprocess) asks the shipped question again and again; between and during
+exchanges the simulator injects random faults: a connection dropped mid-reply, a network
+drop, malformed/binary/unknown frames, refusing connections for a while, and session
+expiry. With ``--audio pyaudio`` the daemon runs on PortAudio against a private
+PulseAudio server (a 48 kHz mic sink the question is played into, a 24 kHz speaker, as
+``scripts/setup.sh test`` installs), and the faults also include the sound card
+disappearing for 1-4 s (both sinks unloaded, then loaded again). Sessions also end by
+themselves every ``--session-s`` (default 60 s), so the daemon's planned
+make-before-break rollovers run all the time. It prints
 exchanges completed, faults injected, recoveries, transcripts lost, and the daemon's RSS
 over time (which must stay flat).
 
@@ -30,10 +34,24 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.pulse import Pulse  # noqa: E402
 from voiced.sim.server import SimOptions, SimServer  # noqa: E402
 from voiced.transcripts import record_id  # noqa: E402
 
 DEVICE = "soak"
+QUESTION = REPO / "voiced" / "data" / "question.wav"
+MIC_SINK = ("module-null-sink", "sink_name=mic48", "format=s16le", "rate=48000",
+            "channels=1", "norewinds=1")
+
+
+def unplug(pulse: Pulse) -> None:
+    """The USB sound card is gone: both sinks (and so the mic's monitor) unloaded."""
+    pulse.unplug()
+
+
+def plug(pulse: Pulse) -> None:
+    pulse.plug()
+    pulse.pactl("load-module", *MIC_SINK)
 
 
 def rss_mb(pid: int) -> float:
@@ -66,25 +84,36 @@ async def wait_for(pred: Any, within_s: float) -> bool:
     return False
 
 
-async def soak(minutes: float, seed: int, tmp: Path, session_s: float) -> dict[str, Any]:
+async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
+               pulse: Pulse | None) -> dict[str, Any]:
     rng = random.Random(seed)
     faults: collections.Counter[str] = collections.Counter()
     jsonl = tmp / "t.jsonl"
+    if pulse is None:
+        audio: dict[str, Any] = {"backend": "file", "input": {"file": str(QUESTION)},
+                                 "output": {"file": str(tmp / "out.wav")}}
+        env = None
+        kinds = ["drop_mid_reply", "network_drop", "junk_frames", "refuse", "expire"]
+    else:
+        pulse.pactl("load-module", *MIC_SINK)
+        audio = {"backend": "pyaudio", "input": {"device": "pulse"},
+                 "output": {"device": "pulse"}, "reopen_s": 0.5}
+        env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
+        kinds = ["drop_mid_reply", "network_drop", "junk_frames", "refuse", "expire",
+                 "unplug", "unplug"]
     async with SimServer(SimOptions(pace=2, max_session_s=session_s)) as sim:
         cfg = tmp / "voiced.yaml"
         cfg.write_text(json.dumps({
             "device_id": DEVICE, "log_level": "warning",
             "realtime": {"url": sim.url, "reconnect_min_s": 0.2, "reconnect_max_s": 2,
                          "rollover_margin_s": session_s / 3},
-            "audio": {"backend": "file", "input": {"file": str(
-                REPO / "voiced" / "data" / "question.wav")},
-                "output": {"file": str(tmp / "out.wav")}},
+            "audio": audio,
             "transcripts": {"sink": "jsonl", "jsonl": {"path": str(jsonl)},
                             "outbox_dir": str(tmp / "outbox")},
             "control": {"socket": str(tmp / "ctl.sock")}}))
         with (tmp / "daemon.log").open("wb") as log:
             daemon = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "voiced", "run", "-c", str(cfg), stderr=log)
+                sys.executable, "-m", "voiced", "run", "-c", str(cfg), stderr=log, env=env)
         rss: list[tuple[float, float]] = []
         exchanges = recoveries = injected_before = 0
         t0 = time.monotonic()
@@ -96,13 +125,21 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float) -> dict[s
                     recoveries += 1  # ready again after the last fault
                 injected_before = faults.total()
                 before = len(sink_ids(jsonl))
-                fault = rng.choice(["none"] * 4 + ["drop_mid_reply", "network_drop",
-                                                   "junk_frames", "refuse", "expire"])
+                fault = rng.choice(["none"] * 4 + kinds)
                 await ctl(cfg, "press")
+                if pulse is not None:  # a person asks the question into the mic
+                    await asyncio.create_subprocess_exec(
+                        "paplay", "--device=mic48", str(QUESTION), env=env,
+                        stderr=asyncio.subprocess.DEVNULL)  # it complains when unplugged
                 if fault != "none":
                     faults[fault] += 1
                     await asyncio.sleep(rng.uniform(0.2, 2.5))
-                    await inject(sim, fault, rng)
+                    if fault == "unplug" and pulse is not None:
+                        unplug(pulse)
+                        await asyncio.sleep(rng.uniform(1, 4))
+                        plug(pulse)
+                    else:
+                        await inject(sim, fault, rng)
                 done = await wait_for(lambda n=before + 2: _grew(jsonl, n), 40)
                 if done:
                     exchanges += 1
@@ -110,6 +147,7 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float) -> dict[s
                 if status.get("mic") == "on":
                     await ctl(cfg, "press")
                 rss.append((time.monotonic() - t0, rss_mb(daemon.pid)))
+            device_faults = (await ctl(cfg, "status")).get("device_faults", "?")
         finally:
             daemon.terminate()
             await asyncio.wait_for(daemon.wait(), 30)
@@ -124,7 +162,7 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float) -> dict[s
             "lost": sorted(delivered - set(at_sink)),
             "duplicates": sorted(k for k, v in at_sink.items() if v > 1),
             "transcripts": len(delivered), "at_sink": len(at_sink),
-            "exit": daemon.returncode}
+            "exit": daemon.returncode, "device_faults": device_faults}
 
 
 async def _ready(cfg: Path) -> bool:
@@ -177,11 +215,19 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=random.randrange(1 << 30))
     ap.add_argument("--session-s", type=float, default=60.0)
+    ap.add_argument("--audio", choices=("file", "pyaudio"), default="file")
     args = ap.parse_args()
-    print(f"soak: {args.minutes:g} min, seed {args.seed}, sessions of {args.session_s:g} s",
-          flush=True)
+    print(f"soak: {args.minutes:g} min, seed {args.seed}, sessions of {args.session_s:g} s, "
+          f"{args.audio} audio", flush=True)
     with tempfile.TemporaryDirectory(prefix="voiced-soak-") as d:
-        r = asyncio.run(soak(args.minutes, args.seed, Path(d), args.session_s))
+        pulse = Pulse(Path(d) / "pulse") if args.audio == "pyaudio" else None
+        if pulse is not None:
+            pulse.start()
+        try:
+            r = asyncio.run(soak(args.minutes, args.seed, Path(d), args.session_s, pulse))
+        finally:
+            if pulse is not None:
+                pulse.stop()
     rss = [mb for _, mb in r["rss"]]
     quarter = max(1, len(rss) // 4)
     growth = (sum(rss[-quarter:]) / quarter) - (sum(rss[:quarter]) / quarter)
@@ -195,6 +241,7 @@ def main() -> None:
     print(f"duplicates at the sink   {len(r['duplicates'])}")
     print(f"RSS                      first quarter {sum(rss[:quarter]) / quarter:.1f} MB, "
           f"last quarter {sum(rss[-quarter:]) / quarter:.1f} MB, growth {growth:+.1f} MB")
+    print(f"device faults recovered  {r['device_faults']} (daemon's own count)")
     print(f"daemon exit status       {r['exit']}")
     sys.exit(0 if not r["lost"] and not r["duplicates"] and r["exit"] == 0 else 1)
 

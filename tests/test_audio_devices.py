@@ -124,6 +124,7 @@ async def _unplug_and_replug(cfg: Path, pulse: Pulse) -> None:
     assert st["state"] == "error", st
     pulse.plug()
     st = await wait_for_status(cfg, lambda s: s["state"] == "listening", seen)
+    assert st["device_faults"] == 1, st  # one fault, however many attempts it took
     sent = st["audio_sent_ms"]
     await wait_for_status(cfg, lambda s: s["audio_sent_ms"] > sent + 300, seen)
 

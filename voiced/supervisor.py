@@ -782,7 +782,8 @@ class Supervisor:
                 "version": __version__,
                 "device_id": self.settings.device_id,
                 "malformed_frames": self.malformed_frames,
-                "records_written": self.records_written}
+                "records_written": self.records_written,
+                "device_faults": self.device_faults}
 
     def _on_gesture(self, gesture: str) -> None:
         logger.debug("button: %s", gesture)
