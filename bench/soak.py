@@ -241,6 +241,9 @@ def main() -> None:
     print(f"duplicates at the sink   {len(r['duplicates'])}")
     print(f"RSS                      first quarter {sum(rss[:quarter]) / quarter:.1f} MB, "
           f"last quarter {sum(rss[-quarter:]) / quarter:.1f} MB, growth {growth:+.1f} MB")
+    step = max(1, len(r["rss"]) // 8)
+    print("RSS over time            " + ", ".join(
+        f"{t / 60:.0f} min {mb:.1f}" for t, mb in r["rss"][::step]))
     print(f"device faults recovered  {r['device_faults']} (daemon's own count)")
     print(f"daemon exit status       {r['exit']}")
     sys.exit(0 if not r["lost"] and not r["duplicates"] and r["exit"] == 0 else 1)
