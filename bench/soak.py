@@ -85,7 +85,7 @@ async def wait_for(pred: Any, within_s: float) -> bool:
 
 
 async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
-               pulse: Pulse | None) -> dict[str, Any]:
+               pulse: Pulse | None, unplugs: bool = True) -> dict[str, Any]:
     rng = random.Random(seed)
     faults: collections.Counter[str] = collections.Counter()
     jsonl = tmp / "t.jsonl"
@@ -99,8 +99,9 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
         audio = {"backend": "pyaudio", "input": {"device": "pulse"},
                  "output": {"device": "pulse"}, "reopen_s": 0.5}
         env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
-        kinds = ["drop_mid_reply", "network_drop", "junk_frames", "refuse", "expire",
-                 "unplug", "unplug"]
+        kinds = ["drop_mid_reply", "network_drop", "junk_frames", "refuse", "expire"]
+        if unplugs:
+            kinds += ["unplug", "unplug"]
     async with SimServer(SimOptions(pace=2, max_session_s=session_s)) as sim:
         cfg = tmp / "voiced.yaml"
         cfg.write_text(json.dumps({
@@ -216,6 +217,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=random.randrange(1 << 30))
     ap.add_argument("--session-s", type=float, default=60.0)
     ap.add_argument("--audio", choices=("file", "pyaudio"), default="file")
+    ap.add_argument("--no-unplug", action="store_true",
+                    help="pyaudio: leave the sound card plugged in (no device faults)")
     args = ap.parse_args()
     print(f"soak: {args.minutes:g} min, seed {args.seed}, sessions of {args.session_s:g} s, "
           f"{args.audio} audio", flush=True)
@@ -224,7 +227,8 @@ def main() -> None:
         if pulse is not None:
             pulse.start()
         try:
-            r = asyncio.run(soak(args.minutes, args.seed, Path(d), args.session_s, pulse))
+            r = asyncio.run(soak(args.minutes, args.seed, Path(d), args.session_s, pulse,
+                                 unplugs=not args.no_unplug))
         finally:
             if pulse is not None:
                 pulse.stop()

@@ -62,6 +62,8 @@ BAD: list[tuple[str, str, str]] = [
      "audio.input.device"),
     ("jitter-as-string", BASE.replace("audio: {", 'audio: {jitter_ms: "80", '),
      "audio.jitter_ms"),
+    ("reopen-cap-below-first-retry",
+     BASE.replace("audio: {", "audio: {reopen_s: 5, reopen_max_s: 2, "), "audio.reopen_max_s"),
     ("button-bad-pin", BASE + "button: {pin: GPIO99x}\n", "button.pin"),
     ("button-bad-mode", BASE + "button: {pin: 17, mode: tap_dance}\n", "button.mode"),
     ("button-hold-too-short", BASE + "button: {pin: 17, hold_time_s: 0.01}\n",

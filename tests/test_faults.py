@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import TIMEOUT, clean_env, voiced_cmd, write_config
+import pytest
+
+from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd, write_config
 from tests.test_supervisor import Harness, roles, running
+from voiced import supervisor
+from voiced.audio.filebackend import WavFileSource
+from voiced.errors import AudioDeviceError
 from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
 
@@ -151,3 +157,67 @@ async def test_a_request_shape_refusal_is_a_config_error(tmp_path: Path) -> None
     assert proc.returncode == 78, text[-2000:]
     assert "voiced: config error: realtime.url: the server refused the session" in text
     assert "Traceback" not in text
+
+
+class UnpluggableMic(WavFileSource):
+    """The WAV mic with a plug: unplugged, reads fail and the device will not open.
+
+    Records when each open was tried (the supervisor's retry schedule)."""
+
+    def __init__(self) -> None:
+        super().__init__(QUESTION_WAV, speed=3)
+        self.plugged = True
+        self.opens: list[float] = []
+
+    async def start(self) -> None:
+        self.opens.append(time.monotonic())
+        if not self.plugged:
+            raise AudioDeviceError('microphone "usb mic" not found')
+        await super().start()
+
+    async def read(self) -> bytes:
+        if not self.plugged:
+            await asyncio.sleep(0.05)
+            raise AudioDeviceError('microphone "usb mic" delivers no audio')
+        return await super().read()
+
+
+async def test_reopening_a_missing_device_backs_off(tmp_path: Path) -> None:
+    """Retries come after reopen_s, then twice as long each time, up to reopen_max_s."""
+    mic = UnpluggableMic()
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, source=mic,
+                           audio={"reopen_s": 0.1, "reopen_max_s": 0.4}) as h:
+            await h.wait(lambda: h.state == State.READY)
+            first = len(mic.opens)
+            mic.plugged = False
+            await h.wait(lambda: len(mic.opens) >= first + 6)
+            gaps = [b - a for a, b in zip(mic.opens[first:], mic.opens[first + 1:],
+                                          strict=False)]
+            assert 0.15 <= gaps[0] <= 0.35, gaps  # twice reopen_s
+            assert all(0.35 <= g <= 0.4 + 0.25 for g in gaps[1:]), gaps  # then the cap
+            assert h.state == State.ERROR
+            mic.plugged = True
+            await h.wait(lambda: h.state in (State.READY, State.LISTENING))
+            assert h.sup.device_faults == 1
+
+
+async def test_a_sound_card_appearing_is_tried_at_once(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A USB card plugged back in shows in /dev/snd: no waiting out a long backoff."""
+    snd = tmp_path / "snd"
+    snd.mkdir()
+    monkeypatch.setattr(supervisor, "SOUND_DIR", snd)
+    mic = UnpluggableMic()
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, source=mic,
+                           audio={"reopen_s": 0.1, "reopen_max_s": 30}) as h:
+            await h.wait(lambda: h.state == State.READY)
+            first = len(mic.opens)
+            mic.plugged = False
+            await h.wait(lambda: len(mic.opens) >= first + 4)  # the next is 1.6 s away
+            mic.plugged = True
+            (snd / "pcmC1D0c").touch()
+            t0 = time.monotonic()
+            await h.wait(lambda: h.state in (State.READY, State.LISTENING))
+            assert time.monotonic() - t0 < 1.0, mic.opens

@@ -54,7 +54,7 @@ class Harness:
 async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
                   environ: dict[str, str] | None = None,
                   wall_clock: Callable[[], float] = time.time, pin_factory: Any = None,
-                  mic_wav: Path = QUESTION_WAV,
+                  mic_wav: Path = QUESTION_WAV, source: WavFileSource | None = None,
                   **overrides: Any) -> AsyncIterator[Harness]:
     raw: dict[str, Any] = {
         "device_id": "t",
@@ -69,7 +69,7 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
     for k, v in overrides.items():
         raw[k] = {**raw.get(k, {}), **v}
     settings = config.parse(raw, environ=environ or {})
-    source = WavFileSource(mic_wav, speed=speed)
+    source = source or WavFileSource(mic_wav, speed=speed)
     sink = WavFileSink(tmp_path / "out.wav", speed=speed)
     h: Harness
     sup = Supervisor(settings, source=source, sink=sink, wall_clock=wall_clock,

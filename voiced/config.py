@@ -201,7 +201,11 @@ class AudioSettings:
     """pyaudio: speaker buffer size; a stop hands silence from the next period on (what
     the device has buffered, about two periods, still plays)."""
     reopen_s: float = 3.0
-    """How often a failed (e.g. unplugged) mic or speaker is tried again."""
+    """A failed (e.g. unplugged) mic or speaker is tried again after this long, ..."""
+    reopen_max_s: float = 60.0
+    """... then twice as long each time, up to this (a sound card appearing in /dev/snd
+    is tried at once): every attempt starts PortAudio afresh, which costs CPU and, with
+    some ALSA plugin packages, 12 kB of memory that is never given back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,7 +672,10 @@ def _audio(sec: _Section, base: Path) -> AudioSettings:
         jitter_ms=sec.int_("jitter_ms", d.jitter_ms, lo=0, hi=1000),
         period_ms=sec.int_("period_ms", d.period_ms, lo=5, hi=100),
         reopen_s=sec.num("reopen_s", d.reopen_s, lo=0.05, hi=300),
+        reopen_max_s=sec.num("reopen_max_s", d.reopen_max_s, lo=0.05, hi=3600),
     )
+    if s.reopen_max_s < s.reopen_s:
+        sec.bad("reopen_max_s", f"{s.reopen_max_s:g} is less than reopen_s ({s.reopen_s:g})")
     if s.frame_ms % 10:
         sec.bad("frame_ms", f"{s.frame_ms} is not a multiple of 10")
     sec.finish()
