@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import random
 import sys
 import tempfile
@@ -98,7 +99,8 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
         pulse.pactl("load-module", *MIC_SINK)
         audio = {"backend": "pyaudio", "input": {"device": "pulse"},
                  "output": {"device": "pulse"}, "reopen_s": 0.5}
-        env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
+        env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24",
+                        **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
         kinds = ["drop_mid_reply", "network_drop", "junk_frames", "refuse", "expire"]
         if unplugs:
             kinds += ["unplug", "unplug"]
