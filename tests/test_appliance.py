@@ -328,3 +328,11 @@ def test_installer_into_a_scratch_root_twice_then_uninstall(tmp_path: Path) -> N
     assert p.returncode == 0, p.stderr
     assert not (root / "etc/voiced").exists() and not (root / "var/lib/voiced").exists()
     assert "voiced:" not in (root / "etc/passwd").read_text()
+
+
+def test_malloc_arenas_can_be_capped() -> None:
+    """glibc accepts the cap `voiced run` sets before any thread starts (mallopt returns
+    0 for an option it rejects)."""
+    from voiced.threads import limit_malloc_arenas
+
+    assert limit_malloc_arenas()

@@ -49,7 +49,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
     setup_logging(logging.DEBUG if args.debug else settings.log_level)
     from voiced.supervisor import Supervisor
+    from voiced.threads import limit_malloc_arenas
 
+    limit_malloc_arenas()  # before any thread starts: a long-running daemon's RSS stays flat
     return asyncio.run(Supervisor(settings).run())
 
 
