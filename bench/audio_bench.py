@@ -145,8 +145,7 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
         w.setsampwidth(2)
         w.setframerate(48000)
         w.writeframes(np.concatenate([up, np.zeros(48000 * 4, "<i2")]).tobytes())
-    pulse.pactl("load-module", "module-null-sink", "sink_name=mic48", "format=s16le",
-                "rate=48000", "channels=1", "norewinds=1")
+    pulse.add_sink("mic48", 48000)
     port = free_port()
     cfg = tmp / "voiced.yaml"
     cfg.write_text(json.dumps({

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -24,26 +23,16 @@ from websockets.uri import parse_uri
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from voiced import config, wire  # noqa: E402
+from tests.test_session import configured  # noqa: E402
+from voiced import wire  # noqa: E402
 from voiced.session import Send  # noqa: E402
-from voiced.supervisor import build_conversation  # noqa: E402
 
 FRAME = os.urandom(960)  # 20 ms of 24 kHz PCM16
 
 
 def core_and_wire(frames: int) -> tuple[float, float, float]:
     """Microseconds per frame: session core, JSON + base64 encoding, websockets framing."""
-    settings = config.parse({"realtime": {"url": "ws://127.0.0.1:1/v1/realtime"},
-                             "audio": {"backend": "file",
-                                       "input": {"file": str(REPO / "voiced/data/question.wav")},
-                                       "output": {"file": "/dev/null"}}}, environ={})
-    conv = build_conversation(settings)
-    conv.on_connection_up()
-    for ev in ({"type": "session.created", "event_id": "e1",
-                "session": {"id": "s", "type": "realtime", "model": "gpt-realtime"}},
-               {"type": "session.updated", "event_id": "e2",
-                "session": {"id": "s", "type": "realtime"}}):
-        conv.on_server_event(wire.parse_server_event(json.dumps(ev)), 0.0)
+    conv = configured()  # devices open, session configured
     conv.on_press(0.0)
     conv.take_effects()
     events: list[wire.ClientEvent] = []

@@ -41,18 +41,6 @@ from voiced.transcripts import record_id  # noqa: E402
 
 DEVICE = "soak"
 QUESTION = REPO / "voiced" / "data" / "question.wav"
-MIC_SINK = ("module-null-sink", "sink_name=mic48", "format=s16le", "rate=48000",
-            "channels=1", "norewinds=1")
-
-
-def unplug(pulse: Pulse) -> None:
-    """The USB sound card is gone: both sinks (and so the mic's monitor) unloaded."""
-    pulse.unplug()
-
-
-def plug(pulse: Pulse) -> None:
-    pulse.plug()
-    pulse.pactl("load-module", *MIC_SINK)
 
 
 def rss_mb(pid: int) -> float:
@@ -96,7 +84,7 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
         env = None
         kinds = ["drop_mid_reply", "network_drop", "junk_frames", "refuse", "expire"]
     else:
-        pulse.pactl("load-module", *MIC_SINK)
+        pulse.add_sink("mic48", 48000)
         audio = {"backend": "pyaudio", "input": {"device": "pulse"},
                  "output": {"device": "pulse"}, "reopen_s": 0.5}
         env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24",
@@ -138,9 +126,10 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
                     faults[fault] += 1
                     await asyncio.sleep(rng.uniform(0.2, 2.5))
                     if fault == "unplug" and pulse is not None:
-                        unplug(pulse)
+                        pulse.unplug()  # both sinks: the USB sound card is gone
                         await asyncio.sleep(rng.uniform(1, 4))
-                        plug(pulse)
+                        pulse.plug()
+                        pulse.add_sink("mic48", 48000)
                     else:
                         await inject(sim, fault, rng)
                 done = await wait_for(lambda n=before + 2: _grew(jsonl, n), 40)

@@ -59,13 +59,18 @@ class Pulse:
         return subprocess.run(["pactl", *args], env=self.env(), capture_output=True,
                               text=True, timeout=TIMEOUT, check=check)
 
+    def add_sink(self, name: str, rate: int) -> None:
+        """One more clocked mono s16 null sink (``<name>.monitor`` is its mic)."""
+        self.pactl("load-module", "module-null-sink", f"sink_name={name}", "format=s16le",
+                   f"rate={rate}", "channels=1", "norewinds=1")
+
     def unplug(self) -> None:
         """Remove the null sink (and so its monitor): every stream on it fails."""
         self.pactl("unload-module", "module-null-sink")
 
     def plug(self) -> None:
         """Bring the sink back as the default sink and (monitor) source."""
-        self.pactl("load-module", "module-null-sink", "sink_name=null24", *SINK_ARGS.split())
+        self.add_sink("null24", 24000)
         self.pactl("set-default-sink", "null24")
         self.pactl("set-default-source", "null24.monitor")
 

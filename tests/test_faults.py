@@ -182,16 +182,23 @@ class UnpluggableMic(WavFileSource):
         return await super().read()
 
 
+async def unplug(h: Harness, mic: UnpluggableMic, tries: int) -> int:
+    """Unplug a mic that works, and wait for ``tries`` failed opens; returns the index in
+    ``mic.opens`` of the first."""
+    await h.wait(lambda: h.state == State.READY)
+    first = len(mic.opens)
+    mic.plugged = False
+    await h.wait(lambda: len(mic.opens) >= first + tries)
+    return first
+
+
 async def test_reopening_a_missing_device_backs_off(tmp_path: Path) -> None:
     """Retries come after reopen_s, then twice as long each time, up to reopen_max_s."""
     mic = UnpluggableMic()
     async with SimServer(SimOptions(pace=4)) as sim:
         async with running(tmp_path, sim, source=mic,
                            audio={"reopen_s": 0.1, "reopen_max_s": 0.4}) as h:
-            await h.wait(lambda: h.state == State.READY)
-            first = len(mic.opens)
-            mic.plugged = False
-            await h.wait(lambda: len(mic.opens) >= first + 6)
+            first = await unplug(h, mic, 6)
             gaps = [b - a for a, b in zip(mic.opens[first:], mic.opens[first + 1:],
                                           strict=False)]
             assert 0.15 <= gaps[0] <= 0.35, gaps  # twice reopen_s
@@ -212,10 +219,7 @@ async def test_a_sound_card_appearing_is_tried_at_once(tmp_path: Path,
     async with SimServer(SimOptions(pace=4)) as sim:
         async with running(tmp_path, sim, source=mic,
                            audio={"reopen_s": 0.1, "reopen_max_s": 30}) as h:
-            await h.wait(lambda: h.state == State.READY)
-            first = len(mic.opens)
-            mic.plugged = False
-            await h.wait(lambda: len(mic.opens) >= first + 4)  # the next is 1.6 s away
+            await unplug(h, mic, 4)  # the next try is 1.6 s away
             mic.plugged = True
             (snd / "pcmC1D0c").touch()
             t0 = time.monotonic()
