@@ -1,15 +1,17 @@
 """PCM conversion: any rate and channel count to 24 kHz mono PCM16, and back.
 
-Resampling uses soxr's streaming API, which keeps filter state across chunks, so a
+Resampling uses libsoxr's streaming API, which keeps filter state across chunks, so a
 stream converted chunk by chunk equals the whole signal converted at once (no clicks at
-chunk borders, unlike per-chunk FFT or linear resampling).
+chunk borders, unlike per-chunk FFT or linear resampling). Channel picking, downmixing and
+duplicating work on the bytes with memoryview slices and big-integer arithmetic, both in
+C, so the daemon needs no numpy (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import soxr
+import functools
 
+from voiced.audio.libsoxr import Resampler
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 # soxr's LQ filter: 16-bit quality, ample for speech at 24 kHz, and it holds back only
@@ -33,21 +35,17 @@ class ToWire:
         self.rate = rate
         self.channels = channels
         self.channel = channel
-        self._rs = (None if rate == SAMPLE_RATE
-                    else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="int16", quality=QUALITY))
+        self._rs = None if rate == SAMPLE_RATE else Resampler(rate, SAMPLE_RATE,
+                                                              quality=QUALITY)
 
     def convert(self, data: bytes, *, last: bool = False) -> bytes:
         """Convert one chunk; pass ``last=True`` with the final chunk to flush the filter."""
-        a = np.frombuffer(data, dtype="<i2")
         if self.channels > 1:
-            a = a[: len(a) - len(a) % self.channels].reshape(-1, self.channels)
-            if self.channel is not None:
-                a = np.ascontiguousarray(a[:, self.channel])
-            else:
-                a = np.round(a.mean(axis=1)).astype("<i2")
+            data = (pick_channel(data, self.channels, self.channel) if self.channel is not None
+                    else downmix(data, self.channels))
         if self._rs is not None:
-            a = self._rs.resample_chunk(a, last=last)
-        return a.astype("<i2", copy=False).tobytes()
+            data = self._rs.process(data, last=last)
+        return data
 
 
 class FromWire:
@@ -56,22 +54,67 @@ class FromWire:
     def __init__(self, rate: int, channels: int = 1) -> None:
         self.rate = rate
         self.channels = channels
-        self._rs = (None if rate == SAMPLE_RATE
-                    else soxr.ResampleStream(SAMPLE_RATE, rate, 1, dtype="int16", quality=QUALITY))
+        self._rs = None if rate == SAMPLE_RATE else Resampler(SAMPLE_RATE, rate,
+                                                              quality=QUALITY)
 
     def convert(self, data: bytes, *, last: bool = False) -> bytes:
         """Convert one chunk; ``last=True`` flushes the resampler."""
-        a = np.frombuffer(data, dtype="<i2")
         if self._rs is not None:
-            a = self._rs.resample_chunk(a, last=last)
+            data = self._rs.process(data, last=last)
         if self.channels > 1:
-            a = np.repeat(a, self.channels)
-        return a.astype("<i2", copy=False).tobytes()
+            data = duplicate(data, self.channels)
+        return data
 
     def reset(self) -> None:
         """Forget the filter's history (after an interruption: no old tail leaks out)."""
         if self._rs is not None:
             self._rs.clear()
+
+
+def _samples(data: bytes, channels: int) -> memoryview:
+    """The whole sample frames of interleaved PCM16 as a memoryview of int16."""
+    whole = len(data) // (BYTES_PER_SAMPLE * channels) * BYTES_PER_SAMPLE * channels
+    return memoryview(data)[:whole].cast("h")
+
+
+def pick_channel(data: bytes, channels: int, channel: int) -> bytes:
+    """One channel of interleaved PCM16."""
+    return _samples(data, channels)[channel::channels].tobytes()
+
+
+def duplicate(mono: bytes, channels: int) -> bytes:
+    """Mono PCM16 copied into every channel of an interleaved stream."""
+    src = _samples(mono, 1)
+    out = bytearray(len(src) * BYTES_PER_SAMPLE * channels)
+    view = memoryview(out).cast("h")
+    for c in range(channels):
+        view[c::channels] = src
+    return bytes(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _lane_masks(samples: int) -> tuple[int, int]:
+    """Per-16-bit-lane masks as big integers: the sign bits, and all bits but the top."""
+    return (int.from_bytes(b"\x00\x80" * samples, "little"),
+            int.from_bytes(b"\xff\x7f" * samples, "little"))
+
+
+def downmix(data: bytes, channels: int) -> bytes:
+    """The average of all channels of interleaved PCM16 (rounded down), as mono."""
+    view = _samples(data, channels)
+    if channels != 2:  # only WAV files get here (a device is opened mono or stereo)
+        cols = [view[c::channels] for c in range(channels)]
+        return b"".join((sum(v) // channels).to_bytes(2, "little", signed=True)
+                        for v in zip(*cols, strict=True))
+    # Stereo, all lanes at once: each 16-bit lane of a big integer holds one sample, in
+    # offset binary (sign bit flipped) so lanes are unsigned. floor((a + b) / 2) is
+    # (a & b) + ((a ^ b) >> 1) per lane; the shift's bit from the next lane is masked
+    # off, and the sum fits in its lane, so no carry crosses a lane border.
+    n = len(view) // 2
+    sign, low = _lane_masks(n)
+    a = int.from_bytes(view[0::2].tobytes(), "little") ^ sign
+    b = int.from_bytes(view[1::2].tobytes(), "little") ^ sign
+    return (((a & b) + (((a ^ b) >> 1) & low)) ^ sign).to_bytes(2 * n, "little")
 
 
 class Framer:
@@ -105,12 +148,16 @@ def to_int16(raw: bytes, sampwidth: int) -> bytes:
     """
     if sampwidth == 2:
         return raw
-    if sampwidth == 1:  # WAV 8-bit is unsigned
-        return ((np.frombuffer(raw, dtype=np.uint8).astype(np.int16) - 128) << 8).astype(
-            "<i2").tobytes()
-    if sampwidth == 3:
-        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3)
-        return np.ascontiguousarray(b[:, 1:]).tobytes()  # keep the two high bytes
-    if sampwidth == 4:
-        return (np.frombuffer(raw, dtype="<i4") >> 16).astype("<i2").tobytes()
-    raise ValueError(f"unsupported sample width {sampwidth} bytes")
+    if sampwidth not in (1, 3, 4):
+        raise ValueError(f"unsupported sample width {sampwidth} bytes")
+    n = len(raw) // sampwidth
+    out = bytearray(2 * n)
+    if sampwidth == 1:  # WAV 8-bit is unsigned: flip the sign bit, make it the high byte
+        out[1::2] = raw[:n].translate(_FLIP_SIGN)
+    else:  # 24 and 32 bits: keep the two high bytes
+        out[0::2] = raw[sampwidth - 2:n * sampwidth:sampwidth]
+        out[1::2] = raw[sampwidth - 1:n * sampwidth:sampwidth]
+    return bytes(out)
+
+
+_FLIP_SIGN = bytes(b ^ 0x80 for b in range(256))

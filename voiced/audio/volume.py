@@ -2,7 +2,9 @@
 
 Applied to reply audio before it is queued, so it works on every backend and device
 (many USB speakers have no ALSA mixer control). The percentage maps to an amplitude
-factor on a square law, close to how loud people hear it: 50 % is -12 dB.
+factor on a square law, close to how loud people hear it: 50 % is -12 dB. The gain is
+libsoxr's at equal rates: rounded to nearest and clipped, in C; flushed after every chunk so
+nothing of one reply is held back into the next.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
+from voiced.audio.libsoxr import Resampler
+from voiced.wire import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +32,17 @@ class Volume:
                 pass
             except (OSError, ValueError) as e:
                 logger.warning("volume file %s unreadable (%s); using %d %%", path, e, default)
+        self._set_factor()
+
+    def _set_factor(self) -> None:
         self._factor = (self.percent / 100) ** 2
+        self._gain = (None if self._factor == 1.0
+                      else Resampler(SAMPLE_RATE, SAMPLE_RATE, gain=self._factor))
 
     def set(self, percent: int) -> int:
         """Set and persist the volume (clamped to 0-100); return the new value."""
         self.percent = max(0, min(100, int(percent)))
-        self._factor = (self.percent / 100) ** 2
+        self._set_factor()
         if self.path is not None:
             try:
                 tmp = self.path.with_name(self.path.name + ".tmp")
@@ -47,8 +55,8 @@ class Volume:
 
     def apply(self, pcm: bytes) -> bytes:
         """Scale PCM16 by the volume (unchanged, not copied, at 100 %)."""
-        if self._factor == 1.0:
+        if self._gain is None:
             return pcm
-        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) * self._factor
-        out: bytes = np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+        out = self._gain.process(pcm, last=True)
+        self._gain.clear()
         return out

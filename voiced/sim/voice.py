@@ -14,8 +14,8 @@ import wave
 from typing import Any
 
 import numpy as np
-import soxr
 
+from voiced.audio.libsoxr import Resampler
 from voiced.wire import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ def transcribe(pcm24: bytes) -> tuple[str, bool]:
                 from pocketsphinx import Decoder  # type: ignore[import-untyped]
 
                 _decoder = Decoder(samprate=16000, logfn="/dev/null")
-            a16 = soxr.resample(np.frombuffer(pcm24, dtype="<i2"), SAMPLE_RATE, 16000)
+            a16 = Resampler(SAMPLE_RATE, 16000, quality="HQ").process(pcm24, last=True)
             _decoder.start_utt()
-            _decoder.process_raw(a16.astype("<i2").tobytes(), full_utt=True)
+            _decoder.process_raw(a16, full_utt=True)
             _decoder.end_utt()
             hyp = _decoder.hyp()
             return (hyp.hypstr if hyp is not None else ""), True
@@ -58,8 +58,8 @@ def speak(text: str) -> bytes:
                                  capture_output=True, timeout=20, check=True).stdout
             with wave.open(io.BytesIO(out), "rb") as w:
                 rate = w.getframerate()
-                a = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-            return bytes(soxr.resample(a, rate, SAMPLE_RATE).astype("<i2").tobytes())
+                pcm = w.readframes(w.getnframes())
+            return Resampler(rate, SAMPLE_RATE, quality="HQ").process(pcm, last=True)
         except (OSError, subprocess.SubprocessError, wave.Error, EOFError) as e:
             logger.warning("espeak-ng failed (%s): speaking in tones", e)
     return tones(len(text.split()))
