@@ -6,12 +6,15 @@ Run: ``.venv/bin/python bench/audio_bench.py [--seconds 60]`` (needs pulseaudio,
 and a 24 kHz "speaker", then measures:
 
 1. ``voiced run`` (a subprocess) in full duplex against the simulator for ``--seconds``:
-   CPU % of one core (and per thread) and peak RSS. Baselines in the same run: a process
-   that only holds the same two PortAudio streams open, a minimal Python mic uplink (a
-   thread handing 20 ms frames to asyncio, sent over websockets), a bare
-   ``python -c 'import voiced.supervisor'``, and what PortAudio's start-up adds with this
+   CPU % of one core (and per thread) and peak RSS, with ALSA configured as on a device
+   (only the pulse plugin that makes the stand-in sound card; no libasound2-plugins set),
+   then a shorter run with this machine's full ALSA configuration. Baselines in the same
+   run: a process that only holds the same two PortAudio streams open, a minimal Python
+   mic uplink (a thread handing 20 ms frames to asyncio, sent over websockets), a bare
+   interpreter importing what ``voiced run`` imports (and the same with numpy and
+   python-soxr, as the daemon did before), and what PortAudio's start-up adds with this
    machine's ALSA plugins and with only the pulse plugin.
-2. Capture conversion (48 kHz stereo USB-mic chunks to 24 kHz mono): soxr's streaming
+2. Capture conversion (48 kHz stereo USB-mic chunks to 24 kHz mono): libsoxr's streaming
    resampler against naive per-chunk linear resampling: CPU per second of audio and the
    largest error against a one-shot resample of the whole signal (seams at chunk borders).
 3. Mic to socket: from the PortAudio callback that completes a frame to the frame leaving
@@ -43,7 +46,7 @@ import soxr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.pulse import Pulse  # noqa: E402
+from tests.pulse import Pulse, pulse_only_alsa_config  # noqa: E402
 from voiced.audio.convert import QUALITY, ToWire  # noqa: E402
 from voiced.config import AudioSettings  # noqa: E402
 from voiced.wire import SAMPLE_RATE  # noqa: E402
@@ -133,7 +136,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
+def bench_daemon(pulse: Pulse, tmp: Path, seconds: float,
+                 alsa_config: Path | None = None) -> dict[str, Any]:
+    """Run the daemon; ``alsa_config`` replaces the machine's ALSA configuration."""
+    tmp = Path(tempfile.mkdtemp(dir=tmp))
     question = REPO / "voiced" / "data" / "question.wav"
     feed = tmp / "feed.wav"  # the question then 4 s of silence, played in a loop at 48 kHz
     with wave.open(str(question), "rb") as w:
@@ -145,7 +151,6 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
         w.setsampwidth(2)
         w.setframerate(48000)
         w.writeframes(np.concatenate([up, np.zeros(48000 * 4, "<i2")]).tobytes())
-    pulse.add_sink("mic48", 48000)
     port = free_port()
     cfg = tmp / "voiced.yaml"
     cfg.write_text(json.dumps({
@@ -158,6 +163,8 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
                         "outbox_dir": str(tmp / "outbox")},
         "control": {"socket": str(tmp / "ctl.sock")}}))
     env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
+    if alsa_config is not None:
+        env["ALSA_CONFIG_PATH"] = str(alsa_config)
     voiced = [sys.executable, "-m", "voiced"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -196,15 +203,9 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 p.kill()
     records = (tmp / "t.jsonl").read_text().splitlines() if (tmp / "t.jsonl").exists() else []
-    bare = subprocess.run(
-        [sys.executable, "-c", "import voiced.supervisor, voiced.audio.pyaudio_backend, "
-         "os, re; s=open(f'/proc/{os.getpid()}/status').read(); "
-         "print(int(re.search(r'VmHWM:\\s+(\\d+)', s).group(1)) / 1024)"],
-        env=env, check=True, capture_output=True, text=True, timeout=60)
     threads = {k: 100 * (v - th0.get(k, 0.0)) / (t1 - t0) for k, v in th1.items()}
     return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "rss_mb": rss, "threads": threads,
-            "anon_mb": anon,
-            "bare_rss_mb": float(bare.stdout), "seconds": t1 - t0,
+            "anon_mb": anon, "seconds": t1 - t0,
             "audio_sent_s": status["audio_sent_ms"] / 1000, "records": len(records),
             "underruns": status.get("playback_underruns")}
 
@@ -298,29 +299,21 @@ pa.terminate()
 """
 
 
-def pulse_only_alsa_config(tmp: Path) -> Path:
-    """alsa.conf that loads only the pulse plugin's files, as on a device without the
-    libasound2-plugins package (a52, jack, oss, speex, upmix... not configured)."""
-    confd = tmp / "alsa-conf.d"
-    confd.mkdir()
-    for name in ("50-pulseaudio.conf", "99-pulse.conf"):
-        src = Path("/etc/alsa/conf.d") / name
-        if src.exists():
-            (confd / name).symlink_to(src.resolve())
-    text = Path("/usr/share/alsa/alsa.conf").read_text()
-    for d in ('"/var/lib/alsa/conf.d"', '"/usr/etc/alsa/conf.d"', '"/etc/alsa/conf.d"'):
-        text = text.replace(d, f'"{confd}"' if d == '"/etc/alsa/conf.d"' else "")
-    out = tmp / "alsa.conf"
-    out.write_text(text)
-    return out
+def bare_import_rss(extra: str = "") -> float:
+    """Peak RSS of an interpreter that only imports what ``voiced run`` imports."""
+    code = ("import voiced.__main__, voiced.supervisor, voiced.audio.pyaudio_backend, os, re"
+            f"{extra}; s = open(f'/proc/{{os.getpid()}}/status').read(); "
+            "print(int(re.search(r'VmHWM:\\s+(\\d+)', s).group(1)) / 1024)")
+    p = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       text=True, timeout=60)
+    return float(p.stdout)
 
 
-def bench_portaudio_rss(pulse: Pulse, tmp: Path) -> dict[str, float]:
+def bench_portaudio_rss(pulse: Pulse, pulse_only: Path) -> dict[str, float]:
     """RSS PortAudio adds (init + one stream), with this machine's ALSA plugins and with
-    only the pulse plugin."""
+    only the pulse plugin (the ALSA configuration ``pulse_only``)."""
     out = {}
-    for name, extra in (("machine", {}),
-                        ("pulse only", {"ALSA_CONFIG_PATH": str(pulse_only_alsa_config(tmp))})):
+    for name, extra in (("machine", {}), ("pulse only", {"ALSA_CONFIG_PATH": str(pulse_only)})):
         p = subprocess.run([sys.executable, "-c", PORTAUDIO_RSS], env=pulse.env(**extra),
                            capture_output=True, text=True, timeout=60, check=True)
         out[name] = float(p.stdout.strip().splitlines()[-1])
@@ -477,12 +470,18 @@ def main() -> None:
         pulse.start()
         try:
             pa = bench_portaudio(pulse)
-            daemon = bench_daemon(pulse, tmp, args.seconds)
+            pulse.add_sink("mic48", 48000)  # the daemon's USB mic
+            # as on a device: no libasound2-plugins set, only the stand-in sound card
+            device_alsa = pulse_only_alsa_config(tmp)
+            daemon = bench_daemon(pulse, tmp, args.seconds, device_alsa)
+            plugins = bench_daemon(pulse, tmp, min(args.seconds, 15.0))  # this machine's
             idle = bench_idle_streams(pulse, min(args.seconds, 30.0))
-            pa_rss = bench_portaudio_rss(pulse, tmp)
+            pa_rss = bench_portaudio_rss(pulse, device_alsa)
             minimal = bench_minimal_pipeline(min(args.seconds, 30.0))
         finally:
             pulse.stop()
+    bare = bare_import_rss()
+    bare_numpy = bare_import_rss(", numpy, soxr")  # what the daemon imported before
     soxr_c, naive = conv["soxr stream"], conv["naive"]
     probe = ToWire(48000)  # audio the resampler holds back: 1 s in, how much less out
     held = 24000 - sum(len(probe.convert(bytes(960))) // 2 for _ in range(100))
@@ -497,9 +496,13 @@ def main() -> None:
         ("  baseline: a minimal Python mic uplink", f"{minimal:.1f} %",
          "a thread hands 20 ms frames to asyncio, sent as JSON appends over websockets"),
         ("daemon peak RSS", f"{daemon['rss_mb']:.1f} MB",
-         f"bare interpreter importing voiced: {daemon['bare_rss_mb']:.1f} MB"),
+         "ALSA configured as on a device: the pulse stand-in card, no libasound2-plugins"),
+        ("  with this machine's ALSA plugins", f"{plugins['rss_mb']:.1f} MB",
+         f"a {plugins['seconds']:.0f} s run; PortAudio loads every plugin it enumerates"),
         ("  of which anonymous (heap, buffers)", f"{daemon['anon_mb']:.1f} MB",
          "at the end of the run; the rest are library pages the kernel can drop"),
+        ("  bare interpreter importing voiced", f"{bare:.1f} MB",
+         f"with numpy and python-soxr, as before: {bare_numpy:.1f} MB"),
         ("  PortAudio init + a stream", f"{pa_rss['machine']:.1f} MB",
          f"with this machine's ALSA plugins; {pa_rss['pulse only']:.1f} MB with only "
          "the pulse plugin configured"),

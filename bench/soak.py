@@ -7,7 +7,9 @@ drop, malformed/binary/unknown frames, refusing connections for a while, and ses
 expiry. With ``--audio pyaudio`` the daemon runs on PortAudio against a private
 PulseAudio server (a 48 kHz mic sink the question is played into, a 24 kHz speaker, as
 ``scripts/setup.sh test`` installs), and the faults also include the sound card
-disappearing for 1-4 s (both sinks unloaded, then loaded again). Sessions also end by
+disappearing for 1-4 s (both sinks unloaded, then loaded again); ALSA is configured as
+on a device (only the pulse plugin; ``--machine-alsa`` keeps this machine's whole plugin
+set). Sessions also end by
 themselves every ``--session-s`` (default 60 s), so the daemon's planned
 make-before-break rollovers run all the time. It prints
 exchanges completed, faults injected, recoveries, transcripts lost, and the daemon's RSS
@@ -35,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.pulse import Pulse  # noqa: E402
+from tests.pulse import Pulse, pulse_only_alsa_config  # noqa: E402
 from voiced.sim.server import SimOptions, SimServer  # noqa: E402
 from voiced.transcripts import record_id  # noqa: E402
 
@@ -74,7 +76,8 @@ async def wait_for(pred: Any, within_s: float) -> bool:
 
 
 async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
-               pulse: Pulse | None, unplugs: bool = True) -> dict[str, Any]:
+               pulse: Pulse | None, unplugs: bool = True,
+               machine_alsa: bool = False) -> dict[str, Any]:
     rng = random.Random(seed)
     faults: collections.Counter[str] = collections.Counter()
     jsonl = tmp / "t.jsonl"
@@ -89,6 +92,8 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
                  "output": {"device": "pulse"}, "reopen_s": 0.5}
         env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24",
                         **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
+        if not machine_alsa:  # as on a device: only the stand-in card, no plugin set
+            env["ALSA_CONFIG_PATH"] = str(pulse_only_alsa_config(tmp))
         kinds = ["drop_mid_reply", "network_drop", "junk_frames", "refuse", "expire"]
         if unplugs:
             kinds += ["unplug", "unplug"]
@@ -210,6 +215,9 @@ def main() -> None:
     ap.add_argument("--audio", choices=("file", "pyaudio"), default="file")
     ap.add_argument("--no-unplug", action="store_true",
                     help="pyaudio: leave the sound card plugged in (no device faults)")
+    ap.add_argument("--machine-alsa", action="store_true",
+                    help="pyaudio: use this machine's ALSA configuration with every plugin "
+                         "(default: only the pulse plugin, as on a device)")
     args = ap.parse_args()
     print(f"soak: {args.minutes:g} min, seed {args.seed}, sessions of {args.session_s:g} s, "
           f"{args.audio} audio", flush=True)
@@ -219,7 +227,7 @@ def main() -> None:
             pulse.start()
         try:
             r = asyncio.run(soak(args.minutes, args.seed, Path(d), args.session_s, pulse,
-                                 unplugs=not args.no_unplug))
+                                 unplugs=not args.no_unplug, machine_alsa=args.machine_alsa))
         finally:
             if pulse is not None:
                 pulse.stop()

@@ -96,3 +96,19 @@ def running_pulse(tmp_path: Path) -> Iterator[Pulse]:
     finally:
         server.stop()
 
+
+def pulse_only_alsa_config(tmp: Path) -> Path:
+    """alsa.conf that loads only the pulse plugin's files, as on a device without the
+    libasound2-plugins package (a52, jack, oss, speex, upmix... not configured)."""
+    confd = tmp / "alsa-conf.d"
+    confd.mkdir()
+    for name in ("50-pulseaudio.conf", "99-pulse.conf"):
+        src = Path("/etc/alsa/conf.d") / name
+        if src.exists():
+            (confd / name).symlink_to(src.resolve())
+    text = Path("/usr/share/alsa/alsa.conf").read_text()
+    for d in ('"/var/lib/alsa/conf.d"', '"/usr/etc/alsa/conf.d"', '"/etc/alsa/conf.d"'):
+        text = text.replace(d, f'"{confd}"' if d == '"/etc/alsa/conf.d"' else "")
+    out = tmp / "alsa.conf"
+    out.write_text(text)
+    return out

@@ -15,8 +15,15 @@ import pytest
 import soxr
 
 from voiced.audio import libsoxr
-from voiced.audio.convert import (QUALITY, FromWire, ToWire, downmix, duplicate, pick_channel,
-                                  to_int16)
+from voiced.audio.convert import (
+    QUALITY,
+    FromWire,
+    ToWire,
+    downmix,
+    duplicate,
+    pick_channel,
+    to_int16,
+)
 from voiced.audio.libsoxr import Resampler
 from voiced.audio.volume import Volume
 from voiced.errors import AudioDeviceError
