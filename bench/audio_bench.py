@@ -136,9 +136,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bench_daemon(pulse: Pulse, tmp: Path, seconds: float,
-                 alsa_config: Path | None = None) -> dict[str, Any]:
-    """Run the daemon; ``alsa_config`` replaces the machine's ALSA configuration."""
+def bench_daemon(pulse: Pulse, tmp: Path, seconds: float, alsa_config: Path | None = None,
+                 **audio: Any) -> dict[str, Any]:
+    """Run the daemon; ``alsa_config`` replaces the machine's ALSA configuration, and
+    ``audio`` adds keys to the config's ``audio`` section."""
     tmp = Path(tempfile.mkdtemp(dir=tmp))
     question = REPO / "voiced" / "data" / "question.wav"
     feed = tmp / "feed.wav"  # the question then 4 s of silence, played in a loop at 48 kHz
@@ -158,7 +159,7 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float,
         "realtime": {"url": f"ws://127.0.0.1:{port}/v1/realtime"},
         "audio": {"backend": "pyaudio", "echo": "full_duplex",
                   "input": {"device": "pulse", "rate_hz": 48000},
-                  "output": {"device": "pulse"}},
+                  "output": {"device": "pulse"}, **audio},
         "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp / "t.jsonl")},
                         "outbox_dir": str(tmp / "outbox")},
         "control": {"socket": str(tmp / "ctl.sock")}}))
@@ -475,6 +476,9 @@ def main() -> None:
             device_alsa = pulse_only_alsa_config(tmp)
             daemon = bench_daemon(pulse, tmp, args.seconds, device_alsa)
             plugins = bench_daemon(pulse, tmp, min(args.seconds, 15.0))  # this machine's
+            # the trade-off: half the messages and wakeups for 20 ms more latency each way
+            coarse = bench_daemon(pulse, tmp, min(args.seconds, 30.0), device_alsa,
+                                  frame_ms=40, period_ms=40)
             idle = bench_idle_streams(pulse, min(args.seconds, 30.0))
             pa_rss = bench_portaudio_rss(pulse, device_alsa)
             minimal = bench_minimal_pipeline(min(args.seconds, 30.0))
@@ -489,6 +493,9 @@ def main() -> None:
         ("daemon CPU, full duplex (% of one core)", f"{daemon['cpu_pct']:.1f} %",
          f"over {daemon['seconds']:.0f} s, {daemon['audio_sent_s']:.0f} s of mic audio sent, "
          f"{daemon['records']} transcripts"),
+        ("  with 40 ms mic frames and speaker periods", f"{coarse['cpu_pct']:.1f} %",
+         f"a {coarse['seconds']:.0f} s run (frame_ms and period_ms 40: half the messages "
+         "and wakeups, 20 ms more latency each way)"),
         ("  by thread", ", ".join(f"{k} {v:.2f} %" for k, v in sorted(
             daemon["threads"].items(), key=lambda kv: -kv[1]) if v >= 0.005), ""),
         ("  baseline: PortAudio + PulseAudio plugin", f"{idle:.1f} %",

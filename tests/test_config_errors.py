@@ -195,3 +195,24 @@ def test_parse_raises_one_error_with_every_problem(tmp_path: Path) -> None:
                      base_dir=tmp_path)
     keys = [k for k, _ in e.value.problems]
     assert "realtime.voice" in keys and "audio.frame_ms" in keys
+
+
+def test_check_config_names_the_resampler_or_the_package_it_needs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from voiced import __main__ as cli
+    from voiced.audio import libsoxr
+    from voiced.errors import AudioDeviceError
+
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text(BASE.replace("backend: file", "backend: pyaudio"))
+    assert cli.main(["check-config", "-c", str(cfg)]) == 0
+    assert "resampler    libsoxr-0." in capsys.readouterr().out
+
+    def missing() -> None:
+        raise AudioDeviceError("libsoxr is not installed (sudo apt install libsoxr0)")
+
+    monkeypatch.setattr(libsoxr, "_lib", missing)
+    assert cli.main(["check-config", "-c", str(cfg)]) == 0  # a 24 kHz device still works
+    out = capsys.readouterr().out
+    assert "resampler    MISSING: libsoxr is not installed (sudo apt install libsoxr0)" in out

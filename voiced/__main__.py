@@ -72,6 +72,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     else:
         print(f"  audio        pyaudio: in {a.input.device!r}, out {a.output.device!r} "
               f"({a.echo})")
+        print(f"  resampler    {_resampler()}")
     button = f"pin {s.button.pin}, {s.button.mode}" if s.button else "none"
     print(f"  button       {button}")
     print(f"  leds         {s.leds.driver}")
@@ -80,6 +81,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  transcripts  {sink}{extra}")
     print(f"  control      {s.control.socket}")
     return EX_OK
+
+
+def _resampler() -> str:
+    """The resampler library's version, or what to install (24 kHz devices work without)."""
+    from voiced.audio import libsoxr
+    from voiced.errors import AudioDeviceError
+
+    try:
+        return libsoxr.version()
+    except AudioDeviceError as e:
+        return f"MISSING: {e}; only devices that open at 24 kHz will work"
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
