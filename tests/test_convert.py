@@ -75,6 +75,16 @@ def test_resampler_clear_forgets_the_held_back_tail() -> None:
     assert r.process(sig, last=True) == fresh.process(sig, last=True)
 
 
+def test_audio_after_the_last_chunk_is_refused_until_cleared() -> None:
+    r = Resampler(48000, 24000)
+    r.process(bytes(9600), last=True)
+    assert r.process(b"", last=True) == b""  # flushing again is harmless
+    with pytest.raises(ValueError, match="clear"):  # libsoxr itself would crash
+        r.process(bytes(9600))
+    r.clear()
+    assert len(r.process(bytes(9600), last=True)) == 4800
+
+
 def test_stereo_resampling_keeps_channels_apart() -> None:
     left, right = chirp(48000, 0.5), np.zeros(24000, "<i2")
     both = np.stack([left, right], 1).tobytes()
@@ -110,6 +120,22 @@ def test_volume_scales_each_chunk_completely_and_100_percent_is_untouched(
     assert Volume(tmp_path / "volume").apply(sig) == b"".join(halves)  # persisted
     v.set(0)
     assert not any(v.apply(sig))
+
+
+def test_without_libsoxr_the_volume_says_so_and_changes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "volume").write_text("50\n")
+
+    def missing() -> None:
+        raise AudioDeviceError("libsoxr is not installed (sudo apt install libsoxr0)")
+
+    monkeypatch.setattr(libsoxr, "_lib", missing)
+    v = Volume(tmp_path / "volume")  # the daemon still starts
+    assert v.percent == 100 and "cannot be applied" in caplog.text
+    with pytest.raises(AudioDeviceError):
+        v.set(30)
+    assert v.percent == 100 and v.apply(b"\x10\x00") == b"\x10\x00"
+    assert (tmp_path / "volume").read_text() == "50\n"  # the user's choice is kept
 
 
 def test_downmix_averages_every_lane_without_overflow() -> None:

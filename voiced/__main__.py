@@ -91,7 +91,8 @@ def _resampler() -> str:
     try:
         return libsoxr.version()
     except AudioDeviceError as e:
-        return f"MISSING: {e}; only devices that open at 24 kHz will work"
+        return (f"MISSING: {e}; without it only devices that open at 24 kHz work, at 100 % "
+                "volume, and client_vad does not")
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:

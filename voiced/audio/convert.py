@@ -72,7 +72,11 @@ class FromWire:
 
 
 def _samples(data: bytes, channels: int) -> memoryview:
-    """The whole sample frames of interleaved PCM16 as a memoryview of int16."""
+    """The whole sample frames of interleaved PCM16 as a memoryview of int16.
+
+    Native byte order: like the SWAR downmix below, this assumes a little-endian host
+    (every Raspberry Pi, x86, and arm64 as Linux runs it).
+    """
     whole = len(data) // (BYTES_PER_SAMPLE * channels) * BYTES_PER_SAMPLE * channels
     return memoryview(data)[:whole].cast("h")
 

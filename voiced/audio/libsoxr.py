@@ -49,7 +49,8 @@ _size_p = ctypes.POINTER(ctypes.c_size_t)
 def _lib() -> Any:
     """Load libsoxr and declare its prototypes; AudioDeviceError when it is not installed."""
     lib = None
-    for name in ("libsoxr.so.0", ctypes.util.find_library("soxr")):
+    for name in ("libsoxr.so.0", None):  # find_library runs ldconfig: only as a fallback
+        name = name or ctypes.util.find_library("soxr")
         if name:
             try:
                 lib = ctypes.CDLL(name)
@@ -95,10 +96,14 @@ class Resampler:
         channels: interleaved channel count, the same in and out.
         gain: linear amplitude factor applied in the same pass (clipped to 16 bits).
         quality: a soxr recipe name, ``QQ`` to ``VHQ``.
+
+    One instance belongs to one thread: ctypes releases the GIL while libsoxr runs.
     """
 
     def __init__(self, in_rate: int, out_rate: int, channels: int = 1, *, gain: float = 1.0,
                  quality: str = "LQ") -> None:
+        if quality not in QUALITY:
+            raise ValueError(f"unknown soxr quality {quality!r} (one of {', '.join(QUALITY)})")
         lib = _lib()
         self._lib = lib
         self._ratio = out_rate / in_rate
@@ -115,13 +120,21 @@ class Resampler:
         self._out = ctypes.create_string_buffer(0)
         self._idone = ctypes.c_size_t()
         self._odone = ctypes.c_size_t()
+        self._flushed = False
 
     def process(self, pcm: bytes, *, last: bool = False) -> bytes:
         """Resample one chunk; ``last=True`` also flushes what the filter holds back.
 
         A trailing partial sample frame (an odd byte, half a stereo pair) is ignored.
+
+        Raises:
+            ValueError: input after the last chunk without ``clear()`` (libsoxr itself
+                would write through a null pointer).
         """
         frames = len(pcm) // self._frame
+        if self._flushed and frames:
+            raise ValueError("audio after the last chunk: clear() the resampler first")
+        self._flushed = self._flushed or last
         room = math.ceil(frames * self._ratio) + 64  # plus what a flush may release
         if len(self._out) < room * self._frame:
             self._out = ctypes.create_string_buffer(room * self._frame)
@@ -151,8 +164,11 @@ class Resampler:
 
     def clear(self) -> None:
         """Forget all history and held-back audio; ready for a fresh signal."""
-        self._lib.soxr_clear(self._handle)
+        err = self._lib.soxr_clear(self._handle)
+        if err:
+            raise ValueError(f"libsoxr: {err.decode()}")
         self._odone.value = 0
+        self._flushed = False
 
     def __del__(self) -> None:
         handle, self._handle = getattr(self, "_handle", None), None

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from voiced.audio.libsoxr import Resampler
+from voiced.errors import AudioDeviceError
 from voiced.wire import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -32,17 +33,24 @@ class Volume:
                 pass
             except (OSError, ValueError) as e:
                 logger.warning("volume file %s unreadable (%s); using %d %%", path, e, default)
-        self._set_factor()
+        self._gain: Resampler | None = None
+        try:
+            self._use(self.percent)
+        except AudioDeviceError as e:  # the daemon still starts, and says why it is loud
+            logger.error("volume %d %% cannot be applied (%s): playing at 100 %%",
+                         self.percent, e)
+            self.percent = 100
 
-    def _set_factor(self) -> None:
-        self._factor = (self.percent / 100) ** 2
-        self._gain = (None if self._factor == 1.0
-                      else Resampler(SAMPLE_RATE, SAMPLE_RATE, gain=self._factor))
+    def _use(self, percent: int) -> None:
+        """Switch to ``percent``; on failure (no libsoxr) nothing changes."""
+        factor = (percent / 100) ** 2
+        self._gain = None if factor == 1.0 else Resampler(SAMPLE_RATE, SAMPLE_RATE,
+                                                          gain=factor)
+        self.percent = percent
 
     def set(self, percent: int) -> int:
         """Set and persist the volume (clamped to 0-100); return the new value."""
-        self.percent = max(0, min(100, int(percent)))
-        self._set_factor()
+        self._use(max(0, min(100, int(percent))))
         if self.path is not None:
             try:
                 tmp = self.path.with_name(self.path.name + ".tmp")
@@ -57,6 +65,7 @@ class Volume:
         """Scale PCM16 by the volume (unchanged, not copied, at 100 %)."""
         if self._gain is None:
             return pcm
-        out = self._gain.process(pcm, last=True)
-        self._gain.clear()
-        return out
+        try:
+            return self._gain.process(pcm, last=True)
+        finally:
+            self._gain.clear()
