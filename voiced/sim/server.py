@@ -16,13 +16,13 @@ import contextlib
 import json
 import logging
 import math
+import operator
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -284,8 +284,8 @@ class SimSession:
         while self._vad_pos + fb <= len(self.appended):
             off = self._vad_pos
             self._vad_pos += fb
-            a = np.frombuffer(self.appended[off:off + fb], dtype="<i2").astype(np.float64)
-            loud = math.sqrt(float(np.mean(a * a))) > level
+            a = memoryview(bytes(self.appended[off:off + fb])).cast("h")
+            loud = math.sqrt(sum(map(operator.mul, a, a)) / len(a)) > level
             pos_ms = off / 2 / SAMPLE_RATE * 1000
             if self._speech_on is None:
                 if loud:

@@ -6,14 +6,14 @@ simulated, and a clearly synthetic tone sequence instead of speech.
 
 from __future__ import annotations
 
+import array
 import io
 import logging
+import math
 import shutil
 import subprocess
 import wave
 from typing import Any
-
-import numpy as np
 
 from voiced.audio.libsoxr import Resampler
 from voiced.wire import SAMPLE_RATE
@@ -67,10 +67,13 @@ def speak(text: str) -> bytes:
 
 def tones(words: int) -> bytes:
     """A clearly synthetic stand-in for speech: one 150 ms beep per word."""
-    t = np.arange(int(0.15 * SAMPLE_RATE)) / SAMPLE_RATE
+    n = int(0.15 * SAMPLE_RATE)
+    hann = [0.5 - 0.5 * math.cos(2 * math.pi * k / (n - 1)) for k in range(n)]
+    gap = bytes(2 * int(0.08 * SAMPLE_RATE))
     out = []
     for i in range(max(1, words)):
-        f = 440.0 * (1.25 ** (i % 4))
-        beep = 0.3 * np.sin(2 * np.pi * f * t) * np.hanning(len(t))
-        out += [beep, np.zeros(int(0.08 * SAMPLE_RATE))]
-    return (np.concatenate(out) * 32767).astype("<i2").tobytes()
+        step = 2 * math.pi * 440.0 * (1.25 ** (i % 4)) / SAMPLE_RATE
+        beep = array.array("h", (int(0.3 * 32767 * math.sin(step * k) * hann[k])
+                                 for k in range(n)))
+        out += [beep.tobytes(), gap]
+    return b"".join(out)
