@@ -13,6 +13,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -242,6 +243,39 @@ def test_unit_has_the_appliance_settings() -> None:
                  "SupplementaryGroups=audio gpio spi",
                  "LoadCredential=openai_api_key:", "DevicePolicy=closed"):
         assert line in text, line
+
+
+# The kernel's own MemoryDenyWriteExecute (prctl PR_SET_MDWE, Linux >= 6.3): no memory
+# that is writable and executable, inherited across exec, as the unit's setting enforces.
+UNDER_MDWE = ("import ctypes, os, sys\n"
+              "if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0):  # PR_SET_MDWE, REFUSE_EXEC_GAIN\n"
+              "    sys.exit(99)\n"
+              "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def under_mdwe(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run([sys.executable, "-c", UNDER_MDWE, *cmd], capture_output=True,
+                       text=True, timeout=TIMEOUT, check=False, **kw)
+    if p.returncode == 99:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux >= 6.3)")
+    return p
+
+
+def test_the_code_runs_with_memory_deny_write_execute(tmp_path: Path) -> None:
+    """The unit sets MemoryDenyWriteExecute=yes: the whole pipeline (ctypes, libsoxr,
+    websockets, the simulator) and PortAudio capture at 48 kHz resampled by libsoxr must
+    work in a process the kernel refuses writable+executable memory."""
+    from tests.test_pyaudio import CAPTURE, alsa_home
+
+    assert "MemoryDenyWriteExecute=yes" in UNIT.read_text()
+    probe = under_mdwe([sys.executable, "-c", "import mmap; mmap.mmap(-1, 4096, prot=7)"])
+    assert "Permission denied" in probe.stderr  # the restriction really is on
+    p = under_mdwe([*voiced_cmd("demo", "--out", str(tmp_path / "demo"))], env=clean_env())
+    assert p.returncode == 0 and "assistant:" in p.stdout, p.stdout + p.stderr
+    home = alsa_home(tmp_path, in_pcm=bytes(48000 * 2 * 3))
+    p = under_mdwe([sys.executable, "-c", CAPTURE.format(rate=48000, nbytes=24000 * 2)],
+                   env=clean_env(HOME=str(home)))
+    assert p.returncode == 0 and "RATE 48000" in p.stderr, p.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ the installer
