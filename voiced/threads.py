@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 
@@ -22,6 +23,21 @@ def name_this_thread(name: str) -> None:
         _libc().prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
     except (OSError, AttributeError):  # pragma: no cover - not Linux
         pass
+
+
+def thread_namer(name: str) -> Callable[[], None]:
+    """A function for a callback to call on a thread someone else starts.
+
+    PortAudio starts one per stream; the thread is named on the first call only.
+    """
+    named: list[bool] = []
+
+    def name_once() -> None:
+        if not named:
+            name_this_thread(name)
+            named.append(True)
+
+    return name_once
 
 
 MALLOC_ARENAS = 2

@@ -79,6 +79,12 @@ def _lib() -> Any:
     return lib
 
 
+def _check(error: bytes | None) -> None:
+    """Raise the error libsoxr returned (it returns NULL on success)."""
+    if error:
+        raise ValueError(f"libsoxr: {error.decode()}")
+
+
 def version() -> str:
     """The library's version string, e.g. ``libsoxr-0.1.3``."""
     return str(_lib().soxr_version().decode())
@@ -155,19 +161,14 @@ class Resampler:
         return b"".join(out)
 
     def _call(self, data: bytes | None, frames: int, room: int, out: list[bytes]) -> None:
-        err = self._lib.soxr_process(self._handle, data, frames, ctypes.byref(self._idone),
-                                     self._out, room, ctypes.byref(self._odone))
-        if err:
-            raise ValueError(f"libsoxr: {err.decode()}")
+        _check(self._lib.soxr_process(self._handle, data, frames, ctypes.byref(self._idone),
+                                      self._out, room, ctypes.byref(self._odone)))
         if self._odone.value:
             out.append(ctypes.string_at(self._out, self._odone.value * self._frame))
 
     def clear(self) -> None:
         """Forget all history and held-back audio; ready for a fresh signal."""
-        err = self._lib.soxr_clear(self._handle)
-        if err:
-            raise ValueError(f"libsoxr: {err.decode()}")
-        self._odone.value = 0
+        _check(self._lib.soxr_clear(self._handle))
         self._flushed = False
 
     def __del__(self) -> None:

@@ -21,7 +21,8 @@ from typing import Any, Final
 from voiced.audio.convert import Framer, FromWire, ToWire, frame_bytes
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
-from voiced.threads import name_this_thread
+from voiced.threads import thread_namer
+from voiced.wakeup import Wakeup
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class PyAudioSource:
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._frames: deque[bytes] = deque(maxlen=_QUEUE_FRAMES)
-        self._waiter: asyncio.Future[None] | None = None
+        self._arrived = Wakeup()
         # one per open stream: a callback's hand-over still queued on the loop when the
         # stream was closed must not leak old audio into the next one
         self._generation = 0
@@ -209,16 +210,14 @@ class PyAudioSource:
         framer = Framer(frame_bytes(self.frame_ms))
         pyaudio = _pyaudio()
         overflow_flag = pyaudio.paInputOverflow
-        named: list[bool] = []
+        name_thread = thread_namer("voiced-mic")
         loop = self._loop
         assert loop is not None
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[None, int]:
             # NOTE: runs on PortAudio's thread; the only crossing is call_soon_threadsafe
-            if not named:  # the first call: PortAudio's thread is new
-                name_this_thread("voiced-mic")
-                named.append(True)
+            name_thread()
             if status & overflow_flag:
                 self.overflows += 1
             if in_data:
@@ -252,7 +251,7 @@ class PyAudioSource:
                     logger.warning("microphone frames dropped (%d so far): the event loop "
                                    "is falling behind", self.dropped_frames)
             self._frames.append(f)
-        self._wake()
+        self._arrived.set()
 
     def mic_opened(self) -> None:
         """Nothing to do: a real mic is always capturing."""
@@ -263,30 +262,15 @@ class PyAudioSource:
         Raises:
             AudioDeviceError: no audio arrived for 2 s (the mic was unplugged or failed).
         """
-        # A bare future and one timer per wait: asyncio.wait_for would start a task for
-        # every 20 ms frame, several extra event-loop turns each (bench/audio_bench.py).
         while not self._frames:
             if self._stream is None:
                 raise AudioDeviceError("microphone is closed")
-            loop = self._loop
-            assert loop is not None  # start() ran, or _stream would be None
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(_MIC_SILENCE_S, self._wake, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._waiter = None
+            await self._arrived.wait(_MIC_SILENCE_S)
             if not self._frames and time.monotonic() - self._last_callback >= _MIC_SILENCE_S:
                 name = self.device.name if self.device else "?"
                 raise AudioDeviceError(f"microphone \"{name}\" delivers no audio "
                                        "(unplugged or failed)")
         return self._frames.popleft()
-
-    def _wake(self, waiter: asyncio.Future[None] | None = None) -> None:
-        waiter = waiter or self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     async def aclose(self) -> None:
         """Stop and close the stream and PortAudio."""
@@ -298,7 +282,7 @@ class PyAudioSource:
         self._stream = self._pa = None
         self._frames.clear()
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake)  # a waiting read() sees it
+            self._loop.call_soon_threadsafe(self._arrived.set)  # a waiting read() sees it
 
 
 class PyAudioSink:
@@ -366,14 +350,12 @@ class PyAudioSink:
         assert loop is not None
         period = self.rate * self.period_ms // 1000
         frame_b = BYTES_PER_SAMPLE * channels
-        named: list[bool] = []
+        name_thread = thread_namer("voiced-speaker")
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[bytes, int]:
             # NOTE: PortAudio's thread. Pull from the jitter buffer, pad with silence.
-            if not named:  # the first call: PortAudio's thread is new
-                name_this_thread("voiced-speaker")
-                named.append(True)
+            name_thread()
             want = frame_count * frame_b
             out = bytearray()
             drained = False

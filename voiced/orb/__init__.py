@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from voiced.config import Pattern
+from voiced.wakeup import Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +62,6 @@ def is_static(pattern: Pattern) -> bool:
     return pattern.effect in ("off", "solid")
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class Animator:
     """Runs the orb: ``set_state`` from the loop; :meth:`run` is one task.
 
@@ -79,7 +75,7 @@ class Animator:
         self.fps = min(30, max(1, fps))
         self.state = "starting"
         self._changed = False
-        self._wake: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
         self._last: list[Pixel] | None = None
         self._flash_until = 0.0
         self.frames_shown = 0
@@ -106,27 +102,12 @@ class Animator:
 
     def _change(self) -> None:
         self._changed = True
-        if self._wake is not None:
-            _resolve(self._wake)
+        self._wakeup.set()
 
     async def _pause(self, seconds: float | None) -> None:
-        """Until something changes, or ``seconds`` have passed (None: no limit).
-
-        A bare future and one timer: ``asyncio.wait_for`` started a task for each of
-        30 frames a second, which doubled the orb's CPU (0.8 % of a core here).
-        """
-        if self._changed:
-            return
-        loop = asyncio.get_running_loop()
-        wake = self._wake = loop.create_future()
-        timer = (None if seconds is None
-                 else loop.call_later(seconds, _resolve, wake))
-        try:
-            await wake
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._wake = None
+        """Until something changes, or ``seconds`` have passed (None: no limit)."""
+        if not self._changed:
+            await self._wakeup.wait(seconds)
 
     def _show(self, frame: list[Pixel]) -> None:
         if self.driver is None or frame == self._last:
