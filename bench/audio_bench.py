@@ -8,7 +8,8 @@ and a 24 kHz "speaker", then measures:
 1. ``voiced run`` (a subprocess) in full duplex against the simulator for ``--seconds``:
    CPU % of one core (and per thread) and peak RSS, with ALSA configured as on a device
    (only the pulse plugin that makes the stand-in sound card; no libasound2-plugins set),
-   then a shorter run with this machine's full ALSA configuration. Baselines in the same
+   then a shorter run with this machine's full ALSA configuration, and shorter runs with
+   40 ms and with 100 ms mic frames and speaker periods. Baselines in the same
    run: a process that only holds the same two PortAudio streams open, a minimal Python
    mic uplink (a thread handing 20 ms frames to asyncio, sent over websockets), a bare
    interpreter importing what ``voiced run`` imports (and the same with numpy and
@@ -46,7 +47,7 @@ import soxr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.pulse import Pulse, pulse_only_alsa_config  # noqa: E402
+from tests.pulse import Pulse  # noqa: E402
 from voiced.audio.convert import QUALITY, ToWire  # noqa: E402
 from voiced.config import AudioSettings  # noqa: E402
 from voiced.wire import SAMPLE_RATE  # noqa: E402
@@ -136,10 +137,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bench_daemon(pulse: Pulse, tmp: Path, seconds: float, alsa_config: Path | None = None,
+def bench_daemon(pulse: Pulse, tmp: Path, seconds: float, machine_alsa: bool = False,
                  **audio: Any) -> dict[str, Any]:
-    """Run the daemon; ``alsa_config`` replaces the machine's ALSA configuration, and
-    ``audio`` adds keys to the config's ``audio`` section."""
+    """Run the daemon; ``machine_alsa`` gives it this machine's ALSA configuration (every
+    plugin) instead of the device-like one, and ``audio`` adds keys to the config's
+    ``audio`` section."""
     tmp = Path(tempfile.mkdtemp(dir=tmp))
     question = REPO / "voiced" / "data" / "question.wav"
     feed = tmp / "feed.wav"  # the question then 4 s of silence, played in a loop at 48 kHz
@@ -164,8 +166,8 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float, alsa_config: Path | No
                         "outbox_dir": str(tmp / "outbox")},
         "control": {"socket": str(tmp / "ctl.sock")}}))
     env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
-    if alsa_config is not None:
-        env["ALSA_CONFIG_PATH"] = str(alsa_config)
+    if machine_alsa:
+        del env["ALSA_CONFIG_PATH"]
     voiced = [sys.executable, "-m", "voiced"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -310,12 +312,15 @@ def bare_import_rss(extra: str = "") -> float:
     return float(p.stdout)
 
 
-def bench_portaudio_rss(pulse: Pulse, pulse_only: Path) -> dict[str, float]:
+def bench_portaudio_rss(pulse: Pulse) -> dict[str, float]:
     """RSS PortAudio adds (init + one stream), with this machine's ALSA plugins and with
-    only the pulse plugin (the ALSA configuration ``pulse_only``)."""
+    only the pulse plugin (as on a device)."""
     out = {}
-    for name, extra in (("machine", {}), ("pulse only", {"ALSA_CONFIG_PATH": str(pulse_only)})):
-        p = subprocess.run([sys.executable, "-c", PORTAUDIO_RSS], env=pulse.env(**extra),
+    for name in ("machine", "pulse only"):
+        env = pulse.env()
+        if name == "machine":
+            del env["ALSA_CONFIG_PATH"]
+        p = subprocess.run([sys.executable, "-c", PORTAUDIO_RSS], env=env,
                            capture_output=True, text=True, timeout=60, check=True)
         out[name] = float(p.stdout.strip().splitlines()[-1])
     return out
@@ -472,15 +477,17 @@ def main() -> None:
         try:
             pa = bench_portaudio(pulse)
             pulse.add_sink("mic48", 48000)  # the daemon's USB mic
-            # as on a device: no libasound2-plugins set, only the stand-in sound card
-            device_alsa = pulse_only_alsa_config(tmp)
-            daemon = bench_daemon(pulse, tmp, args.seconds, device_alsa)
-            plugins = bench_daemon(pulse, tmp, min(args.seconds, 15.0))  # this machine's
+            # ALSA as on a device: no libasound2-plugins set, only the stand-in sound card
+            daemon = bench_daemon(pulse, tmp, args.seconds)
+            plugins = bench_daemon(pulse, tmp, min(args.seconds, 15.0), machine_alsa=True)
             # the trade-off: half the messages and wakeups for 20 ms more latency each way
-            coarse = bench_daemon(pulse, tmp, min(args.seconds, 30.0), device_alsa,
-                                  frame_ms=40, period_ms=40)
+            coarse = bench_daemon(pulse, tmp, min(args.seconds, 30.0), frame_ms=40,
+                                  period_ms=40)
+            # the coarsest the config allows: a tenth of the wakeups, 80 ms more each way
+            coarsest = bench_daemon(pulse, tmp, min(args.seconds, 30.0), frame_ms=100,
+                                    period_ms=100)
             idle = bench_idle_streams(pulse, min(args.seconds, 30.0))
-            pa_rss = bench_portaudio_rss(pulse, device_alsa)
+            pa_rss = bench_portaudio_rss(pulse)
             minimal = bench_minimal_pipeline(min(args.seconds, 30.0))
         finally:
             pulse.stop()
@@ -496,6 +503,9 @@ def main() -> None:
         ("  with 40 ms mic frames and speaker periods", f"{coarse['cpu_pct']:.1f} %",
          f"a {coarse['seconds']:.0f} s run (frame_ms and period_ms 40: half the messages "
          "and wakeups, 20 ms more latency each way)"),
+        ("  with 100 ms frames and periods", f"{coarsest['cpu_pct']:.1f} %",
+         f"a {coarsest['seconds']:.0f} s run (the largest frame_ms and period_ms the config "
+         "allows: 80 ms more latency each way, barge-in silent 80 ms later)"),
         ("  by thread", ", ".join(f"{k} {v:.2f} %" for k, v in sorted(
             daemon["threads"].items(), key=lambda kv: -kv[1]) if v >= 0.005), ""),
         ("  baseline: PortAudio + PulseAudio plugin", f"{idle:.1f} %",

@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.pulse import Pulse, pulse_only_alsa_config  # noqa: E402
+from tests.pulse import Pulse  # noqa: E402
 from voiced.sim.server import SimOptions, SimServer  # noqa: E402
 from voiced.transcripts import record_id  # noqa: E402
 
@@ -76,8 +76,7 @@ async def wait_for(pred: Any, within_s: float) -> bool:
 
 
 async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
-               pulse: Pulse | None, unplugs: bool = True,
-               machine_alsa: bool = False) -> dict[str, Any]:
+               pulse: Pulse | None, unplugs: bool = True) -> dict[str, Any]:
     rng = random.Random(seed)
     faults: collections.Counter[str] = collections.Counter()
     jsonl = tmp / "t.jsonl"
@@ -92,8 +91,6 @@ async def soak(minutes: float, seed: int, tmp: Path, session_s: float,
                  "output": {"device": "pulse"}, "reopen_s": 0.5}
         env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24",
                         **{k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
-        if not machine_alsa:  # as on a device: only the stand-in card, no plugin set
-            env["ALSA_CONFIG_PATH"] = str(pulse_only_alsa_config(tmp))
         kinds = ["drop_mid_reply", "network_drop", "junk_frames", "refuse", "expire"]
         if unplugs:
             kinds += ["unplug", "unplug"]
@@ -222,12 +219,13 @@ def main() -> None:
     print(f"soak: {args.minutes:g} min, seed {args.seed}, sessions of {args.session_s:g} s, "
           f"{args.audio} audio", flush=True)
     with tempfile.TemporaryDirectory(prefix="voiced-soak-") as d:
-        pulse = Pulse(Path(d) / "pulse") if args.audio == "pyaudio" else None
+        pulse = (Pulse(Path(d) / "pulse", machine_alsa=args.machine_alsa)
+                 if args.audio == "pyaudio" else None)
         if pulse is not None:
             pulse.start()
         try:
             r = asyncio.run(soak(args.minutes, args.seed, Path(d), args.session_s, pulse,
-                                 unplugs=not args.no_unplug, machine_alsa=args.machine_alsa))
+                                 unplugs=not args.no_unplug))
         finally:
             if pulse is not None:
                 pulse.stop()

@@ -5,6 +5,10 @@ PortAudio reaches it through ALSA's ``pulse`` plugin (device ``pulse``). The sin
 shared/docs/test-harness.md §2b); the default source is the monitor of the default sink,
 so a test hears exactly what the speaker played. Unloading a sink's module is the
 machine's version of pulling out a USB sound card: streams on it fail.
+
+Processes using the server see ALSA configured as on a device: only the pulse plugin's
+files, not this machine's whole libasound2-plugins set (a52, jack, oss, speex, upmix...),
+which PortAudio would open, one by one, every time it lists devices.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ SINK_ARGS = "format=s16le rate=24000 channels=1 norewinds=1"
 
 
 class Pulse:
-    """A running PulseAudio daemon in ``root``."""
+    """A running PulseAudio daemon in ``root``; ``machine_alsa`` keeps this machine's ALSA
+    configuration (every plugin) for its clients instead of the device-like one."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, machine_alsa: bool = False) -> None:
         self.root = root
         self.home = root / "home"  # no .asoundrc: ALSA's default config routes to pulse
         self.home.mkdir(parents=True)
+        self.alsa_config = None if machine_alsa else pulse_only_alsa_config(root)
         self.run_dir = root / "run"
         self.run_dir.mkdir(mode=0o700)
         self.socket = root / "native"
@@ -37,6 +43,8 @@ class Pulse:
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a process that should use this server."""
+        if self.alsa_config is not None:
+            extra = {"ALSA_CONFIG_PATH": str(self.alsa_config), **extra}
         return clean_env(HOME=str(self.home), XDG_RUNTIME_DIR=str(self.run_dir),
                          PULSE_SERVER=f"unix:{self.socket}", **extra)
 
