@@ -142,9 +142,19 @@ def test_downmix_averages_every_lane_without_overflow() -> None:
     for channels in (2, 3):
         a = RNG.integers(-32768, 32768, size=(5000, channels)).astype("<i2")
         a[0], a[1], a[2] = -32768, 32767, [-32768, 32767, 0][:channels]
+        a[3], a[4], a[5] = [1, 0, 0][:channels], [-1, 0, 0][:channels], [3, 0, 0][:channels]
         got = np.frombuffer(downmix(a.tobytes() + b"\x01", channels), "<i2")
-        want = np.floor_divide(a.astype(np.int64).sum(1), channels)
+        want = np.rint(a.astype(np.int64).sum(1) / channels)  # half to even
         assert np.array_equal(got, want), channels
+    # halves: 0.5 -> 0, -0.5 -> 0, 1.5 -> 2, -1.5 -> -2, 32766.5 -> 32766, -32767.5 -> -32768
+    halves = np.array([[0, 1], [0, -1], [1, 2], [-1, -2], [32766, 32767], [-32767, -32768]],
+                      "<i2")
+    assert np.frombuffer(downmix(halves.tobytes(), 2), "<i2").tolist() == [
+        0, 0, 2, -2, 32766, -32768]
+    # no DC offset: the mean error over many random pairs is ~0, not -0.25 LSB
+    pairs = RNG.integers(-32768, 32768, size=(200_000, 2)).astype("<i2")
+    err = np.frombuffer(downmix(pairs.tobytes(), 2), "<i2") - pairs.astype(np.float64).mean(1)
+    assert abs(err.mean()) < 0.01
 
 
 def test_pick_and_duplicate_channels() -> None:

@@ -97,28 +97,35 @@ def duplicate(mono: bytes, channels: int) -> bytes:
 
 
 @functools.lru_cache(maxsize=8)
-def _lane_masks(samples: int) -> tuple[int, int]:
-    """Per-16-bit-lane masks as big integers: the sign bits, and all bits but the top."""
+def _lane_masks(samples: int) -> tuple[int, int, int]:
+    """Per-16-bit-lane masks as big integers: sign bits, all bits but the top, lowest bit."""
     return (int.from_bytes(b"\x00\x80" * samples, "little"),
-            int.from_bytes(b"\xff\x7f" * samples, "little"))
+            int.from_bytes(b"\xff\x7f" * samples, "little"),
+            int.from_bytes(b"\x01\x00" * samples, "little"))
 
 
 def downmix(data: bytes, channels: int) -> bytes:
-    """The average of all channels of interleaved PCM16 (rounded down), as mono."""
+    """The average of all channels of interleaved PCM16 as mono, rounded half to even.
+
+    As numpy's rint; rounding down would add a DC offset of -0.25 LSB.
+    """
     view = _samples(data, channels)
     if channels != 2:  # only WAV files get here (a device is opened mono or stereo)
         cols = [view[c::channels] for c in range(channels)]
-        return b"".join((sum(v) // channels).to_bytes(2, "little", signed=True)
+        return b"".join(round(sum(v) / channels).to_bytes(2, "little", signed=True)
                         for v in zip(*cols, strict=True))
     # Stereo, all lanes at once: each 16-bit lane of a big integer holds one sample, in
-    # offset binary (sign bit flipped) so lanes are unsigned. floor((a + b) / 2) is
-    # (a & b) + ((a ^ b) >> 1) per lane; the shift's bit from the next lane is masked
-    # off, and the sum fits in its lane, so no carry crosses a lane border.
+    # offset binary (sign bit flipped) so lanes are unsigned; the offset is even, so a
+    # lane's parity is the sample's. floor((a + b) / 2) is (a & b) + ((a ^ b) >> 1) per
+    # lane; the shift's bit from the next lane is masked off, and the sum fits in its
+    # lane. A half (a ^ b odd) on an odd floor rounds up: that floor is at most 65534,
+    # so the +1 stays in its lane too.
     n = len(view) // 2
-    sign, low = _lane_masks(n)
+    sign, low, one = _lane_masks(n)
     a = int.from_bytes(view[0::2].tobytes(), "little") ^ sign
     b = int.from_bytes(view[1::2].tobytes(), "little") ^ sign
-    return (((a & b) + (((a ^ b) >> 1) & low)) ^ sign).to_bytes(2 * n, "little")
+    floor = (a & b) + (((a ^ b) >> 1) & low)
+    return ((floor + ((a ^ b) & floor & one)) ^ sign).to_bytes(2 * n, "little")
 
 
 class Framer:
