@@ -119,6 +119,9 @@ async def test_no_watchdog_pings_unless_systemd_asks(tmp_path: Path) -> None:
         cfg = write_config(tmp_path, sim.url)
         async with daemon(tmp_path, cfg) as (proc, notify):  # no WATCHDOG_USEC
             await notify.wait(lambda m: "STATUS=ready" in m, "STATUS=ready")
+            # ps and top say "voiced", not "python3"
+            with open(f"/proc/{proc.pid}/comm") as comm:  # noqa: ASYNC230 - procfs, instant
+                assert comm.read() == "voiced\n"
             await asyncio.sleep(0.5)
             assert "WATCHDOG=1" not in notify.poll()
             proc.send_signal(signal.SIGUSR2)  # no drill configured: logged and ignored

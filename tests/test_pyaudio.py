@@ -93,6 +93,52 @@ def test_ambiguous_name_is_a_config_error(tmp_path: Path) -> None:
     assert "matches several input devices" in p.stdout, p.stdout + p.stderr
 
 
+def _hold_open(path: Path) -> subprocess.Popen[str]:
+    """A process that holds ``path`` open until its stdin closes (as a sound server would)."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; f = open(sys.argv[1]); "
+                              "print('open', flush=True); sys.stdin.read()", str(path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "open\n"
+    return child
+
+
+def test_busy_device_error_names_the_process_holding_it(tmp_path: Path) -> None:
+    """PortAudio says only "Device unavailable"; the error says who has the device open.
+    /dev/snd does not exist here, so the nodes are files in a directory standing in for
+    it; the scan of /proc for processes holding them is the real one."""
+    from voiced.audio.pyaudio_backend import DeviceInfo, _explain_open_error
+    snd = tmp_path / "snd"
+    snd.mkdir()
+    for node in ("pcmC1D0c", "pcmC1D0p", "pcmC2D0c"):
+        (snd / node).touch()
+    busy = OSError(-9985, "Device unavailable")
+    mic = DeviceInfo(3, "USB PnP Sound Device: Audio (hw:1,0)", 1, 0, 48000, "ALSA")
+    assert "check `fuser -v /dev/snd/*`" in _explain_open_error(busy, mic, "input",
+                                                                snd_dir=snd)
+    speaker_holder = _hold_open(snd / "pcmC1D0p")  # the same card's playback side
+    other_card = _hold_open(snd / "pcmC2D0c")  # another card's mic
+    try:
+        msg = _explain_open_error(busy, mic, "input", snd_dir=snd)
+        assert "is busy: another program holds it" in msg, msg  # neither is this mic
+        mic_holder = _hold_open(snd / "pcmC1D0c")
+        try:
+            comm = Path(f"/proc/{mic_holder.pid}/comm").read_text().strip()
+            msg = _explain_open_error(busy, mic, "input", snd_dir=snd)
+            assert msg.startswith(f'input device 3 "{mic.name}" is busy: held by {comm} '
+                                  f"(pid {mic_holder.pid}); stop that program"), msg
+            assert "Device unavailable" in msg  # PortAudio's own words are kept
+            # a name without (hw:C,D), such as "default": any capture node counts
+            msg = _explain_open_error(busy, DeviceInfo(0, "default", 32, 32, 44100, "ALSA"),
+                                      "input", snd_dir=snd)
+            assert f"(pid {mic_holder.pid})" in msg and f"(pid {other_card.pid})" in msg
+            assert f"(pid {speaker_holder.pid})" not in msg
+        finally:
+            mic_holder.communicate(timeout=TIMEOUT)
+    finally:
+        for child in (speaker_holder, other_card):
+            child.communicate(timeout=TIMEOUT)
+
+
 CAPTURE = """
 import asyncio, sys
 from voiced.audio import pyaudio_backend

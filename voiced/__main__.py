@@ -49,9 +49,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
     setup_logging(logging.DEBUG if args.debug else settings.log_level)
     from voiced.supervisor import Supervisor
-    from voiced.threads import limit_malloc_arenas
+    from voiced.threads import limit_malloc_arenas, name_this_thread
 
     limit_malloc_arenas()  # before any thread starts: a long-running daemon's RSS stays flat
+    name_this_thread("voiced")  # the event loop; ps, top and "device busy: held by" say so
     return asyncio.run(Supervisor(settings).run())
 
 

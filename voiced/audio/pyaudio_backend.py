@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from voiced.audio.convert import Framer, FromWire, ToWire, frame_bytes
@@ -127,12 +130,47 @@ def select_device(pa: Any, spec: str | int, *, is_input: bool, key: str) -> Devi
                              "use a longer name or the index")])
 
 
-def _explain_open_error(e: OSError, dev: DeviceInfo, kind: str) -> str:
+_HW_IN_NAME = re.compile(r"\(hw:(\d+),(\d+)\)")  # ALSA names: "USB Audio: - (hw:1,0)"
+
+
+def pcm_holders(dev_name: str, capture: bool, *, snd_dir: Path = Path("/dev/snd"),
+                proc: Path = Path("/proc")) -> list[str]:
+    """Who holds an ALSA PCM open, as ``name (pid N)``.
+
+    The PCM node of ``dev_name``'s card and device (``pcmC1D0c``) when the name says which,
+    else any PCM node of that direction. Lists only processes whose ``/proc`` entries this
+    one may read: under the unit's ``ProtectProc=invisible``, other users' processes are
+    hidden, and then it finds none.
+    """
+    m = _HW_IN_NAME.search(dev_name)
+    card, device = (m.group(1), m.group(2)) if m else (r"\d+", r"\d+")
+    node = re.compile(rf"pcmC{card}D{device}{'c' if capture else 'p'}")
+    prefix = f"{snd_dir}/"
+    holders = []
+    for pid_dir in proc.iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            targets = [os.readlink(fd) for fd in (pid_dir / "fd").iterdir()]
+            if any(t.startswith(prefix) and node.fullmatch(t[len(prefix):])
+                   for t in targets):
+                name = (pid_dir / "comm").read_text().strip()
+                holders.append(f"{name} (pid {pid_dir.name})")
+        except OSError:  # not ours to read, or the process ended meanwhile
+            continue
+    return holders
+
+
+def _explain_open_error(e: OSError, dev: DeviceInfo, kind: str, *,
+                        snd_dir: Path = Path("/dev/snd")) -> str:
     text = str(e)
     if "-9985" in text or "busy" in text.lower() or "Device unavailable" in text:
-        return (f"{kind} device {dev.index} \"{dev.name}\" is busy: another program holds "
-                f"it (check `fuser -v /dev/snd/*`, or stop PulseAudio/PipeWire for this "
-                f"user); {text}")
+        holders = pcm_holders(dev.name, kind == "input", snd_dir=snd_dir)
+        who = (f"held by {', '.join(holders)}; stop that program or point it at another "
+               "device" if holders else
+               "another program holds it (check `fuser -v /dev/snd/*`; a desktop "
+               "session's PulseAudio or PipeWire often does)")
+        return f"{kind} device {dev.index} \"{dev.name}\" is busy: {who}; {text}"
     if "-9997" in text:
         return f"{kind} device \"{dev.name}\" refused the sample rate: {text}"
     return f"cannot open {kind} device {dev.index} \"{dev.name}\": {text}"
