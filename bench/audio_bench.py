@@ -1,16 +1,24 @@
 """Audio engine benchmark: prints figures, and the same figures for a naive baseline.
 
-Run: ``.venv/bin/python bench/audio_bench.py [--seconds 60]`` (needs pulseaudio, as
-``scripts/setup.sh test`` installs). It starts a private PulseAudio server with a 48 kHz
-"microphone" (a null sink whose monitor the daemon records, fed speech by ``paplay``)
-and a 24 kHz "speaker", then measures:
+Run: ``.venv/bin/python bench/audio_bench.py [--seconds 60]`` (needs gcc, libasound2-dev
+and pulseaudio, as ``scripts/setup.sh test`` installs). The machine has no sound card, so
+two things stand in for one:
 
-1. ``voiced run`` (a subprocess) in full duplex against the simulator for ``--seconds``:
-   CPU % of one core (and per thread) and peak RSS, with ALSA configured as on a device
-   (only the pulse plugin that makes the stand-in sound card; no libasound2-plugins set),
-   then a shorter run with this machine's full ALSA configuration, and shorter runs with
-   40 ms and with 100 ms mic frames and speaker periods. Baselines in the same
-   run: a process that only holds the same two PortAudio streams open, a minimal Python
+- a timer-clocked ALSA device (``bench/alsa_clock/pcm_clock.c``, built here): one poll
+  wakeup per period and a copy, as a card costs its client; its mic loops speech;
+- a private PulseAudio server with a 48 kHz "microphone" (a null sink whose monitor the
+  daemon records, fed speech by ``paplay``) and a 24 kHz "speaker", reached through
+  ALSA's pulse plugin. Only here can a test hear what was played, so the latency and
+  barge-in figures come from it.
+
+It measures:
+
+1. ``voiced run`` (a subprocess) in full duplex against the simulator for ``--seconds`` on
+   the clocked device: CPU % of one core (and per thread) and peak RSS, with ALSA
+   configured as on a device (no libasound2-plugins set); then shorter runs with 40 ms and
+   with 100 ms mic frames and speaker periods, on the PulseAudio stand-in, and on it with
+   this machine's full ALSA configuration. Baselines in the same run: a process that only
+   holds the same two PortAudio streams open (on each stand-in), a minimal Python
    mic uplink (a thread handing 20 ms frames to asyncio, sent over websockets), a bare
    interpreter importing what ``voiced run`` imports (and the same with numpy and
    python-soxr, as the daemon did before), and what PortAudio's start-up adds with this
@@ -38,6 +46,7 @@ import tempfile
 import textwrap
 import time
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +56,8 @@ import soxr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.pulse import Pulse  # noqa: E402
+from tests.conftest import clean_env  # noqa: E402
+from tests.pulse import Pulse, device_alsa_config  # noqa: E402
 from voiced.audio.convert import QUALITY, ToWire  # noqa: E402
 from voiced.config import AudioSettings  # noqa: E402
 from voiced.wire import SAMPLE_RATE  # noqa: E402
@@ -71,7 +81,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         if task.name == str(pid):
             name = "event loop"
-        elif name.startswith("python"):
+        elif name.startswith("python") or name == "voiced":  # unnamed: the loop's name
             name = "other"
         fields = stat.rsplit(")", 1)[1].split()
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
@@ -101,7 +111,7 @@ IDLE_STREAMS = """
 import os, sys, time, pyaudio
 pa = pyaudio.PyAudio()
 dev = next(i for i in range(pa.get_device_count())
-           if pa.get_device_info_by_index(i)["name"] == "pulse")
+           if pa.get_device_info_by_index(i)["name"] == sys.argv[3])
 def mic(data, n, t, s): return (None, pyaudio.paContinue)
 def speaker(data, n, t, s): return (bytes(2 * n), pyaudio.paContinue)
 streams = [  # kept referenced: a collected stream's callback would crash
@@ -122,12 +132,12 @@ pa.terminate()
 """
 
 
-def bench_idle_streams(pulse: Pulse, seconds: float) -> float:
+def bench_idle_streams(stand: Stand, seconds: float) -> float:
     """The baseline: CPU of a process that only keeps the same two PortAudio streams open."""
     period = SAMPLE_RATE * AudioSettings().period_ms // 1000  # the daemon's speaker period
-    p = subprocess.run([sys.executable, "-c", IDLE_STREAMS, str(seconds), str(period)],
-                       env=pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24"),
-                       capture_output=True, text=True, timeout=seconds + 60, check=True)
+    p = subprocess.run([sys.executable, "-c", IDLE_STREAMS, str(seconds), str(period),
+                        stand.device], env=stand.env, capture_output=True, text=True,
+                       timeout=seconds + 60, check=True)
     return float(p.stdout.strip().splitlines()[-1])
 
 
@@ -137,37 +147,74 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def bench_daemon(pulse: Pulse, tmp: Path, seconds: float, machine_alsa: bool = False,
-                 **audio: Any) -> dict[str, Any]:
-    """Run the daemon; ``machine_alsa`` gives it this machine's ALSA configuration (every
-    plugin) instead of the device-like one, and ``audio`` adds keys to the config's
-    ``audio`` section."""
-    tmp = Path(tempfile.mkdtemp(dir=tmp))
-    question = REPO / "voiced" / "data" / "question.wav"
-    feed = tmp / "feed.wav"  # the question then 4 s of silence, played in a loop at 48 kHz
-    with wave.open(str(question), "rb") as w:
+@dataclass(frozen=True)
+class Stand:
+    """What stands in for the sound card: the environment that makes PortAudio see it, its
+    device name, and the command (if any) that keeps playing the feed into its mic."""
+
+    name: str
+    env: dict[str, str]
+    device: str
+    feeder: list[str] | None = None
+
+
+def make_feed(tmp: Path) -> tuple[Path, Path]:
+    """The mic's input: the question then 4 s of silence at 48 kHz, as WAV and raw."""
+    with wave.open(str(REPO / "voiced" / "data" / "question.wav"), "rb") as w:
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
         rate = w.getframerate()
     up = soxr.resample(pcm, rate, 48000).astype("<i2")
-    with wave.open(str(feed), "wb") as w:
+    audio = np.concatenate([up, np.zeros(48000 * 4, "<i2")]).tobytes()
+    (tmp / "feed.raw").write_bytes(audio)
+    with wave.open(str(tmp / "feed.wav"), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(48000)
-        w.writeframes(np.concatenate([up, np.zeros(48000 * 4, "<i2")]).tobytes())
+        w.writeframes(audio)
+    return tmp / "feed.wav", tmp / "feed.raw"
+
+
+def pulse_stand(pulse: Pulse, feed_wav: Path, machine_alsa: bool = False) -> Stand:
+    """The PulseAudio stand-in: null sinks reached through ALSA's pulse plugin; ALSA as on a
+    device (only that plugin), or with ``machine_alsa`` this machine's whole plugin set."""
+    env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
+    if machine_alsa:
+        del env["ALSA_CONFIG_PATH"]
+    return Stand("pulse", env, "pulse",
+                 ["sh", "-c", f"while :; do paplay --device=mic48 {feed_wav}; done"])
+
+
+def clock_stand(tmp: Path, feed_raw: Path) -> Stand:
+    """A timer-clocked ALSA PCM (bench/alsa_clock): what a card costs its client, one
+    wakeup per period, and no sound server in the process. Its mic loops ``feed_raw``."""
+    lib = tmp / "libasound_module_pcm_clock.so"
+    p = subprocess.run(["gcc", "-O2", "-DPIC", "-shared", "-fPIC", "-o", str(lib),
+                        str(REPO / "bench" / "alsa_clock" / "pcm_clock.c"), "-lasound"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    if p.returncode != 0:
+        raise SystemExit(f"cannot build the clocked ALSA device (gcc, libasound2-dev):\n"
+                         f"{p.stderr[-2000:]}")
+    conf = device_alsa_config(tmp / "clock-alsa", pulse=False, extra=(
+        f'pcm_type.clock {{ lib "{lib}" }}\n'
+        f'pcm.clock {{ type clock infile "{feed_raw}" }}\n'))
+    return Stand("clock", clean_env(ALSA_CONFIG_PATH=str(conf)), "clock")
+
+
+def bench_daemon(stand: Stand, tmp: Path, seconds: float, **audio: Any) -> dict[str, Any]:
+    """Run the daemon on ``stand``; ``audio`` adds keys to the config's ``audio`` section."""
+    tmp = Path(tempfile.mkdtemp(dir=tmp))
     port = free_port()
     cfg = tmp / "voiced.yaml"
     cfg.write_text(json.dumps({
         "device_id": "bench", "log_level": "warning",
         "realtime": {"url": f"ws://127.0.0.1:{port}/v1/realtime"},
         "audio": {"backend": "pyaudio", "echo": "full_duplex",
-                  "input": {"device": "pulse", "rate_hz": 48000},
-                  "output": {"device": "pulse"}, **audio},
+                  "input": {"device": stand.device, "rate_hz": 48000},
+                  "output": {"device": stand.device}, **audio},
         "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp / "t.jsonl")},
                         "outbox_dir": str(tmp / "outbox")},
         "control": {"socket": str(tmp / "ctl.sock")}}))
-    env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
-    if machine_alsa:
-        del env["ALSA_CONFIG_PATH"]
+    env = stand.env
     voiced = [sys.executable, "-m", "voiced"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -179,8 +226,8 @@ def bench_daemon(pulse: Pulse, tmp: Path, seconds: float, machine_alsa: bool = F
         time.sleep(3.0)  # start-up and connect
         subprocess.run([*voiced, "ctl", "-c", str(cfg), "press"], env=env, check=True,
                        capture_output=True, timeout=20)
-        procs.append(subprocess.Popen(
-            ["sh", "-c", f"while :; do paplay --device=mic48 {feed}; done"], env=env))
+        if stand.feeder is not None:
+            procs.append(subprocess.Popen(stand.feeder, env=env))
         time.sleep(2.0)
         c0, t0, th0 = cpu_seconds(daemon.pid), time.monotonic(), thread_cpu(daemon.pid)
         if os.environ.get("BENCH_PROFILE"):  # where the daemon's CPU goes (py-spy)
@@ -472,23 +519,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="voiced-bench-") as d:
         tmp = Path(d)
         conv = bench_conversion()
+        feed_wav, feed_raw = make_feed(tmp)
+        # the headline: a timer-clocked ALSA device, which costs what a card costs
+        clock = clock_stand(tmp, feed_raw)
+        daemon = bench_daemon(clock, tmp, args.seconds)
+        # the trade-off: half the messages and wakeups for 20 ms more latency each way
+        coarse = bench_daemon(clock, tmp, min(args.seconds, 30.0), frame_ms=40, period_ms=40)
+        # the coarsest the config allows: a fifth of the wakeups, 80 ms more each way
+        coarsest = bench_daemon(clock, tmp, min(args.seconds, 30.0), frame_ms=100,
+                                period_ms=100)
+        idle_clock = bench_idle_streams(clock, min(args.seconds, 30.0))
+        minimal = bench_minimal_pipeline(min(args.seconds, 30.0))
         pulse = Pulse(tmp / "pulse")
         pulse.start()
         try:
             pa = bench_portaudio(pulse)
             pulse.add_sink("mic48", 48000)  # the daemon's USB mic
             # ALSA as on a device: no libasound2-plugins set, only the stand-in sound card
-            daemon = bench_daemon(pulse, tmp, args.seconds)
-            plugins = bench_daemon(pulse, tmp, min(args.seconds, 15.0), machine_alsa=True)
-            # the trade-off: half the messages and wakeups for 20 ms more latency each way
-            coarse = bench_daemon(pulse, tmp, min(args.seconds, 30.0), frame_ms=40,
-                                  period_ms=40)
-            # the coarsest the config allows: a tenth of the wakeups, 80 ms more each way
-            coarsest = bench_daemon(pulse, tmp, min(args.seconds, 30.0), frame_ms=100,
-                                    period_ms=100)
-            idle = bench_idle_streams(pulse, min(args.seconds, 30.0))
+            on_pulse = bench_daemon(pulse_stand(pulse, feed_wav), tmp, min(args.seconds, 30.0))
+            plugins = bench_daemon(pulse_stand(pulse, feed_wav, machine_alsa=True), tmp,
+                                   min(args.seconds, 15.0))
+            idle_pulse = bench_idle_streams(pulse_stand(pulse, feed_wav),
+                                            min(args.seconds, 30.0))
             pa_rss = bench_portaudio_rss(pulse)
-            minimal = bench_minimal_pipeline(min(args.seconds, 30.0))
         finally:
             pulse.stop()
     bare = bare_import_rss()
@@ -496,26 +549,36 @@ def main() -> None:
     soxr_c, naive = conv["soxr stream"], conv["naive"]
     probe = ToWire(48000)  # audio the resampler holds back: 1 s in, how much less out
     held = 24000 - sum(len(probe.convert(bytes(960))) // 2 for _ in range(100))
+    def cpu(run: dict[str, Any]) -> str:
+        return f"{run['cpu_pct']:.1f} %"
+
     rows = [
-        ("daemon CPU, full duplex (% of one core)", f"{daemon['cpu_pct']:.1f} %",
-         f"over {daemon['seconds']:.0f} s, {daemon['audio_sent_s']:.0f} s of mic audio sent, "
-         f"{daemon['records']} transcripts"),
-        ("  with 40 ms mic frames and speaker periods", f"{coarse['cpu_pct']:.1f} %",
+        ("daemon CPU, full duplex (% of one core)", cpu(daemon),
+         f"timer-clocked ALSA device; over {daemon['seconds']:.0f} s, "
+         f"{daemon['audio_sent_s']:.0f} s of mic audio sent, {daemon['records']} transcripts"),
+        ("  with 40 ms mic frames and speaker periods", cpu(coarse),
          f"a {coarse['seconds']:.0f} s run (frame_ms and period_ms 40: half the messages "
          "and wakeups, 20 ms more latency each way)"),
-        ("  with 100 ms frames and periods", f"{coarsest['cpu_pct']:.1f} %",
+        ("  with 100 ms frames and periods", cpu(coarsest),
          f"a {coarsest['seconds']:.0f} s run (the largest frame_ms and period_ms the config "
          "allows: 80 ms more latency each way, barge-in silent 80 ms later)"),
+        ("  on the PulseAudio stand-in", cpu(on_pulse),
+         f"a {on_pulse['seconds']:.0f} s run through ALSA's pulse plugin (libpulse's thread "
+         "and protocol run in the daemon)"),
         ("  by thread", ", ".join(f"{k} {v:.2f} %" for k, v in sorted(
             daemon["threads"].items(), key=lambda kv: -kv[1]) if v >= 0.005), ""),
-        ("  baseline: PortAudio + PulseAudio plugin", f"{idle:.1f} %",
-         "a process holding the same two streams open with empty callbacks"),
+        ("  baseline: PortAudio on the clocked device", f"{idle_clock:.1f} %",
+         "a process holding the same two streams open with empty callbacks; through the "
+         f"pulse plugin: {idle_pulse:.1f} %"),
         ("  baseline: a minimal Python mic uplink", f"{minimal:.1f} %",
          "a thread hands 20 ms frames to asyncio, sent as JSON appends over websockets"),
         ("daemon peak RSS", f"{daemon['rss_mb']:.1f} MB",
-         "ALSA configured as on a device: the pulse stand-in card, no libasound2-plugins"),
+         "the clocked device, ALSA configured as on a device (no libasound2-plugins)"),
+        ("  on the PulseAudio stand-in", f"{on_pulse['rss_mb']:.1f} MB",
+         "libpulse and its plugin loaded"),
         ("  with this machine's ALSA plugins", f"{plugins['rss_mb']:.1f} MB",
-         f"a {plugins['seconds']:.0f} s run; PortAudio loads every plugin it enumerates"),
+         f"the stand-in, a {plugins['seconds']:.0f} s run; PortAudio loads every plugin "
+         "it enumerates"),
         ("  of which anonymous (heap, buffers)", f"{daemon['anon_mb']:.1f} MB",
          "at the end of the run; the rest are library pages the kernel can drop"),
         ("  bare interpreter importing voiced", f"{bare:.1f} MB",

@@ -35,7 +35,7 @@ class Pulse:
         self.root = root
         self.home = root / "home"  # no .asoundrc: ALSA's default config routes to pulse
         self.home.mkdir(parents=True)
-        self.alsa_config = None if machine_alsa else pulse_only_alsa_config(root)
+        self.alsa_config = None if machine_alsa else device_alsa_config(root)
         self.run_dir = root / "run"
         self.run_dir.mkdir(mode=0o700)
         self.socket = root / "native"
@@ -105,15 +105,18 @@ def running_pulse(tmp_path: Path) -> Iterator[Pulse]:
         server.stop()
 
 
-def pulse_only_alsa_config(tmp: Path) -> Path:
-    """alsa.conf that loads only the pulse plugin's files, as on a device without the
-    libasound2-plugins package (a52, jack, oss, speex, upmix... not configured)."""
+def device_alsa_config(tmp: Path, *, pulse: bool = True, extra: str = "") -> Path:
+    """alsa.conf as on a device without the libasound2-plugins package (a52, jack, oss,
+    speex, upmix... not configured): ``pulse`` keeps the pulse plugin's files (the
+    stand-in card), ``extra`` is one more configuration file's text."""
     confd = tmp / "alsa-conf.d"
-    confd.mkdir()
-    for name in ("50-pulseaudio.conf", "99-pulse.conf"):
+    confd.mkdir(parents=True)
+    for name in ("50-pulseaudio.conf", "99-pulse.conf") if pulse else ():
         src = Path("/etc/alsa/conf.d") / name
         if src.exists():
             (confd / name).symlink_to(src.resolve())
+    if extra:
+        (confd / "50-extra.conf").write_text(extra)
     text = Path("/usr/share/alsa/alsa.conf").read_text()
     for d in ('"/var/lib/alsa/conf.d"', '"/usr/etc/alsa/conf.d"', '"/etc/alsa/conf.d"'):
         text = text.replace(d, f'"{confd}"' if d == '"/etc/alsa/conf.d"' else "")
