@@ -85,6 +85,59 @@ def test_barge_in_silences_the_speaker_where_stop_says(tmp_path: Path, period_ms
     assert {"voiced-mic", "voiced-speaker"} <= set(got["threads"]), got["threads"]
 
 
+UNDERRUN_THEN_BARGE_IN = """
+import asyncio, json, sys
+import numpy as np
+from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
+from voiced.config import AudioEndpointSettings
+async def main():
+    mic = PyAudioSource(AudioEndpointSettings(device="pulse"))  # the sink's monitor
+    speaker = PyAudioSink(AudioEndpointSettings(device="pulse"), jitter_ms=80)
+    drains = []
+    speaker.set_drained_callback(lambda: drains.append(1))
+    await mic.start()
+    await speaker.start()
+    t = np.arange(24000 * 3)
+    tone = (3000 + 2000 * np.sin(2 * np.pi * 440 * t / 24000)).astype("<i2")  # never 0
+    heard = bytearray()
+    async def record():
+        while True:
+            heard.extend(await mic.read())
+    task = asyncio.create_task(record())
+    await asyncio.sleep(0.3)
+    speaker.play(tone[:12000].tobytes(), "item_1")  # half a second, then the network stalls
+    await asyncio.sleep(1.0)
+    underran = len(drains)
+    speaker.play(tone[12000:].tobytes(), "item_1")  # the same item resumes
+    await asyncio.sleep(0.6)
+    played = speaker.stop()  # the barge-in
+    await asyncio.sleep(0.6)
+    task.cancel()
+    a = np.frombuffer(bytes(heard), "<i2")
+    print(json.dumps({"reported": played.get("item_1", 0), "heard": int(np.count_nonzero(a)),
+                      "underran": underran}))
+    await mic.aclose()
+    await speaker.aclose()
+asyncio.run(main())
+"""
+
+
+def test_barge_in_after_an_underrun_counts_the_whole_item(tmp_path: Path) -> None:
+    """A reply that ran dry (the network fell behind) and resumed is still one item: the
+    played position at a barge-in counts its audio from before the underrun too, or the
+    truncation would tell the model the user heard less than they did (0 ms, even)."""
+    with running_pulse(tmp_path) as pulse:
+        p = subprocess.run([sys.executable, "-c", textwrap.dedent(UNDERRUN_THEN_BARGE_IN)],
+                           env=pulse.env(), capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["underran"] == 1, got  # the first half second did run dry
+    period = 24000 * 20 // 1000
+    assert got["reported"] > 12000 + 0.3 * 24000, got  # both parts, not the second only
+    assert abs(got["reported"] - got["heard"]) <= period, got  # and what reached the sink
+
+
 @pytest.mark.timeout(120)
 async def test_run_survives_the_sound_device_disappearing(tmp_path: Path) -> None:
     """Unplugged: error state naming the device, retries; plugged back: listening again."""

@@ -225,6 +225,47 @@ def test_playback_reaches_the_device_bit_exact(tmp_path: Path) -> None:
     assert not any(out[a + half:b]), "the gap must be silence"
 
 
+PLAY_TWO_ITEMS = """
+import asyncio, sys
+from voiced.audio.pyaudio_backend import PyAudioSink
+from voiced.config import AudioEndpointSettings
+async def main():
+    sink = PyAudioSink(AudioEndpointSettings(device="usbmic", rate_hz=48000), jitter_ms=40)
+    drained = asyncio.Event()
+    sink.set_drained_callback(drained.set)
+    await sink.start()
+    a, b = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
+    sink.play(a, "item_a")  # one reply, then the next: no await in between
+    sink.play(b, "item_b")
+    await asyncio.wait_for(drained.wait(), 10)
+    await asyncio.sleep(0.1)
+    print("RATE", sink.rate)
+    await sink.aclose()
+asyncio.run(main())
+"""
+
+
+def test_a_replys_resampler_tail_plays_after_it_not_in_the_next(tmp_path: Path) -> None:
+    """At 48 kHz the resampler holds the end of each reply back. It is flushed after that
+    reply when the next one starts, and the next one starts from a clean filter: the
+    device gets each reply exactly as if it had been converted on its own."""
+    from voiced.audio.libsoxr import Resampler
+    home = alsa_home(tmp_path)
+    rng = np.random.default_rng(2)
+    a, b = ((rng.standard_normal(24000) * 3000).astype("<i2").tobytes() for _ in range(2))
+    (tmp_path / "a.raw").write_bytes(a)
+    (tmp_path / "b.raw").write_bytes(b)
+    p = subprocess.run([sys.executable, "-c", PLAY_TWO_ITEMS, str(tmp_path / "a.raw"),
+                        str(tmp_path / "b.raw")], env=clean_env(HOME=str(home)),
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "RATE 48000" in p.stdout
+    whole_a = Resampler(24000, 48000, quality=QUALITY).process(a, last=True)
+    head_b = Resampler(24000, 48000, quality=QUALITY).process(b)  # b's tail: no next reply
+    out = (tmp_path / "out.raw").read_bytes()
+    assert out.find(whole_a + head_b) >= 0, "the replies did not reach the device as converted"
+
+
 def test_test_audio_command_records_and_plays_back(tmp_path: Path) -> None:
     t = np.arange(48000 * 4) / 48000
     tone = (0.25 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")

@@ -184,3 +184,21 @@ async def test_control_socket_is_0660_and_rejects_unknown_commands(tmp_path: Pat
                     return dict(json.loads(s.makefile().readline()))
             assert (await asyncio.to_thread(ask, b'{"cmd": "reboot"}\n'))["ok"] is False
             assert (await asyncio.to_thread(ask, b"garbage\n"))["ok"] is False
+
+
+async def test_file_speaker_counts_an_item_across_an_underrun(tmp_path: Path) -> None:
+    """The file backend's played position (the one tests measure the core with) counts a
+    reply that ran dry and resumed as one item, as the PyAudio sink does."""
+    sink = WavFileSink(tmp_path / "out.wav", frame_ms=20)
+    drained = asyncio.Event()
+    sink.set_drained_callback(drained.set)
+    await sink.start()
+    try:
+        sink.play(bytes(2 * 4800), "item_1")  # 200 ms, then the network stalls
+        await asyncio.wait_for(drained.wait(), TIMEOUT)
+        sink.play(bytes(2 * 24000), "item_1")  # the same item resumes
+        await asyncio.sleep(0.1)
+        played = sink.stop()  # the barge-in
+    finally:
+        await sink.aclose()
+    assert 4800 + 960 <= played["item_1"] <= 4800 + 24000, played

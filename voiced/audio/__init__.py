@@ -7,7 +7,12 @@ backends convert from and to whatever the device or file has.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import Final, Protocol
+
+KEEP_PLAYED_COUNTS: Final = 8
+"""Sinks keep each item's played count across underruns (an item that ran dry while the
+network fell behind, then resumed, is still one item) for this many of the newest items;
+older ones are long over."""
 
 
 class AudioSource(Protocol):
@@ -39,7 +44,10 @@ class AudioSink(Protocol):
         """Queue 24 kHz mono PCM16 belonging to ``item_id``; never blocks."""
 
     def stop(self) -> Mapping[str, int]:
-        """Drop everything queued at once; return samples played per unfinished item."""
+        """Drop everything queued at once; return samples played per unfinished item.
+
+        Counted from the item's first sample: underruns in between do not reset it.
+        """
 
     def check(self) -> None:
         """Raise ``AudioDeviceError`` if the device has failed since it was opened."""

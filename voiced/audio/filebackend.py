@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from voiced.audio import KEEP_PLAYED_COUNTS
 from voiced.audio.convert import ToWire, frame_bytes, to_int16
 from voiced.errors import AudioDeviceError
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
@@ -185,6 +186,9 @@ class WavFileSink:
             item_id, pcm = self._queue[0]
             take = pcm[self._head_offset:self._head_offset + want - len(out)]
             out += take
+            if item_id not in self._played:
+                while len(self._played) >= KEEP_PLAYED_COUNTS:  # items that long ago are over
+                    del self._played[next(iter(self._played))]
             self._played[item_id] = self._played.get(item_id, 0) + len(take) // BYTES_PER_SAMPLE
             self._head_offset += len(take)
             if self._head_offset >= len(pcm):
@@ -196,7 +200,8 @@ class WavFileSink:
         self._wav.writeframes(bytes(out))
         self.samples_written += self._frame_samples
         if had_audio and not self._queue:
-            self._played.clear()
+            # counts stay: an item that ran dry mid-reply (the network fell behind) and
+            # resumes is still one item, and a barge-in must count all of it
             self._on_drained()
 
     async def aclose(self) -> None:

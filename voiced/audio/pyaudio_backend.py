@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from voiced.audio import KEEP_PLAYED_COUNTS
 from voiced.audio.convert import Framer, FromWire, ToWire, frame_bytes
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
@@ -344,7 +345,10 @@ class PyAudioSink:
         # queue of [item_id, device-rate bytes, offset]
         self._queue: deque[list[Any]] = deque()
         self._queued_bytes = 0
-        self._handed: dict[str, int] = {}  # device frames handed to PortAudio per item
+        # device frames handed to PortAudio per item, kept across underruns (an item that
+        # ran dry and resumed is still one item) for the KEEP_PLAYED_COUNTS newest items
+        self._handed: dict[str, int] = {}
+        self._last_item: str | None = None  # the item play() converted last
         self._arrived: dict[str, float] = {}  # when an item's first audio was queued
         # seconds from an item's first play() to its first sample reaching PortAudio
         # (jitter buffer + wait for the next period); for status and bench/
@@ -382,6 +386,8 @@ class PyAudioSink:
                                 f"accept {self.settings.rate_hz} Hz")])
         self.rate = rates[0] if rates else dev.default_rate
         self.channels = channels
+        with self._lock:  # nothing from before (a play() racing the last close) carries over
+            self._forget_queue()
         self._conv = FromWire(self.rate, channels)
         pyaudio = _pyaudio()
         loop = self._loop
@@ -440,19 +446,45 @@ class PyAudioSink:
         logger.info("speaker: %d \"%s\" at %d Hz, %d channel(s), latency %.0f ms", dev.index,
                     dev.name, self.rate, channels, self._stream.get_output_latency() * 1000)
 
+    def _forget_queue(self) -> None:
+        """Drop queued audio and played counts; buffer jitter_ms again. Hold the lock."""
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._handed.clear()
+        self._priming = True
+        self._prime_waited = 0
+
     def _drained(self) -> None:
         with self._lock:
-            self._handed.clear()
+            if self._queue:  # refilled since the callback ran dry: that drain is over
+                return
         self._on_drained()
 
     def play(self, pcm: bytes, item_id: str) -> None:
-        """Queue reply audio (converted to the device's rate here, on the loop)."""
-        if not pcm or self._conv is None:
+        """Queue reply audio (converted to the device's rate here, on the loop).
+
+        While the speaker is closed (a device fault) the audio is dropped: the session
+        does not send any then, and audio kept would play late, in the old device's format.
+        """
+        conv = self._conv
+        if not pcm or conv is None:
             return
-        data = self._conv.convert(pcm)
+        tail, previous = b"", self._last_item
+        if item_id != previous:
+            # the resampler still holds the end of the previous item: flush it after that
+            # item, rather than at the start of this one
+            tail = conv.convert(b"", last=True)
+            conv.reset()
+            self._last_item = item_id
+        data = conv.convert(pcm)
         with self._lock:
+            if tail and self._queue and self._queue[-1][0] == previous:
+                self._queue.append([previous, tail, 0])
+                self._queued_bytes += len(tail)
             if item_id not in self._handed:
                 self._arrived.setdefault(item_id, time.monotonic())
+                while len(self._handed) >= KEEP_PLAYED_COUNTS:  # items that long ago are over
+                    del self._handed[next(iter(self._handed))]
             self._queue.append([item_id, data, 0])
             self._queued_bytes += len(data)
 
@@ -467,14 +499,11 @@ class PyAudioSink:
         with self._lock:
             pending = {entry[0] for entry in self._queue}
             handed = dict(self._handed)
-            self._queue.clear()
-            self._queued_bytes = 0
-            self._handed.clear()
+            self._forget_queue()
             self._arrived.clear()
-            self._priming = True
-            self._prime_waited = 0
         if self._conv is not None:
             self._conv.reset()
+        self._last_item = None
         ratio = SAMPLE_RATE / self.rate
         out = {}
         for item_id in pending | set(handed):
@@ -498,11 +527,9 @@ class PyAudioSink:
 
     def _close(self) -> None:
         stream, self._stream = self._stream, None
+        self._conv = None  # play() drops audio until a stream is open again
+        self._last_item = None
         with self._lock:
-            self._queue.clear()
-            self._queued_bytes = 0
-            self._handed.clear()
-            self._priming = True
-            self._prime_waited = 0
+            self._forget_queue()
         _release(stream, self._pa, "speaker")
         self._pa = None
