@@ -638,6 +638,28 @@ def test_cancelled_response_deltas_are_dropped() -> None:
 
 
 
+def test_reply_audio_while_the_devices_are_down_is_cancelled_unheard() -> None:
+    """A reply that starts while the speaker is closed (a device fault, being retried) is
+    heard by nobody: cancelled and truncated at 0 ms at once, not queued to play late
+    (nor left queued in a closed speaker, the state stuck at speaking, the mic muted)."""
+    c = configured()
+    assert server(c, created()) == [show(State.THINKING)]
+    fault = 'speaker "USB Audio" stopped (unplugged or failed); retrying'
+    c.on_device_fault(fault)
+    assert fx(c) == [show(State.ERROR, fault)]
+    assert server(c, delta(samples(200))) == [cancel(), truncate("item_a", 0)]
+    assert server(c, delta(samples(200))) == []  # the rest of the cancelled response
+    assert server(c, said("Hello there.")) == [
+        assistant("Hello there.", interrupted=True, heard_ms=0)]
+    assert server(c, done(status="cancelled", reason="client_cancelled")) == []
+    c.on_device_restored()
+    assert fx(c) == [show(State.READY)]
+    c.on_press(1.0)
+    assert fx(c) == [MicOpened(), show(State.LISTENING)]
+    c.on_audio_captured(pcm(480), 2.0)  # not muted as if the reply were playing
+    assert fx(c) == [append(pcm(480))]
+
+
 def test_interruption_leaves_earlier_finished_items_alone() -> None:
     c = configured()
     speaking(c, samples(100))

@@ -758,7 +758,7 @@ class Conversation:
         """Act on one parsed server event."""
         match ev:
             case wire.AudioDelta():
-                self._on_audio_delta(ev)
+                self._on_audio_delta(ev, now)
             case wire.SessionCreated():
                 self.expires_at = ev.expires_at
                 self._conn_detail = "configuring session"
@@ -919,7 +919,7 @@ class Conversation:
         logger.info("session configured (output format %s)", fmt)
         self._replay_backlog()
 
-    def _on_audio_delta(self, ev: wire.AudioDelta) -> None:
+    def _on_audio_delta(self, ev: wire.AudioDelta, now: float) -> None:
         if ev.response_id in self._discarded:
             self.counters.deltas_dropped += 1
             return
@@ -934,8 +934,36 @@ class Conversation:
             return
         item.received += len(ev.pcm) // wire.BYTES_PER_SAMPLE
         self._awaiting_reply = False
+        if self._device_fault is not None:
+            self._reply_unheard(ev.item_id, item)
+            return
         self._queued = True
         self._emit(Play(ev.pcm, ev.item_id))
+
+    def _reply_unheard(self, item_id: str, item: _Item) -> None:
+        """Reply audio while the audio devices are closed (a fault, being retried).
+
+        Nobody hears it, so the response is cancelled and the item truncated at 0 ms, as if
+        the user had interrupted it before its first sample. Playing it once the speaker is
+        back would be late, and the model would believe it had been heard.
+        """
+        logger.info("reply audio while the audio devices are down: cancelling the "
+                    "response, nothing of it heard")
+        self.counters.interruptions += 1
+        if self._active_response is not None:
+            self._discarded.add(self._active_response)
+            if self._configured:
+                self._send({"type": "response.cancel", "event_id": self._eid(),
+                            "response_id": self._active_response})
+        item.interrupted = True
+        item.finished = True
+        item.played = 0
+        if self._configured:
+            self._send({"type": "conversation.item.truncate", "event_id": self._eid(),
+                        "item_id": item_id, "content_index": item.content_index,
+                        "audio_end_ms": 0})
+        self._maybe_record(item_id, item)
+        self._update()
 
     def _on_audio_done(self, ev: wire.AudioDone) -> None:
         item = self._items.get(ev.item_id)
