@@ -162,6 +162,42 @@ async def test_over_the_bound_the_oldest_go_with_a_warning(tmp_path: Path,
     await box.aclose()
 
 
+class EvictingSink(ScriptedSink):
+    """While the first record is out for delivery the conversation goes on: two more
+    records are put, so the bound drops the very file being delivered."""
+
+    def __init__(self, box: Outbox, *answers: Outcome) -> None:
+        super().__init__(*answers)
+        self.box = box
+
+    async def deliver(self, rec: dict[str, Any]) -> Result:
+        if not self.calls:
+            self.box.put(record(101))
+            self.box.put(record(102))
+            await self.box.flush()
+        return await super().deliver(rec)
+
+
+@pytest.mark.parametrize("answer", [Outcome.REJECTED, Outcome.DELIVERED])
+async def test_a_record_dropped_by_the_bound_while_out_for_delivery(
+        tmp_path: Path, answer: Outcome) -> None:
+    """The delivery loop finds its file gone (rejected: nothing to move aside; delivered:
+    nothing to remove) and goes on. A rejected record used to raise FileNotFoundError out
+    of run(), which ends the daemon; so did a file dropped between picking and loading."""
+    box = Outbox(tmp_path / "ob", None, max_records=1)
+    box.sink = sink = EvictingSink(box, answer, answer)
+    box.open()
+    box.put(record(1))
+    await box.flush()
+    await drain(box)
+    assert sink.calls[0] == record(1)["id"]
+    assert box.dropped == 2  # record 1, then 101
+    assert sink.calls[1:] == [record(102)["id"]]  # the loop went on to what was left
+    assert files(tmp_path / "ob") == []
+    assert box._load(tmp_path / "ob" / "00000000000000000009-000001.json") is None  # gone
+    await box.aclose()
+
+
 async def test_torn_and_corrupt_files_are_moved_aside_at_start(tmp_path: Path) -> None:
     d = tmp_path / "ob"
     d.mkdir()

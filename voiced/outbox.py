@@ -266,17 +266,33 @@ class Outbox:
         return files[0] if files else None
 
     def _load(self, path: Path) -> dict[str, Any] | None:
+        """The record in ``path``, or None.
+
+        None when it is damaged (moved aside) or already gone (dropped by the bound while
+        it waited, and counted in ``dropped`` there).
+        """
         try:
             record = json.loads(path.read_bytes())
             if not isinstance(record, dict) or not isinstance(record.get("id"), str):
                 raise ValueError("not a transcript record")
             return record
+        except FileNotFoundError:
+            return None
         except (ValueError, UnicodeDecodeError) as e:
             self.corrupt += 1
             dest = self.dir / "corrupt" / path.name
-            os.replace(path, dest)
-            logger.error("outbox: %s is damaged (%s); moved to %s", path.name, e, dest)
+            if self._move(path, dest):
+                logger.error("outbox: %s is damaged (%s); moved to %s", path.name, e, dest)
             return None
+
+    def _move(self, path: Path, dest: Path) -> bool:
+        """Move a record aside; False when the bound dropped it meanwhile."""
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(dest.parent)
+        return True
 
     def _remove(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -315,9 +331,10 @@ class Outbox:
             if result.outcome is Outcome.REJECTED:
                 self.rejected += 1
                 dest = self.dir / "rejected" / path.name
-                await loop.run_in_executor(self._io, os.replace, path, dest)
-                logger.error("outbox: %s rejected transcript %s (%s); kept in %s",
-                             self.sink.name, record["id"], result.reason, dest)
+                kept = await loop.run_in_executor(self._io, self._move, path, dest)
+                logger.error("outbox: %s rejected transcript %s (%s); %s", self.sink.name,
+                             record["id"], result.reason, f"kept in {dest}" if kept else
+                             "the outbox's bound had already dropped it")
                 continue
             base = min(self.retry_max_s, self.retry_min_s * 2 ** min(attempts, 20))
             delay = base * (0.5 + 0.5 * self.rand())
