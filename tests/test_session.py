@@ -592,12 +592,27 @@ def test_truncate_ms_rounds_down_and_keeps_content_index() -> None:
 def test_played_beyond_received_is_clamped_and_needs_no_truncate() -> None:
     c = configured()
     speaking(c, samples(100))
+    assert server(c, audio_done()) == []  # the item's audio is all here
     c.on_press(1.0)
     assert fx(c) == [cancel(), StopPlayback(), MicOpened()]
     c.on_playback_stopped(1.0, {"item_a": samples(900)})
     assert fx(c) == [show(State.LISTENING)]
     assert server(c, said("Hello there.")) == [
         assistant("Hello there.", interrupted=True, heard_ms=100)]
+
+
+def test_all_received_heard_but_more_coming_is_still_truncated() -> None:
+    """Playback had run dry while the reply still streamed (the network fell behind):
+    the user heard all that arrived, but the server holds audio and words past it."""
+    c = configured()
+    speaking(c, samples(1000))
+    c.on_playback_drained(1.0)
+    assert fx(c) == []  # still speaking: an underrun, not the end
+    assert c.counters.underruns == 1
+    c.on_press(1.1)
+    assert fx(c) == [cancel(), StopPlayback(), MicOpened()]
+    c.on_playback_stopped(1.1, {})  # nothing was queued any more
+    assert fx(c) == [truncate("item_a", 1000), show(State.LISTENING)]
 
 
 def test_press_while_speaking_after_response_done_sends_no_cancel() -> None:
@@ -888,6 +903,30 @@ def test_push_to_talk_start_while_speaking_interrupts() -> None:
     assert fx(c) == [cancel(), StopPlayback(), MicOpened()]
     c.on_playback_stopped(1.0, {"item_a": samples(100)})
     assert fx(c) == [truncate("item_a", 100), show(State.LISTENING)]
+
+
+def test_a_reply_waiting_for_a_cancelled_one_is_not_asked_of_the_next_session() -> None:
+    """Push to talk over a reply: the new turn's response.create waits for the cancelled
+    response to end. If the connection drops first, the turn went with that session: the
+    next session must not get an unprompted response.create at its first response.done."""
+    c = configured(push_to_talk=True, half_duplex=False)
+    speaking(c)
+    c.on_talk_start(1.0)
+    c.on_playback_stopped(1.0, {"item_a": samples(100)})
+    c.take_effects()
+    c.on_audio_captured(pcm(samples(500)), 1.1)
+    c.on_talk_end(1.6)
+    assert [e for e in fx(c) if isinstance(e, Send)][-1] == COMMIT  # create waits
+    c.on_connection_down("server closed 1006")
+    reconnected(c)
+    c.on_talk_start(2.0)
+    c.on_audio_captured(pcm(samples(500)), 2.1)
+    c.on_talk_end(2.6)
+    assert [e for e in fx(c) if isinstance(e, Send)][-2:] == [COMMIT, CREATE]
+    server(c, created("resp_2"))
+    server(c, delta(samples(100), item="item_b", resp="resp_2"))
+    server(c, audio_done("item_b", "resp_2"))
+    assert CREATE not in server(c, done("resp_2"))  # only the one asked for
 
 
 # --------------------------------------------------------------------- server VAD

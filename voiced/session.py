@@ -391,6 +391,7 @@ class Conversation:
         self._configured = False
         self._conn_detail = reason
         self._awaiting_reply = False
+        self._reply_wanted = False  # the turn it was for went with the old session
         self._speech_active = False
         self._uncommitted = 0
         self._cancel_calls("the session ended")  # a new session cannot take the answer
@@ -524,6 +525,7 @@ class Conversation:
     def on_long_press(self, now: float) -> None:
         """End this conversation and start a fresh one (a new Realtime session)."""
         self._end_pending = False
+        self._reply_wanted = False
         if self._speaking() or self._tool_running():
             self._interrupt(cancel=True)
         self._set_mic(False)
@@ -732,7 +734,9 @@ class Conversation:
             heard = min(played.get(item_id, item.received), item.received)
             item.played = heard
             item.finished = True
-            if heard < item.received and self._configured:
+            # all received was heard, but more was still coming (playback had run dry):
+            # the server holds audio and words past what we got, so it is told too
+            if (heard < item.received or not item.audio_done) and self._configured:
                 self._send({"type": "conversation.item.truncate", "event_id": self._eid(),
                             "item_id": item_id, "content_index": item.content_index,
                             "audio_end_ms": heard * 1000 // wire.SAMPLE_RATE})
