@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.test_session import (
@@ -94,6 +95,25 @@ def test_user_speech_cancels_running_calls_and_answers_them_as_cancelled() -> No
     assert c.counters.tool_calls_cancelled == 1
     c.on_tool_result("call_1", '{"late": true}', 1.0)
     assert fx(c) == []  # the cancelled call's result goes nowhere
+
+
+def test_an_incomplete_call_from_a_response_the_server_cancelled_is_not_run() -> None:
+    """The user spoke while the model was still writing a call: the server cancels the
+    response and reports the call item incomplete, arguments cut short. Running it could
+    end the conversation or mute the mic on half an intent."""
+    c = configured(tools=(TOOL,))
+    server(c, created())
+    server(c, wire.SpeechStarted(item_id="item_u2", audio_start_ms=0))
+    cut = wire.parse_server_event(json.dumps({
+        "type": "response.output_item.done", "event_id": "e1", "response_id": "resp_1",
+        "output_index": 0, "item": {"id": "item_call_1", "type": "function_call",
+                                    "status": "incomplete", "call_id": "call_1",
+                                    "name": "end_conversation", "arguments": '{"rea'}}))
+    assert isinstance(cut, wire.FunctionCallDone) and not cut.complete
+    assert server(c, cut) == [output("call_1", CANCELLED)]  # answered, not run
+    assert server(c, done(status="cancelled", reason="turn_detected")) == [
+        show(State.READY)]  # no response.create for it
+    assert c.counters.tool_calls == 0
 
 
 def test_a_press_during_a_tool_call_cancels_it_and_opens_the_mic() -> None:

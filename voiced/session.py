@@ -682,9 +682,10 @@ class Conversation:
         self._calls_seen[ev.call_id] = None
         if len(self._calls_seen) > _SENT_MEMORY:
             self._calls_seen.popitem(last=False)
-        if ev.response_id in self._discarded:
-            # the user interrupted the response that made this call: do not run it, but
-            # answer it, so the conversation holds no call without an output
+        if ev.response_id in self._discarded or not ev.complete:
+            # the user interrupted the response that made this call (here, or the server
+            # cancelled it on their speech, leaving the call incomplete): do not run it,
+            # but answer it, so the conversation holds no call without an output
             logger.info("tool call %s from an interrupted response not run", ev.name)
             self._send(wire.function_output_item(self._eid(), ev.call_id, _CANCELLED))
             return

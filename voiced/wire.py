@@ -363,6 +363,9 @@ class FunctionCallDone:
     call_id: str
     name: str
     arguments: str
+    complete: bool = True
+    """False for an ``incomplete`` item: the response was cancelled mid-call (the user
+    spoke), and ``arguments`` may be cut short."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +475,8 @@ def _output_item_done(d: dict[str, Any]) -> FunctionCallDone | Unhandled:
         return Unhandled(type=str(d["type"]), raw=d)
     return FunctionCallDone(response_id=_s(d, "response_id"), item_id=_s(item, "id"),
                             call_id=_s(item, "call_id"), name=_s(item, "name"),
-                            arguments=_s(item, "arguments"))
+                            arguments=_s(item, "arguments"),
+                            complete=item.get("status") in (None, "completed"))
 
 
 def _error(d: dict[str, Any]) -> ServerError:
