@@ -23,7 +23,14 @@ from tests.test_session import (
     speaking,
 )
 from voiced import wire
-from voiced.session import CallTool, CancelTool, Reconnect, State, StopPlayback
+from voiced.session import (
+    CallTool,
+    CancelTool,
+    Reconnect,
+    State,
+    StopPlayback,
+    SwitchToStandby,
+)
 
 TOOL: wire.FunctionToolParam = {"type": "function", "name": "get_time",
                                 "description": "the time", "parameters": {"type": "object"}}
@@ -261,3 +268,24 @@ def test_client_vad_turn_spoken_while_disconnected_is_committed_on_reconnect() -
     types = [e.event["type"] for e in effects if hasattr(e, "event")]  # type: ignore[union-attr]
     assert types.count("input_audio_buffer.append") >= 8
     assert types[-2:] == ["input_audio_buffer.commit", "response.create"]
+
+
+def test_a_forced_rollover_cancels_running_calls_in_the_old_session() -> None:
+    """No quiet moment came: the switch is forced while a tool runs. The call is cancelled
+    and answered in the session that knows its call id, before the switch; its late result
+    goes nowhere (the new session has never seen that call)."""
+    from tests.test_session import EXPIRES, standby_ready
+    c = configured(tools=(TOOL,), rollover_margin_s=300)
+    server(c, created())
+    server(c, call())
+    server(c, done())
+    c.on_tick(1.0, EXPIRES - 100)
+    fx(c)
+    standby_ready(c)
+    c.on_tick(2.0, EXPIRES - 59)  # the last fifth of the margin
+    effects = fx(c)
+    assert effects[:3] == [CancelTool("call_1"), output("call_1", CANCELLED),
+                           SwitchToStandby()]
+    c.on_tool_result("call_1", '{"time": "12:00"}', 3.0)
+    assert fx(c) == []
+

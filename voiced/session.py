@@ -495,6 +495,9 @@ class Conversation:
         self._switch()
 
     def _switch(self) -> None:
+        # a forced switch (quiet moment never came) cuts running calls: their outputs go
+        # to the old session, the one that knows the call ids, before the switch
+        self._cancel_calls("the session rolled over")
         self._emit(SwitchToStandby())
         self._standby = None
         self.expires_at = self._standby_expires
