@@ -105,6 +105,13 @@ async def test_a_drop_mid_reply_loses_no_transcript(tmp_path: Path) -> None:
             said = [e["transcript"] for e in first_user
                     if e["type"] == "conversation.item.input_audio_transcription.completed"]
             assert [r["text"] for r in h.records if r["role"] == "user"][:1] == said[:1]
+            # the reply it cut: what arrived played out, recorded with the words so far
+            words = "".join(e["delta"] for e in first_user
+                            if e["type"] == "response.output_audio_transcript.delta")
+            assert words
+            await h.wait(lambda: "assistant" in roles(h))
+            cut = next(r for r in h.records if r["role"] == "assistant")
+            assert cut["text"] == words, (cut, words)
 
 
 async def test_ten_minutes_of_refused_connections_in_simulated_time(tmp_path: Path) -> None:

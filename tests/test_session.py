@@ -989,6 +989,46 @@ def test_assistant_transcript_recorded_only_after_drain() -> None:
     assert fx(c) == [assistant("Sunny and warm.", heard_ms=200), show(State.READY)]
 
 
+def words(text: str, item: str = "item_a", resp: str = "resp_1") -> wire.AudioTranscriptDelta:
+    return wire.AudioTranscriptDelta(response_id=resp, item_id=item, delta=text)
+
+
+def test_a_reply_cut_by_a_dropped_connection_is_recorded_with_its_words_so_far() -> None:
+    """The connection drops mid-reply: what arrived plays out, and the words that came
+    with it (transcript deltas; the .done never comes) are the record. It used to be
+    nothing at all, and the item stayed in memory for good."""
+    c = configured()
+    speaking(c, samples(300))
+    assert server(c, words("Sunny and")) == []
+    assert server(c, words(" warm, with")) == []
+    c.on_connection_down("server closed 1006")
+    fx(c)
+    c.on_playback_drained(2.0)
+    assert fx(c) == [assistant("Sunny and warm, with", heard_ms=300)]
+    assert c._items == {}
+
+
+def test_a_reply_with_no_words_at_all_is_forgotten_once_played() -> None:
+    c = configured()
+    speaking(c, samples(300))
+    c.on_connection_down("server closed 1006")
+    fx(c)
+    c.on_playback_drained(2.0)
+    assert [e for e in fx(c) if isinstance(e, Record)] == []
+    assert c._items == {}
+
+
+def test_transcript_deltas_give_way_to_the_done() -> None:
+    c = configured()
+    speaking(c, samples(200))
+    server(c, words("Sunny"))
+    server(c, audio_done())
+    server(c, said("Sunny and warm."))
+    server(c, done())
+    c.on_playback_drained(2.0)
+    assert fx(c) == [assistant("Sunny and warm.", heard_ms=200), show(State.READY)]
+
+
 def test_audio_done_after_playback_caught_up_finishes_the_item() -> None:
     c = configured()
     speaking(c, samples(200))

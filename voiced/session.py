@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Literal
 
@@ -26,6 +26,7 @@ from voiced.speech_gate import ClientVad, SpeechGate
 
 logger = logging.getLogger(__name__)
 
+_MAX_TRANSCRIPT_DELTAS: Final = 10_000  # a reply's words, kept until its .done
 _SENT_MEMORY: Final = 256  # client events remembered to explain an `error` event
 _MIN_COMMIT_SAMPLES: Final = wire.SAMPLE_RATE // 10  # the API refuses commits under 100 ms
 # user speech kept until the server commits it, to replay into a new session after a
@@ -207,6 +208,8 @@ class _Item:
     finished: bool = False
     interrupted: bool = False
     transcript: str | None = None
+    partial: list[str] = field(default_factory=list)  # transcript deltas, until the .done
+    response_over: bool = False  # its response is done (or its session gone)
     recorded: bool = False
     drafted: bool = False
 
@@ -758,6 +761,9 @@ class Conversation:
                 item.finished = True
                 item.played = item.received
                 self._maybe_record(item_id, item)
+                if item.response_over and item.transcript is None:
+                    del self._items[item_id]  # nothing will ever come for it
+                    logger.info("assistant item %s ended with no transcript", item_id)
         self._update()
 
     # ------------------------------------------------------------------ server inputs
@@ -804,12 +810,14 @@ class Conversation:
             case wire.AudioDone():
                 self._on_audio_done(ev)
             case wire.AudioTranscriptDone():
-                item = self._items.get(ev.item_id)
-                if item is None:
-                    item = self._items[ev.item_id] = _Item(
-                        response_id=ev.response_id, conversation_id=self.conversation_id)
+                item = self._item(ev.item_id, ev.response_id)
                 item.transcript = ev.transcript
+                item.partial.clear()
                 self._maybe_record(ev.item_id, item)
+            case wire.AudioTranscriptDelta():
+                item = self._item(ev.item_id, ev.response_id)
+                if item.transcript is None and len(item.partial) < _MAX_TRANSCRIPT_DELTAS:
+                    item.partial.append(ev.delta)
             case wire.FunctionCallDone():
                 self._on_function_call(ev)
             case wire.ItemTruncated():
@@ -993,6 +1001,13 @@ class Conversation:
                 item.transcript = text
         self._close_response(ev.response_id)
 
+    def _item(self, item_id: str, response_id: str) -> _Item:
+        item = self._items.get(item_id)
+        if item is None:
+            item = self._items[item_id] = _Item(response_id=response_id,
+                                                conversation_id=self.conversation_id)
+        return item
+
     def _close_response(self, response_id: str) -> None:
         """The response is over: items that got no audio are done; record what we can."""
         if self._active_response == response_id:
@@ -1002,6 +1017,11 @@ class Conversation:
             if item.response_id != response_id:
                 continue
             item.audio_done = True
+            item.response_over = True
+            if item.transcript is None and item.partial:
+                # no .done came (the connection dropped mid-reply): the words so far
+                item.transcript = "".join(item.partial)
+                item.partial.clear()
             if not item.finished and (not item.received or not self._queued):
                 item.finished = True
                 item.played = item.received if item.played is None else item.played

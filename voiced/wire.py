@@ -343,6 +343,18 @@ class AudioTranscriptDone:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioTranscriptDelta:
+    """``response.output_audio_transcript.delta``: more of the assistant's words.
+
+    Kept only in case the ``.done`` never comes (the connection drops mid-reply).
+    """
+
+    response_id: str
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
 class ItemTruncated:
     """``conversation.item.truncated``."""
 
@@ -397,7 +409,8 @@ class Unhandled:
 ServerEvent = (
     SessionCreated | SessionUpdated | SpeechStarted | SpeechStopped | BufferCommitted
     | InputTranscriptionCompleted | InputTranscriptionFailed | ResponseCreated | ResponseDone
-    | AudioDelta | AudioDone | AudioTranscriptDone | ItemTruncated | FunctionCallDone
+    | AudioDelta | AudioDone | AudioTranscriptDone | AudioTranscriptDelta | ItemTruncated
+    | FunctionCallDone
     | ServerError | RelayConversationCreated | Unhandled
 )
 
@@ -518,6 +531,8 @@ _PARSERS: Final[dict[str, Any]] = {
     "response.output_audio_transcript.done": lambda d: AudioTranscriptDone(
         response_id=_s(d, "response_id"), item_id=_s(d, "item_id"),
         content_index=_i(d, "content_index", 0), transcript=_s(d, "transcript")),
+    "response.output_audio_transcript.delta": lambda d: AudioTranscriptDelta(
+        response_id=_s(d, "response_id"), item_id=_s(d, "item_id"), delta=_s(d, "delta")),
     "response.function_call_arguments.done": lambda d: FunctionCallDone(
         response_id=_s(d, "response_id"), item_id=_s(d, "item_id"), call_id=_s(d, "call_id"),
         name=_s(d, "name"), arguments=_s(d, "arguments")),
@@ -533,6 +548,8 @@ _PARSERS: Final[dict[str, Any]] = {
 _PARSERS["response.audio.delta"] = _PARSERS["response.output_audio.delta"]
 _PARSERS["response.audio.done"] = _PARSERS["response.output_audio.done"]
 _PARSERS["response.audio_transcript.done"] = _PARSERS["response.output_audio_transcript.done"]
+_PARSERS["response.audio_transcript.delta"] = _PARSERS[
+    "response.output_audio_transcript.delta"]
 
 
 def parse_server_event(frame: str | bytes) -> ServerEvent:
