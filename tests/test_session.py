@@ -1430,6 +1430,31 @@ def test_rollover_is_forced_in_the_last_fifth_and_replays_the_unfinished_turn() 
                                 audio=base64.b64encode(pcm(samples(200))).decode())]
 
 
+def test_rollover_waits_for_the_users_words_to_be_transcribed() -> None:
+    """Transcription of a turn may come after the reply to it. Switching before it came
+    would leave the words in the old session: no record, and missing from the context."""
+    c = configured(rollover_margin_s=300)
+    server(c, wire.BufferCommitted(item_id="item_u"))
+    speaking(c, samples(100))
+    c.on_tick(0.0, EXPIRES - 299)
+    assert fx(c) == [OpenStandby()]
+    standby_ready(c)
+    assert c.standby == "ready"  # the reply is playing: not yet
+    server(c, audio_done())
+    server(c, said("It is noon."))
+    c.on_playback_drained(1.0)
+    server(c, done())
+    fx(c)
+    c.on_tick(2.0, EXPIRES - 290)
+    assert fx(c) == []  # quiet, but the question is not transcribed yet
+    assert server(c, heard("what time is it")) == [user("what time is it")]
+    c.on_tick(3.0, EXPIRES - 289)
+    effects = fx(c)
+    assert effects[0] == SwitchToStandby()
+    assert ("user", "what time is it") in text_of(
+        [dict(e.event) for e in effects if isinstance(e, Send)])  # in the new context
+
+
 def test_a_quiet_switch_replays_only_the_newest_half_second() -> None:
     c = configured(rollover_margin_s=300)
     c.on_press(0.0)

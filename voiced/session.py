@@ -27,6 +27,7 @@ from voiced.speech_gate import ClientVad, SpeechGate
 logger = logging.getLogger(__name__)
 
 _MAX_TRANSCRIPT_DELTAS: Final = 10_000  # a reply's words, kept until its .done
+_MAX_UNTRANSCRIBED: Final = 16  # committed turns awaiting their transcription
 _SENT_MEMORY: Final = 256  # client events remembered to explain an `error` event
 _MIN_COMMIT_SAMPLES: Final = wire.SAMPLE_RATE // 10  # the API refuses commits under 100 ms
 # user speech kept until the server commits it, to replay into a new session after a
@@ -291,6 +292,9 @@ class Conversation:
         self._calls_seen: OrderedDict[str, None] = OrderedDict()  # dedupe by call_id
         self._end_pending = False  # end the conversation once the reply has been heard
         self._reply_wanted = False  # a committed turn waits for the active response to end
+        # committed user turns whose transcription has not come yet (it may come after the
+        # reply): a rollover waits for them, or the old session would take them along
+        self._untranscribed: OrderedDict[str, None] = OrderedDict()
         self._gate = SpeechGate(policy.client_vad) if policy.client_vad else None
         self.counters = _Counters()
 
@@ -395,6 +399,7 @@ class Conversation:
         self._conn_detail = reason
         self._awaiting_reply = False
         self._reply_wanted = False  # the turn it was for went with the old session
+        self._untranscribed.clear()
         self._speech_active = False
         self._uncommitted = 0
         self._cancel_calls("the session ended")  # a new session cannot take the answer
@@ -479,7 +484,7 @@ class Conversation:
         """Someone is talking, or a reply is on its way: not the moment to switch."""
         return (self._speaking() or self._awaiting_reply or self._user_mid_turn()
                 or self._active_response is not None or bool(self._calls)
-                or self._vad_talking or self._end_pending)
+                or self._vad_talking or self._end_pending or bool(self._untranscribed))
 
     def _user_mid_turn(self) -> bool:
         """The user is saying something the server has not committed yet."""
@@ -501,6 +506,10 @@ class Conversation:
         # a forced switch (quiet moment never came) cuts running calls: their outputs go
         # to the old session, the one that knows the call ids, before the switch
         self._cancel_calls("the session rolled over")
+        if self._untranscribed:  # forced: no quiet moment came
+            logger.warning("moving on before %d user turn(s) were transcribed; their words "
+                           "are not recorded", len(self._untranscribed))
+            self._untranscribed.clear()
         self._emit(SwitchToStandby())
         self._standby = None
         self.expires_at = self._standby_expires
@@ -797,9 +806,14 @@ class Conversation:
                 self._awaiting_reply = True
             case wire.BufferCommitted():
                 self._forget_uncommitted()
+                self._untranscribed[ev.item_id] = None
+                if len(self._untranscribed) > _MAX_UNTRANSCRIBED:
+                    self._untranscribed.popitem(last=False)
             case wire.InputTranscriptionCompleted():
+                self._untranscribed.pop(ev.item_id, None)
                 self._on_user_transcript(ev)
             case wire.InputTranscriptionFailed():
+                self._untranscribed.pop(ev.item_id, None)
                 logger.warning("transcription of the user's words failed (item %s): %s",
                                ev.item_id, ev.message)
             case wire.ResponseCreated():
