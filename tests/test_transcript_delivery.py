@@ -276,6 +276,21 @@ async def test_a_full_disk_keeps_records_in_memory_until_space_returns(
     await box.aclose()
 
 
+async def test_records_the_disk_still_refuses_at_stop_are_named_in_the_log(
+        tiny_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
+    box = Outbox(tiny_disk / "ob", ScriptedSink())
+    box.open()
+    with (tiny_disk / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
+        while True:
+            f.write(b"x" * 512)
+    box.put(record(1))
+    await box.flush()
+    with caplog.at_level(logging.ERROR):
+        await box.aclose()
+    lost = [r.message for r in caplog.records if "lost at this stop" in r.message]
+    assert len(lost) == 1 and record(1)["id"] in lost[0], caplog.text
+
+
 async def test_jsonl_through_the_outbox_is_once_per_id(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     sink = JsonlSink(path)

@@ -346,8 +346,18 @@ class Outbox:
             await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
-        """Let pending writes reach disk, then release the sink and the worker thread."""
+        """Let pending writes reach disk, then release the sink and the worker thread.
+
+        Records the disk refused get one last try; those it still refuses are lost with
+        the process, and the log says which (their words are in the journal already).
+        """
         await self.flush()
+        if self._unsaved:
+            await asyncio.get_running_loop().run_in_executor(self._io, self._retry_unsaved)
+        if self._unsaved:
+            logger.error("outbox: %d transcript record(s) the disk refused are lost at this "
+                         "stop: %s", len(self._unsaved),
+                         ", ".join(str(r.get("id")) for r in self._unsaved))
         if self.sink is not None:
             await self.sink.aclose()
         self._io.shutdown(wait=True)
