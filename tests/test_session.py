@@ -636,6 +636,25 @@ def test_interruption_while_disconnected_sends_nothing() -> None:
     assert fx(c) == []  # no truncate: nobody to tell; state still connecting
 
 
+def test_a_reply_left_from_the_last_session_is_not_truncated_in_the_new_one() -> None:
+    """The connection dropped mid-reply and came back while the rest played out: a press
+    then stops it, but the new session never had that item, so it is not told to cut it."""
+    c = configured()
+    speaking(c, samples(500))
+    c.on_connection_down("server closed 1006")
+    reconnected(c)
+    fx(c)
+    c.on_press(1.0)
+    assert fx(c) == [StopPlayback(), MicOpened()]  # no cancel either: nothing active
+    c.on_playback_stopped(1.0, {"item_a": samples(100)})
+    assert [e for e in fx(c) if isinstance(e, Send)] == []
+    speaking(c, samples(500), item="item_b", resp="resp_2")  # the new session's own reply
+    c.on_press(2.0)
+    fx(c)
+    c.on_playback_stopped(2.0, {"item_b": samples(100)})
+    assert truncate("item_b", 100) in fx(c)
+
+
 def test_cancelled_response_deltas_are_dropped() -> None:
     c = configured()
     speaking(c)

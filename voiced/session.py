@@ -211,6 +211,7 @@ class _Item:
     transcript: str | None = None
     partial: list[str] = field(default_factory=list)  # transcript deltas, until the .done
     response_over: bool = False  # its response is done (or its session gone)
+    session: int = 0  # which Realtime session made it (the core's count)
     recorded: bool = False
     drafted: bool = False
 
@@ -295,6 +296,7 @@ class Conversation:
         # committed user turns whose transcription has not come yet (it may come after the
         # reply): a rollover waits for them, or the old session would take them along
         self._untranscribed: OrderedDict[str, None] = OrderedDict()
+        self._session_no = 0  # counts sessions: items of an earlier one are not its to cut
         self._gate = SpeechGate(policy.client_vad) if policy.client_vad else None
         self.counters = _Counters()
 
@@ -383,6 +385,7 @@ class Conversation:
 
     def on_connection_up(self) -> None:
         """The WebSocket is open; ``session.created`` is awaited."""
+        self._session_no += 1
         self._connected = True
         self._configured = False
         self._conn_detail = "waiting for session.created"
@@ -510,6 +513,7 @@ class Conversation:
             logger.warning("moving on before %d user turn(s) were transcribed; their words "
                            "are not recorded", len(self._untranscribed))
             self._untranscribed.clear()
+        self._session_no += 1
         self._emit(SwitchToStandby())
         self._standby = None
         self.expires_at = self._standby_expires
@@ -752,10 +756,8 @@ class Conversation:
             item.finished = True
             # all received was heard, but more was still coming (playback had run dry):
             # the server holds audio and words past what we got, so it is told too
-            if (heard < item.received or not item.audio_done) and self._configured:
-                self._send({"type": "conversation.item.truncate", "event_id": self._eid(),
-                            "item_id": item_id, "content_index": item.content_index,
-                            "audio_end_ms": heard * 1000 // wire.SAMPLE_RATE})
+            if heard < item.received or not item.audio_done:
+                self._truncate(item_id, item, heard)
             self._maybe_record(item_id, item)
         self._update()
 
@@ -957,7 +959,8 @@ class Conversation:
         if item is None:
             item = self._items[ev.item_id] = _Item(response_id=ev.response_id,
                                                    conversation_id=self.conversation_id,
-                                                   content_index=ev.content_index)
+                                                   content_index=ev.content_index,
+                                                   session=self._session_no)
         elif item.finished:
             # audio after the item ended (out of order, or after an interruption)
             self.counters.deltas_dropped += 1
@@ -988,12 +991,20 @@ class Conversation:
         item.interrupted = True
         item.finished = True
         item.played = 0
-        if self._configured:
-            self._send({"type": "conversation.item.truncate", "event_id": self._eid(),
-                        "item_id": item_id, "content_index": item.content_index,
-                        "audio_end_ms": 0})
+        self._truncate(item_id, item, 0)
         self._maybe_record(item_id, item)
         self._update()
+
+    def _truncate(self, item_id: str, item: _Item, heard: int) -> None:
+        """Tell the server the user heard ``heard`` samples of the item, if it is its.
+
+        A reply left over from the last session is unknown to this one (the server would
+        answer ``item_truncate_invalid_item_id``), and its own session is gone.
+        """
+        if self._configured and item.session == self._session_no:
+            self._send({"type": "conversation.item.truncate", "event_id": self._eid(),
+                        "item_id": item_id, "content_index": item.content_index,
+                        "audio_end_ms": heard * 1000 // wire.SAMPLE_RATE})
 
     def _on_audio_done(self, ev: wire.AudioDone) -> None:
         item = self._items.get(ev.item_id)
@@ -1019,7 +1030,8 @@ class Conversation:
         item = self._items.get(item_id)
         if item is None:
             item = self._items[item_id] = _Item(response_id=response_id,
-                                                conversation_id=self.conversation_id)
+                                                conversation_id=self.conversation_id,
+                                                session=self._session_no)
         return item
 
     def _close_response(self, response_id: str) -> None:
