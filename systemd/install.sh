@@ -23,6 +23,8 @@ while [ $# -gt 0 ]; do
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# absolute, as venv records it: the build path is replaced by its exact text below
+if [ -n "$root" ]; then root=$(cd "$root" && pwd); fi
 if [ -z "$root" ] && [ "$(id -u)" -ne 0 ]; then
   echo "install.sh: run as root (sudo ./systemd/install.sh)" >&2; exit 1
 fi
@@ -59,6 +61,14 @@ if [ "$mode" = uninstall ]; then
 fi
 
 # 1. system packages (only on the real system)
+apt_updated=0
+apt_update_once() {
+  # stale or missing package lists give 404s or "no installation candidate"
+  if [ "$apt_updated" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+}
 if [ -z "$root" ]; then
   # libsoxr0 resamples; no libasound2-plugins: the service opens ALSA devices directly,
   # and PortAudio would load that whole plugin set (ffmpeg, jack, ...) into the daemon
@@ -69,11 +79,16 @@ if [ -z "$root" ]; then
   done
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
+    apt_update_once
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
   # lgpio (GPIO) and spidev (APA102 rings) come from Raspberry Pi OS when it has them
   for p in python3-lgpio python3-spidev; do
-    apt-cache show "$p" >/dev/null 2>&1 && ! dpkg -s "$p" >/dev/null 2>&1 \
+    dpkg -s "$p" >/dev/null 2>&1 && continue
+    # a fresh image may have no lists, and apt-cache would not know them; optional, so
+    # an offline re-run goes on without
+    apt_update_once || true
+    apt-cache show "$p" >/dev/null 2>&1 \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" || true
   done
 fi
@@ -107,9 +122,26 @@ if [ "$(cat "$prefix/.source-sha256" 2>/dev/null)" != "$src_hash" ]; then
   "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "$src[vad]" \
     || { say "webrtcvad unavailable: installing without client_vad support";
          "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check "$src"; }
+  if [ -n "$root" ]; then
+    # venv and pip wrote the build path ($root/opt/voiced/venv) into the scripts'
+    # shebangs, activate* and pyvenv.cfg, and compiled it into the .pyc files; the image
+    # runs it as /opt/voiced/venv. Symlinks (bin/python) are left alone.
+    mapfile -d '' built < <(grep -rlIZF "$prefix/venv" "$prefix/venv/bin" \
+                                 "$prefix/venv/pyvenv.cfg" || true)
+    build_re=$(printf '%s' "$prefix/venv" | sed 's/[][\.*^$|]/\\&/g')
+    [ ${#built[@]} -eq 0 ] || sed -i "s|$build_re|/opt/voiced/venv|g" "${built[@]}"
+    "$prefix/venv/bin/python" -m compileall -q -f -s "$root" -p / "$prefix/venv/lib" \
+      >/dev/null || say "some .pyc files name the build path (tracebacks only)"
+  fi
   echo "$src_hash" > "$prefix/.source-sha256"
   say "installed voiced into $prefix/venv"
 fi
+# the unit's Documentation=; removed with the program
+install -d -m 0755 "$prefix/docs"
+for d in README.md docs/*.md; do
+  [ -e "$src/$d" ] || continue
+  cmp -s "$src/$d" "$prefix/$d" || install -m 0644 "$src/$d" "$prefix/$d"
+done
 install -d -m 0755 "$root/usr/local/bin"
 [ "$(readlink "$root/usr/local/bin/voiced" 2>/dev/null)" = /opt/voiced/venv/bin/voiced ] \
   || ln -sfn /opt/voiced/venv/bin/voiced "$root/usr/local/bin/voiced"
@@ -143,6 +175,6 @@ cat <<EON
 install.sh: done. Next:
   1. edit /etc/voiced/voiced.yaml (realtime.url, audio devices: see \`voiced devices\`)
   2. put the API key in /etc/voiced/credentials/openai_api_key (root only, mode 0600)
-  3. voiced check-config -c /etc/voiced/voiced.yaml
+  3. sudo voiced check-config -c /etc/voiced/voiced.yaml   (reads the key from there)
   4. sudo systemctl restart voiced && journalctl -u voiced -f
 EON

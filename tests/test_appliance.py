@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import marshal
 import os
 import re
 import shutil
@@ -244,8 +245,24 @@ def test_unit_has_the_appliance_settings() -> None:
                  "RestartPreventExitStatus=78", "RuntimeDirectory=voiced",
                  "StateDirectory=voiced", "ConfigurationDirectory=voiced", "User=voiced",
                  "SupplementaryGroups=audio gpio spi",
-                 "LoadCredential=openai_api_key:", "DevicePolicy=closed"):
+                 "LoadCredential=openai_api_key:", "DevicePolicy=closed",
+                 # lgpio's pipes: "/" is read-only under ProtectSystem=strict
+                 "Environment=LG_WD=/run/voiced", "WorkingDirectory=/run/voiced",
+                 "Documentation=file:///opt/voiced/README.md"):
         assert line in text, line
+
+
+def test_installer_updates_the_package_lists_before_installing() -> None:
+    """Stale or missing lists give 404s: every apt-get install comes after an update."""
+    text = (REPO / "systemd" / "install.sh").read_text()
+    assert "apt_update_once() {\n" in text and "apt-get update" in text
+    installs = [m.start() for m in re.finditer(r"apt-get install", text)]
+    calls = [m.start() for m in re.finditer(r"\n *apt_update_once\b", text)]
+    assert installs
+    previous = 0
+    for i in installs:  # an update is asked for between each install and the one before
+        assert any(previous < c < i for c in calls), text[previous:i]
+        previous = i
 
 
 # The kernel's own MemoryDenyWriteExecute (prctl PR_SET_MDWE, Linux >= 6.3): no memory
@@ -342,10 +359,24 @@ def test_installer_into_a_scratch_root_twice_then_uninstall(tmp_path: Path) -> N
     assert snap["etc/systemd/system/voiced.service"][3] == hashlib.sha256(
         UNIT.read_bytes()).hexdigest()
     assert snap["usr/local/bin/voiced"][3] == "/opt/voiced/venv/bin/voiced"
-    venv_voiced = root / "opt/voiced/venv/bin/voiced"
-    assert venv_voiced.exists()
-    assert subprocess.run([str(venv_voiced), "--help"], capture_output=True,
-                          timeout=60, check=False).returncode == 0
+    # the unit's Documentation= is installed
+    assert snap["opt/voiced/README.md"][3] == hashlib.sha256(
+        (REPO / "README.md").read_bytes()).hexdigest()
+    assert (root / "opt/voiced/docs/architecture.md").is_file()
+    # the venv names /opt/voiced/venv, where the image runs it, not the build path
+    venv = root / "opt/voiced/venv"
+    venv_voiced = venv / "bin/voiced"
+    assert venv_voiced.read_text().startswith("#!/opt/voiced/venv/bin/python")
+    for f in [*(venv / "bin").iterdir(), venv / "pyvenv.cfg"]:
+        if f.is_file() and not f.is_symlink():
+            assert str(root) not in f.read_text(errors="replace"), f
+    assert 'VIRTUAL_ENV="/opt/voiced/venv"' in (venv / "bin/activate").read_text()
+    pyc = next(venv.glob("lib/python3*/site-packages/voiced/__pycache__/config.*.pyc"))
+    code = marshal.loads(pyc.read_bytes()[16:])
+    assert code.co_filename.startswith("/opt/voiced/venv/lib/"), code.co_filename
+    # runnable from here only through its interpreter (its shebang names the image's path)
+    assert subprocess.run([str(venv / "bin/python"), str(venv_voiced), "--help"],
+                          capture_output=True, timeout=60, check=False).returncode == 0
 
     # an installer-edited config survives, and a second run changes nothing
     cfg = root / "etc/voiced/voiced.yaml"

@@ -151,6 +151,28 @@ def test_no_pin_library_says_how_to_do_a_dry_run(tmp_path: Path) -> None:
     assert "Traceback" not in p.stderr
 
 
+def test_no_pin_library_with_lgpio_installed_names_its_working_directory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """lgpio present but failing (its pipes' directory is read-only under the unit): the
+    advice is LG_WD, not "install lgpio"."""
+    import importlib.machinery
+    import importlib.util
+
+    from gpiozero.exc import BadPinFactory
+
+    from voiced import hardware
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: importlib.machinery
+                        .ModuleSpec("lgpio", None) if name == "lgpio" else real(name, *a))
+    monkeypatch.setenv("LG_WD", "/nonexistent/lg")
+    msg = hardware._explain(BadPinFactory("Unable to load any default pin factory!"),
+                            "button.pin", "button").problems[0][1]
+    assert "install lgpio" not in msg, msg
+    assert "LG_WD" in msg and "/nonexistent/lg: NOT writable" in msg, msg
+    assert "GPIOZERO_PIN_FACTORY=mock" in msg
+
+
 def test_test_button_runs_on_mock_pins_and_stops_on_sigint(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "ws://127.0.0.1:9/v1/realtime", button={"pin": "17"})
     proc = subprocess.Popen(voiced_cmd("test-button", "-c", str(cfg), "--seconds", "30"),

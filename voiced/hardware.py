@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +26,7 @@ def _explain(e: BaseException, key: str, section: str) -> ConfigError:
         msg = ("this pin library has no PWM: use leds.kind: led, or for a dry run "
                "GPIOZERO_PIN_FACTORY=mock GPIOZERO_MOCK_PIN_CLASS=mockpwmpin")
     elif isinstance(e, BadPinFactory):
-        msg = ("no GPIO pin library works on this machine (on a Pi: install lgpio, e.g. "
-               "`pip install lgpio` in the venv); " + _DRY_RUN.format(section=section))
+        msg = _no_pin_library() + "; " + _DRY_RUN.format(section=section)
     elif isinstance(e, GPIOPinInUse):
         msg = f"the pin is already in use ({e}); pick another pin or stop what holds it"
     elif isinstance(e, PinInvalidPin | ValueError):
@@ -38,6 +39,24 @@ def _explain(e: BaseException, key: str, section: str) -> ConfigError:
     else:
         msg = f"{type(e).__name__}: {e}"
     return ConfigError([(key, msg)])
+
+
+def _no_pin_library() -> str:
+    """Why no pin library loaded: lgpio missing, or present but unable to start."""
+    if importlib.util.find_spec("lgpio") is None:
+        return ("no GPIO pin library works on this machine (on a Pi: install lgpio, e.g. "
+                "`pip install lgpio` in the venv)")
+    # lgpio is there, so installing it is the wrong advice: at import it makes its
+    # .lgd-nfy* pipes in $LG_WD, else in the working directory, and fails where that is
+    # read-only (the unit's "/" under ProtectSystem=strict)
+    try:
+        wd = os.environ.get("LG_WD") or os.getcwd()
+    except OSError:
+        wd = "(the working directory is gone)"
+    state = "writable" if os.access(wd, os.W_OK) else "NOT writable"
+    return (f"lgpio is installed but did not start: it needs a writable directory for its "
+            f"notification pipes, $LG_WD or else the working directory (now {wd}: {state}; "
+            "the unit sets LG_WD=/run/voiced), and access to /dev/gpiochip*")
 
 
 def _quiet_fallback_warnings() -> None:
