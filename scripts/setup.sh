@@ -2,7 +2,8 @@
 # Installs what voiced needs on Debian / Raspberry Pi OS, idempotently:
 #   scripts/setup.sh [runtime|test]
 # runtime: PortAudio headers, libsoxr, espeak-ng, a venv in .venv with voiced and its simulator.
-# test:    the above plus sox, PulseAudio/ALSA plugins, PostgreSQL, systemd-analyze, and
+# test:    the above plus sox, PulseAudio/ALSA plugins, PostgreSQL and libpq (psycopg
+#          uses the system's: psycopg[binary] has no armv7l wheel), systemd-analyze, and
 #          the test tools. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ profile=${1:-runtime}
 apt_pkgs=(portaudio19-dev libsoxr0 espeak-ng python3-venv python3-dev gcc)
 if [ "$profile" = test ]; then
   apt_pkgs+=(sox libsox-fmt-all alsa-utils libasound2-plugins pulseaudio pulseaudio-utils
-             postgresql systemd)
+             postgresql libpq5 systemd)
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do

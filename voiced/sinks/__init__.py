@@ -36,8 +36,10 @@ def build_sink(settings: TranscriptSettings, *, device_id: str, agent_id: str | 
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        raise ConfigError([("transcripts.sink", "the postgres sink needs psycopg 3: "
-                            "pip install 'voiced[postgres]' in the venv")]) from None
+        # plain psycopg (voiced[postgres]) fails to import without the system libpq too
+        raise ConfigError([("transcripts.sink", "the postgres sink needs psycopg 3 and "
+                            "libpq: sudo apt install libpq5, and pip install "
+                            "'psycopg>=3.1' in the venv")]) from None
     from voiced.sinks.postgres import PostgresSink
 
     assert settings.postgres_dsn is not None

@@ -1,7 +1,8 @@
 """The ``postgres`` sink: direct inserts for self-hosted backends (psycopg 3).
 
-psycopg 3 is the maintained PostgreSQL driver with native asyncio; its binary wheels
-cover arm64, and it falls back to the system libpq elsewhere.
+psycopg 3 is the maintained PostgreSQL driver with native asyncio. ``voiced[postgres]``
+installs plain psycopg, which loads the system libpq (``apt install libpq5``): the
+binary wheels that bundle one do not cover armv7l.
 """
 
 from __future__ import annotations
