@@ -266,6 +266,46 @@ def test_config_reserves_exactly_the_builtin_tool_names() -> None:
     assert {t.name for t in tools} == config.BUILTIN_TOOL_NAMES
 
 
+def test_device_status_works_with_proc_hidden(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under the unit (ProcSubset=pid) /proc/uptime and /proc/net are hidden: the uptime
+    comes from CLOCK_BOOTTIME, the Wi-Fi from /sys/class/net/*/wireless."""
+    import time
+
+    from voiced.tools import builtin
+
+    hidden = tmp_path / "proc-hidden"
+    monkeypatch.setattr(builtin, "_PROC_UPTIME", hidden / "uptime")
+    monkeypatch.setattr(builtin, "_PROC_WIRELESS", hidden / "net" / "wireless")
+    sys_net = tmp_path / "sys-class-net"
+    for name, state, link in (("eth0", "up", None), ("wlan0", "down", None),
+                              ("wlan1", "up", "54")):
+        (sys_net / name).mkdir(parents=True)
+        (sys_net / name / "operstate").write_text(state + "\n")
+        if name.startswith("wlan"):
+            (sys_net / name / "wireless").mkdir()
+        if link is not None:
+            (sys_net / name / "wireless" / "link").write_text(link + "\n")
+    monkeypatch.setattr(builtin, "_SYS_NET", sys_net)
+
+    uptime = builtin.system_uptime_s()
+    assert uptime is not None
+    assert abs(uptime - time.clock_gettime(time.CLOCK_BOOTTIME)) <= 2
+    net = builtin.network_status("ws://127.0.0.1:1/v1/realtime")
+    assert net["address"] == "127.0.0.1"
+    assert net["wifi"] == {"interface": "wlan1", "operstate": "up", "link_quality": 54.0}
+    (sys_net / "wlan1" / "operstate").write_text("dormant\n")  # none up: the first one
+    assert builtin.network_status("ws://127.0.0.1:1")["wifi"] == {
+        "interface": "wlan0", "operstate": "down"}
+    # where /proc/net/wireless can be read, it still answers
+    (hidden / "net").mkdir(parents=True)
+    (hidden / "net" / "wireless").write_text(
+        "Inter-| sta-|   Quality\n face | status | link level noise\n"
+        " wlan0: 0000   61.  -49.  -256        0      0      0      0      0        0\n")
+    assert builtin.network_status("ws://127.0.0.1:1")["wifi"] == {
+        "interface": "wlan0", "link_quality": 61.0}
+
+
 async def test_the_toolbox_turns_every_failure_into_an_error_output() -> None:
     async def ok(args: dict[str, Any]) -> Any:
         return {"echo": args}

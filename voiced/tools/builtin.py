@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import time
 import zoneinfo
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,6 +13,10 @@ from urllib.parse import urlsplit
 from voiced.tools import Tool, ToolError
 
 _EMPTY: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+# The unit's ProcSubset=pid hides both /proc files: the clock and /sys stand in for them
+_PROC_UPTIME = Path("/proc/uptime")
+_PROC_WIRELESS = Path("/proc/net/wireless")
+_SYS_NET = Path("/sys/class/net")
 
 
 class Device(Protocol):
@@ -94,9 +99,13 @@ def builtin_tools(enabled: tuple[str, ...], device: Device, *, timezone: str | N
 
 
 def system_uptime_s() -> int | None:
-    """Seconds since the system booted (None where /proc/uptime is missing)."""
+    """Seconds since the system booted, suspend included (None where nothing says)."""
+    try:  # the clock /proc/uptime reads, with no file the unit could hide
+        return round(time.clock_gettime(time.CLOCK_BOOTTIME))
+    except (AttributeError, OSError):  # not Linux
+        pass
     try:
-        return round(float(Path("/proc/uptime").read_text().split()[0]))
+        return round(float(_PROC_UPTIME.read_text().split()[0]))
     except (OSError, ValueError, IndexError):
         return None
 
@@ -116,10 +125,41 @@ def network_status(server_url: str) -> dict[str, Any]:
         out["address"] = None
         out["network_error"] = e.strerror or str(e)
     try:  # /proc/net/wireless: "wlan0: 0000   54.  -56.  -256 ..."
-        for line in Path("/proc/net/wireless").read_text().splitlines()[2:]:
+        for line in _PROC_WIRELESS.read_text().splitlines()[2:]:
             name, rest = line.split(":", 1)
             out["wifi"] = {"interface": name.strip(),
                            "link_quality": float(rest.split()[1].rstrip("."))}
-    except (OSError, ValueError, IndexError):
+    except OSError:  # hidden under the unit (ProcSubset=pid): ask /sys
+        wifi = _sys_wifi()
+        if wifi is not None:
+            out["wifi"] = wifi
+    except (ValueError, IndexError):
         pass
     return out
+
+
+def _sys_wifi() -> dict[str, Any] | None:
+    """The Wi-Fi interface from /sys/class/net/*/wireless, one that is up first.
+
+    Its wireless/link (the same figure as /proc/net/wireless) exists only on kernels with
+    the wireless-extensions compatibility; without it the link quality is left out.
+    """
+    found: list[dict[str, Any]] = []
+    try:
+        dirs = sorted(_SYS_NET.glob("*/wireless"))
+    except OSError:
+        return None
+    for wireless in dirs:
+        iface = wireless.parent
+        wifi: dict[str, Any] = {"interface": iface.name}
+        try:
+            wifi["operstate"] = (iface / "operstate").read_text().strip()
+        except OSError:
+            pass
+        try:
+            wifi["link_quality"] = float((wireless / "link").read_text().strip())
+        except (OSError, ValueError):
+            pass
+        found.append(wifi)
+    found.sort(key=lambda w: w.get("operstate") != "up")  # stable: by name otherwise
+    return found[0] if found else None
