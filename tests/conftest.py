@@ -26,8 +26,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("VOICED_", "NOTIFY_SOCKET", "WATCHDOG_"))
            and k not in ("OPENAI_API_KEY", "CREDENTIALS_DIRECTORY")}
+    # set but empty: `voiced` must not fall back to an installed /etc/voiced/credentials
+    env["CREDENTIALS_DIRECTORY"] = ""
     env.update(extra)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _no_installed_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process CLI calls ignore a machine's /etc/voiced/credentials too."""
+    from voiced import config
+
+    monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", Path("/nonexistent/credentials"))
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -216,3 +216,114 @@ def test_check_config_names_the_resampler_or_the_package_it_needs(
     assert cli.main(["check-config", "-c", str(cfg)]) == 0  # a 24 kHz device still works
     out = capsys.readouterr().out
     assert "resampler    MISSING: libsoxr is not installed (sudo apt install libsoxr0)" in out
+
+
+# ------------------------------------------------------------------ installed credentials
+
+OPENAI = BASE.replace("ws://127.0.0.1:8765", "wss://api.openai.com")
+
+
+def installed_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """/etc/voiced/credentials as install.sh leaves it, with the key put in."""
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    (creds / "openai_api_key").write_text(SECRET + "\n")
+    (creds / "webhook_token").write_text("")  # install.sh makes every file, empty
+    monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", creds)
+    for var in ("CREDENTIALS_DIRECTORY", "OPENAI_API_KEY", config.CONTROL_SOCKET_ENV):
+        monkeypatch.delenv(var, raising=False)
+    return creds
+
+
+def test_check_config_reads_the_installed_credentials_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`sudo voiced check-config` has no $CREDENTIALS_DIRECTORY (systemd sets it only for
+    the unit): the key is read where install.sh says to put it, and the summary says so."""
+    from voiced import __main__ as cli
+
+    creds = installed_credentials(tmp_path, monkeypatch)
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text(OPENAI)
+    assert cli.main(["check-config", "-c", str(cfg)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"api key      set (from {creds / 'openai_api_key'})" in out
+    assert SECRET not in out
+    # $CREDENTIALS_DIRECTORY (the unit) still wins; the environment is next
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    assert cli.main(["check-config", "-c", str(cfg)]) == 0
+    assert "api key      set (from $OPENAI_API_KEY)" in capsys.readouterr().out
+    # a directory this user may not read (not root) is skipped, and the key is missing
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", tmp_path / "nonexistent")
+    assert cli.main(["check-config", "-c", str(cfg)]) == 78
+    assert "config error: credentials.openai_api_key: missing" in capsys.readouterr().err
+
+
+def test_ctl_needs_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`voiced ctl` reads only control.socket: a config for OpenAI with no key readable
+    (a user in the voiced group) still reaches the daemon."""
+    from voiced import __main__ as cli
+
+    monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", tmp_path / "nonexistent")
+    for var in ("CREDENTIALS_DIRECTORY", "OPENAI_API_KEY", config.CONTROL_SOCKET_ENV):
+        monkeypatch.delenv(var, raising=False)
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text(OPENAI + f"control: {{socket: {tmp_path / 'none.sock'}}}\n")
+    assert cli.main(["ctl", "-c", str(cfg), "status"]) == 1  # no daemon, but no exit 78
+    assert "no daemon is listening on" in capsys.readouterr().err
+    with pytest.raises(ConfigError):  # everything else still needs the key
+        config.load(cfg, environ={})
+
+
+# ------------------------------------------------------------------ the control socket
+
+
+def test_an_unusable_control_socket_is_one_line_and_exit_78(tmp_path: Path) -> None:
+    """As a developer who is not root meets /run/voiced: no traceback, the key, and what
+    to do (here the directory cannot be made because a file is in the way)."""
+    (tmp_path / "afile").write_text("")
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text(BASE + f"control: {{socket: {tmp_path / 'afile' / 'ctl.sock'}}}\n")
+    p = subprocess.run(voiced_cmd("run", "-c", str(cfg)), cwd=tmp_path, env=clean_env(),
+                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert p.returncode == 78, p.stderr
+    assert "Traceback" not in p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if "config error" in ln]
+    assert len(errors) == 1 and errors[0].startswith(
+        "voiced: config error: control.socket: cannot create "), p.stderr
+    assert "VOICED_CONTROL_SOCKET" in errors[0]
+
+
+def test_the_readme_commands_run_with_the_socket_moved(tmp_path: Path) -> None:
+    """README "Running it": `run` and `ctl` on the example config, the socket moved by
+    $VOICED_CONTROL_SOCKET as a developer who is not root does (file audio: this machine
+    has no sound card)."""
+    import time
+
+    data = yaml.safe_load((REPO / "config" / "voiced.example.yaml").read_text())
+    data["audio"] = {"backend": "file", "input": {"file": str(QUESTION_WAV)},
+                     "output": {"file": str(tmp_path / "out.wav")}}
+    example = str(tmp_path / "voiced.yaml")
+    Path(example).write_text(yaml.safe_dump(data))
+    sock = tmp_path / "voiced.sock"
+    env = clean_env(VOICED_CONTROL_SOCKET=str(sock))
+    p = subprocess.run(voiced_cmd("check-config", "-c", example), env=env,
+                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert p.returncode == 0 and f"control      {sock} (from $VOICED_CONTROL_SOCKET)" in p.stdout
+    daemon = subprocess.Popen(voiced_cmd("run", "-c", example), cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not sock.exists() and daemon.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p = subprocess.run(voiced_cmd("ctl", "-c", example, "status"), env=env,
+                           capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        assert p.returncode == 0 and '"state": ' in p.stdout, p.stderr
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=TIMEOUT)
+    assert daemon.returncode == 0 and "Traceback" not in err, err

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from voiced import __version__
-from voiced.config import DEFAULT_CONFIG_PATH, Settings, load
+from voiced import __version__, config
+from voiced.config import DEFAULT_CONFIG_PATH, Settings, credential_source, load
 from voiced.errors import ConfigError
 
 EX_OK: Final = 0
@@ -40,7 +40,22 @@ def config_path(arg: str | None) -> Path:
     return Path(arg or os.environ.get("VOICED_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
+def use_installed_credentials() -> None:
+    """Read secrets where install.sh puts them when systemd does not say where.
+
+    Under the unit, systemd sets ``$CREDENTIALS_DIRECTORY``. From a shell (``sudo voiced
+    check-config``) it is unset: then /etc/voiced/credentials is used, if this user may
+    read it. Set in the process's environment, so a SIGHUP reload reads the same place.
+    Set but empty, it means none (the tests use that).
+    """
+    installed = config.INSTALLED_CREDENTIALS_DIR
+    if "CREDENTIALS_DIRECTORY" not in os.environ and installed.is_dir() \
+            and os.access(installed, os.R_OK | os.X_OK):
+        os.environ["CREDENTIALS_DIRECTORY"] = str(installed)
+
+
 def _load(args: argparse.Namespace) -> Settings:
+    use_installed_credentials()
     return load(config_path(args.config))
 
 
@@ -59,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     """`voiced check-config`: validate and summarise."""
     path = config_path(args.config)
+    use_installed_credentials()
     s = load(path)
     rt = s.realtime
     print(f"{path}: OK")
@@ -66,7 +82,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     target = f"relay agent {rt.relay.agent_id}" if rt.relay else f"model {rt.model}"
     print(f"  realtime     {rt.url} ({target}, voice {rt.voice}, "
           f"turns: {rt.turn_detection.type})")
-    print(f"  api key      {'set' if rt.api_key else 'not needed (loopback)'}")
+    if rt.api_key:  # where it came from: which of several places won is not obvious
+        print(f"  api key      set (from {credential_source('openai_api_key', os.environ)})")
+    else:
+        print("  api key      not needed (loopback)")
     a = s.audio
     if a.backend == "file":
         print(f"  audio        file: {a.input.file} -> {a.output.file} ({a.echo})")
@@ -80,7 +99,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     sink = s.transcripts.sink
     extra = f" -> {s.transcripts.jsonl_path}" if sink == "jsonl" else ""
     print(f"  transcripts  {sink}{extra}")
-    print(f"  control      {s.control.socket}")
+    env = config.CONTROL_SOCKET_ENV
+    over = f" (from ${env})" if os.environ.get(env) else ""
+    print(f"  control      {s.control.socket}{over}")
     return EX_OK
 
 
@@ -100,7 +121,9 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     """`voiced ctl`: talk to a running daemon."""
     from voiced.control import request
 
-    path = _load(args).control.socket
+    # only control.socket matters here: a user in the voiced group may drive the daemon
+    # without being able to read its secrets
+    path = load(config_path(args.config), require_secrets=False).control.socket
     try:
         reply = request(path, args.command)
     except (FileNotFoundError, ConnectionRefusedError):

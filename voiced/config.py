@@ -25,6 +25,10 @@ import yaml
 from voiced.errors import ConfigError
 
 DEFAULT_CONFIG_PATH: Final = "/etc/voiced/voiced.yaml"
+# where systemd/install.sh puts the secrets the unit passes with LoadCredential=
+INSTALLED_CREDENTIALS_DIR: Final = Path("/etc/voiced/credentials")
+# overrides control.socket: a developer who is not root cannot create /run/voiced
+CONTROL_SOCKET_ENV: Final = "VOICED_CONTROL_SOCKET"
 
 VOICES: Final = (
     "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
@@ -509,6 +513,20 @@ def read_credential(name: str, environ: Mapping[str, str]) -> Secret | None:
     return Secret(value) if value else None
 
 
+def credential_source(name: str, environ: Mapping[str, str]) -> str | None:
+    """Where :func:`read_credential` finds ``name`` (a file or ``$VAR``), for messages."""
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / name
+        try:
+            if path.read_text(encoding="utf-8").strip():
+                return str(path)
+        except FileNotFoundError:
+            pass
+    env = credential_env(name)
+    return f"${env}" if environ.get(env, "").strip() else None
+
+
 def credential_env(name: str) -> str:
     """The environment variable credential ``name`` may come from (contract §2)."""
     return CREDENTIAL_ENV.get(name, f"VOICED_{name.upper()}")
@@ -966,7 +984,8 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
 
 
 def parse(data: object, *, environ: Mapping[str, str] | None = None,
-          base_dir: Path | None = None, source_path: Path | None = None) -> Settings:
+          base_dir: Path | None = None, source_path: Path | None = None,
+          require_secrets: bool = True) -> Settings:
     """Validate a parsed YAML document into :class:`Settings`.
 
     Args:
@@ -974,6 +993,8 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
         environ: where secrets and defaults come from (default ``os.environ``).
         base_dir: relative paths are resolved against it (default: the cwd).
         source_path: recorded in the result, for reloads.
+        require_secrets: False lets missing credentials pass (``voiced ctl`` only needs
+            ``control.socket``, and its user may not be able to read the secrets).
 
     Raises:
         ConfigError: with every problem found, each named by its dotted key.
@@ -994,8 +1015,12 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
     tools = _tools(top.section("tools"), base, env)
     ctl = top.section("control")
     control = ControlSettings(socket=_path(ctl, "socket", base) or ControlSettings().socket)
+    if env.get(CONTROL_SOCKET_ENV):
+        control = ControlSettings(socket=Path(env[CONTROL_SOCKET_ENV]).expanduser().absolute())
     ctl.finish()
     top.finish()
+    if not require_secrets:
+        problems.items = [(k, m) for k, m in problems.items if not k.startswith("credentials.")]
     if problems.items:
         raise ConfigError(problems.items)
     return Settings(device_id=device_id, realtime=realtime, audio=audio, button=button,
@@ -1004,7 +1029,8 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
                     source_path=source_path)
 
 
-def load(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Settings:
+def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
+         require_secrets: bool = True) -> Settings:
     """Read and validate the YAML file at ``path``.
 
     Relative paths inside the file are resolved against the file's directory.
@@ -1028,7 +1054,8 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Setti
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError([("config", f"{p} is not valid YAML{where}: {problem}")]) from None
-    return parse(data, environ=environ, base_dir=p.resolve().parent, source_path=p)
+    return parse(data, environ=environ, base_dir=p.resolve().parent, source_path=p,
+                 require_secrets=require_secrets)
 
 
 def diff(old: object, new: object, prefix: str = "") -> list[str]:

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from voiced.config import CONTROL_SOCKET_ENV
+from voiced.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 COMMANDS: Final = ("status", "press", "long-press", "interrupt")
@@ -34,12 +37,24 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        """Bind the socket (replacing a stale one left by a crash)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        os.chmod(self.path, 0o660)
+        """Bind the socket (replacing a stale one left by a crash).
+
+        Raises:
+            ConfigError: naming ``control.socket`` when it cannot be made (the contract:
+                a set-up error is one line and exit 78, not a traceback).
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            os.chmod(self.path, 0o660)
+        except OSError as e:
+            # typically a developer who is not root: /run/voiced is the service's
+            raise ConfigError([("control.socket", (
+                f"cannot create {self.path}: {e.strerror or e}; run as the service's user "
+                f"(systemctl start voiced), or point control.socket (or ${CONTROL_SOCKET_ENV})"
+                " at a directory you may write, e.g. $XDG_RUNTIME_DIR/voiced.sock"))]) from e
         logger.debug("control socket at %s", self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

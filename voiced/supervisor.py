@@ -275,10 +275,10 @@ class Supervisor:
                 # not fatal: a USB mic plugged in late, or busy for a moment, must not
                 # cost the appliance its service; the reopen loop takes over
                 startup_fault = str(e)
+            await self.control.start()  # a socket it cannot make is a ConfigError too
         except ConfigError:
             await self._close()
             raise
-        await self.control.start()
         self.session.on_devices_ready()
         self._apply(self.session.take_effects())
         if startup_fault is not None:
