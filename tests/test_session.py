@@ -1474,6 +1474,25 @@ def test_rollover_waits_for_the_users_words_to_be_transcribed() -> None:
         [dict(e.event) for e in effects if isinstance(e, Send)])  # in the new context
 
 
+def test_a_forced_switch_forgets_a_reply_that_waited_for_a_cancelled_one() -> None:
+    """Push to talk over a reply; the turn's response.create waits for the cancelled reply
+    to end, and a forced switch comes first. The new session never got that turn: closing
+    the old reply must not ask it for an answer."""
+    c = configured(push_to_talk=True, rollover_margin_s=300)
+    speaking(c)
+    c.on_tick(0.0, EXPIRES - 100)
+    fx(c)
+    standby_ready(c)
+    c.on_talk_start(1.0)
+    c.on_playback_stopped(1.0, {})
+    c.on_audio_captured(pcm(samples(300)), 1.5)
+    c.on_talk_end(1.8)
+    assert [e for e in fx(c) if isinstance(e, Send)][-1] == COMMIT  # create waits
+    c.on_tick(2.0, EXPIRES - 59)  # forced, before the cancelled reply's response.done
+    effects = fx(c)
+    assert SwitchToStandby() in effects and CREATE not in effects
+
+
 def test_a_quiet_switch_replays_only_the_newest_half_second() -> None:
     c = configured(rollover_margin_s=300)
     c.on_press(0.0)

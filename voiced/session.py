@@ -514,6 +514,7 @@ class Conversation:
                            "are not recorded", len(self._untranscribed))
             self._untranscribed.clear()
         self._session_no += 1
+        self._reply_wanted = False  # the turn it waited for went with the old session
         self._emit(SwitchToStandby())
         self._standby = None
         self.expires_at = self._standby_expires
