@@ -86,8 +86,12 @@ if [ -z "$root" ]; then
   for p in python3-lgpio python3-spidev; do
     dpkg -s "$p" >/dev/null 2>&1 && continue
     # a fresh image may have no lists, and apt-cache would not know them; optional, so
-    # an offline re-run goes on without
-    apt_update_once || true
+    # an offline re-run goes on without. With lists, a package they lack (plain Debian
+    # has neither) does not cost every re-run an update.
+    if ! apt-cache show "$p" >/dev/null 2>&1 \
+        && ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+      apt_update_once || true
+    fi
     apt-cache show "$p" >/dev/null 2>&1 \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" || true
   done
@@ -138,9 +142,10 @@ if [ "$(cat "$prefix/.source-sha256" 2>/dev/null)" != "$src_hash" ]; then
 fi
 # the unit's Documentation=; removed with the program
 install -d -m 0755 "$prefix/docs"
-for d in README.md docs/*.md; do
-  [ -e "$src/$d" ] || continue
-  cmp -s "$src/$d" "$prefix/$d" || install -m 0644 "$src/$d" "$prefix/$d"
+for f in "$src/README.md" "$src"/docs/*.md; do  # globbed in $src, whatever the cwd
+  [ -e "$f" ] || continue
+  d=${f#"$src"/}
+  cmp -s "$f" "$prefix/$d" || install -m 0644 "$f" "$prefix/$d"
 done
 install -d -m 0755 "$root/usr/local/bin"
 [ "$(readlink "$root/usr/local/bin/voiced" 2>/dev/null)" = /opt/voiced/venv/bin/voiced ] \

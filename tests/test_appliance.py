@@ -329,9 +329,10 @@ def scratch_root(tmp_path: Path) -> Path:
 
 
 def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # run from elsewhere than the repo: the script must not depend on the cwd
     return subprocess.run([str(REPO / "systemd" / "install.sh"), "--root", str(root), *args],
                           capture_output=True, text=True, timeout=600, check=False,
-                          env=clean_env())
+                          env=clean_env(), cwd=root.parent)
 
 
 @pytest.mark.timeout(900)
