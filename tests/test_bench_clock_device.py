@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,18 +18,23 @@ from tests.pulse import device_alsa_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_clocked_device_is_paced_and_exact(tmp_path: Path) -> None:
+def clocked_device(tmp_path: Path, mic: Path) -> dict[str, str]:
+    """Build the device; the environment that makes ALSA (and PortAudio) see it."""
     if shutil.which("gcc") is None or shutil.which("arecord") is None:
         pytest.skip("needs gcc and alsa-utils (scripts/setup.sh test installs them)")
     lib = tmp_path / "libasound_module_pcm_clock.so"
     subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-DPIC", "-shared", "-fPIC", "-o",
                     str(lib), str(REPO / "bench" / "alsa_clock" / "pcm_clock.c"), "-lasound"],
                    check=True, timeout=TIMEOUT)
-    mic = tmp_path / "mic.raw"
-    mic.write_bytes(bytes(range(256)) * 300)  # 76.8 kB: shorter than the recording, so it loops
     conf = device_alsa_config(tmp_path / "alsa", pulse=False, extra=(
         f'pcm_type.clock {{ lib "{lib}" }}\npcm.clock {{ type clock infile "{mic}" }}\n'))
-    env = clean_env(ALSA_CONFIG_PATH=str(conf))
+    return clean_env(ALSA_CONFIG_PATH=str(conf))
+
+
+def test_clocked_device_is_paced_and_exact(tmp_path: Path) -> None:
+    mic = tmp_path / "mic.raw"
+    mic.write_bytes(bytes(range(256)) * 300)  # 76.8 kB: shorter than the recording, so it loops
+    env = clocked_device(tmp_path, mic)
     out = tmp_path / "rec.raw"
     t0 = time.monotonic()
     subprocess.run(["arecord", "-q", "-D", "clock", "-t", "raw", "-f", "S16_LE", "-r", "48000",
@@ -42,3 +48,40 @@ def test_clocked_device_is_paced_and_exact(tmp_path: Path) -> None:
     subprocess.run(["aplay", "-q", "-D", "clock", "-t", "raw", "-f", "S16_LE", "-r", "24000",
                     "-c", "1", str(out)], env=env, check=True, timeout=TIMEOUT)
     assert 3.9 < time.monotonic() - t0 < 6.0  # 192 kB at 24 kHz mono is 4 s
+
+
+STALL = """
+import ctypes, sys, time
+alsa = ctypes.CDLL("libasound.so.2")
+alsa.snd_pcm_readi.restype = ctypes.c_long
+pcm = ctypes.c_void_p()
+assert alsa.snd_pcm_open(ctypes.byref(pcm), b"clock", 1, 0) == 0  # capture, blocking
+# S16_LE, RW interleaved, mono, 48 kHz, a 40 ms buffer
+assert alsa.snd_pcm_set_params(pcm, 2, 3, 1, 48000, 0, 40000) == 0
+alsa.snd_pcm_avail_update.restype = ctypes.c_long
+buf = ctypes.create_string_buffer(48000 * 2)
+assert alsa.snd_pcm_readi(pcm, buf, 960) == 960
+while (n := alsa.snd_pcm_avail_update(pcm)) > 0:  # read all there is: the buffer is empty
+    alsa.snd_pcm_readi(pcm, buf, n)
+time.sleep(float(sys.argv[1]))  # the reader stalls for several buffers
+t0 = time.monotonic()
+got = 0
+while got < 48000:
+    n = alsa.snd_pcm_readi(pcm, buf, 48000 - got)
+    assert n > 0, n
+    got += n
+print(time.monotonic() - t0)
+alsa.snd_pcm_close(pcm)
+"""
+
+
+def test_clocked_device_keeps_going_after_a_stalled_reader(tmp_path: Path) -> None:
+    """A client late by a buffer or more (a GIL hold, a busy machine) holds the clock
+    back, as a card would wait; the stream goes on afterwards. It used to stop for good:
+    the pointer moved exactly one buffer, which ioplug cannot tell from no move."""
+    mic = tmp_path / "mic.raw"
+    mic.write_bytes(bytes(96000))
+    p = subprocess.run([sys.executable, "-c", STALL, "0.3"], env=clocked_device(tmp_path, mic),
+                       capture_output=True, text=True, timeout=15, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert 0.8 < float(p.stdout.strip().splitlines()[-1]) < 3.0  # a second of audio, paced

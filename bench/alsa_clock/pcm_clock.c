@@ -79,15 +79,27 @@ static int clk_prepare(snd_pcm_ioplug_t *io)
 	return clk_arm(c, 0);
 }
 
-/* Frames due by now; a side that falls behind (playback not written, capture not read
- * within a buffer) holds the clock back, as if the card had waited. */
+/* Frames due by now. A side that falls behind (playback not written, capture not read
+ * within a buffer) holds the clock back, as if the card had waited for it; and the
+ * pointer moves less than a whole buffer per call, because ioplug takes it modulo the
+ * buffer and could not tell a whole buffer from no move at all (the stream would stop
+ * for good after one late period). */
 static snd_pcm_sframes_t clk_pointer(snd_pcm_ioplug_t *io)
 {
 	clk_t *c = io->private_data;
 	if (c->running) {
-		uint64_t due = (now_ns() - c->start_ns) * io->rate / 1000000000u;
-		uint64_t limit = io->stream == SND_PCM_STREAM_PLAYBACK
-			? (uint64_t)io->appl_ptr : (uint64_t)io->appl_ptr + io->buffer_size;
+		uint64_t ns = now_ns() - c->start_ns;
+		/* split, so that ns * rate cannot overflow however long the run */
+		uint64_t due = ns / 1000000000u * io->rate
+			+ ns % 1000000000u * io->rate / 1000000000u;
+		/* room relative to ioplug's own pointers, which wrap at the boundary */
+		snd_pcm_uframes_t room = io->stream == SND_PCM_STREAM_PLAYBACK
+			? snd_pcm_ioplug_hw_avail(io, io->hw_ptr, io->appl_ptr)
+			: io->buffer_size - snd_pcm_ioplug_avail(io, io->hw_ptr, io->appl_ptr);
+		uint64_t limit;
+		if (room > io->buffer_size - 1)
+			room = io->buffer_size - 1;
+		limit = c->pos + room;
 		if (due > limit) {
 			c->start_ns += (due - limit) * 1000000000u / io->rate;
 			due = limit;
