@@ -13,8 +13,6 @@ apt_pkgs=(portaudio19-dev libsoxr0 espeak-ng python3-venv python3-dev gcc)
 if [ "$profile" = test ]; then
   apt_pkgs+=(sox libsox-fmt-all alsa-utils libasound2-plugins pulseaudio pulseaudio-utils
              postgresql libpq5 systemd)
-  # 32-bit ARM: a test dependency without a wheel there is built from source, in C++ too
-  case "$(uname -m)" in arm*) apt_pkgs+=(g++) ;; esac
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -37,22 +35,11 @@ fi
 if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check uv
 fi
-# Raspberry Pi OS points pip at piwheels in /etc/pip.conf (ARM wheels PyPI lacks, e.g.
-# numpy for armv7l); uv does not read pip's configuration, so it is passed on
-uv_args=()
-if [ -z "${UV_EXTRA_INDEX_URL:-}" ]; then
-  for conf in /etc/pip.conf "${XDG_CONFIG_HOME:-$HOME/.config}/pip/pip.conf"; do
-    [ -r "$conf" ] || continue
-    url=$(sed -n 's/^[[:space:]]*extra-index-url[[:space:]]*=[[:space:]]*//p' "$conf" | head -n1)
-    if [ -n "$url" ]; then uv_args+=(--extra-index-url "$url"); break; fi
-  done
-fi
 extras="sim"
 [ "$profile" = test ] && extras="sim,test"
 # pocketsphinx has no wheel on some boards; the simulator works without it
-if ! .venv/bin/uv pip install -q --python .venv/bin/python "${uv_args[@]}" -e ".[$extras]"; then
+if ! .venv/bin/uv pip install -q --python .venv/bin/python -e ".[$extras]"; then
   echo "setup: installing without the optional speech recogniser"
   extras=${extras/sim/}; extras=${extras#,}
-  .venv/bin/uv pip install -q --python .venv/bin/python "${uv_args[@]}" \
-    -e ".${extras:+[$extras]}"
+  .venv/bin/uv pip install -q --python .venv/bin/python -e ".${extras:+[$extras]}"
 fi
