@@ -13,6 +13,8 @@ apt_pkgs=(portaudio19-dev libsoxr0 espeak-ng python3-venv python3-dev gcc)
 if [ "$profile" = test ]; then
   apt_pkgs+=(sox libsox-fmt-all alsa-utils libasound2-plugins pulseaudio pulseaudio-utils
              postgresql libpq5 systemd)
+  # 32-bit ARM: a test dependency without a wheel there is built from source, in C++ too
+  case "$(uname -m)" in arm*) apt_pkgs+=(g++) ;; esac
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do
