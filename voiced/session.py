@@ -784,7 +784,7 @@ class Conversation:
         """Act on one parsed server event."""
         match ev:
             case wire.AudioDelta():
-                self._on_audio_delta(ev, now)
+                self._on_audio_delta(ev)
             case wire.SessionCreated():
                 self.expires_at = ev.expires_at
                 self._conn_detail = "configuring session"
@@ -914,13 +914,17 @@ class Conversation:
         for item in self._items.values():
             if not item.finished and item.received:
                 item.interrupted = True
+        self._discard_active(cancel=cancel)
+        self._awaiting_reply = False
+        self._emit(StopPlayback())
+
+    def _discard_active(self, *, cancel: bool) -> None:
+        """Drop the rest of the active response; ``cancel`` also asks the server to stop."""
         if self._active_response is not None:
             self._discarded.add(self._active_response)
             if cancel and self._configured:
                 self._send({"type": "response.cancel", "event_id": self._eid(),
                             "response_id": self._active_response})
-        self._awaiting_reply = False
-        self._emit(StopPlayback())
 
     def _session_update(self) -> wire.SessionUpdateParam:
         p = self.policy
@@ -952,17 +956,12 @@ class Conversation:
         logger.info("session configured (output format %s)", fmt)
         self._replay_backlog()
 
-    def _on_audio_delta(self, ev: wire.AudioDelta, now: float) -> None:
+    def _on_audio_delta(self, ev: wire.AudioDelta) -> None:
         if ev.response_id in self._discarded:
             self.counters.deltas_dropped += 1
             return
-        item = self._items.get(ev.item_id)
-        if item is None:
-            item = self._items[ev.item_id] = _Item(response_id=ev.response_id,
-                                                   conversation_id=self.conversation_id,
-                                                   content_index=ev.content_index,
-                                                   session=self._session_no)
-        elif item.finished:
+        item = self._item(ev.item_id, ev.response_id, ev.content_index)
+        if item.finished:
             # audio after the item ended (out of order, or after an interruption)
             self.counters.deltas_dropped += 1
             return
@@ -984,11 +983,7 @@ class Conversation:
         logger.info("reply audio while the audio devices are down: cancelling the "
                     "response, nothing of it heard")
         self.counters.interruptions += 1
-        if self._active_response is not None:
-            self._discarded.add(self._active_response)
-            if self._configured:
-                self._send({"type": "response.cancel", "event_id": self._eid(),
-                            "response_id": self._active_response})
+        self._discard_active(cancel=True)
         item.interrupted = True
         item.finished = True
         item.played = 0
@@ -1027,11 +1022,13 @@ class Conversation:
                 item.transcript = text
         self._close_response(ev.response_id)
 
-    def _item(self, item_id: str, response_id: str) -> _Item:
+    def _item(self, item_id: str, response_id: str, content_index: int = 0) -> _Item:
+        """The item, new (of this conversation and session) if it is not known yet."""
         item = self._items.get(item_id)
         if item is None:
             item = self._items[item_id] = _Item(response_id=response_id,
                                                 conversation_id=self.conversation_id,
+                                                content_index=content_index,
                                                 session=self._session_no)
         return item
 

@@ -15,6 +15,12 @@ network fell behind, then resumed, is still one item) for this many of the newes
 older ones are long over."""
 
 
+def make_room_for_count(counts: dict[str, int]) -> None:
+    """Before a new item's count goes in: drop the oldest beyond KEEP_PLAYED_COUNTS."""
+    while len(counts) >= KEEP_PLAYED_COUNTS:
+        del counts[next(iter(counts))]
+
+
 class AudioSource(Protocol):
     """A microphone: yields fixed-size frames of 24 kHz mono PCM16."""
 

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from voiced.audio import KEEP_PLAYED_COUNTS
+from voiced.audio import make_room_for_count
 from voiced.audio.convert import ToWire, frame_bytes, to_int16
 from voiced.errors import AudioDeviceError
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
@@ -187,8 +187,7 @@ class WavFileSink:
             take = pcm[self._head_offset:self._head_offset + want - len(out)]
             out += take
             if item_id not in self._played:
-                while len(self._played) >= KEEP_PLAYED_COUNTS:  # items that long ago are over
-                    del self._played[next(iter(self._played))]
+                make_room_for_count(self._played)
             self._played[item_id] = self._played.get(item_id, 0) + len(take) // BYTES_PER_SAMPLE
             self._head_offset += len(take)
             if self._head_offset >= len(pcm):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from voiced.audio import KEEP_PLAYED_COUNTS
+from voiced.audio import make_room_for_count
 from voiced.audio.convert import Framer, FromWire, ToWire, frame_bytes
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
@@ -483,8 +483,7 @@ class PyAudioSink:
                 self._queued_bytes += len(tail)
             if item_id not in self._handed:
                 self._arrived.setdefault(item_id, time.monotonic())
-                while len(self._handed) >= KEEP_PLAYED_COUNTS:  # items that long ago are over
-                    del self._handed[next(iter(self._handed))]
+                make_room_for_count(self._handed)
             self._queue.append([item_id, data, 0])
             self._queued_bytes += len(data)
 
