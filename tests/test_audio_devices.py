@@ -23,7 +23,10 @@ from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError
 from voiced.sim.server import SimOptions, SimServer
 
-BARGE_IN = """
+# Both barge-in scripts: a speaker on the null sink (speaker period from argv[1]), a mic on
+# its monitor, and a tone that is never 0, so what reached the sink can be counted; the
+# mic records from the start, and the speaker counts its drains.
+PULSE_RIG = """
 import asyncio, json, os, sys
 import numpy as np
 from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
@@ -32,6 +35,8 @@ async def main():
     mic = PyAudioSource(AudioEndpointSettings(device="pulse"))  # the sink's monitor
     speaker = PyAudioSink(AudioEndpointSettings(device="pulse"), period_ms=int(sys.argv[1]),
                           jitter_ms=80)
+    drains = []
+    speaker.set_drained_callback(lambda: drains.append(1))
     await mic.start()
     await speaker.start()
     t = np.arange(24000 * 3)
@@ -42,6 +47,9 @@ async def main():
             heard.extend(await mic.read())
     task = asyncio.create_task(record())
     await asyncio.sleep(0.3)
+"""
+
+BARGE_IN = PULSE_RIG + """\
     speaker.play(tone.tobytes(), "item_1")
     await asyncio.sleep(1.0)
     played = speaker.stop()  # the barge-in
@@ -85,26 +93,7 @@ def test_barge_in_silences_the_speaker_where_stop_says(tmp_path: Path, period_ms
     assert {"voiced-mic", "voiced-speaker"} <= set(got["threads"]), got["threads"]
 
 
-UNDERRUN_THEN_BARGE_IN = """
-import asyncio, json, sys
-import numpy as np
-from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
-from voiced.config import AudioEndpointSettings
-async def main():
-    mic = PyAudioSource(AudioEndpointSettings(device="pulse"))  # the sink's monitor
-    speaker = PyAudioSink(AudioEndpointSettings(device="pulse"), jitter_ms=80)
-    drains = []
-    speaker.set_drained_callback(lambda: drains.append(1))
-    await mic.start()
-    await speaker.start()
-    t = np.arange(24000 * 3)
-    tone = (3000 + 2000 * np.sin(2 * np.pi * 440 * t / 24000)).astype("<i2")  # never 0
-    heard = bytearray()
-    async def record():
-        while True:
-            heard.extend(await mic.read())
-    task = asyncio.create_task(record())
-    await asyncio.sleep(0.3)
+UNDERRUN_THEN_BARGE_IN = PULSE_RIG + """\
     speaker.play(tone[:12000].tobytes(), "item_1")  # half a second, then the network stalls
     await asyncio.sleep(1.0)
     underran = len(drains)
@@ -127,9 +116,9 @@ def test_barge_in_after_an_underrun_counts_the_whole_item(tmp_path: Path) -> Non
     played position at a barge-in counts its audio from before the underrun too, or the
     truncation would tell the model the user heard less than they did (0 ms, even)."""
     with running_pulse(tmp_path) as pulse:
-        p = subprocess.run([sys.executable, "-c", textwrap.dedent(UNDERRUN_THEN_BARGE_IN)],
-                           env=pulse.env(), capture_output=True, text=True, timeout=60,
-                           check=False)
+        p = subprocess.run([sys.executable, "-c", textwrap.dedent(UNDERRUN_THEN_BARGE_IN),
+                            "20"], env=pulse.env(), capture_output=True, text=True,
+                           timeout=60, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["underran"] == 1, got  # the first half second did run dry

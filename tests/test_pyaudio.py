@@ -184,26 +184,33 @@ def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path,
     assert errs[best] <= 2, f"streaming differs from one-shot by {errs[best]} (lag {best})"
 
 
+# A speaker on the file device at the rate in argv[1], playing the raw reply files named
+# after it ({body} decides how); it prints the rate it opened at once all has drained.
 PLAY = """
 import asyncio, sys
 from voiced.audio.pyaudio_backend import PyAudioSink
 from voiced.config import AudioEndpointSettings
 async def main():
-    sink = PyAudioSink(AudioEndpointSettings(device="usbmic", rate_hz=24000), jitter_ms=40)
+    sink = PyAudioSink(AudioEndpointSettings(device="usbmic", rate_hz=int(sys.argv[1])),
+                       jitter_ms=40)
     drained = asyncio.Event()
     sink.set_drained_callback(drained.set)
     await sink.start()
-    pcm = open(sys.argv[1], "rb").read()
-    half = len(pcm) // 2 // 2 * 2
-    sink.play(pcm[:half], "item_1")
-    await asyncio.sleep(0.3)  # the null device drains at once: a gap, so an underrun
-    sink.play(pcm[half:], "item_1")
+    replies = [open(f, "rb").read() for f in sys.argv[2:]]
+{body}
     await asyncio.wait_for(drained.wait(), 10)
     await asyncio.sleep(0.1)
     print("RATE", sink.rate)
     await sink.aclose()
 asyncio.run(main())
 """
+
+PLAY_WITH_A_GAP = PLAY.format(body="""\
+    pcm = replies[0]
+    half = len(pcm) // 2 // 2 * 2
+    sink.play(pcm[:half], "item_1")
+    await asyncio.sleep(0.3)  # the null device drains at once: a gap, so an underrun
+    sink.play(pcm[half:], "item_1")""")
 
 
 def test_playback_reaches_the_device_bit_exact(tmp_path: Path) -> None:
@@ -212,8 +219,9 @@ def test_playback_reaches_the_device_bit_exact(tmp_path: Path) -> None:
     pcm = (rng.standard_normal(24000) * 3000).astype("<i2").tobytes()  # 1 s
     src = tmp_path / "reply.raw"
     src.write_bytes(pcm)
-    p = subprocess.run([sys.executable, "-c", PLAY, str(src)], env=clean_env(HOME=str(home)),
-                       capture_output=True, text=True, timeout=60, check=False)
+    p = subprocess.run([sys.executable, "-c", PLAY_WITH_A_GAP, "24000", str(src)],
+                       env=clean_env(HOME=str(home)), capture_output=True, text=True,
+                       timeout=60, check=False)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "RATE 24000" in p.stdout
     out = (tmp_path / "out.raw").read_bytes()
@@ -225,24 +233,9 @@ def test_playback_reaches_the_device_bit_exact(tmp_path: Path) -> None:
     assert not any(out[a + half:b]), "the gap must be silence"
 
 
-PLAY_TWO_ITEMS = """
-import asyncio, sys
-from voiced.audio.pyaudio_backend import PyAudioSink
-from voiced.config import AudioEndpointSettings
-async def main():
-    sink = PyAudioSink(AudioEndpointSettings(device="usbmic", rate_hz=48000), jitter_ms=40)
-    drained = asyncio.Event()
-    sink.set_drained_callback(drained.set)
-    await sink.start()
-    a, b = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read()
-    sink.play(a, "item_a")  # one reply, then the next: no await in between
-    sink.play(b, "item_b")
-    await asyncio.wait_for(drained.wait(), 10)
-    await asyncio.sleep(0.1)
-    print("RATE", sink.rate)
-    await sink.aclose()
-asyncio.run(main())
-"""
+PLAY_TWO_ITEMS = PLAY.format(body="""\
+    sink.play(replies[0], "item_a")  # one reply, then the next: no await in between
+    sink.play(replies[1], "item_b")""")
 
 
 def test_a_replys_resampler_tail_plays_after_it_not_in_the_next(tmp_path: Path) -> None:
@@ -255,7 +248,7 @@ def test_a_replys_resampler_tail_plays_after_it_not_in_the_next(tmp_path: Path) 
     a, b = ((rng.standard_normal(24000) * 3000).astype("<i2").tobytes() for _ in range(2))
     (tmp_path / "a.raw").write_bytes(a)
     (tmp_path / "b.raw").write_bytes(b)
-    p = subprocess.run([sys.executable, "-c", PLAY_TWO_ITEMS, str(tmp_path / "a.raw"),
+    p = subprocess.run([sys.executable, "-c", PLAY_TWO_ITEMS, "48000", str(tmp_path / "a.raw"),
                         str(tmp_path / "b.raw")], env=clean_env(HOME=str(home)),
                        capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 0, p.stderr[-2000:]

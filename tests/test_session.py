@@ -1395,6 +1395,15 @@ def standby_ready(c: Conversation, now: float = 0.0) -> list[Effect]:
     return out + fx(c)
 
 
+def reply_ends(c: Conversation, text: str, now: float) -> None:
+    """The speaking reply's audio and words are all here, it plays out, its response ends."""
+    server(c, audio_done())
+    server(c, said(text))
+    c.on_playback_drained(now)
+    server(c, done())
+    fx(c)
+
+
 def test_rollover_prepares_the_next_session_then_switches_at_a_quiet_moment() -> None:
     c = configured(rollover_margin_s=300)  # the session expires at EXPIRES
     server(c, heard("what time is it"))
@@ -1414,11 +1423,7 @@ def test_rollover_prepares_the_next_session_then_switches_at_a_quiet_moment() ->
     assert c.standby == "ready"
     c.on_tick(2.0, EXPIRES - 297)
     assert fx(c) == []  # still speaking: no switch
-    server(c, audio_done())
-    server(c, said("It is noon."))
-    c.on_playback_drained(3.0)
-    server(c, done())
-    fx(c)
+    reply_ends(c, "It is noon.", 3.0)
     c.on_tick(4.0, EXPIRES - 290)
     effects = fx(c)
     # the switch re-seeds the turn that ended after the standby was seeded, and replays
@@ -1459,11 +1464,7 @@ def test_rollover_waits_for_the_users_words_to_be_transcribed() -> None:
     assert fx(c) == [OpenStandby()]
     standby_ready(c)
     assert c.standby == "ready"  # the reply is playing: not yet
-    server(c, audio_done())
-    server(c, said("It is noon."))
-    c.on_playback_drained(1.0)
-    server(c, done())
-    fx(c)
+    reply_ends(c, "It is noon.", 1.0)
     c.on_tick(2.0, EXPIRES - 290)
     assert fx(c) == []  # quiet, but the question is not transcribed yet
     assert server(c, heard("what time is it")) == [user("what time is it")]
