@@ -177,9 +177,8 @@ def make_feed(tmp: Path) -> tuple[Path, Path]:
 def pulse_stand(pulse: Pulse, feed_wav: Path, machine_alsa: bool = False) -> Stand:
     """The PulseAudio stand-in: null sinks reached through ALSA's pulse plugin; ALSA as on a
     device (only that plugin), or with ``machine_alsa`` this machine's whole plugin set."""
-    env = pulse.env(PULSE_SOURCE="mic48.monitor", PULSE_SINK="null24")
-    if machine_alsa:
-        del env["ALSA_CONFIG_PATH"]
+    env = pulse.env(machine_alsa=machine_alsa, PULSE_SOURCE="mic48.monitor",
+                    PULSE_SINK="null24")
     return Stand("pulse", env, "pulse",
                  ["sh", "-c", f"while :; do paplay --device=mic48 {feed_wav}; done"])
 
@@ -364,10 +363,8 @@ def bench_portaudio_rss(pulse: Pulse) -> dict[str, float]:
     only the pulse plugin (as on a device)."""
     out = {}
     for name in ("machine", "pulse only"):
-        env = pulse.env()
-        if name == "machine":
-            del env["ALSA_CONFIG_PATH"]
-        p = subprocess.run([sys.executable, "-c", PORTAUDIO_RSS], env=env,
+        p = subprocess.run([sys.executable, "-c", PORTAUDIO_RSS],
+                           env=pulse.env(machine_alsa=name == "machine"),
                            capture_output=True, text=True, timeout=60, check=True)
         out[name] = float(p.stdout.strip().splitlines()[-1])
     return out

@@ -41,9 +41,10 @@ class Pulse:
         self.socket = root / "native"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """Environment for a process that should use this server."""
-        if self.alsa_config is not None:
+    def env(self, *, machine_alsa: bool = False, **extra: str) -> dict[str, str]:
+        """Environment for a process that should use this server; ``machine_alsa`` gives
+        it this machine's ALSA configuration even where the server's clients have not."""
+        if self.alsa_config is not None and not machine_alsa:
             extra = {"ALSA_CONFIG_PATH": str(self.alsa_config), **extra}
         return clean_env(HOME=str(self.home), XDG_RUNTIME_DIR=str(self.run_dir),
                          PULSE_SERVER=f"unix:{self.socket}", **extra)
