@@ -56,8 +56,8 @@ import soxr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.conftest import clean_env  # noqa: E402
-from tests.pulse import Pulse, device_alsa_config  # noqa: E402
+from tests.clock_device import clock_device_env  # noqa: E402
+from tests.pulse import Pulse  # noqa: E402
 from voiced.audio.convert import QUALITY, ToWire  # noqa: E402
 from voiced.config import AudioSettings  # noqa: E402
 from voiced.wire import SAMPLE_RATE  # noqa: E402
@@ -152,7 +152,6 @@ class Stand:
     """What stands in for the sound card: the environment that makes PortAudio see it, its
     device name, and the command (if any) that keeps playing the feed into its mic."""
 
-    name: str
     env: dict[str, str]
     device: str
     feeder: list[str] | None = None
@@ -179,24 +178,18 @@ def pulse_stand(pulse: Pulse, feed_wav: Path, machine_alsa: bool = False) -> Sta
     device (only that plugin), or with ``machine_alsa`` this machine's whole plugin set."""
     env = pulse.env(machine_alsa=machine_alsa, PULSE_SOURCE="mic48.monitor",
                     PULSE_SINK="null24")
-    return Stand("pulse", env, "pulse",
+    return Stand(env, "pulse",
                  ["sh", "-c", f"while :; do paplay --device=mic48 {feed_wav}; done"])
 
 
 def clock_stand(tmp: Path, feed_raw: Path) -> Stand:
     """A timer-clocked ALSA PCM (bench/alsa_clock): what a card costs its client, one
     wakeup per period, and no sound server in the process. Its mic loops ``feed_raw``."""
-    lib = tmp / "libasound_module_pcm_clock.so"
-    p = subprocess.run(["gcc", "-O2", "-DPIC", "-shared", "-fPIC", "-o", str(lib),
-                        str(REPO / "bench" / "alsa_clock" / "pcm_clock.c"), "-lasound"],
-                       capture_output=True, text=True, timeout=120, check=False)
-    if p.returncode != 0:
+    try:
+        return Stand(clock_device_env(tmp, feed_raw), "clock")
+    except subprocess.CalledProcessError as e:
         raise SystemExit(f"cannot build the clocked ALSA device (gcc, libasound2-dev):\n"
-                         f"{p.stderr[-2000:]}")
-    conf = device_alsa_config(tmp / "clock-alsa", pulse=False, extra=(
-        f'pcm_type.clock {{ lib "{lib}" }}\n'
-        f'pcm.clock {{ type clock infile "{feed_raw}" }}\n'))
-    return Stand("clock", clean_env(ALSA_CONFIG_PATH=str(conf)), "clock")
+                         f"{e.stderr[-2000:]}") from None
 
 
 def bench_daemon(stand: Stand, tmp: Path, seconds: float, **audio: Any) -> dict[str, Any]:

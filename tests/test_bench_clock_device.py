@@ -12,23 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TIMEOUT, clean_env
-from tests.pulse import device_alsa_config
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.clock_device import clock_device_env
+from tests.conftest import TIMEOUT
 
 
 def clocked_device(tmp_path: Path, mic: Path) -> dict[str, str]:
-    """Build the device; the environment that makes ALSA (and PortAudio) see it."""
     if shutil.which("gcc") is None or shutil.which("arecord") is None:
         pytest.skip("needs gcc and alsa-utils (scripts/setup.sh test installs them)")
-    lib = tmp_path / "libasound_module_pcm_clock.so"
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-DPIC", "-shared", "-fPIC", "-o",
-                    str(lib), str(REPO / "bench" / "alsa_clock" / "pcm_clock.c"), "-lasound"],
-                   check=True, timeout=TIMEOUT)
-    conf = device_alsa_config(tmp_path / "alsa", pulse=False, extra=(
-        f'pcm_type.clock {{ lib "{lib}" }}\npcm.clock {{ type clock infile "{mic}" }}\n'))
-    return clean_env(ALSA_CONFIG_PATH=str(conf))
+    return clock_device_env(tmp_path, mic)
 
 
 def test_clocked_device_is_paced_and_exact(tmp_path: Path) -> None:
