@@ -500,6 +500,18 @@ def read_credential(name: str, environ: Mapping[str, str]) -> Secret | None:
     Returns None when neither has it. Trailing newlines (from ``echo key > file``) are
     stripped.
     """
+    found = _find_credential(name, environ)
+    return Secret(found[0]) if found else None
+
+
+def credential_source(name: str, environ: Mapping[str, str]) -> str | None:
+    """Where :func:`read_credential` finds ``name`` (a file or ``$VAR``), for messages."""
+    found = _find_credential(name, environ)
+    return found[1] if found else None
+
+
+def _find_credential(name: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """Credential ``name``'s value and where it came from, or None."""
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         path = Path(cred_dir) / name
@@ -508,23 +520,10 @@ def read_credential(name: str, environ: Mapping[str, str]) -> Secret | None:
         except FileNotFoundError:
             value = ""
         if value:
-            return Secret(value)
-    value = environ.get(credential_env(name), "").strip()
-    return Secret(value) if value else None
-
-
-def credential_source(name: str, environ: Mapping[str, str]) -> str | None:
-    """Where :func:`read_credential` finds ``name`` (a file or ``$VAR``), for messages."""
-    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
-    if cred_dir:
-        path = Path(cred_dir) / name
-        try:
-            if path.read_text(encoding="utf-8").strip():
-                return str(path)
-        except FileNotFoundError:
-            pass
+            return value, str(path)
     env = credential_env(name)
-    return f"${env}" if environ.get(env, "").strip() else None
+    value = environ.get(env, "").strip()
+    return (value, f"${env}") if value else None
 
 
 def credential_env(name: str) -> str:
