@@ -401,11 +401,9 @@ class Conversation:
         self._configured = False
         self._conn_detail = reason
         self._awaiting_reply = False
-        self._reply_wanted = False  # the turn it was for went with the old session
-        self._untranscribed.clear()
         self._speech_active = False
         self._uncommitted = 0
-        self._cancel_calls("the session ended")  # a new session cannot take the answer
+        self._leave_session("the session ended")
         if self._active_response is not None:
             self._close_response(self._active_response)
         if self._standby is not None:
@@ -505,16 +503,24 @@ class Conversation:
                     " now, mid-turn: no quiet moment came" if busy else "", left)
         self._switch()
 
+    def _leave_session(self, why: str) -> None:
+        """What was pending in this session goes with it.
+
+        A new one cannot take a tool's answer, a reply to a turn it never got, or that
+        turn's transcription.
+        """
+        self._cancel_calls(why)
+        self._reply_wanted = False
+        self._untranscribed.clear()
+
     def _switch(self) -> None:
-        # a forced switch (quiet moment never came) cuts running calls: their outputs go
-        # to the old session, the one that knows the call ids, before the switch
-        self._cancel_calls("the session rolled over")
         if self._untranscribed:  # forced: no quiet moment came
             logger.warning("moving on before %d user turn(s) were transcribed; their words "
                            "are not recorded", len(self._untranscribed))
-            self._untranscribed.clear()
+        # a forced switch (quiet moment never came) cuts running calls: their outputs go
+        # to the old session, the one that knows the call ids, before the switch
+        self._leave_session("the session rolled over")
         self._session_no += 1
-        self._reply_wanted = False  # the turn it waited for went with the old session
         self._emit(SwitchToStandby())
         self._standby = None
         self.expires_at = self._standby_expires
