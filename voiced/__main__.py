@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from voiced import __version__, config
+from voiced import __version__, config, guard
 from voiced.config import DEFAULT_CONFIG_PATH, Settings, credential_source, load
 from voiced.errors import ConfigError
 
@@ -27,7 +27,8 @@ logger = logging.getLogger("voiced")
 def setup_logging(level: str | int) -> None:
     """Log to stderr for journald: level and logger name, no timestamps."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # one line per record, controls escaped, secrets redacted (voiced.guard)
+    handler.setFormatter(guard.SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from voiced import guard
 from voiced.errors import ConfigError
 
 DEFAULT_CONFIG_PATH: Final = "/etc/voiced/voiced.yaml"
@@ -68,6 +69,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        guard.register_secret(value)  # no log line can show it, whatever carries it
 
     def reveal(self) -> str:
         """Return the secret; call only where it is put on the wire."""
