@@ -62,6 +62,22 @@ def test_secrets_are_redacted_everywhere_even_in_tracebacks() -> None:
     assert guard.printable(f"x {key.reveal()} y") == "x <redacted> y"
 
 
+def test_a_secret_with_a_newline_or_an_invisible_character_is_still_redacted() -> None:
+    """Issue 17, finding 1: escaping first turned the secret into text that no longer
+    matched it, so a key with a second line reached the log through a handshake error."""
+    keys = [Secret("sk-test-first-line\nsecond-line"), Secret("sk-test-zero\u200bwidth")]
+    log, out = _logger()
+    for key in keys:
+        try:
+            raise ValueError(f"invalid Authorization header: Bearer {key.reveal()}")
+        except ValueError as e:
+            log.exception("handshake failed: %s", e)
+        assert guard.printable(f"Bearer {key.reveal()}") == "Bearer <redacted>"
+    text = out.getvalue()
+    for part in ("first-line", "second-line", "sk-test-zero", "width"):
+        assert part not in text, text
+
+
 def test_short_values_are_not_treated_as_secrets() -> None:
     Secret("abc")
     assert guard.printable("abc") == "abc"

@@ -65,7 +65,8 @@ def printable(value: object, limit: int = TEXT_LIMIT) -> str:
         text = f"<unprintable {type(value).__name__}>"
     if len(text) > limit * 4:  # do not escape megabytes we will cut anyway
         text = text[: limit * 4]
-    text = redact(_CONTROL.sub(_escape_one, text))
+    # redact first: a secret holding a newline or U+200B no longer matches once escaped
+    text = redact(_CONTROL.sub(_escape_one, redact(text)))
     if len(text) > limit:
         text = f"{text[:limit]}… ({len(text) - limit} more)"
     return text
@@ -116,7 +117,8 @@ class SafeFormatter(logging.Formatter):
                 self.formatStack(record.stack_info)
         if not tail:
             return head
-        lines = [printable(line, LINE_LIMIT) for line in tail.splitlines()]
+        # redacted whole: a secret with a newline in it spans two lines of a traceback
+        lines = [printable(line, LINE_LIMIT) for line in redact(tail).splitlines()]
         body = "\n".join(lines)
         if len(body) > LINE_LIMIT:
             body = f"…{body[-LINE_LIMIT:]}"  # the end of a traceback says most
