@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import typing
 from typing import Annotated, Any, Union, get_args
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai.types.realtime import RealtimeClientEvent
 from pydantic import Field, TypeAdapter
 
@@ -121,7 +124,9 @@ def frame(**d: Any) -> str:
     frame(no_type=1),
     frame(type=7),
     frame(type="session.created"),
-    frame(type="session.created", session={"expires_at": "soon"}),
+    frame(type="response.created", response={"id": "r" * 257}),
+    "[" * 100_000,
+    '{"type": "x", "a": ' + "[" * 70 + "]" * 70 + "}",
     frame(type="response.output_audio.delta", response_id="r", item_id="i", delta="%%%"),
     frame(type="response.output_audio.delta", response_id="r", item_id="i",
           delta=base64.b64encode(b"abc").decode()),
@@ -195,3 +200,120 @@ def test_function_calls_parse_from_both_events_that_report_them() -> None:
                                       response_id="r", item_id="i", name="x", arguments=""))
     assert wire.describe(wire.function_output_item("e", "c", "{}")) == (
         "conversation.item.create (function_call_output)")
+
+
+# ------------------------------------------------------------------ hostile frames (issue 17)
+
+
+@pytest.mark.parametrize("depth", [900, 1000, 5000, 100_000])
+def test_deep_nesting_is_malformed_not_a_recursion_error(depth: int) -> None:
+    """Finding 2: ``"[" * 1000`` raised RecursionError out of the parser."""
+    with pytest.raises(wire.MalformedEvent):
+        wire.parse_server_event("[" * depth)  # unterminated too
+    for raw in ["[" * depth + "]" * depth,
+                '{"type": "x", "a": ' + "[" * depth + "]" * depth + "}",
+                '{"type": "error", "error": ' + '{"a": ' * depth + "1" + "}" * depth + "}"]:
+        with pytest.raises(wire.MalformedEvent, match="nested"):
+            wire.parse_server_event(raw)
+
+
+def test_nesting_within_the_limit_parses() -> None:
+    depth = wire.MAX_DEPTH - 2
+    ev = wire.parse_server_event('{"type": "x", "a": ' + "[" * depth + "]" * depth + "}")
+    assert isinstance(ev, wire.Unhandled)
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("Infinity", None), ("-Infinity", None), ("NaN", None), ("1e300", None), ("-5", None),
+    ("0", None), ('"soon"', None), ("true", None), ("[1]", None), ("1" * 400, None),
+    ("1767225600", 1767225600.0), ("1767225600.5", 1767225600.5)])
+def test_odd_expiry_times_parse_to_none(raw: str, expected: float | None) -> None:
+    """Finding 13: expires_at is a time or None; a bad one never drops session.created."""
+    ev = wire.parse_server_event(
+        '{"type": "session.created", "session": {"id": "s", "expires_at": ' + raw + "}}")
+    assert ev == wire.SessionCreated("s", expected)
+
+
+def test_lone_surrogates_are_replaced_and_pairs_joined() -> None:
+    """Finding 3: a lone surrogate cannot be encoded; a joined pair is one character."""
+    ev = wire.parse_server_event(
+        '{"type": "conversation.item.input_audio_transcription.completed", "item_id": '
+        '"\\udc00i", "transcript": "a\\ud83d b \\ud83d\\ude00 c\\udfff"}')
+    assert ev == wire.InputTranscriptionCompleted("\ufffdi", 0, "a\ufffd b \U0001F600 c\ufffd")
+    err = wire.parse_server_event('{"type": "error", "error": {"message": "x\\ud800"}}')
+    assert isinstance(err, wire.ServerError) and err.message == "x\ufffd"
+    unknown = wire.parse_server_event('{"type": "x", "\\ud800": ["\\udc00"]}')
+    assert isinstance(unknown, wire.Unhandled) and unknown.raw["\ufffd"] == ["\ufffd"]
+    json.dumps(unknown.raw, ensure_ascii=False).encode()  # encodable now
+
+
+def test_a_transcript_delta_keeps_its_surrogate_half_for_the_core_to_join() -> None:
+    ev = wire.parse_server_event(
+        '{"type": "response.output_audio_transcript.delta", "response_id": "r", '
+        '"item_id": "i", "delta": "\\ud83d"}')
+    assert ev == wire.AudioTranscriptDelta("r", "i", "\ud83d")
+    assert wire.valid_text("\ud83d" + "\ude00!") == "\U0001F600!"
+    assert wire.valid_text("\ud83d") == "\ufffd"
+
+
+def test_encode_never_produces_text_that_cannot_be_sent() -> None:
+    event = wire.text_item("e1", "assistant", "half \ud83d")
+    wire.encode(event).encode("utf-8")
+    assert "half \ufffd" in wire.encode(event)
+
+
+def test_ids_and_messages_are_bounded() -> None:
+    with pytest.raises(wire.MalformedEvent, match="characters long"):
+        wire.parse_server_event(frame(type="response.output_audio.delta", response_id="r",
+                                      item_id="i" * 10_000, delta=""))
+    ev = wire.parse_server_event(frame(type="error", error={"message": "m" * 100_000}))
+    assert isinstance(ev, wire.ServerError) and len(ev.message) == wire.MAX_MESSAGE_CHARS
+    with pytest.raises(wire.MalformedEvent):
+        wire.parse_server_event(frame(type="conversation_created", conversation_id="c" * 300))
+
+
+# ------------------------------------------------------------------ fuzzing
+
+
+_ids = st.text(max_size=8) | st.sampled_from(["item_a", "resp_1", "call_1"])
+_scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+            | st.sampled_from(["\ud83d", "\ude00", "AAAA", "%%%"]))
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+_events = st.fixed_dictionaries(
+    {"type": st.sampled_from([*wire._PARSERS, "x.unknown"])},
+    optional={k: _json | _ids for k in (
+        "item_id", "response_id", "call_id", "name", "arguments", "delta", "transcript",
+        "content_index", "audio_start_ms", "audio_end_ms", "conversation_id", "error",
+        "message", "msg")} | {"session": st.dictionaries(
+            st.sampled_from(["id", "expires_at", "audio"]), _json, max_size=3),
+        "response": st.dictionaries(st.sampled_from(
+            ["id", "status", "status_details", "output"]), _json, max_size=4),
+        "item": st.dictionaries(st.sampled_from(
+            ["id", "type", "call_id", "name", "arguments", "status"]), _json | _ids,
+            max_size=6)})
+
+
+def _parse_or_malformed(raw: str | bytes) -> None:
+    try:
+        ev = wire.parse_server_event(raw)
+    except wire.MalformedEvent:
+        return
+    # whatever comes out is valid text all the way down (a record or a re-seed can hold it)
+    if not isinstance(ev, wire.AudioTranscriptDelta):
+        json.dumps(dataclasses.asdict(ev), ensure_ascii=False, default=repr).encode()
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(_events)
+def test_fuzz_event_shaped_frames_only_ever_raise_malformed_event(event: dict[str, Any]) -> None:
+    _parse_or_malformed(json.dumps(event))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200) | st.binary(max_size=50)
+       | st.builds(lambda d, s: s * d, st.integers(1, 3000), st.sampled_from(
+           ["[", "{", '{"a":', '[{"type":"error","error":', "\\ud800"])))
+def test_fuzz_arbitrary_frames_only_ever_raise_malformed_event(raw: str | bytes) -> None:
+    _parse_or_malformed(raw)

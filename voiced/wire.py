@@ -1,9 +1,16 @@
-"""Realtime API (GA dialect) wire types.
+r"""Realtime API (GA dialect) wire types.
 
 Client events we send are ``TypedDict`` params built by small functions; server events we
 act on are frozen dataclasses built by :func:`parse_server_event` through one registry.
 Any other event type parses to :class:`Unhandled`; a frame that is not a JSON object with
 a string ``type``, or whose fields have the wrong types, raises :class:`MalformedEvent`.
+
+Server frames are hostile input (docs/architecture.md, "Hostile input"): nesting deeper
+than :data:`MAX_DEPTH` is refused before anything recurses on it, ids longer than
+:data:`MAX_ID_CHARS` are refused, and every string is valid Unicode when it leaves this
+module (a lone UTF-16 surrogate, which a JSON escape such as ``\ud83d`` can carry and no
+UTF-8 encoder accepts, becomes U+FFFD), except a transcript delta's text: a relay may cut a
+surrogate pair across two deltas, so the core joins them before repairing.
 
 NOTE: the only audio format used on the wire is PCM16 LE mono at 24 kHz (GA's
 ``{"type": "audio/pcm", "rate": 24000}``); :data:`SAMPLE_RATE` pins it in one place.
@@ -14,12 +21,48 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NotRequired, TypedDict
+
+from voiced import guard
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_RATE: Final = 24_000
 """Hz; the only PCM rate the GA Realtime API accepts and produces."""
 BYTES_PER_SAMPLE: Final = 2
+MAX_DEPTH: Final = 64
+"""Deepest nesting of arrays and objects accepted in a server frame (GA events nest
+about 6 deep; a session.updated echoing tool schemas a few more)."""
+MAX_ID_CHARS: Final = 256
+"""Longest id (item, response, call, event, conversation) or tool name accepted."""
+MAX_MESSAGE_CHARS: Final = 1000
+"""A server error message is cut to this (it only ever reaches a log line)."""
+LATEST_EPOCH_S: Final = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: a later ``expires_at`` is not a time anyone can show."""
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")  # in raw JSON text
+
+
+def valid_text(text: str) -> str:
+    r"""``text`` with surrogate pairs joined and lone surrogates replaced by U+FFFD.
+
+    Python strings can hold lone UTF-16 surrogates (a JSON escape such as ``\ud83d``
+    gives one), which no UTF-8 encoder accepts: a record or a re-seed holding one cannot
+    be written or sent. Cheap when there are none (one regex search).
+    """
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (a lone surrogate counts as the 3 it would take)."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def pcm_ms(nbytes: int) -> float:
@@ -220,8 +263,12 @@ def audio_append(event_id: str, pcm: bytes) -> InputAudioBufferAppendParam:
 
 
 def encode(event: ClientEvent) -> str:
-    """Serialise a client event to the text frame sent on the socket."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    """Serialise a client event to the text frame sent on the socket.
+
+    The text is always valid Unicode: a lone surrogate that got into an event anyway
+    becomes U+FFFD rather than an encoding error that would cost the connection.
+    """
+    return valid_text(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
 
 
 def describe(event: ClientEvent | dict[str, Any]) -> str:
@@ -422,6 +469,18 @@ def _s(d: dict[str, Any], key: str) -> str:
     return v
 
 
+def _id(d: dict[str, Any], key: str) -> str:
+    v = _s(d, key)
+    if len(v) > MAX_ID_CHARS:
+        raise MalformedEvent(f"{d.get('type')}: field {key!r} is {len(v)} characters long "
+                             f"(at most {MAX_ID_CHARS})")
+    return v
+
+
+def _opt_id(d: dict[str, Any], key: str) -> str | None:
+    return None if d.get(key) is None else _id(d, key)
+
+
 def _opt_s(d: dict[str, Any], key: str) -> str | None:
     v = d.get(key)
     if v is None or isinstance(v, str):
@@ -443,13 +502,32 @@ def _obj(d: dict[str, Any], key: str) -> dict[str, Any]:
     return v
 
 
+def _expiry(value: object) -> float | None:
+    """``expires_at`` as epoch seconds, or None when it is not a time at all.
+
+    Infinity, NaN, 1e300, a negative number or a string are not refused as malformed:
+    that would drop session.created and leave the session unconfigured. The session's
+    end is then noticed when the server ends it (``session_expired``).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        try:
+            exp = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            exp = math.inf
+        if math.isfinite(exp) and 0 < exp <= LATEST_EPOCH_S:
+            return exp
+    if guard.should_log("wire:expires_at") is not None:
+        logger.warning("session.created: expires_at %s is not a time; ignoring it (the "
+                       "session's end is noticed when the server ends it)",
+                       guard.printable(repr(value), 60))
+    return None
+
+
 def _session_created(d: dict[str, Any]) -> SessionCreated:
     s = _obj(d, "session")
-    exp = s.get("expires_at")
-    if exp is not None and (isinstance(exp, bool) or not isinstance(exp, int | float)):
-        raise MalformedEvent("session.created: session.expires_at must be a number")
-    return SessionCreated(session_id=_opt_s(s, "id"),
-                          expires_at=float(exp) if exp is not None else None)
+    return SessionCreated(session_id=_opt_id(s, "id"), expires_at=_expiry(s.get("expires_at")))
 
 
 def _audio_delta(d: dict[str, Any]) -> AudioDelta:
@@ -459,7 +537,7 @@ def _audio_delta(d: dict[str, Any]) -> AudioDelta:
         raise MalformedEvent(f"{d.get('type')}: delta is not base64 ({e})") from None
     if len(pcm) % BYTES_PER_SAMPLE:
         raise MalformedEvent(f"{d.get('type')}: delta has an odd number of bytes ({len(pcm)})")
-    return AudioDelta(response_id=_s(d, "response_id"), item_id=_s(d, "item_id"),
+    return AudioDelta(response_id=_id(d, "response_id"), item_id=_id(d, "item_id"),
                       content_index=_i(d, "content_index", 0), pcm=pcm)
 
 
@@ -470,15 +548,18 @@ def _response_done(d: dict[str, Any]) -> ResponseDone:
     if not isinstance(output, list):
         raise MalformedEvent("response.done: response.output must be a list")
     for item in output:
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or len(
+                item["id"]) > MAX_ID_CHARS:
             continue
         for part in item.get("content") or []:
             if isinstance(part, dict) and isinstance(part.get("transcript"), str):
                 transcripts[item["id"]] = part["transcript"]
     details = r.get("status_details")
     reason = details.get("reason") if isinstance(details, dict) else None
-    return ResponseDone(response_id=_s(r, "id"), status=str(r.get("status") or "completed"),
-                        reason=reason if isinstance(reason, str) else None,
+    status = r.get("status") or "completed"
+    return ResponseDone(response_id=_id(r, "id"),
+                        status=status[:40] if isinstance(status, str) else "unknown",
+                        reason=reason[:200] if isinstance(reason, str) else None,
                         transcripts=transcripts)
 
 
@@ -486,62 +567,72 @@ def _output_item_done(d: dict[str, Any]) -> FunctionCallDone | Unhandled:
     item = _obj(d, "item")
     if item.get("type") != "function_call":
         return Unhandled(type=str(d["type"]), raw=d)
-    return FunctionCallDone(response_id=_s(d, "response_id"), item_id=_s(item, "id"),
-                            call_id=_s(item, "call_id"), name=_s(item, "name"),
+    return FunctionCallDone(response_id=_id(d, "response_id"), item_id=_id(item, "id"),
+                            call_id=_id(item, "call_id"), name=_id(item, "name"),
                             arguments=_s(item, "arguments"),
                             complete=item.get("status") in (None, "completed"))
+
+
+def _message(value: object) -> str:
+    text = value if isinstance(value, str) else ""
+    return text[:MAX_MESSAGE_CHARS]
 
 
 def _error(d: dict[str, Any]) -> ServerError:
     e = d.get("error")
     if isinstance(e, str):  # some relays send {"type": "error", "error": "text"}
-        return ServerError(type="relay_error", code=None, message=e, param=None, event_id=None)
+        return ServerError(type="relay_error", code=None, message=_message(e), param=None,
+                           event_id=None)
     if not isinstance(e, dict):
         msg = d.get("msg") or d.get("message")  # and some {"type":"error","msg":...}
         if isinstance(msg, str):
-            return ServerError(type="relay_error", code=None, message=msg, param=None,
-                               event_id=None)
+            return ServerError(type="relay_error", code=None, message=_message(msg),
+                               param=None, event_id=None)
         raise MalformedEvent("error: field 'error' must be an object")
-    return ServerError(type=str(e.get("type") or "unknown"), code=_opt_s(e, "code"),
-                       message=str(e.get("message") or ""), param=_opt_s(e, "param"),
-                       event_id=_opt_s(e, "event_id"))
+    kind = e.get("type")
+    return ServerError(type=kind[:MAX_ID_CHARS] if isinstance(kind, str) and kind else "unknown",
+                       code=_opt_id(e, "code"), message=_message(e.get("message")),
+                       param=_opt_id(e, "param"), event_id=_opt_id(e, "event_id"))
+
+
+def _failed(d: dict[str, Any]) -> InputTranscriptionFailed:
+    e = d.get("error")
+    return InputTranscriptionFailed(item_id=_id(d, "item_id"), message=_message(
+        e.get("message") if isinstance(e, dict) else e))
 
 
 _PARSERS: Final[dict[str, Any]] = {
     "session.created": _session_created,
     "session.updated": lambda d: SessionUpdated(session=_obj(d, "session")),
     "input_audio_buffer.speech_started": lambda d: SpeechStarted(
-        audio_start_ms=_i(d, "audio_start_ms", 0), item_id=_s(d, "item_id")),
+        audio_start_ms=_i(d, "audio_start_ms", 0), item_id=_id(d, "item_id")),
     "input_audio_buffer.speech_stopped": lambda d: SpeechStopped(
-        audio_end_ms=_i(d, "audio_end_ms", 0), item_id=_s(d, "item_id")),
-    "input_audio_buffer.committed": lambda d: BufferCommitted(item_id=_s(d, "item_id")),
+        audio_end_ms=_i(d, "audio_end_ms", 0), item_id=_id(d, "item_id")),
+    "input_audio_buffer.committed": lambda d: BufferCommitted(item_id=_id(d, "item_id")),
     "conversation.item.input_audio_transcription.completed": lambda d:
-        InputTranscriptionCompleted(item_id=_s(d, "item_id"),
+        InputTranscriptionCompleted(item_id=_id(d, "item_id"),
                                     content_index=_i(d, "content_index", 0),
                                     transcript=_s(d, "transcript")),
-    "conversation.item.input_audio_transcription.failed": lambda d: InputTranscriptionFailed(
-        item_id=_s(d, "item_id"),
-        message=str((d.get("error") or {}).get("message", "") if isinstance(
-            d.get("error"), dict) else d.get("error"))),
-    "response.created": lambda d: ResponseCreated(response_id=_s(_obj(d, "response"), "id")),
+    "conversation.item.input_audio_transcription.failed": _failed,
+    "response.created": lambda d: ResponseCreated(response_id=_id(_obj(d, "response"), "id")),
     "response.done": _response_done,
     "response.output_audio.delta": _audio_delta,
-    "response.output_audio.done": lambda d: AudioDone(response_id=_s(d, "response_id"),
-                                                      item_id=_s(d, "item_id")),
+    "response.output_audio.done": lambda d: AudioDone(response_id=_id(d, "response_id"),
+                                                      item_id=_id(d, "item_id")),
     "response.output_audio_transcript.done": lambda d: AudioTranscriptDone(
-        response_id=_s(d, "response_id"), item_id=_s(d, "item_id"),
+        response_id=_id(d, "response_id"), item_id=_id(d, "item_id"),
         content_index=_i(d, "content_index", 0), transcript=_s(d, "transcript")),
     "response.output_audio_transcript.delta": lambda d: AudioTranscriptDelta(
-        response_id=_s(d, "response_id"), item_id=_s(d, "item_id"), delta=_s(d, "delta")),
+        response_id=_id(d, "response_id"), item_id=_id(d, "item_id"), delta=_s(d, "delta")),
     "response.function_call_arguments.done": lambda d: FunctionCallDone(
-        response_id=_s(d, "response_id"), item_id=_s(d, "item_id"), call_id=_s(d, "call_id"),
-        name=_s(d, "name"), arguments=_s(d, "arguments")),
+        response_id=_id(d, "response_id"), item_id=_id(d, "item_id"),
+        call_id=_id(d, "call_id"), name=_id(d, "name"), arguments=_s(d, "arguments")),
     "response.output_item.done": _output_item_done,
     "conversation.item.truncated": lambda d: ItemTruncated(
-        item_id=_s(d, "item_id"), audio_end_ms=_i(d, "audio_end_ms", 0)),
+        item_id=_id(d, "item_id"), audio_end_ms=_i(d, "audio_end_ms", 0)),
     "error": _error,
     "conversation_created": lambda d: RelayConversationCreated(
-        conversation_id=_s(d, "conversation_id")),
+        conversation_id=_id(d, "conversation_id")),
 }
 # NOTE: some adapters report GA models emitting the legacy beta names; accepting them costs
 # nothing (realtime-protocol.md §1.4).
@@ -550,6 +641,32 @@ _PARSERS["response.audio.done"] = _PARSERS["response.output_audio.done"]
 _PARSERS["response.audio_transcript.done"] = _PARSERS["response.output_audio_transcript.done"]
 _PARSERS["response.audio_transcript.delta"] = _PARSERS[
     "response.output_audio_transcript.delta"]
+# a transcript delta's text keeps its surrogate halves: the core joins deltas first
+_RAW_DELTA_TYPES: Final = frozenset({"response.output_audio_transcript.delta",
+                                     "response.audio_transcript.delta"})
+
+
+def _too_deep(value: object) -> bool:
+    """Whether arrays/objects nest deeper than MAX_DEPTH (iteratively: never recurses)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _repaired(value: Any) -> Any:
+    """``value`` with every string (keys too) made valid text; depth is already bounded."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, list):
+        return [_repaired(v) for v in value]
+    if isinstance(value, dict):
+        return {valid_text(k): _repaired(v) for k, v in value.items()}
+    return value
 
 
 def parse_server_event(frame: str | bytes) -> ServerEvent:
@@ -566,13 +683,24 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
         raise MalformedEvent(f"binary frame of {len(frame)} bytes (the API sends text only)")
     try:
         d = json.loads(frame)
+    except RecursionError:  # the C parser's own limit (about 1000 levels)
+        raise MalformedEvent("nested too deeply") from None
     except ValueError as e:
-        raise MalformedEvent(f"not JSON: {e}") from None
+        raise MalformedEvent(f"not JSON: {guard.printable(e, 120)}") from None
+    # str.count is a C scan; only a frame with that many brackets can be that deep
+    if frame.count("[") + frame.count("{") > MAX_DEPTH and _too_deep(d):
+        raise MalformedEvent(f"nested more than {MAX_DEPTH} levels deep")
     if not isinstance(d, dict):
         raise MalformedEvent(f"not a JSON object but {type(d).__name__}")
     t = d.get("type")
-    if not isinstance(t, str):
+    if not isinstance(t, str) or len(t) > MAX_ID_CHARS:
         raise MalformedEvent("no string 'type' field")
+    if _SURROGATE_ESCAPE.search(frame) is not None:  # only escapes can make surrogates
+        delta = d.get("delta") if t in _RAW_DELTA_TYPES else None
+        d = _repaired(d)
+        if isinstance(delta, str):
+            d["delta"] = delta
+        t = d["type"]
     parser = _PARSERS.get(t)
     if parser is None:
         return Unhandled(type=t, raw=d)
@@ -580,5 +708,5 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
         return parser(d)  # type: ignore[no-any-return]
     except MalformedEvent:
         raise
-    except (AttributeError, TypeError, KeyError) as e:
-        raise MalformedEvent(f"{t}: {e}") from None
+    except (AttributeError, TypeError, KeyError, ValueError, IndexError) as e:
+        raise MalformedEvent(f"{t}: {guard.printable(e, 120)}") from None
