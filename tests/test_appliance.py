@@ -89,6 +89,27 @@ def log_text(tmp_path: Path) -> str:
     return (tmp_path / "voiced.log").read_text()
 
 
+def test_status_is_one_capped_line_whatever_the_server_said(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17, finding 9: a close reason "bye\\nWATCHDOG=trigger" in STATUS= became an
+    assignment of its own in the datagram."""
+    from voiced.notify import STATUS_LIMIT, Notifier
+
+    notify = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    n = Notifier({"NOTIFY_SOCKET": str(notify.path)})
+    n.status("reconnecting: server closed 4000: bye\nWATCHDOG=trigger\r\nREADY=1")
+    n.status("x" * 100_000)
+    n.status("Verbindung getrennt: Tschüss 👋")  # sdnotify alone drops non-Latin-1 text
+    msgs = notify.poll()
+    assert len(msgs) == 3, msgs
+    assert msgs[0] == ("STATUS=reconnecting: server closed 4000: "
+                       "bye\\nWATCHDOG=trigger\\r\\nREADY=1")
+    assert msgs[1].startswith("STATUS=xxx") and len(msgs[1]) < STATUS_LIMIT + 40
+    assert msgs[2] == "STATUS=Verbindung getrennt: Tschüss 👋"
+    notify.sock.close()
+
+
 async def test_notify_sequence_watchdog_and_a_blocked_loop(tmp_path: Path) -> None:
     async with SimServer(SimOptions()) as sim:
         cfg = write_config(tmp_path, sim.url)

@@ -7,10 +7,16 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from typing import Final
 
 import sdnotify
 
+from voiced import guard
+
 logger = logging.getLogger(__name__)
+
+STATUS_LIMIT: Final = 200
+"""Characters of STATUS= text (systemctl status shows one line)."""
 
 
 class Notifier:
@@ -34,7 +40,9 @@ class Notifier:
     def _send(self, msg: str) -> None:
         if self._sd is None:
             return
-        self._sd.notify(msg)
+        # sdnotify encodes as Latin-1 and silently drops what does not fit (an ellipsis,
+        # a German or Japanese close reason); systemd reads UTF-8: hand it those bytes
+        self._sd.notify(msg.encode("utf-8", "replace").decode("latin-1"))
         self.sent.append(msg)
         if len(self.sent) > 100:
             del self.sent[:50]
@@ -44,8 +52,12 @@ class Notifier:
         self._send("READY=1")
 
     def status(self, text: str) -> None:
-        """Words for `systemctl status`."""
-        self._send(f"STATUS={text}")
+        """Words for `systemctl status`: one line, controls escaped, capped.
+
+        The text often carries server words (a close reason, an error): a newline in it
+        would start an assignment of its own in the datagram (``WATCHDOG=trigger``).
+        """
+        self._send(f"STATUS={guard.printable(text, STATUS_LIMIT)}")
 
     def reloading(self) -> None:
         """SIGHUP received; re-reading the configuration."""
