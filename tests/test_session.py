@@ -415,7 +415,7 @@ def test_status_fields() -> None:
         "state": "starting", "detail": "devices opening", "mic": "off", "connected": False,
         "conversation_id": "conv-1", "session_expires_at": None, "audio_sent_ms": 0,
         "interruptions": 0, "server_errors": 0, "playback_underruns": 0,
-        "tool_calls": 0}
+        "tool_calls": 0, "pending_items": 0, "transcript_bytes": 0, "playback_overflows": 0}
     c = configured()
     c.on_press(0.0)
     c.on_audio_captured(pcm(samples(40)), 0.0)
@@ -424,7 +424,7 @@ def test_status_fields() -> None:
         "state": "listening", "detail": "listening", "mic": "on", "connected": True,
         "conversation_id": "conv-1", "session_expires_at": EXPIRES, "audio_sent_ms": 40,
         "interruptions": 0, "server_errors": 1, "playback_underruns": 0,
-        "tool_calls": 0}
+        "tool_calls": 0, "pending_items": 0, "transcript_bytes": 0, "playback_overflows": 0}
     c.on_connection_down("gone")
     status = c.status()
     assert (status["state"], status["connected"], status["mic"]) == ("connecting", False, "on")
@@ -1272,12 +1272,25 @@ def test_error_naming_an_unknown_or_forgotten_event(caplog: pytest.LogCaptureFix
     ("missing_model", "the server refused the session: missing_model"),
 ])
 def test_fatal_errors_enter_error_state(code: str, detail: str) -> None:
-    c = configured()
+    c = fresh()
+    c.on_devices_ready()
+    c.on_connection_up()
+    server(c, wire.SessionCreated("s", EXPIRES))  # the set-up is what the server refuses
     assert server(c, error(code)) == [show(State.ERROR, detail)]
     assert c.fatal_reason == detail
     assert c.status()["state"] == "error"
     c.on_fatal_cleared()
-    assert fx(c) == [show(State.READY)]
+    assert fx(c) == [show(State.CONNECTING, "configuring session")]
+
+
+@pytest.mark.parametrize("code", ["invalid_api_key", "invalid_model"])
+def test_a_fatal_error_code_in_a_session_that_works_is_not_an_error_state(code: str) -> None:
+    """Issue 17 (low): an in-session `invalid_api_key` error left `error` shown while the
+    session went on working. A refused key or model closes the connection (3000/4000),
+    and that is what decides."""
+    c = configured()
+    assert server(c, error(code)) == []
+    assert c.state is State.READY and c.fatal_reason is None
 
 
 def test_session_expired_reconnects() -> None:

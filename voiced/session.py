@@ -10,6 +10,14 @@ The state shown to people (contract §3) is *derived* from a few facts after eve
 never stored, so it cannot drift from them:
 
     error > starting > connecting > speaking > thinking > listening > ready
+
+Everything a server event can make the core hold is bounded (docs/architecture.md,
+"Hostile input"): assistant items (``Policy.max_pending_items``, the oldest pruned and
+recorded with the words they have), each item's transcript in UTF-8 bytes
+(``Policy.max_transcript_bytes``), discarded responses, running tool calls; items of a
+session that ended, or silent for a minute, are closed; a reply that runs further ahead
+of playback than the sink holds is cancelled (:meth:`Conversation.on_playback_full`).
+Text that reaches a record or the history is valid Unicode.
 """
 
 from __future__ import annotations
@@ -21,12 +29,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from voiced import wire
+from voiced import guard, wire
 from voiced.speech_gate import ClientVad, SpeechGate
 
 logger = logging.getLogger(__name__)
 
-_MAX_TRANSCRIPT_DELTAS: Final = 10_000  # a reply's words, kept until its .done
+_COMPACT_DELTAS: Final = 64  # transcript deltas are joined into one string past this
 _MAX_UNTRANSCRIBED: Final = 16  # committed turns awaiting their transcription
 _SENT_MEMORY: Final = 256  # client events remembered to explain an `error` event
 _MIN_COMMIT_SAMPLES: Final = wire.SAMPLE_RATE // 10  # the API refuses commits under 100 ms
@@ -41,6 +49,14 @@ _CANCELLED: Final = '{"error": "cancelled: the user interrupted before it finish
 _QUIET_ERRORS: Final = frozenset({"response_cancel_not_active"})
 _FATAL_ERRORS: Final = frozenset({"invalid_api_key", "beta_api_shape_disabled",
                                   "invalid_model", "missing_model"})
+_MAX_DISCARDED: Final = 256  # interrupted responses whose late events are dropped
+_MAX_CALLS: Final = 16  # tool calls running at once; more are answered with an error
+_TOO_MANY_CALLS: Final = '{"error": "too many tool calls at once; try fewer"}'
+# an unfinished item with no event for this long, and nothing left to play, is over
+# (its response.done was lost): without this it would show `speaking` for good
+_ITEM_STALE_S: Final = 60.0
+_LOG_TEXT: Final = 1000  # characters of a transcript shown in a log line
+_PAST_EXPIRY_S: Final = 86_400.0  # an expires_at further in the past is not believed
 
 
 class State(StrEnum):
@@ -79,6 +95,10 @@ class Policy:
     """Functions the model may call (declared in session.update)."""
     client_vad: ClientVad | None = None
     """On-device turn detection: send only speech, commit and ask for replies ourselves."""
+    max_transcript_bytes: int = 65_536
+    """UTF-8 bytes of one transcript kept (deltas and finals; an hour of speech is less)."""
+    max_pending_items: int = 64
+    """Assistant items held at once; the oldest is closed (and recorded) beyond this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,10 +230,13 @@ class _Item:
     interrupted: bool = False
     transcript: str | None = None
     partial: list[str] = field(default_factory=list)  # transcript deltas, until the .done
+    partial_bytes: int = 0  # their UTF-8 size, bounded by Policy.max_transcript_bytes
     response_over: bool = False  # its response is done (or its session gone)
     session: int = 0  # which Realtime session made it (the core's count)
     recorded: bool = False
     drafted: bool = False
+    overflowed: bool = False  # ran further ahead of playback than the sink holds
+    last_event: float = 0.0  # when a server event last touched it
 
 
 @dataclass(slots=True)
@@ -229,6 +252,9 @@ class _Counters:
     tool_calls_cancelled: int = 0
     vad_samples_held_back: int = 0  # client VAD: mic samples not sent (silence)
     vad_turns: int = 0  # client VAD: turns committed
+    playback_overflows: int = 0  # reply audio the sink refused (more than it may hold)
+    items_pruned: int = 0  # assistant items closed by the bound or for silence
+    transcripts_cut: int = 0  # transcripts cut at max_transcript_bytes
 
 
 @dataclass(slots=True)
@@ -271,8 +297,10 @@ class Conversation:
         self._event_seq = 0
         self._sent: OrderedDict[str, str] = OrderedDict()
         self._active_response: str | None = None
-        self._discarded: set[str] = set()
+        self._discarded: OrderedDict[str, None] = OrderedDict()
         self._items: dict[str, _Item] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()  # items forgotten, newest last
+        self._clock = 0.0  # the `now` of the latest input that gave one
         # the conversation so far, as text, to re-seed a new session (expiry, reconnect)
         self._history: deque[tuple[Literal["user", "assistant"], str]] = deque()
         self._speech_active = False
@@ -336,7 +364,15 @@ class Conversation:
             "server_errors": self.counters.server_errors,
             "playback_underruns": self.counters.underruns,
             "tool_calls": self.counters.tool_calls,
+            "pending_items": len(self._items),
+            "transcript_bytes": self.transcript_bytes(),
+            "playback_overflows": self.counters.playback_overflows,
         }
+
+    def transcript_bytes(self) -> int:
+        """UTF-8 bytes of assistant transcript text held (partial and whole)."""
+        return sum(it.partial_bytes + (wire.utf8_len(it.transcript) if it.transcript else 0)
+                   for it in self._items.values())
 
     def take_effects(self) -> list[Effect]:
         """Return the effects produced since the last call, and forget them."""
@@ -404,8 +440,8 @@ class Conversation:
         self._speech_active = False
         self._uncommitted = 0
         self._leave_session("the session ended")
-        if self._active_response is not None:
-            self._close_response(self._active_response)
+        self._close_every_response()
+        self._discarded.clear()  # their late events cannot come on another connection
         if self._standby is not None:
             self._standby = None
             self._emit(CloseStandby("the live session ended"))
@@ -420,6 +456,8 @@ class Conversation:
         the conversation switches to it, so the user never hears the expiry.
         """
         self._wall = wall
+        self._clock = now
+        self._close_stale_items(now)
         if self.expires_at is None or not self._configured:
             return
         left = self.expires_at - wall
@@ -459,7 +497,7 @@ class Conversation:
             return
         match ev:
             case wire.SessionCreated():
-                self._standby_expires = ev.expires_at
+                self._standby_expires = self._plausible_expiry(ev.expires_at)
                 self._send(self._session_update(), standby=True)
                 for role, text in self._history:
                     self._send(wire.text_item(self._eid(), role, text), standby=True)
@@ -472,13 +510,15 @@ class Conversation:
                     self._maybe_switch()
             case wire.ServerError():
                 self.counters.server_errors += 1
-                logger.warning("next session: server error %s: %s", ev.code or ev.type,
-                               ev.message)
+                logger.warning("next session: server error %s: %s",
+                               guard.printable(ev.code or ev.type, 100),
+                               guard.printable(ev.message))
                 if ev.code in _FATAL_ERRORS:
                     self._emit(CloseStandby(f"refused: {ev.code}"))
                     self.on_standby_down(f"refused: {ev.code}", now)
             case _:
-                logger.debug("next session: %s", getattr(ev, "type", type(ev).__name__))
+                logger.debug("next session: %s",
+                             guard.printable(getattr(ev, "type", type(ev).__name__), 100))
         self._update()
 
     def _busy(self) -> bool:
@@ -555,6 +595,7 @@ class Conversation:
         if self._speaking() or self._tool_running():
             self._interrupt(cancel=True)
         self._set_mic(False)
+        self._close_every_response()  # what was left of the old conversation
         self.conversation_id = self._new_id()
         self._history.clear()
         self._forget_uncommitted()
@@ -712,10 +753,17 @@ class Conversation:
             # the user interrupted the response that made this call (here, or the server
             # cancelled it on their speech, leaving the call incomplete): do not run it,
             # but answer it, so the conversation holds no call without an output
-            logger.info("tool call %s from an interrupted response not run", ev.name)
+            logger.info("tool call %s from an interrupted response not run",
+                        guard.printable(ev.name, 100))
             self._send(wire.function_output_item(self._eid(), ev.call_id, _CANCELLED))
             return
-        logger.info("tool call: %s", ev.name)
+        if sum(c.output is None for c in self._calls.values()) >= _MAX_CALLS:
+            if guard.should_log("session:too-many-calls") is not None:
+                logger.warning("more than %d tool calls at once: %s answered with an error, "
+                               "not run", _MAX_CALLS, guard.printable(ev.name, 100))
+            self._send(wire.function_output_item(self._eid(), ev.call_id, _TOO_MANY_CALLS))
+            return
+        logger.info("tool call: %s", guard.printable(ev.name, 100))
         self.counters.tool_calls += 1
         self._calls[ev.call_id] = _Call(response_id=ev.response_id, name=ev.name)
         self._emit(CallTool(ev.call_id, ev.name, ev.arguments))
@@ -768,6 +816,35 @@ class Conversation:
             self._maybe_record(item_id, item)
         self._update()
 
+    def on_playback_full(self, item_id: str, refused: int, now: float) -> None:
+        """The sink refused ``refused`` samples of reply audio: it holds its maximum.
+
+        The reply runs further ahead of playback than ``audio.max_queued_s`` (a server
+        streaming without end, or far faster than real time). The rest of it is cancelled;
+        what was queued plays out, and then the server is told where the user stopped
+        hearing (truncate), as after an interruption, so the model knows.
+        """
+        self.counters.playback_overflows += 1
+        item = self._items.get(item_id)
+        if item is None:
+            return
+        item.received = max(0, item.received - refused)
+        if item.overflowed:
+            return
+        if guard.should_log("session:overflow") is not None:
+            logger.warning("reply audio is more than the speaker queue may hold ahead of "
+                           "playback (audio.max_queued_s): the rest of the reply is "
+                           "cancelled")
+        item.overflowed = item.interrupted = True
+        item.audio_done = True  # nothing more of it is taken: it ends when played out
+        if not item.response_over:
+            self._discard(item.response_id)
+            if self._configured:
+                self._send({"type": "response.cancel", "event_id": self._eid(),
+                            "response_id": item.response_id})
+        self._awaiting_reply = False
+        self._update()
+
     def on_playback_drained(self, now: float) -> None:
         """Everything queued has been played (the device consumed it)."""
         if any(it.received and not it.audio_done for it in self._items.values()):
@@ -778,9 +855,11 @@ class Conversation:
             if item.audio_done and not item.finished:
                 item.finished = True
                 item.played = item.received
+                if item.overflowed:  # the server holds more than was played: say so
+                    self._truncate(item_id, item, item.received)
                 self._maybe_record(item_id, item)
                 if item.response_over and item.transcript is None:
-                    del self._items[item_id]  # nothing will ever come for it
+                    self._forget(item_id)  # nothing will ever come for it
                     logger.info("assistant item %s ended with no transcript", item_id)
         self._update()
 
@@ -788,11 +867,12 @@ class Conversation:
 
     def on_server_event(self, ev: wire.ServerEvent, now: float) -> None:
         """Act on one parsed server event."""
+        self._clock = now
         match ev:
             case wire.AudioDelta():
                 self._on_audio_delta(ev)
             case wire.SessionCreated():
-                self.expires_at = ev.expires_at
+                self.expires_at = self._plausible_expiry(ev.expires_at)
                 self._conn_detail = "configuring session"
                 self._send(self._session_update())
                 if self._history:
@@ -824,7 +904,7 @@ class Conversation:
             case wire.InputTranscriptionFailed():
                 self._untranscribed.pop(ev.item_id, None)
                 logger.warning("transcription of the user's words failed (item %s): %s",
-                               ev.item_id, ev.message)
+                               guard.printable(ev.item_id, 100), guard.printable(ev.message))
             case wire.ResponseCreated():
                 self._active_response = ev.response_id
                 self._awaiting_reply = True
@@ -834,24 +914,25 @@ class Conversation:
                 self._on_audio_done(ev)
             case wire.AudioTranscriptDone():
                 item = self._item(ev.item_id, ev.response_id)
-                item.transcript = ev.transcript
+                item.transcript = self._bounded(ev.transcript)
                 item.partial.clear()
+                item.partial_bytes = 0
                 self._maybe_record(ev.item_id, item)
             case wire.AudioTranscriptDelta():
-                item = self._item(ev.item_id, ev.response_id)
-                if item.transcript is None and len(item.partial) < _MAX_TRANSCRIPT_DELTAS:
-                    item.partial.append(ev.delta)
+                self._add_words(self._item(ev.item_id, ev.response_id), ev.delta)
             case wire.FunctionCallDone():
                 self._on_function_call(ev)
             case wire.ItemTruncated():
-                logger.debug("server truncated %s at %d ms", ev.item_id, ev.audio_end_ms)
+                logger.debug("server truncated %s at %d ms", guard.printable(ev.item_id, 100),
+                             ev.audio_end_ms)
             case wire.ServerError():
                 self._on_error(ev)
             case wire.RelayConversationCreated():
-                logger.info("relay created conversation %s", ev.conversation_id)
+                logger.info("relay created conversation %s",
+                            guard.printable(ev.conversation_id, 100))
                 self.conversation_id = ev.conversation_id
             case _:  # wire.Unhandled, the only type left
-                logger.debug("ignoring server event %s", ev.type)
+                logger.debug("ignoring server event %s", guard.printable(ev.type, 100))
         self._update()
 
     # ------------------------------------------------------------------ internals
@@ -865,7 +946,8 @@ class Conversation:
 
     def _remember(self, role: Literal["user", "assistant"], text: str) -> None:
         self._turns += 1
-        self._history.append((role, text))
+        # valid text only: one lone surrogate here made every re-seed fail to encode
+        self._history.append((role, wire.valid_text(text)))
         while len(self._history) > self.policy.reseed_turns:
             self._history.popleft()
 
@@ -927,7 +1009,7 @@ class Conversation:
     def _discard_active(self, *, cancel: bool) -> None:
         """Drop the rest of the active response; ``cancel`` also asks the server to stop."""
         if self._active_response is not None:
-            self._discarded.add(self._active_response)
+            self._discard(self._active_response)
             if cancel and self._configured:
                 self._send({"type": "response.cancel", "event_id": self._eid(),
                             "response_id": self._active_response})
@@ -959,11 +1041,12 @@ class Conversation:
         self._conn_detail = "connected"
         audio = ev.session.get("audio")
         fmt = audio.get("output", {}).get("format") if isinstance(audio, dict) else None
-        logger.info("session configured (output format %s)", fmt)
+        logger.info("session configured (output format %s)", guard.printable(fmt, 200))
         self._replay_backlog()
 
     def _on_audio_delta(self, ev: wire.AudioDelta) -> None:
-        if ev.response_id in self._discarded:
+        if ev.response_id in self._discarded or ev.item_id in self._finished:
+            # a cancelled response, or audio for an item that ended and was forgotten
             self.counters.deltas_dropped += 1
             return
         item = self._item(ev.item_id, ev.response_id, ev.content_index)
@@ -1020,23 +1103,136 @@ class Conversation:
 
     def _on_response_done(self, ev: wire.ResponseDone) -> None:
         if ev.status != "completed":
-            logger.info("response %s ended %s%s", ev.response_id, ev.status,
-                        f" ({ev.reason})" if ev.reason else "")
+            logger.info("response %s ended %s%s", guard.printable(ev.response_id, 100),
+                        guard.printable(ev.status, 40),
+                        f" ({guard.printable(ev.reason, 100)})" if ev.reason else "")
         for item_id, text in ev.transcripts.items():
             item = self._items.get(item_id)
             if item is not None and item.transcript is None:
-                item.transcript = text
+                item.transcript = self._bounded(text)
         self._close_response(ev.response_id)
 
     def _item(self, item_id: str, response_id: str, content_index: int = 0) -> _Item:
-        """The item, new (of this conversation and session) if it is not known yet."""
+        """The item, new (of this conversation and session) if it is not known yet.
+
+        At ``max_pending_items`` the oldest item is closed first (recorded with the words
+        it has): a server that starts items and never finishes them cannot grow memory.
+        """
         item = self._items.get(item_id)
         if item is None:
+            while len(self._items) >= max(1, self.policy.max_pending_items):
+                oldest = next(iter(self._items))
+                if guard.should_log("session:items-pruned") is not None:
+                    logger.warning("more than %d assistant items unfinished: closing the "
+                                   "oldest (%s)", self.policy.max_pending_items,
+                                   guard.printable(oldest, 100))
+                self._force_close(oldest)
             item = self._items[item_id] = _Item(response_id=response_id,
                                                 conversation_id=self.conversation_id,
                                                 content_index=content_index,
                                                 session=self._session_no)
+        item.last_event = self._clock
         return item
+
+    def _force_close(self, item_id: str) -> None:
+        """End an item that will not end by itself; record its words if it has any."""
+        item = self._items[item_id]
+        self.counters.items_pruned += 1
+        self._finish_words(item)
+        if not item.finished:
+            item.finished = True
+            item.played = item.received if item.played is None else item.played
+        self._maybe_record(item_id, item)
+        self._forget(item_id)
+
+    def _forget(self, item_id: str) -> None:
+        """Drop a finished item; its late audio is still recognised as late (bounded)."""
+        if self._items.pop(item_id, None) is not None:
+            self._finished[item_id] = None
+            while len(self._finished) > _MAX_DISCARDED:
+                self._finished.popitem(last=False)
+
+    def _close_every_response(self) -> None:
+        """Every response with items still open is over: its session or conversation ended.
+
+        Audio still queued plays out; the rest is recorded or forgotten now.
+        """
+        if self._active_response is not None:
+            self._close_response(self._active_response)
+        for response_id in {it.response_id for it in self._items.values()
+                            if not it.response_over}:
+            self._close_response(response_id)
+
+    def _close_stale_items(self, now: float) -> None:
+        """Items no event touched for a minute, with nothing left to play, are over."""
+        if self._queued:
+            return
+        stale = [k for k, it in self._items.items() if now - it.last_event > _ITEM_STALE_S]
+        for item_id in stale:
+            logger.info("assistant item %s had no event for %g s: closing it",
+                        guard.printable(item_id, 100), _ITEM_STALE_S)
+            self._force_close(item_id)
+        if stale:
+            self._update()
+
+    def _discard(self, response_id: str) -> None:
+        """Drop the rest of this response's events (bounded: the oldest are forgotten)."""
+        self._discarded[response_id] = None
+        while len(self._discarded) > _MAX_DISCARDED:
+            self._discarded.popitem(last=False)
+
+    def _bounded(self, text: str) -> str:
+        """``text`` as valid Unicode, cut to ``max_transcript_bytes`` of UTF-8."""
+        text = wire.valid_text(text)
+        limit = self.policy.max_transcript_bytes
+        if len(text) * 4 <= limit or wire.utf8_len(text) <= limit:
+            return text
+        self.counters.transcripts_cut += 1
+        if guard.should_log("session:transcript-cut") is not None:
+            logger.warning("a transcript of %d characters was cut to %d bytes "
+                           "(realtime.max_transcript_bytes)", len(text), limit)
+        return _cut_utf8(text, limit)
+
+    def _add_words(self, item: _Item, delta: str) -> None:
+        """Keep a transcript delta (raw: a surrogate pair may be split across two)."""
+        room = self.policy.max_transcript_bytes - item.partial_bytes
+        if item.transcript is not None or room <= 0:
+            return
+        size = wire.utf8_len(delta)
+        if size > room:
+            delta = _cut_utf8(delta, room)
+            size = wire.utf8_len(delta)
+            self.counters.transcripts_cut += 1
+        item.partial.append(delta)
+        item.partial_bytes += size
+        if len(item.partial) > _COMPACT_DELTAS:  # one string, not thousands of tiny ones
+            item.partial[:] = ["".join(item.partial)]
+
+    def _finish_words(self, item: _Item) -> None:
+        """No .done will come: the words so far are the transcript.
+
+        The deltas are joined before the text is repaired, so a surrogate pair a relay
+        cut across two deltas becomes its character again.
+        """
+        if item.transcript is None and item.partial:
+            item.transcript = self._bounded("".join(item.partial))
+        item.partial.clear()
+        item.partial_bytes = 0
+
+    def _plausible_expiry(self, expires_at: float | None) -> float | None:
+        """``expires_at``, unless it lies more than a day before the wall clock.
+
+        Such a session would be replaced the moment it is created, and so would the
+        next one, for good (a relay with a stale constant, a server with a broken
+        clock). Its end is noticed when the server ends it instead. Smaller differences
+        are honoured: a device clock that is off is no reason to miss an expiry.
+        """
+        if expires_at is None or self._wall is None or expires_at > self._wall - _PAST_EXPIRY_S:
+            return expires_at
+        if guard.should_log("session:expiry") is not None:
+            logger.warning("the session's expires_at is %.0f s in the past by this device's "
+                           "clock; ignoring it", self._wall - expires_at)
+        return None
 
     def _close_response(self, response_id: str) -> None:
         """The response is over: items that got no audio are done; record what we can."""
@@ -1048,18 +1244,16 @@ class Conversation:
                 continue
             item.audio_done = True
             item.response_over = True
-            if item.transcript is None and item.partial:
-                # no .done came (the connection dropped mid-reply): the words so far
-                item.transcript = "".join(item.partial)
-                item.partial.clear()
+            self._finish_words(item)  # no .done came (a drop mid-reply): the words so far
             if not item.finished and (not item.received or not self._queued):
                 item.finished = True
                 item.played = item.received if item.played is None else item.played
             self._maybe_record(item_id, item)
             if item.finished and item.transcript is None and not item.recorded:
-                item.recorded = True  # nothing will ever come for it
-                logger.info("assistant item %s ended with no transcript", item_id)
-        self._discarded.discard(response_id)
+                self._forget(item_id)  # nothing will ever come for it
+                logger.info("assistant item %s ended with no transcript",
+                            guard.printable(item_id, 100))
+        self._discarded.pop(response_id, None)
         if self._reply_wanted and self._active_response is None and self._configured:
             self._reply_wanted = False
             self._send({"type": "response.create", "event_id": self._eid()})
@@ -1078,12 +1272,12 @@ class Conversation:
         if item.conversation_id == self.conversation_id:
             self._remember("assistant", item.transcript)
         heard_ms = round((item.played or 0) * 1000 / wire.SAMPLE_RATE)
-        logger.info("assistant: %s%s", item.transcript,
+        logger.info("assistant: %s%s", guard.printable(item.transcript, _LOG_TEXT),
                     f" [interrupted after {heard_ms} ms]" if item.interrupted else "")
         self._emit(Record(self._assistant(item_id, item, heard_ms)))
         # forget finished items so a days-long conversation does not grow memory
         for done_id in [k for k, v in self._items.items() if v.recorded]:
-            del self._items[done_id]
+            self._forget(done_id)
 
     def _assistant(self, item_id: str, item: _Item, heard_ms: int | None) -> Transcript:
         """The assistant transcript; ``heard_ms`` None: playback has not ended yet."""
@@ -1097,11 +1291,11 @@ class Conversation:
                       "heard_ms": heard_ms})
 
     def _on_user_transcript(self, ev: wire.InputTranscriptionCompleted) -> None:
-        text = ev.transcript.strip()
+        text = self._bounded(ev.transcript.strip())
         if not text:
-            logger.debug("empty user transcript for %s ignored", ev.item_id)
+            logger.debug("empty user transcript for %s ignored", guard.printable(ev.item_id, 100))
             return
-        logger.info("user: %s", text)
+        logger.info("user: %s", guard.printable(text, _LOG_TEXT))
         self._remember("user", text)
         self._emit(Record(Transcript(
             role="user", text=text, item_id=ev.item_id, conversation_id=self.conversation_id,
@@ -1115,9 +1309,14 @@ class Conversation:
         if ev.code in _QUIET_ERRORS:
             logger.debug("server: %s%s", ev.code, where)
             return
-        param = f" [param {ev.param}]" if ev.param else ""
-        logger.warning("server error %s: %s%s%s", ev.code or ev.type, ev.message, param, where)
-        if ev.code in _FATAL_ERRORS:
+        param = f" [param {guard.printable(ev.param, 100)}]" if ev.param else ""
+        logger.warning("server error %s: %s%s%s", guard.printable(ev.code or ev.type, 100),
+                       guard.printable(ev.message), param, where)
+        if ev.code in _FATAL_ERRORS and self._configured:
+            # the session works: a refused key or model ends the connection (close 3000
+            # or 4000), which is what decides; an error event alone must not show `error`
+            logger.warning("the session goes on; not treated as fatal")
+        elif ev.code in _FATAL_ERRORS:
             self._fatal = (f"the server refused the session: {ev.code}"
                            + (": check the API key" if ev.code == "invalid_api_key" else ""))
         elif ev.code == "session_expired":
@@ -1166,7 +1365,8 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
                 send_model: bool, reseed_turns: int = 10,
                 rollover_margin_s: float = 300.0,
                 tools: tuple[wire.FunctionToolParam, ...] = (),
-                client_vad: ClientVad | None = None) -> Policy:
+                client_vad: ClientVad | None = None, max_transcript_bytes: int = 65_536,
+                max_pending_items: int = 64) -> Policy:
     """Build a :class:`Policy` from plain values (the supervisor maps settings here)."""
     td: wire.TurnDetectionParam | None
     if push_to_talk or turn_type != "client_vad":
@@ -1185,7 +1385,20 @@ def make_policy(*, model: str, voice: str, instructions: str, turn_type: str,
                   transcription=transcription, half_duplex=half_duplex,
                   echo_tail_ms=echo_tail_ms, send_model=send_model,
                   reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s,
-                  tools=tools, client_vad=client_vad)
+                  tools=tools, client_vad=client_vad,
+                  max_transcript_bytes=max_transcript_bytes,
+                  max_pending_items=max_pending_items)
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    """The longest start of ``text`` that is at most ``limit`` bytes of UTF-8."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    end = limit
+    while end > 0 and data[end] & 0xC0 == 0x80:  # not inside a character
+        end -= 1
+    return data[:end].decode("utf-8", "surrogatepass")
 
 
 __all__ = ["CallTool", "CancelTool", "ClientVad", "CloseStandby", "Conversation", "Draft",
