@@ -293,3 +293,36 @@ def test_unknown_device_in_run_is_exit_78_with_the_device_list(tmp_path: Path) -
         in p.stderr
     assert "Traceback" not in p.stderr
     json.dumps(p.stderr)  # printable
+
+
+BOUNDED = """
+import asyncio, sys
+from voiced.audio.pyaudio_backend import PyAudioSink
+from voiced.config import AudioEndpointSettings
+async def main():
+    sink = PyAudioSink(AudioEndpointSettings(device="usbmic", rate_hz=int(sys.argv[1])),
+                       jitter_ms=40, max_queued_s=1.0)
+    drained = asyncio.Event()
+    sink.set_drained_callback(drained.set)
+    await sink.start()
+    pcm = bytes(2 * 24000 * 3)  # 3 s at 24 kHz
+    taken = sink.play(pcm, "item_1")
+    print("TAKEN", taken, "QUEUED", round(sink.queued_s, 2))
+    await asyncio.wait_for(drained.wait(), 10)
+    await sink.aclose()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("rate", [24000, 48000])
+def test_the_speaker_queue_holds_at_most_max_queued_s(tmp_path: Path, rate: int) -> None:
+    """Issue 17, finding 6: an endless reply at 50x real time grew the queue without bound.
+    play() takes what fits in audio.max_queued_s (at the device's rate) and says so."""
+    home = alsa_home(tmp_path)
+    p = subprocess.run([sys.executable, "-c", BOUNDED, str(rate)],
+                       env=clean_env(HOME=str(home)), capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    taken, queued = p.stdout.split()[1], float(p.stdout.split()[3])
+    assert int(taken) == 2 * 24000  # one second of the three
+    assert 0.9 <= queued <= 1.01

@@ -55,6 +55,7 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
                   environ: dict[str, str] | None = None,
                   wall_clock: Callable[[], float] = time.time, pin_factory: Any = None,
                   mic_wav: Path = QUESTION_WAV, source: WavFileSource | None = None,
+                  adjust: Callable[[config.Settings], config.Settings] | None = None,
                   **overrides: Any) -> AsyncIterator[Harness]:
     raw: dict[str, Any] = {
         "device_id": "t",
@@ -69,8 +70,11 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
     for k, v in overrides.items():
         raw[k] = {**raw.get(k, {}), **v}
     settings = config.parse(raw, environ=environ or {})
+    if adjust is not None:  # what the config would refuse, to test a later line of defence
+        settings = adjust(settings)
     source = source or WavFileSource(mic_wav, speed=speed)
-    sink = WavFileSink(tmp_path / "out.wav", speed=speed)
+    sink = WavFileSink(tmp_path / "out.wav", speed=speed,
+                       max_queued_s=settings.audio.max_queued_s)
     h: Harness
     sup = Supervisor(settings, source=source, sink=sink, wall_clock=wall_clock,
                      pin_factory=pin_factory,
@@ -202,3 +206,18 @@ async def test_file_speaker_counts_an_item_across_an_underrun(tmp_path: Path) ->
     finally:
         await sink.aclose()
     assert 4800 + 960 <= played["item_1"] <= 4800 + 24000, played
+
+
+async def test_file_speaker_queue_holds_at_most_max_queued_s(tmp_path: Path) -> None:
+    """Issue 17, finding 6: play() takes what fits in audio.max_queued_s, and says so."""
+    sink = WavFileSink(tmp_path / "out.wav", frame_ms=20, max_queued_s=1.0)
+    await sink.start()
+    try:
+        assert sink.play(bytes(2 * 30000), "item_1") == 2 * 24000  # 1.25 s offered
+        assert sink.play(bytes(2 * 480), "item_1") == 0  # full
+        assert 0.95 <= sink.queued_s <= 1.0
+        await asyncio.sleep(0.2)  # it plays: room again
+        assert 0 < sink.play(bytes(2 * 4800), "item_1") <= 2 * 4800
+        assert sink.queued_s <= 1.0
+    finally:
+        await sink.aclose()

@@ -164,6 +164,12 @@ class RealtimeSettings:
     """First reconnect delay."""
     reconnect_max_s: float = 30.0
     """Longest reconnect delay."""
+    max_transcript_bytes: int = 65_536
+    """UTF-8 bytes of one assistant or user transcript kept (partial deltas and finals;
+    an hour of speech is under 64 kB): a server cannot grow memory with its words."""
+    max_pending_items: int = 64
+    """Assistant items held unfinished at once; beyond this the oldest is closed and
+    recorded with the words it has (and drafts stay as few)."""
     api_key: Secret | None = field(default=None, repr=False)
     """Bearer token (credential openai_api_key); None only for loopback URLs."""
 
@@ -212,6 +218,10 @@ class AudioSettings:
     """... then twice as long each time, up to this (a sound card appearing in /dev/snd
     is tried at once): every attempt starts PortAudio afresh, which costs CPU and, with
     some ALSA plugin packages, 12 kB of memory that is never given back."""
+    max_queued_s: float = 120.0
+    """Reply audio held ahead of playback at most (about 23 MB at 48 kHz stereo); a reply
+    running further ahead (an endless or far-faster-than-real-time stream) is cancelled
+    there, and the model told what was heard."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,6 +626,9 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     rmax = sec.num("reconnect_max_s", d.reconnect_max_s, lo=0.1, hi=3600)
     if rmax < rmin:
         sec.bad("reconnect_max_s", f"{rmax:g} is below reconnect_min_s ({rmin:g})")
+    max_transcript_bytes = sec.int_("max_transcript_bytes", d.max_transcript_bytes,
+                                    lo=1024, hi=16 << 20)
+    max_pending_items = sec.int_("max_pending_items", d.max_pending_items, lo=4, hi=10_000)
 
     api_key = read_credential("openai_api_key", environ)
     if api_key is None and parts.hostname and not _is_loopback(parts.hostname):
@@ -630,6 +643,7 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s, keepalive_s=keepalive_s,
         reconnect_min_s=rmin,
         reconnect_max_s=max(rmax, rmin),
+        max_transcript_bytes=max_transcript_bytes, max_pending_items=max_pending_items,
         api_key=api_key,
     )
 
@@ -692,6 +706,7 @@ def _audio(sec: _Section, base: Path) -> AudioSettings:
         period_ms=sec.int_("period_ms", d.period_ms, lo=5, hi=100),
         reopen_s=sec.num("reopen_s", d.reopen_s, lo=0.05, hi=300),
         reopen_max_s=sec.num("reopen_max_s", d.reopen_max_s, lo=0.05, hi=3600),
+        max_queued_s=sec.num("max_queued_s", d.max_queued_s, lo=1, hi=3600),
     )
     if s.reopen_max_s < s.reopen_s:
         sec.bad("reopen_max_s", f"{s.reopen_max_s:g} is less than reopen_s ({s.reopen_s:g})")

@@ -114,11 +114,12 @@ def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
         return (WavFileSource(a.input.file, frame_ms=a.frame_ms,
                               starts_on_mic=a.input_file_starts == "on_mic",
                               channel=a.input.channel),
-                WavFileSink(a.output.file, frame_ms=a.frame_ms))
+                WavFileSink(a.output.file, frame_ms=a.frame_ms, max_queued_s=a.max_queued_s))
     from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
 
     return (PyAudioSource(a.input, frame_ms=a.frame_ms),
-            PyAudioSink(a.output, period_ms=a.period_ms, jitter_ms=a.jitter_ms))
+            PyAudioSink(a.output, period_ms=a.period_ms, jitter_ms=a.jitter_ms,
+                        max_queued_s=a.max_queued_s))
 
 
 def build_policy(settings: Settings,
@@ -142,7 +143,8 @@ def build_policy(settings: Settings,
         rollover_margin_s=rt.rollover_margin_s, tools=tools,
         client_vad=ClientVad(pre_roll_ms=td.prefix_padding_ms, tail_ms=td.tail_ms,
                              silence_ms=td.silence_duration_ms,
-                             min_speech_ms=td.min_speech_ms))
+                             min_speech_ms=td.min_speech_ms),
+        max_transcript_bytes=rt.max_transcript_bytes, max_pending_items=rt.max_pending_items)
 
 
 def build_conversation(settings: Settings,
@@ -707,7 +709,13 @@ class Supervisor:
                     if link is not None:
                         link.queue.put_nowait(eff.event)
                 case Play():
-                    self.sink.play(self.volume.apply(eff.pcm), eff.item_id)
+                    pcm = self.volume.apply(eff.pcm)
+                    taken = self.sink.play(pcm, eff.item_id)
+                    if taken < len(pcm):  # the queue holds audio.max_queued_s already
+                        self.session.on_playback_full(
+                            eff.item_id, (len(pcm) - taken) // wire.BYTES_PER_SAMPLE,
+                            self._now())
+                        self._apply(self.session.take_effects())
                 case StopPlayback():
                     played = self.sink.stop()
                     self.session.on_playback_stopped(self._now(), played)
@@ -814,7 +822,8 @@ class Supervisor:
                 "device_id": self.settings.device_id,
                 "malformed_frames": self.malformed_frames,
                 "records_written": self.records_written,
-                "device_faults": self.device_faults}
+                "device_faults": self.device_faults,
+                "audio_queued_ms": round(self.sink.queued_s * 1000)}
 
     def _on_gesture(self, gesture: str) -> None:
         logger.debug("button: %s", gesture)

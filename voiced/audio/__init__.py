@@ -46,8 +46,17 @@ class AudioSink(Protocol):
     def set_drained_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` on the event loop whenever queued audio has all been played."""
 
-    def play(self, pcm: bytes, item_id: str) -> None:
-        """Queue 24 kHz mono PCM16 belonging to ``item_id``; never blocks."""
+    def play(self, pcm: bytes, item_id: str) -> int:
+        """Queue 24 kHz mono PCM16 belonging to ``item_id``; never blocks.
+
+        Returns the bytes of ``pcm`` queued: fewer (down to 0) when the queue holds
+        ``audio.max_queued_s`` already, the bound that keeps a server streaming without
+        end from filling memory. The caller decides what a refusal means.
+        """
+
+    @property
+    def queued_s(self) -> float:
+        """Seconds of audio queued and not yet handed to the device."""
 
     def stop(self) -> Mapping[str, int]:
         """Drop everything queued at once; return samples played per unfinished item.

@@ -113,16 +113,20 @@ class WavFileSink:
 
     A tick every ``frame_ms`` writes the frames due since the start: queued reply audio
     where there is some, silence where there is none. The played position of each item
-    is the number of its samples written, exactly as a device that consumed them.
+    is the number of its samples written, exactly as a device that consumed them. At most
+    ``max_queued_s`` of audio waits in the queue.
     """
 
-    def __init__(self, path: Path, *, frame_ms: int = 20, speed: float = 1.0) -> None:
+    def __init__(self, path: Path, *, frame_ms: int = 20, speed: float = 1.0,
+                 max_queued_s: float = 120.0) -> None:
         self.path = path
         self.frame_ms = frame_ms
         self.speed = speed
         self._frame_samples = SAMPLE_RATE * frame_ms // 1000
         self._queue: deque[tuple[str, bytes]] = deque()
         self._head_offset = 0  # bytes of the first queue entry already written
+        self._queued_bytes = 0  # not yet written
+        self._max_queued_bytes = int(max_queued_s * SAMPLE_RATE) * BYTES_PER_SAMPLE
         self._played: dict[str, int] = {}
         self._wav: wave.Wave_write | None = None
         self._task: asyncio.Task[None] | None = None
@@ -146,15 +150,25 @@ class WavFileSink:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="file-speaker")
         logger.info("file speaker: %s", self.path)
 
-    def play(self, pcm: bytes, item_id: str) -> None:
-        """Queue reply audio."""
-        if pcm:
-            self._queue.append((item_id, pcm))
+    def play(self, pcm: bytes, item_id: str) -> int:
+        """Queue reply audio, as much as ``max_queued_s`` allows; returns the bytes taken."""
+        room = max(0, self._max_queued_bytes - self._queued_bytes)
+        take = min(len(pcm), room) // BYTES_PER_SAMPLE * BYTES_PER_SAMPLE
+        if take:
+            self._queue.append((item_id, pcm if take == len(pcm) else pcm[:take]))
+            self._queued_bytes += take
+        return take
+
+    @property
+    def queued_s(self) -> float:
+        """Seconds of audio queued and not yet written."""
+        return self._queued_bytes / BYTES_PER_SAMPLE / SAMPLE_RATE
 
     def stop(self) -> Mapping[str, int]:
         """Drop the queue; return samples written of each item that was still queued."""
         pending = {item_id: self._played.get(item_id, 0) for item_id, _ in self._queue}
         self._queue.clear()
+        self._queued_bytes = 0
         self._head_offset = 0
         self._played = {k: v for k, v in self._played.items() if k in pending}
         return pending
@@ -190,6 +204,7 @@ class WavFileSink:
                 make_room_for_count(self._played)
             self._played[item_id] = self._played.get(item_id, 0) + len(take) // BYTES_PER_SAMPLE
             self._head_offset += len(take)
+            self._queued_bytes -= len(take)
             if self._head_offset >= len(pcm):
                 self._queue.popleft()
                 self._head_offset = 0

@@ -331,13 +331,16 @@ class PyAudioSink:
         settings: ``audio.output``.
         period_ms: PortAudio buffer size; a stop takes effect within one period.
         jitter_ms: audio buffered before a reply starts to play (absorbs network jitter).
+        max_queued_s: audio queued at most (at the device's rate and channels: 120 s at
+            48 kHz stereo is 23 MB); :meth:`play` refuses what would go beyond.
     """
 
     def __init__(self, settings: AudioEndpointSettings, *, period_ms: int = 20,
-                 jitter_ms: int = 80) -> None:
+                 jitter_ms: int = 80, max_queued_s: float = 120.0) -> None:
         self.settings = settings
         self.period_ms = period_ms
         self.jitter_ms = jitter_ms
+        self.max_queued_s = max_queued_s
         self._pa: Any = None
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -460,15 +463,27 @@ class PyAudioSink:
                 return
         self._on_drained()
 
-    def play(self, pcm: bytes, item_id: str) -> None:
+    def play(self, pcm: bytes, item_id: str) -> int:
         """Queue reply audio (converted to the device's rate here, on the loop).
 
-        While the speaker is closed (a device fault) the audio is dropped: the session
-        does not send any then, and audio kept would play late, in the old device's format.
+        Returns the bytes of ``pcm`` queued: fewer when ``max_queued_s`` would be passed.
+        While the speaker is closed (a device fault) the audio is dropped, and counted as
+        taken: the session sends none then, and audio kept would play late, in the old
+        device's format.
         """
         conv = self._conv
         if not pcm or conv is None:
-            return
+            return len(pcm)
+        frame_b = BYTES_PER_SAMPLE * self.channels
+        with self._lock:
+            room = int(self.max_queued_s * self.rate) * frame_b - self._queued_bytes
+        # device bytes per wire sample: rate/24k device frames of frame_b bytes each
+        room_samples = max(0, int(room * SAMPLE_RATE / self.rate / frame_b))
+        take = min(len(pcm) // BYTES_PER_SAMPLE, room_samples) * BYTES_PER_SAMPLE
+        if not take:
+            return 0
+        if take < len(pcm):
+            pcm = pcm[:take]
         tail, previous = b"", self._last_item
         if item_id != previous:
             # the resampler still holds the end of the previous item: flush it after that
@@ -486,6 +501,12 @@ class PyAudioSink:
                 make_room_for_count(self._handed)
             self._queue.append([item_id, data, 0])
             self._queued_bytes += len(data)
+        return take
+
+    @property
+    def queued_s(self) -> float:
+        """Seconds of audio queued and not yet handed to PortAudio."""
+        return self._queued_bytes / (BYTES_PER_SAMPLE * self.channels * self.rate)
 
     def stop(self) -> Mapping[str, int]:
         """Drop the queue now; return 24 kHz samples the user hears of each item.

@@ -95,7 +95,9 @@ async def test_audio(source: AudioSource, sink: AudioSink, seconds: float,
         if clipped:
             print("warning: clipping; lower the mic gain", file=out)
         print("playing it back...", file=out, flush=True)
-        sink.play(pcm, "test-audio")
+        if sink.play(pcm, "test-audio") < len(pcm):
+            print(f"playing only the first {sink.queued_s:.0f} s (audio.max_queued_s)",
+                  file=out)
         await asyncio.wait_for(drained.wait(), seconds + 10)
         print("done", file=out)
         return 0
