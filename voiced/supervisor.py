@@ -3,6 +3,11 @@
 Only this module sees both the session core and the adapters. Sequence: open the local
 devices → READY → run the mic pump, the connection loop, the watchdog and the control
 socket in one TaskGroup → on SIGTERM/SIGINT stop, close everything, exit 0.
+
+A failed task ends the TaskGroup and the daemon, so every task that handles server data
+(the reader, the sender, the effect loop, tools, the clock, the pumps) has a last line
+of defence: an unexpected exception is counted in ``guard.faults`` (``status`` shows
+them), logged rate-limited, and the frame or effect is dropped; the conversation goes on.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from voiced import __version__, config, wire
+from voiced import __version__, config, guard, wire
 from voiced.audio import AudioSink, AudioSource
 from voiced.audio.volume import Volume
 from voiced.button import ButtonInput
@@ -66,6 +71,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _STABLE_S = 60.0  # a connection that lasted this long resets the backoff
+# close 4000 (request shape refused) answering this many set-ups in a row is final; the
+# very first set-up of the daemon's life needs only one (the config is wrong)
+_SHAPE_REFUSALS = 3
 # settings a SIGHUP applies without a restart (prefixes of dotted keys)
 _LIVE_KEYS = ("realtime.voice", "realtime.instructions", "realtime.turn_detection",
               "realtime.transcription", "realtime.model", "realtime.url", "realtime.relay",
@@ -221,6 +229,7 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.malformed_frames = 0
         self.records_written = 0
+        self._ever_configured = False  # some session was configured since the start
         # audio device recovery: the mic pump reports faults, one task reopens
         self._audio_ok = asyncio.Event()
         self._audio_ok.set()
@@ -417,16 +426,32 @@ class Supervisor:
                     self._audio_ok.clear()
                     self._audio_faults.put_nowait(str(e))
                 continue
-            speech = self.vad.is_speech(frame) if self.vad is not None else False
-            self.session.on_audio_captured(frame, self._now(), speech)
-            self._apply(self.session.take_effects())
+            self._feed("mic", self._on_mic_frame, frame)
+
+    def _on_mic_frame(self, frame: bytes) -> None:
+        speech = self.vad.is_speech(frame) if self.vad is not None else False
+        self.session.on_audio_captured(frame, self._now(), speech)
 
     async def _clock(self) -> None:
-        """Tell the core the time once a second (session rollover before expiry)."""
+        """Tell the core the time once a second (session rollover before expiry).
+
+        The first tick comes at once: the core judges a session's ``expires_at`` against
+        the wall clock, and the first session.created may come within the first second.
+        """
         while True:
+            self._feed("clock", lambda: self.session.on_tick(self._now(), self.wall_clock()))
             await asyncio.sleep(1.0)
-            self.session.on_tick(self._now(), self.wall_clock())
-            self._apply(self.session.take_effects())
+
+    def _feed(self, boundary: str, give: Callable[..., None], *args: Any) -> None:
+        """Give the core one input and apply the effects it asks for.
+
+        The last line of defence for the core: an unexpected exception is counted and
+        logged (guard.contain), the input is dropped, and the effects the core produced
+        before it are still applied, so its state and the world stay in step.
+        """
+        with guard.contain(boundary, logger):
+            give(*args)
+        self._apply(self.session.take_effects())
 
     async def _audio_watch(self) -> None:
         """Check the speaker every second; reopen the audio devices when one fails."""
@@ -439,7 +464,8 @@ class Supervisor:
                     continue
                 except AudioDeviceError as e:
                     reason = str(e)
-            await self._reopen_audio(reason)
+            with guard.contain("audio watch", logger):
+                await self._reopen_audio(reason)
 
     async def _reopen_audio(self, reason: str) -> None:
         """Close mic and speaker, and retry opening both until they open.
@@ -499,13 +525,12 @@ class Supervisor:
                 return
 
     def _on_drained(self) -> None:
-        self.session.on_playback_drained(self._now())
-        self._apply(self.session.take_effects())
+        self._feed("playback", lambda: self.session.on_playback_drained(self._now()))
 
     async def _connection_loop(self) -> None:
         rt = self.settings.realtime
         backoff = Backoff(rt.reconnect_min_s, rt.reconnect_max_s)
-        failures = 0
+        failures = refusals = 0
         while True:
             rt = self.settings.realtime  # a SIGHUP may have changed it
             backoff.min_s, backoff.max_s = rt.reconnect_min_s, rt.reconnect_max_s
@@ -519,8 +544,13 @@ class Supervisor:
             except OSError as e:
                 err = classify(e)
                 reason = str(err)
-            self.session.on_connection_down(reason)
-            self._apply(self.session.take_effects())
+            except Exception as e:  # noqa: BLE001 - a bug here must not end the daemon
+                guard.note_fault("realtime connection", e, logger)
+                err = RealtimeError(f"unexpected error ({type(e).__name__})", retryable=True)
+                reason = str(err)
+            was_configured = self.session.connected
+            self._ever_configured = self._ever_configured or was_configured
+            self._feed("realtime", self.session.on_connection_down, reason)
             if self._reconnect_now.is_set():
                 self._reconnect_now.clear()
                 backoff.reset()
@@ -528,15 +558,23 @@ class Supervisor:
             if self._now() - started >= _STABLE_S:
                 backoff.reset()
                 failures = 0
+            refusals = 0 if was_configured else refusals
             if err is not None and not err.retryable:
-                # close 4000 (the beta dialect, an unknown model): retrying cannot help,
-                # and systemd's RestartPreventExitStatus=78 keeps the service down
-                self.notifier.status(f"stopped: {reason}")
-                raise ConfigError([("realtime.url", f"the server refused the session: "
-                                    f"{reason}; check realtime.url and realtime.model")])
+                # close 4000 (the beta dialect, an unknown model): final when it answers
+                # the first set-up, or set-up after set-up; systemd's
+                # RestartPreventExitStatus=78 then keeps the service down. A relay may
+                # send it at any other moment: that is retried like any close.
+                refusals += 1
+                if not self._ever_configured or refusals >= _SHAPE_REFUSALS:
+                    self.notifier.status(f"stopped: {reason}")
+                    raise ConfigError([("realtime.url", f"the server refused the session: "
+                                        f"{reason}; check realtime.url and realtime.model")])
+                logger.warning("realtime: %s, %s; retrying", reason,
+                               "mid-session" if was_configured else
+                               f"{refusals} set-up(s) in a row")
             if err is not None and err.auth:
-                self.session.on_fatal(f"{reason}: check the API key")
-                self._apply(self.session.take_effects())
+                fatal = reason if "openai_api_key" in reason else f"{reason}: check the API key"
+                self._feed("realtime", self.session.on_fatal, fatal)
                 delay = rt.reconnect_max_s
             else:
                 delay = backoff.next()
@@ -568,7 +606,11 @@ class Supervisor:
         await asyncio.gather(*link.tasks, return_exceptions=True)
 
     def _background(self, coro: Awaitable[None], name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        async def guarded() -> None:
+            with guard.contain(name, logger):  # nobody awaits it: never lose a fault
+                await coro
+
+        task: asyncio.Task[None] = asyncio.ensure_future(guarded())
         task.set_name(name)
         self._link_tasks.add(task)
         task.add_done_callback(self._link_tasks.discard)
@@ -585,8 +627,7 @@ class Supervisor:
         link = self._start_link(await self._open(url))
         self._link = link
         logger.info("connected to %s", url.split("?")[0])
-        self.session.on_connection_up()
-        self._apply(self.session.take_effects())
+        self._feed("realtime", self.session.on_connection_up)
         timed_out = False
 
         async def close_on_reconnect() -> None:
@@ -626,8 +667,8 @@ class Supervisor:
         if self._reconnect_now.is_set():
             return "reconnect requested"
         ws = current.ws
-        return f"server closed {ws.close_code}" + (f": {ws.close_reason}"
-                                                   if ws.close_reason else "")
+        return f"server closed {ws.close_code}" + (
+            f": {guard.printable(ws.close_reason, 123)}" if ws.close_reason else "")
 
     async def _open_standby(self) -> None:
         """Open the next session for a rollover; the core configures it and switches."""
@@ -636,41 +677,48 @@ class Supervisor:
             ws = await self._open(self._url())
         except (RealtimeError, OSError) as e:
             reason = str(e if isinstance(e, RealtimeError) else classify(e))
-            self.session.on_standby_down(reason, self._now())
-            self._apply(self.session.take_effects())
+            self._feed("realtime standby", self.session.on_standby_down, reason, self._now())
             return
         if self.session.standby is None or self._link is None:  # no longer wanted
             await ws.close(1000, "not needed")
             return
         link = self._standby = self._start_link(ws)
-        self.session.on_standby_up()
-        self._apply(self.session.take_effects())
+        self._feed("realtime standby", self.session.on_standby_up)
         await asyncio.sleep(rt.connect_timeout_s)
         if self._standby is link and self.session.standby != "ready":
             self._standby = None
             await self._close_link(link, "no session in time")
-            self.session.on_standby_down("no session.updated in time", self._now())
-            self._apply(self.session.take_effects())
+            self._feed("realtime standby", self.session.on_standby_down,
+                       "no session.updated in time", self._now())
 
     async def _reader(self, link: _Link) -> None:
         try:
             async for frame in link.ws:
-                self._on_frame(frame, link)
+                self._feed("realtime frame", self._on_frame, frame, link)
         except ConnectionClosed as e:
             raise classify(e) from e
+        except Exception as e:  # noqa: BLE001 - the connection is lost, not the daemon
+            guard.note_fault("realtime read", e, logger)
+            raise RealtimeError(f"unexpected error reading ({type(e).__name__})",
+                                retryable=True) from e
         finally:
             if link is self._standby:  # the next session ended before the switch
                 self._standby = None
-                self.session.on_standby_down(f"closed {link.ws.close_code}", self._now())
-                self._apply(self.session.take_effects())
+                self._feed("realtime standby", self.session.on_standby_down,
+                           f"closed {link.ws.close_code}", self._now())
 
     def _on_frame(self, frame: str | bytes, link: _Link) -> None:
+        """One frame into the core (``_feed`` contains and applies what follows)."""
         try:
             ev = wire.parse_server_event(frame)
         except wire.MalformedEvent as e:
             self.malformed_frames += 1
-            logger.warning("ignoring malformed server frame (%d so far): %s",
-                           self.malformed_frames, e)
+            skipped = guard.should_log("supervisor:malformed-frame")
+            if skipped is not None:
+                logger.warning("ignoring malformed server frame (%d so far%s): %s",
+                               self.malformed_frames,
+                               f", {skipped} not shown since the last" if skipped else "",
+                               guard.printable(e, 200))
             return
         if link is self._standby:
             self.session.on_standby_event(ev, self._now())
@@ -679,17 +727,20 @@ class Supervisor:
                 self.session.on_fatal_cleared()
             self.session.on_server_event(ev, self._now())
         else:  # the session a rollover left, closing
-            logger.debug("old session: %s", getattr(ev, "type", "?"))
-            return
-        self._apply(self.session.take_effects())
+            logger.debug("old session: %s", guard.printable(getattr(ev, "type", "?"), 100))
 
     async def _sender(self, link: _Link) -> None:
         debug = logger.isEnabledFor(logging.DEBUG)
         while True:
             event = await link.queue.get()
             if debug:
-                logger.debug("send %s", wire.describe(event))
-            await link.ws.send(wire.encode(event))
+                logger.debug("send %s", guard.printable(wire.describe(event)))
+            try:
+                text = wire.encode(event)
+            except Exception as e:  # noqa: BLE001 - one event lost, not the connection
+                guard.note_fault("realtime send", e, logger)
+                continue
+            await link.ws.send(text)
 
     async def _retire(self, link: _Link) -> None:
         """Close the session a rollover left, once what was queued for it is sent."""
@@ -703,69 +754,76 @@ class Supervisor:
 
     def _apply(self, effects: list[Effect]) -> None:
         for eff in effects:
-            match eff:
-                case Send():
-                    link = self._standby if eff.standby else self._link
-                    if link is not None:
-                        link.queue.put_nowait(eff.event)
-                case Play():
-                    pcm = self.volume.apply(eff.pcm)
-                    taken = self.sink.play(pcm, eff.item_id)
-                    if taken < len(pcm):  # the queue holds audio.max_queued_s already
-                        self.session.on_playback_full(
-                            eff.item_id, (len(pcm) - taken) // wire.BYTES_PER_SAMPLE,
-                            self._now())
-                        self._apply(self.session.take_effects())
-                case StopPlayback():
-                    played = self.sink.stop()
-                    self.session.on_playback_stopped(self._now(), played)
-                    self._apply(self.session.take_effects())
-                case ShowState():
-                    self._show(eff.state, eff.detail)
-                case Record():
-                    self._record(eff)
-                case Draft():
-                    if self.outbox is not None:
-                        self.outbox.put_draft(make_record(
-                            eff.transcript, device_id=self.settings.device_id,
-                            created_at=self.wall_clock()))
-                case Reconnect():
-                    logger.info("reconnecting: %s", eff.reason)
+            # one effect that fails (a bug) must not cost the others, or the daemon
+            with guard.contain(f"effect {type(eff).__name__}", logger):
+                self._apply_one(eff)
+
+    def _apply_one(self, eff: Effect) -> None:
+        match eff:
+            case Send():
+                link = self._standby if eff.standby else self._link
+                if link is not None:
+                    link.queue.put_nowait(eff.event)
+            case Play():
+                pcm = self.volume.apply(eff.pcm)
+                taken = self.sink.play(pcm, eff.item_id)
+                if taken < len(pcm):  # the queue holds audio.max_queued_s already
+                    self._feed("playback", self.session.on_playback_full, eff.item_id,
+                               (len(pcm) - taken) // wire.BYTES_PER_SAMPLE, self._now())
+            case StopPlayback():
+                played = self.sink.stop()
+                self._feed("playback", self.session.on_playback_stopped, self._now(),
+                           played)
+            case ShowState():
+                self._show(eff.state, eff.detail)
+            case Record():
+                self._record(eff)
+            case Draft():
+                if self.outbox is not None:
+                    self.outbox.put_draft(make_record(
+                        eff.transcript, device_id=self.settings.device_id,
+                        created_at=self.wall_clock()))
+            case Reconnect():
+                logger.info("reconnecting: %s", eff.reason)
+                self._reconnect_now.set()
+            case MicOpened():
+                self.source.mic_opened()
+            case CallTool():
+                task = asyncio.create_task(self._run_tool(eff), name=f"tool-{eff.name}")
+                self._tool_tasks[eff.call_id] = task
+            case CancelTool():
+                running = self._tool_tasks.pop(eff.call_id, None)
+                if running is not None:
+                    running.cancel()
+            case OpenStandby():
+                self._background(self._open_standby(), "realtime-standby")
+            case SwitchToStandby():
+                if self._standby is None:  # cannot happen; never strand the core
+                    logger.error("rollover without a standby connection: reconnecting")
                     self._reconnect_now.set()
-                case MicOpened():
-                    self.source.mic_opened()
-                case CallTool():
-                    task = asyncio.create_task(self._run_tool(eff), name=f"tool-{eff.name}")
-                    self._tool_tasks[eff.call_id] = task
-                case CancelTool():
-                    running = self._tool_tasks.pop(eff.call_id, None)
-                    if running is not None:
-                        running.cancel()
-                case OpenStandby():
-                    self._background(self._open_standby(), "realtime-standby")
-                case SwitchToStandby():
-                    if self._standby is None:  # cannot happen; never strand the core
-                        logger.error("rollover without a standby connection: reconnecting")
-                        self._reconnect_now.set()
-                        continue
-                    old, self._link, self._standby = self._link, self._standby, None
-                    if old is not None:
-                        self._background(self._retire(old), "realtime-retire")
-                    logger.info("now on the next session")
-                case CloseStandby():
-                    if self._standby is not None:
-                        link, self._standby = self._standby, None
-                        self._background(self._close_link(link, eff.reason),
-                                         "realtime-standby-close")
+                    return
+                old, self._link, self._standby = self._link, self._standby, None
+                if old is not None:
+                    self._background(self._retire(old), "realtime-retire")
+                logger.info("now on the next session")
+            case CloseStandby():
+                if self._standby is not None:
+                    link, self._standby = self._standby, None
+                    self._background(self._close_link(link, eff.reason),
+                                     "realtime-standby-close")
 
     async def _run_tool(self, call: CallTool) -> None:
         # a task of its own: a slow tool never holds up audio or the socket
         try:
             output = await self.toolbox.run(call.name, call.arguments)
+        except Exception as e:  # noqa: BLE001 - Toolbox.run never raises; if it did, the
+            # call must still be answered, or the conversation waits for it for good
+            guard.note_fault("tool", e, logger)
+            output = '{"error": "the tool failed unexpectedly"}'
         finally:
             self._tool_tasks.pop(call.call_id, None)
-        self.session.on_tool_result(call.call_id, output, self._now())
-        self._apply(self.session.take_effects())
+        self._feed("tool result", self.session.on_tool_result, call.call_id, output,
+                   self._now())
 
     # the Device the built-in tools act on
 
@@ -813,33 +871,38 @@ class Supervisor:
     # ------------------------------------------------------------------ control
 
     def status(self) -> dict[str, Any]:
-        """The contract's status object."""
+        """The contract's status object.
+
+        ``faults`` counts unexpected exceptions contained, by boundary (empty when all is
+        well); ``audio_queued_ms``, ``pending_items`` and ``transcript_bytes`` show the
+        resource bounds at work.
+        """
         st = self.session.status()
         exp = st.pop("session_expires_at")
-        return {**st, "session_expires_at": iso_utc(exp) if exp else None,
+        try:
+            expires = iso_utc(exp) if exp else None
+        except (ValueError, OverflowError, OSError):  # never a reason for status to fail
+            expires = None
+        return {**st, "session_expires_at": expires,
                 "outbox_pending": self.outbox.pending if self.outbox else 0,
                 "version": __version__,
                 "device_id": self.settings.device_id,
                 "malformed_frames": self.malformed_frames,
                 "records_written": self.records_written,
                 "device_faults": self.device_faults,
-                "audio_queued_ms": round(self.sink.queued_s * 1000)}
+                "audio_queued_ms": round(self.sink.queued_s * 1000),
+                "faults": dict(guard.faults)}
 
     def _on_gesture(self, gesture: str) -> None:
         logger.debug("button: %s", gesture)
         self.listener("button", gesture)
         if gesture != "talk-end":
             self.orb.acknowledge()  # seen at once, even when nothing else changes
-        now = self._now()
-        if gesture == "press":
-            self.session.on_press(now)
-        elif gesture == "long-press":
-            self.session.on_long_press(now)
-        elif gesture == "talk-start":
-            self.session.on_talk_start(now)
-        elif gesture == "talk-end":
-            self.session.on_talk_end(now)
-        self._apply(self.session.take_effects())
+        give = {"press": self.session.on_press, "long-press": self.session.on_long_press,
+                "talk-start": self.session.on_talk_start,
+                "talk-end": self.session.on_talk_end}.get(gesture)
+        if give is not None:
+            self._feed("button", give, self._now())
 
     def _on_control(self, cmd: str) -> dict[str, Any]:
         now = self._now()
