@@ -152,6 +152,15 @@ class HostileServer:
             reader.cancel()
 
 
+def rss_kb(pid: int) -> int:
+    """A process's resident set size now, in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise ProcessLookupError(pid)
+
+
 def audio_delta(pcm: bytes, *, item: str = "item_a", resp: str = "resp_1") -> str:
     """A ``response.output_audio.delta`` frame."""
     return json.dumps({"type": "response.output_audio.delta", "event_id": "ev_d",

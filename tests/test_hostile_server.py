@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import TIMEOUT, clean_env, voiced_cmd, write_config
-from tests.hostile import HostileServer, Peer, audio_delta, endless_reply, transcript_delta
+from tests.hostile import (
+    HostileServer,
+    Peer,
+    audio_delta,
+    endless_reply,
+    rss_kb,
+    transcript_delta,
+)
+from tests.test_appliance import NotifySocket
 from tests.test_supervisor import Harness, running
 from voiced import guard
 from voiced.config import Secret, Settings
@@ -260,31 +267,19 @@ async def test_a_reply_whose_response_created_was_lost_does_not_stay_speaking(
 # ------------------------------------------------------------------ server text
 
 
-class Datagrams:
-    """A real NOTIFY_SOCKET, as systemd has; :meth:`all` reads what arrived so far."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setblocking(False)
-        self.got: list[str] = []
-
-    def all(self) -> list[str]:
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.got.append(self.sock.recv(65536).decode("utf-8", "replace"))
-        return self.got
-
-
 @contextlib.contextmanager
-def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Datagrams]:
-    path = tmp_path / "notify.sock"
-    datagrams = Datagrams(path)
-    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
+    """systemd's side of sd_notify, for the daemon in this process."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
     try:
-        yield datagrams
+        yield notify
     finally:
-        datagrams.sock.close()
+        notify.sock.close()
+
+
+ASSIGNMENTS = ("STATUS=", "READY=", "WATCHDOG=1", "STOPPING=", "RELOADING=",
+               "MONOTONIC_USEC=")
 
 
 async def test_server_text_cannot_forge_status_or_log_lines(
@@ -306,14 +301,11 @@ async def test_server_text_cannot_forge_status_or_log_lines(
             async with running(tmp_path, server, realtime=FAST) as h:
                 await server.wait_for_peer(2)
                 await h.wait(lambda: h.state == State.READY)
-                got = datagrams.all()
-                lines = [line for d in got for line in d.split("\n")]
+                lines = datagrams.poll()  # one line each: a newline would start another
                 assert any(line.startswith("STATUS=") for line in lines)
-                assert not any(line.startswith("WATCHDOG=trigger") for line in lines)
-                for d in got:
-                    if d.startswith("STATUS="):
-                        assert "\n" not in d and len(d) <= 400, d
-                assert any("WATCHDOG=trigger" in d for d in got)  # escaped, but shown
+                for line in lines:
+                    assert line.startswith(ASSIGNMENTS) and len(line) <= 400, line
+                assert any("WATCHDOG=trigger" in line for line in lines)  # escaped, shown
     for rec in caplog.records:
         if rec.name.startswith("voiced"):
             msg = rec.getMessage()
@@ -473,7 +465,7 @@ async def test_handshake_errors_never_show_the_api_key(
                 detail = h.sup.status()["detail"]
                 assert "Authorization" in detail and "api key" in detail.lower(), detail
                 assert server.attempts == 0  # nothing was sent
-                shown = [detail, json.dumps(h.sup.status()), *datagrams.all(),
+                shown = [detail, json.dumps(h.sup.status()), *datagrams.poll(),
                          *(r.getMessage() for r in caplog.records if
                            r.name.startswith("voiced")),
                          *(guard.SafeFormatter().format(r) for r in caplog.records)]
@@ -529,13 +521,6 @@ async def test_an_unexpected_error_while_handling_server_data_is_contained(
 
 
 # ------------------------------------------------------------------ the real daemon
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.timeout(120)
