@@ -436,7 +436,7 @@ async def test_an_oversized_frame_and_a_keepalive_timeout_are_told_apart(
     async with HostileServer(script) as server:
         async with running(tmp_path, server, realtime={**FAST, "keepalive_s": 0.3}) as h:
             await server.wait_for_peer(3)
-            await h.wait(lambda: h.state == State.READY and len(server.peers) == 3)
+            await h.wait(lambda: h.state == State.READY and len(server.peers) >= 3)
     reasons = [d for s, d in zip(h.states, h.details, strict=True) if s == State.CONNECTING]
     too_big = [d for d in reasons if "too big" in d]
     silent = [d for d in reasons if "keepalive" in d]

@@ -40,6 +40,7 @@ from voiced.session import (
     Draft,
     OpenStandby,
     Play,
+    Reconnect,
     Record,
     Send,
     State,
@@ -157,6 +158,8 @@ def test_a_long_press_leaves_no_item_of_the_old_conversation() -> None:
     c = configured()
     server(c, words("never finished", item="it_x", resp="r_x"))
     c.on_long_press(0.0)
+    assert Reconnect("new conversation") in c.take_effects()
+    c.on_connection_down("reconnect requested")  # what the supervisor does next
     (record,) = records(c.take_effects())
     assert record.transcript.text == "never finished"
     assert record.transcript.conversation_id == "conv-1"

@@ -595,7 +595,8 @@ class Conversation:
         if self._speaking() or self._tool_running():
             self._interrupt(cancel=True)
         self._set_mic(False)
-        self._close_every_response()  # what was left of the old conversation
+        # what is left of the old conversation closes with its connection (Reconnect);
+        # until then its interrupted response stays discarded
         self.conversation_id = self._new_id()
         self._history.clear()
         self._forget_uncommitted()
