@@ -362,7 +362,7 @@ def test_tool_config_errors_name_the_key(tmp_path: Path) -> None:
            "tools": {"timezone": "Mars/Olympus", "builtin": {"time": "yes"}, "http": [
                {"name": "get_time", "description": "x", "url": "http://h/"},
                {"name": "bad name!", "url": "ftp://h/{x}", "parameters": {"type": "array"}},
-               {"name": "ok", "description": "x", "url": "http://h/{city}",
+               {"name": "ok", "description": "x", "url": "https://h/{city}",
                 "parameters": {"type": "object", "properties": {"n": {"type": "nonsense"}}},
                 "headers": {"Authorization": "Bearer {credential:home_token}"}},
            ]}}
