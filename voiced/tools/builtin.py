@@ -39,8 +39,13 @@ class Device(Protocol):
 
 
 def builtin_tools(enabled: tuple[str, ...], device: Device, *, timezone: str | None,
-                  timeout_s: float) -> list[Tool]:
-    """The enabled built-in tools, bound to ``device``."""
+                  timeout_s: float, volume_floor: int = 0) -> list[Tool]:
+    """The enabled built-in tools, bound to ``device``.
+
+    The model may not set the volume below ``volume_floor`` percent: a misheard
+    "quieter" must not leave a device nobody hears, with no voice to ask it back
+    (`voiced ctl volume` may go lower).
+    """
     tz = zoneinfo.ZoneInfo(timezone) if timezone else None
     tools: list[Tool] = []
 
@@ -56,16 +61,18 @@ def builtin_tools(enabled: tuple[str, ...], device: Device, *, timezone: str | N
         async def set_volume(args: dict[str, Any]) -> dict[str, Any]:
             action = args["action"]
             step = int(args.get("percent", 10))
+            if action == "get":
+                return {"volume_percent": device.volume_percent()}
             if action == "set":
                 if "percent" not in args:
                     raise ToolError("say which volume to set, in percent")
-                new = device.set_volume(step)
-            elif action == "get":
-                new = device.volume_percent()
+                wanted = step
             else:
-                step = step if action == "up" else -step
-                new = device.set_volume(device.volume_percent() + step)
-            return {"volume_percent": new}
+                wanted = device.volume_percent() + (step if action == "up" else -step)
+            if wanted < volume_floor:
+                return {"volume_percent": device.set_volume(volume_floor),
+                        "note": f"{volume_floor} % is the lowest the model may set"}
+            return {"volume_percent": device.set_volume(wanted)}
         tools.append(Tool(
             "set_volume",
             "Get or change the speaker volume: up or down by a step (default 10 percent), "
