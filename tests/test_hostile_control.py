@@ -174,14 +174,19 @@ async def test_a_flood_of_idle_connections_does_not_starve_the_daemon(
             await wait_for_status(cfg, lambda st: st["state"] == "ready", [])
             thread = threading.Thread(target=attacker, daemon=True)
             thread.start()
-            while opened[0] < 1100:
+            while True:  # the attacker holds its 1,100 connections
+                if opened[0] >= 1100:
+                    break
                 await asyncio.sleep(0.05)
             sessions = len(sim.sessions)
             sim.drop_connections()
 
             async def reconnected() -> None:
-                while not (len(sim.sessions) > sessions and any(
-                        e.get("type") == "session.update" for e in sim.sessions[-1].received)):
+                while True:
+                    if len(sim.sessions) > sessions and any(
+                            e.get("type") == "session.update"
+                            for e in sim.sessions[-1].received):
+                        return
                     await asyncio.sleep(0.05)
             await asyncio.wait_for(reconnected(), TIMEOUT)
             stop.set()
@@ -206,8 +211,9 @@ async def test_the_control_socket_never_replaces_a_file_or_a_live_daemon(
     precious.write_text("an administrator's notes\n")
     cfg = write_config(tmp_path, "ws://127.0.0.1:9/v1/realtime",
                        control={"socket": str(precious)})
-    p = subprocess.run(voiced_cmd("run", "-c", str(cfg)), cwd=tmp_path, env=clean_env(),
-                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    p = await asyncio.to_thread(
+        subprocess.run, voiced_cmd("run", "-c", str(cfg)), cwd=tmp_path, env=clean_env(),
+        capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert p.returncode == 78, p.stderr
     assert "voiced: config error: control.socket: " in p.stderr
     assert precious.read_text() == "an administrator's notes\n"
@@ -216,9 +222,9 @@ async def test_the_control_socket_never_replaces_a_file_or_a_live_daemon(
     async with SimServer() as sim, running(tmp_path, sim) as h:
         await h.wait(lambda: h.state == State.READY)
         cfg = write_config(tmp_path, sim.url)
-        p = subprocess.run(voiced_cmd("run", "-c", str(cfg)), cwd=tmp_path,
-                           env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT,
-                           check=False)
+        p = await asyncio.to_thread(
+            subprocess.run, voiced_cmd("run", "-c", str(cfg)), cwd=tmp_path,
+            env=clean_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False)
         assert p.returncode == 78, p.stderr
         assert "another daemon is listening" in p.stderr
         reply = await asyncio.to_thread(ask, tmp_path / "ctl.sock", b'{"cmd": "status"}\n')

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 TEXT_LIMIT: Final = 300
 """Characters of one outside value shown in a log line or a status detail."""
@@ -181,3 +181,26 @@ def reset_for_tests() -> None:
     faults.clear()
     _last_logged.clear()
     _suppressed.clear()
+
+
+# lone surrogates (an emoji cut in half) cannot be encoded as UTF-8; NUL cannot be stored
+# in PostgreSQL text or jsonb
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every string made storable (UTF-8, PostgreSQL).
+
+    An emoji split across two deltas (a lone surrogate) becomes U+FFFD, a whole pair
+    the character, NUL U+FFFD.
+    """
+    if isinstance(value, str):
+        if not _UNSTORABLE.search(value):
+            return value
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value

@@ -212,7 +212,8 @@ class Supervisor:
                                  agent_id=settings.realtime.relay.agent_id
                                  if settings.realtime.relay else None)
             self.outbox = Outbox(tr.outbox_dir, backend, max_records=tr.max_records,
-                                 max_bytes=tr.max_bytes, retry_max_s=tr.retry_max_s)
+                                 max_bytes=tr.max_bytes, max_drafts=tr.max_drafts,
+                                 retry_max_s=tr.retry_max_s)
         self._link: _Link | None = None  # the live connection
         self._standby: _Link | None = None  # the next session, during a rollover
         self._link_tasks: set[asyncio.Task[None]] = set()  # opening/closing in background
@@ -788,9 +789,9 @@ class Supervisor:
         """Built-in tool: set and persist the speaker volume."""
         return self.volume.set(percent)
 
-    def device_status(self) -> dict[str, Any]:
+    async def device_status(self) -> dict[str, Any]:
         """Built-in tool: network, uptimes, transcript backlog, connection."""
-        return {**network_status(self.settings.realtime.url),
+        return {**await network_status(self.settings.realtime.url),
                 "daemon_uptime_s": round(time.monotonic() - self._started),
                 "system_uptime_s": system_uptime_s(),
                 "transcripts_waiting": self.outbox.pending if self.outbox else 0,

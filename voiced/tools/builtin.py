@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
+import ipaddress
 import socket
 import time
 import zoneinfo
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from voiced.tools import Tool, ToolError
@@ -17,6 +20,13 @@ _EMPTY: dict[str, Any] = {"type": "object", "properties": {}, "additionalPropert
 _PROC_UPTIME = Path("/proc/uptime")
 _PROC_WIRELESS = Path("/proc/net/wireless")
 _SYS_NET = Path("/sys/class/net")
+DNS_TIMEOUT_S: Final = 2.0
+"""device_status waits this long for the name of the server; a dead resolver takes 10 s
+or more, and three of them would reach the watchdog if it ran on the event loop."""
+# one thread for name lookups, and one lookup per name at a time: a dead resolver holds
+# at most one thread, however often the model asks
+_DNS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns")
+_lookups: dict[str, concurrent.futures.Future[Any]] = {}
 
 
 class Device(Protocol):
@@ -34,7 +44,7 @@ class Device(Protocol):
     def set_volume(self, percent: int) -> int:
         """Set (and persist) the speaker volume; return the new value."""
 
-    def device_status(self) -> dict[str, Any]:
+    async def device_status(self) -> dict[str, Any]:
         """Network, uptime, transcript backlog."""
 
 
@@ -98,7 +108,7 @@ def builtin_tools(enabled: tuple[str, ...], device: Device, *, timezone: str | N
 
     if "status" in enabled:
         async def status(args: dict[str, Any]) -> dict[str, Any]:
-            return device.device_status()
+            return await device.device_status()
         tools.append(Tool("device_status",
                           "The device's own status: network, uptime, transcripts waiting "
                           "to be delivered.", _EMPTY, status, timeout_s))
@@ -117,32 +127,62 @@ def system_uptime_s() -> int | None:
         return None
 
 
-def network_status(server_url: str) -> dict[str, Any]:
+async def network_status(server_url: str, *,
+                         timeout_s: float = DNS_TIMEOUT_S) -> dict[str, Any]:
     """The interface and address that reach the server, and Wi-Fi link quality if any.
 
-    A UDP socket "connected" to the server picks the route without sending a packet.
+    A UDP socket "connected" to the server picks the route without sending a packet. The
+    server's name is resolved off the event loop, for at most ``timeout_s``.
     """
     out: dict[str, Any] = {"hostname": socket.gethostname()}
     host = urlsplit(server_url).hostname or "127.0.0.1"
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((host, 443))
+        family, address = await _resolve(host, timeout_s)
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((address, 443))
             out["address"] = s.getsockname()[0]
+    except TimeoutError:
+        out["address"] = None
+        out["network_error"] = f"the name server did not answer within {timeout_s:g} s"
     except OSError as e:
         out["address"] = None
         out["network_error"] = e.strerror or str(e)
+    out.update(_wifi())
+    return out
+
+
+async def _resolve(host: str, timeout_s: float) -> tuple[int, str]:
+    """``host``'s address family and first address, looked up on the DNS thread."""
+    try:
+        ip = ipaddress.ip_address(host)
+        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
+    except ValueError:
+        pass
+    lookup = _lookups.get(host)
+    if lookup is None or lookup.done():
+        lookup = _lookups[host] = _DNS.submit(socket.getaddrinfo, host, 443,
+                                              type=socket.SOCK_DGRAM)
+    infos = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(lookup)), timeout_s)
+    if not infos:
+        raise OSError(f"{host} has no address")
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+def _wifi() -> dict[str, Any]:
+    """``{"wifi": ...}`` from /proc/net/wireless, else /sys; empty without Wi-Fi."""
     try:  # /proc/net/wireless: "wlan0: 0000   54.  -56.  -256 ..."
+        found: dict[str, Any] = {}
         for line in _PROC_WIRELESS.read_text().splitlines()[2:]:
             name, rest = line.split(":", 1)
-            out["wifi"] = {"interface": name.strip(),
-                           "link_quality": float(rest.split()[1].rstrip("."))}
+            found["wifi"] = {"interface": name.strip(),
+                             "link_quality": float(rest.split()[1].rstrip("."))}
+        return found
     except OSError:  # hidden under the unit (ProcSubset=pid): ask /sys
         wifi = _sys_wifi()
-        if wifi is not None:
-            out["wifi"] = wifi
+        return {"wifi": wifi} if wifi is not None else {}
     except (ValueError, IndexError):
-        pass
-    return out
+        return {}
 
 
 def _sys_wifi() -> dict[str, Any] | None:
