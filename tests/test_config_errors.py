@@ -150,6 +150,26 @@ def test_example_config_validates() -> None:
     assert p.returncode == 0, p.stderr
 
 
+def test_the_example_http_tool_validates_when_uncommented(tmp_path: Path) -> None:
+    """It crashed check-config (`on:` is a YAML boolean, `{service}` was undeclared)."""
+    lines = (REPO / "config" / "voiced.example.yaml").read_text().splitlines()
+    start = lines.index("  http: []")
+    out, i = lines[:start] + ["  http:"], start + 1
+    while lines[i].startswith("  # - name:") or lines[i].startswith("  #   "):
+        out.append("  " + lines[i][4:])
+        i += 1
+    assert len(out) - start > 10  # the whole example tool
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text("\n".join(out + lines[i:]) + "\n")
+    p = subprocess.run(voiced_cmd("check-config", "-c", str(cfg)), cwd=tmp_path,
+                       env=clean_env(VOICED_HA_TOKEN="ha-token-0123456789"),
+                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert p.returncode == 0, p.stderr
+    s = config.load(cfg, environ={"VOICED_HA_TOKEN": "ha-token-0123456789"})
+    [tool] = s.tools.http
+    assert tool.name == "lights" and tool.max_reply_bytes == 1_000_000
+
+
 # ------------------------------------------------------------------ secrets
 
 SECRET = "sk-test-SECRET123"

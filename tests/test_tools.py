@@ -352,7 +352,8 @@ async def test_http_tool_failures_are_tool_errors(service: Service) -> None:
     with pytest.raises(ToolError, match="has no 'current.nope'"):
         await tool.call({"city": "x"})
     long = http_tool(spec(url=service.url + "/weather/{city}", max_reply_chars=100,
-                          parameters=city, headers=(("Authorization", config.Secret(f"Bearer {TOKEN}")),)))
+                          parameters=city,
+                          headers=(("Authorization", config.Secret(f"Bearer {TOKEN}")),)))
     got = await long.call({"city": "y" * 300})
     assert got["truncated"] is True and len(got["text"]) == 101
 
