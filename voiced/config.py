@@ -603,43 +603,23 @@ def _read_credential_file(path: Path) -> _Found | None:
     to :data:`MAX_CREDENTIAL_BYTES`, and only when it is a regular file.
     """
     warnings: list[str] = []
+    if path.is_symlink():
+        warnings.append(
+            f"{path} is a symbolic link: systemd's LoadCredential= of a directory "
+            "skips symbolic links, so the service would not see it; copy the file")
     try:
-        if path.is_symlink():
-            warnings.append(
-                f"{path} is a symbolic link: systemd's LoadCredential= of a directory "
-                "skips symbolic links, so the service would not see it; copy the file")
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data, st = guard.read_small_file(path, MAX_CREDENTIAL_BYTES)
     except FileNotFoundError:
         return None
+    except guard.FileRefused as e:
+        raise _Unusable(str(e)) from None
     except OSError as e:
         raise _Unusable(f"cannot be read: {e.strerror or type(e).__name__}") from None
+    if st.st_mode & 0o077:
+        warnings.append(f"{path} is open to other users (mode "
+                        f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise _Unusable("is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            raise _Unusable("is not a regular file")
-        if st.st_size > MAX_CREDENTIAL_BYTES:
-            raise _Unusable(f"is larger than {MAX_CREDENTIAL_BYTES // 1024} kB")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_CREDENTIAL_BYTES:
-            chunk = os.read(fd, MAX_CREDENTIAL_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > MAX_CREDENTIAL_BYTES:
-            raise _Unusable(f"is larger than {MAX_CREDENTIAL_BYTES // 1024} kB")
-        if st.st_mode & 0o077:
-            warnings.append(f"{path} is open to other users (mode "
-                            f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
-    except OSError as e:
-        raise _Unusable(f"cannot be read: {e.strerror or type(e).__name__}") from None
-    finally:
-        os.close(fd)
-    try:
-        text = b"".join(chunks).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _Unusable("is not UTF-8 text") from None
     return _Found(text.strip(), str(path), tuple(warnings))
@@ -717,7 +697,7 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     why = url_problem(url, ("ws", "wss"), sends="the API key (credential openai_api_key)")
     if why is not None:
         sec.bad("url", why)
-    parts = urlsplit(url)
+    parts = urlsplit(url if why is None else d.url)
     model = sec.str_("model", d.model)
     if "preview" in model:
         sec.bad("model", f"{model!r} is a retired beta-era model; use e.g. gpt-realtime-2.1")
@@ -999,7 +979,10 @@ def url_problem(url: str, schemes: tuple[str, ...], *, sends: str | None = None,
     """
     if any(ord(c) <= 0x20 or 0x7F <= ord(c) <= 0x9F for c in url):
         return "contains a space or a control character"
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # "Invalid IPv6 URL"
+        return f"is not a URL ({e})"
     if "@" in parts.netloc:  # never shown: it would be a password in the journal
         return ("must not carry a user name or password: secrets never live in the "
                 "config file; use a credential")
@@ -1174,6 +1157,14 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
     schema_ok = False
     if not isinstance(params, dict) or params.get("type") != "object":
         sec.bad("parameters", "must be a JSON schema of type object")
+    elif not _is_json(params):
+        sec.bad("parameters", "holds a value JSON cannot carry (an unquoted date, binary "
+                              "or a set?); quote it")
+    elif (ref := _remote_ref(params)) is not None:
+        # fastjsonschema would fetch it (http://, file://) at every start: the schema
+        # must be all in the config
+        sec.bad("parameters", f"refers to {guard.printable(ref, 80)!r}: only references "
+                              "inside the schema (\"#/...\") are allowed")
     else:
         import fastjsonschema
 
@@ -1183,7 +1174,8 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
         except fastjsonschema.JsonSchemaDefinitionException as e:
             sec.bad("parameters", f"is not a valid JSON schema: {guard.printable(e, 200)}")
         except Exception as e:  # noqa: BLE001 - the compiler on odd input: still the key
-            sec.bad("parameters", f"is not a valid JSON schema ({type(e).__name__})")
+            sec.bad("parameters", f"is not a valid JSON schema ({type(e).__name__}: "
+                                  f"{guard.printable(e, 120)})")
     props = params.get("properties", {}) if isinstance(params, dict) else {}
     headers, credentials = _tool_headers(sec.section("headers"), environ)
     url = _url(sec, "url", ("http", "https"), template=True, sends=(
@@ -1215,6 +1207,34 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
         method=method, send_arguments=send,  # type: ignore[arg-type]
         headers=headers, timeout_s=timeout_s, reply_path=reply_path,
         max_reply_chars=max_reply, max_reply_bytes=max_bytes)
+
+
+def _is_json(value: object) -> bool:
+    """Whether ``value`` is made of JSON's types only (it is sent in session.update)."""
+    import json
+
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _remote_ref(schema: object) -> str | None:
+    """The first ``$ref`` (or absolute ``$id``) in ``schema`` that points outside it."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref, sid = node.get("$ref"), node.get("$id")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                return ref
+            if isinstance(sid, str) and ":" in sid:
+                return sid
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+    return None
 
 
 def _tool_headers(hs: _Section, environ: Mapping[str, str]
@@ -1323,7 +1343,7 @@ def socket_path_problem(path: Path) -> str | None:
         st = path.lstat()
     except FileNotFoundError:
         return None
-    except OSError:
+    except (OSError, ValueError):
         return None  # the bind will say what is wrong
     if stat.S_ISSOCK(st.st_mode):
         return None
@@ -1362,27 +1382,13 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
 def _read_config(p: Path) -> str:
     """The text of the config file, at most :data:`MAX_CONFIG_BYTES`, from a regular file."""
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        data, _ = guard.read_small_file(p, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError([("config", f"{p} does not exist")]) from None
+    except guard.FileRefused as e:
+        raise ConfigError([("config", f"{p} {e}")]) from None
     except OSError as e:
         raise ConfigError([("config", f"{p} cannot be read: {e.strerror or e}")]) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError([("config", f"{p} is not a regular file")])
-        data = b""
-        while len(data) <= MAX_CONFIG_BYTES:
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as e:
-        raise ConfigError([("config", f"{p} cannot be read: {e.strerror or e}")]) from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError([("config", f"{p} is larger than {MAX_CONFIG_BYTES:,} bytes; a "
-                                      "config is a few kB")])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -1438,6 +1444,9 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 
+_NOT_TEXT: Final = re.compile("[\x00\ud800-\udfff]")
+
+
 def _children(node: object) -> list[object]:
     if isinstance(node, dict):
         return list(node.values())
@@ -1462,7 +1471,10 @@ def _shape_problems(data: object) -> list[tuple[str, str]]:
     stack: list[tuple[object, str]] = [(data, "")]
     while stack and len(out) < 20:
         node, path = stack.pop()
-        if isinstance(node, _TooLong):
+        if isinstance(node, str) and _NOT_TEXT.search(node):
+            out.append((path or "config", "contains a NUL character or half of a UTF-16 "
+                        "surrogate pair (a \\u escape), which is not text"))
+        elif isinstance(node, _TooLong):
             out.append((path or "config", f"a number with {node.digits} digits is too long"))
         elif isinstance(node, dict):
             for k, v in node.items():
@@ -1471,7 +1483,7 @@ def _shape_problems(data: object) -> list[tuple[str, str]]:
                                 f"{str(k).lower()}: YAML reads on, off, yes, no, true and "
                                 "false unquoted as booleans; quote the key (\"on\":)"))
                     continue
-                if not isinstance(k, str):
+                if not isinstance(k, str) or _NOT_TEXT.search(k):
                     out.append((path or "config", f"key {guard.printable(k, 40)} is not a "
                                 f"string; quote it (\"{guard.printable(k, 40)}\":)"))
                     continue

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import stat
 import threading
 import time
 from collections import Counter
@@ -204,3 +206,41 @@ def storable(value: Any) -> Any:
     if isinstance(value, list):
         return [storable(v) for v in value]
     return value
+
+
+class FileRefused(ValueError):
+    """A file that is there but not one a boundary reads (the message says why)."""
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int, *,
+                    follow_symlinks: bool = True) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file of at most ``limit`` bytes, and its stat.
+
+    Opened without blocking (a FIFO would hang the reader for good), never read past
+    ``limit`` (a 3 GB file costs nothing), and with ``follow_symlinks=False`` never
+    through a symlink.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        FileRefused: a directory, not a regular file, or too large.
+        OSError: it cannot be opened or read.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise FileRefused("is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused("is not a regular file")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > limit:
+            raise FileRefused(f"is larger than {limit:,} bytes")
+        return data, st
+    finally:
+        os.close(fd)

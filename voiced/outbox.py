@@ -32,7 +32,6 @@ import logging
 import os
 import random
 import re
-import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -138,34 +137,6 @@ def _write_file(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_file(path: Path) -> bytes:
-    """A record file's bytes, at most :data:`MAX_RECORD_BYTES`.
-
-    Only from a regular file, opened without following a symlink or blocking on a FIFO.
-
-    Raises:
-        FileNotFoundError: it is gone.
-        ValueError: it is not a regular file or too large (the message says which).
-        OSError: it cannot be read.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        data = b""
-        while len(data) <= MAX_RECORD_BYTES:
-            chunk = os.read(fd, MAX_RECORD_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-        if len(data) > MAX_RECORD_BYTES:
-            raise ValueError(f"larger than {MAX_RECORD_BYTES:,} bytes")
-        return data
     finally:
         os.close(fd)
 
@@ -381,7 +352,8 @@ class Outbox:
         for entry in sorted(self._entries(self.dir / "drafts"), key=_mtime):
             path = Path(entry.path)
             try:
-                record = json.loads(_read_file(path))
+                record = json.loads(guard.read_small_file(
+                    path, MAX_RECORD_BYTES, follow_symlinks=False)[0])
                 why = record_problem(record)
                 if why is not None:
                     raise ValueError(f"not a transcript record: {why}")
@@ -486,7 +458,8 @@ class Outbox:
         it waited, and counted in ``dropped`` there).
         """
         try:
-            record = json.loads(_read_file(path))
+            record = json.loads(guard.read_small_file(
+                path, MAX_RECORD_BYTES, follow_symlinks=False)[0])
             why = record_problem(record)
             if why is not None:
                 raise ValueError(f"not a transcript record: {why}")
