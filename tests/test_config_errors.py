@@ -282,6 +282,28 @@ def test_check_config_reads_the_installed_credentials_directory(
     assert "config error: credentials.openai_api_key: missing" in capsys.readouterr().err
 
 
+def test_a_credential_others_may_read_or_a_symlink_is_a_warning(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "openai_api_key").write_text(SECRET + "\n")
+    (creds / "openai_api_key").chmod(0o644)
+    (tmp_path / "token").write_text("tok-0123456789\n")
+    (tmp_path / "token").chmod(0o600)
+    (creds / "webhook_token").symlink_to(tmp_path / "token")
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text(OPENAI + "transcripts: {sink: webhook, webhook: {url: 'https://h/x'}}\n")
+    p = subprocess.run(voiced_cmd("check-config", "-c", str(cfg)), cwd=tmp_path,
+                       env=clean_env(CREDENTIALS_DIRECTORY=str(creds)), capture_output=True,
+                       text=True, timeout=TIMEOUT, check=False)
+    assert p.returncode == 0, p.stderr
+    warnings = p.stderr.splitlines()
+    assert any(w.startswith("voiced: warning: credentials.openai_api_key: ") and
+               "open to other users (mode 0644)" in w for w in warnings), p.stderr
+    assert any(w.startswith("voiced: warning: credentials.webhook_token: ") and
+               "symbolic link" in w for w in warnings), p.stderr
+    assert SECRET not in p.stdout + p.stderr
+
+
 def test_ctl_needs_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
     """`voiced ctl` reads only control.socket: a config for OpenAI with no key readable
