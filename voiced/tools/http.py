@@ -59,7 +59,8 @@ def http_tool(spec: HttpToolSettings) -> Tool:
                                     f"{_cut(await read_text(resp, ERROR_BODY_LIMIT), 200)}")
                 data = await read_body(resp, spec.max_reply_bytes)
         except BodyTooLarge as e:
-            raise ToolError(f"the {spec.name} service's reply is {e}") from None
+            raise ToolError(f"the {spec.name} service's reply is more than {e.limit} "
+                            "bytes") from None
         except aiohttp.ClientError as e:
             raise ToolError(f"the {spec.name} service could not be reached "
                             f"({type(e).__name__})") from e
