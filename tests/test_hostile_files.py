@@ -241,3 +241,16 @@ async def test_a_short_write_on_a_full_disk_is_not_delivered(
     assert (await sink.deliver(record(1, text="words " * 40))).outcome is Outcome.DELIVERED
     lines = path.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["id"] == record(1)["id"]
+
+
+async def test_a_draft_is_promoted_once_whatever_its_file_name(tmp_path: Path) -> None:
+    """Drafts are named by their record's id; one named otherwise (copied in by hand, or
+    left by an older version) was promoted again at every start."""
+    d = tmp_path / "ob"
+    (d / "drafts").mkdir(parents=True)
+    (d / "drafts" / "copied-by-hand.json").write_text(json.dumps(record(1, role="assistant")))
+    for _ in range(2):
+        box = Outbox(d, None)
+        box.open()
+        await box.aclose()
+    assert box.pending == 1 and files(d / "drafts") == []

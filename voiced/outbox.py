@@ -366,7 +366,11 @@ class Outbox:
                 continue
             logger.warning("outbox: recovering transcript %s, cut off mid-reply by a "
                            "restart", guard.printable(record["id"], 80))
-            self._write(guard.storable(record))
+            record = guard.storable(record)
+            self._write(record)
+            if not any(r is record for r in self._unsaved):  # whatever its file's name
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
     def _entries(self, directory: Path) -> list[os.DirEntry[str]]:
         """The ``*.json`` regular files in ``directory``.

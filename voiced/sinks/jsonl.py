@@ -43,7 +43,7 @@ class JsonlSink:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 4_000_000))
                 tail = f.read().splitlines()
-        except FileNotFoundError:
+        except OSError:  # none yet, or not a file we can seek: nothing to skip
             return
         for line in tail[-_REMEMBER:]:
             try:
