@@ -1,7 +1,8 @@
 """Local boundaries as an attacker or bad luck meets them: the control socket, early
 signals, SIGHUP with a hostile file, `voiced ctl volume`.
 
-Every test here failed on 82fde82.
+Every test here failed on 82fde82
+(SIGINT while `voiced run` imports the daemon already exited 0; it stays as a guard).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """HTTP peers as an attacker or bad luck meets them: redirects, endless bodies, a token
 with a newline, a malformed DSN; and the model's tool arguments.
 
-Every test here failed on 82fde82.
+Every test here failed on 82fde82
+(the placeholder values that stayed under the prefix already are kept as guards).
 """
 
 from __future__ import annotations
