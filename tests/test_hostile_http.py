@@ -277,3 +277,25 @@ async def test_device_status_never_resolves_names_on_the_event_loop(
                                                         timeout_s=0.2), TIMEOUT)
     assert out["address"] is None and "did not answer" in out["network_error"]
     gate.set()
+
+
+def test_a_lookup_that_never_ends_does_not_hold_up_the_exit() -> None:
+    """A stop (SIGTERM) while the resolver hangs: the process still exits (a thread
+    pool's worker would be joined at exit, past systemd's stop timeout)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.conftest import REPO
+
+    script = textwrap.dedent(f"""
+        import asyncio, socket, sys, threading
+        sys.path.insert(0, {str(REPO)!r})
+        from voiced.tools import builtin
+        socket.getaddrinfo = lambda *a, **k: threading.Event().wait()  # never answers
+        out = asyncio.run(builtin.network_status("wss://relay.example.com/x", timeout_s=0.1))
+        print(out["network_error"])
+    """)
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=TIMEOUT, check=False)
+    assert p.returncode == 0 and "did not answer" in p.stdout, p.stderr

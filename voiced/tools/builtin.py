@@ -7,6 +7,7 @@ import concurrent.futures
 import datetime as dt
 import ipaddress
 import socket
+import threading
 import time
 import zoneinfo
 from pathlib import Path
@@ -23,9 +24,9 @@ _SYS_NET = Path("/sys/class/net")
 DNS_TIMEOUT_S: Final = 2.0
 """device_status waits this long for the name of the server; a dead resolver takes 10 s
 or more, and three of them would reach the watchdog if it ran on the event loop."""
-# one thread for name lookups, and one lookup per name at a time: a dead resolver holds
-# at most one thread, however often the model asks
-_DNS = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns")
+# one lookup per name at a time, on a daemon thread of its own: a dead resolver holds
+# one thread however often the model asks, and never holds up the daemon's exit (an
+# executor's threads are joined at exit)
 _lookups: dict[str, concurrent.futures.Future[Any]] = {}
 
 
@@ -160,13 +161,21 @@ async def _resolve(host: str, timeout_s: float) -> tuple[int, str]:
         pass
     lookup = _lookups.get(host)
     if lookup is None or lookup.done():
-        lookup = _lookups[host] = _DNS.submit(socket.getaddrinfo, host, 443,
-                                              type=socket.SOCK_DGRAM)
+        lookup = _lookups[host] = concurrent.futures.Future()
+        threading.Thread(target=_look_up, args=(host, lookup), name="voiced-dns",
+                         daemon=True).start()
     infos = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(lookup)), timeout_s)
     if not infos:
         raise OSError(f"{host} has no address")
     family, _, _, _, sockaddr = infos[0]
     return family, str(sockaddr[0])
+
+
+def _look_up(host: str, result: concurrent.futures.Future[Any]) -> None:
+    try:
+        result.set_result(socket.getaddrinfo(host, 443, type=socket.SOCK_DGRAM))
+    except BaseException as e:  # noqa: BLE001 - handed to the waiting coroutine
+        result.set_exception(e)
 
 
 def _wifi() -> dict[str, Any]:
