@@ -159,7 +159,7 @@ if [ ! -e "$etc/voiced.yaml" ]; then
 fi
 install -d -m 0700 -o 0 -g 0 "$etc/credentials"
 for c in openai_api_key webhook_token supabase_key postgres_dsn; do
-  # LoadCredential= needs the file; an empty one means "not set"
+  # the unit loads the whole directory; an empty file means "not set"
   [ -e "$etc/credentials/$c" ] || install -m 0600 -o 0 -g 0 /dev/null "$etc/credentials/$c"
 done
 install -d -m 0750 -o "$vuid" -g "$vgid" "$state"

@@ -266,7 +266,7 @@ def test_unit_has_the_appliance_settings() -> None:
                  "RestartPreventExitStatus=78", "RuntimeDirectory=voiced",
                  "StateDirectory=voiced", "ConfigurationDirectory=voiced", "User=voiced",
                  "SupplementaryGroups=audio gpio spi",
-                 "LoadCredential=openai_api_key:", "DevicePolicy=closed",
+                 "LoadCredential=voiced:/etc/voiced/credentials", "DevicePolicy=closed",
                  # lgpio's pipes: "/" is read-only under ProtectSystem=strict
                  "Environment=LG_WD=/run/voiced", "WorkingDirectory=/run/voiced",
                  "Documentation=file:///opt/voiced/README.md"):

@@ -150,6 +150,26 @@ def test_example_config_validates() -> None:
     assert p.returncode == 0, p.stderr
 
 
+def test_the_example_http_tool_validates_when_uncommented(tmp_path: Path) -> None:
+    """It crashed check-config (`on:` is a YAML boolean, `{service}` was undeclared)."""
+    lines = (REPO / "config" / "voiced.example.yaml").read_text().splitlines()
+    start = lines.index("  http: []")
+    out, i = lines[:start] + ["  http:"], start + 1
+    while lines[i].startswith("  # - name:") or lines[i].startswith("  #   "):
+        out.append("  " + lines[i][4:])
+        i += 1
+    assert len(out) - start > 10  # the whole example tool
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text("\n".join(out + lines[i:]) + "\n")
+    p = subprocess.run(voiced_cmd("check-config", "-c", str(cfg)), cwd=tmp_path,
+                       env=clean_env(VOICED_HA_TOKEN="ha-token-0123456789"),
+                       capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert p.returncode == 0, p.stderr
+    s = config.load(cfg, environ={"VOICED_HA_TOKEN": "ha-token-0123456789"})
+    [tool] = s.tools.http
+    assert tool.name == "lights" and tool.max_reply_bytes == 1_000_000
+
+
 # ------------------------------------------------------------------ secrets
 
 SECRET = "sk-test-SECRET123"
@@ -260,6 +280,28 @@ def test_check_config_reads_the_installed_credentials_directory(
     monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", tmp_path / "nonexistent")
     assert cli.main(["check-config", "-c", str(cfg)]) == 78
     assert "config error: credentials.openai_api_key: missing" in capsys.readouterr().err
+
+
+def test_a_credential_others_may_read_or_a_symlink_is_a_warning(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "openai_api_key").write_text(SECRET + "\n")
+    (creds / "openai_api_key").chmod(0o644)
+    (tmp_path / "token").write_text("tok-0123456789\n")
+    (tmp_path / "token").chmod(0o600)
+    (creds / "webhook_token").symlink_to(tmp_path / "token")
+    cfg = tmp_path / "voiced.yaml"
+    cfg.write_text(OPENAI + "transcripts: {sink: webhook, webhook: {url: 'https://h/x'}}\n")
+    p = subprocess.run(voiced_cmd("check-config", "-c", str(cfg)), cwd=tmp_path,
+                       env=clean_env(CREDENTIALS_DIRECTORY=str(creds)), capture_output=True,
+                       text=True, timeout=TIMEOUT, check=False)
+    assert p.returncode == 0, p.stderr
+    warnings = p.stderr.splitlines()
+    assert any(w.startswith("voiced: warning: credentials.openai_api_key: ") and
+               "open to other users (mode 0644)" in w for w in warnings), p.stderr
+    assert any(w.startswith("voiced: warning: credentials.webhook_token: ") and
+               "symbolic link" in w for w in warnings), p.stderr
+    assert SECRET not in p.stdout + p.stderr
 
 
 def test_ctl_needs_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

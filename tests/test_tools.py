@@ -255,7 +255,7 @@ class _Device:
     def set_volume(self, percent: int) -> int:
         return percent
 
-    def device_status(self) -> dict[str, Any]:
+    async def device_status(self) -> dict[str, Any]:
         return {}
 
 
@@ -266,8 +266,8 @@ def test_config_reserves_exactly_the_builtin_tool_names() -> None:
     assert {t.name for t in tools} == config.BUILTIN_TOOL_NAMES
 
 
-def test_device_status_works_with_proc_hidden(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_device_status_works_with_proc_hidden(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Under the unit (ProcSubset=pid) /proc/uptime and /proc/net are hidden: the uptime
     comes from CLOCK_BOOTTIME, the Wi-Fi from /sys/class/net/*/wireless."""
     import time
@@ -291,18 +291,18 @@ def test_device_status_works_with_proc_hidden(tmp_path: Path,
     uptime = builtin.system_uptime_s()
     assert uptime is not None
     assert abs(uptime - time.clock_gettime(time.CLOCK_BOOTTIME)) <= 2
-    net = builtin.network_status("ws://127.0.0.1:1/v1/realtime")
+    net = await builtin.network_status("ws://127.0.0.1:1/v1/realtime")
     assert net["address"] == "127.0.0.1"
     assert net["wifi"] == {"interface": "wlan1", "operstate": "up", "link_quality": 54.0}
     (sys_net / "wlan1" / "operstate").write_text("dormant\n")  # none up: the first one
-    assert builtin.network_status("ws://127.0.0.1:1")["wifi"] == {
+    assert (await builtin.network_status("ws://127.0.0.1:1"))["wifi"] == {
         "interface": "wlan0", "operstate": "down"}
     # where /proc/net/wireless can be read, it still answers
     (hidden / "net").mkdir(parents=True)
     (hidden / "net" / "wireless").write_text(
         "Inter-| sta-|   Quality\n face | status | link level noise\n"
         " wlan0: 0000   61.  -49.  -256        0      0      0      0      0        0\n")
-    assert builtin.network_status("ws://127.0.0.1:1")["wifi"] == {
+    assert (await builtin.network_status("ws://127.0.0.1:1"))["wifi"] == {
         "interface": "wlan0", "link_quality": 61.0}
 
 
@@ -345,11 +345,14 @@ async def test_http_tool_failures_are_tool_errors(service: Service) -> None:
         await http_tool(spec(url=service.url + "/weather/x")).call({})
     with pytest.raises(ToolError, match="could not be reached"):
         await http_tool(spec(url="http://127.0.0.1:9/none")).call({})
+    city = {"type": "object", "properties": {"city": {"type": "string"}}}  # only declared
     tool = http_tool(spec(url=service.url + "/weather/{city}", reply_path="current.nope",
+                          parameters=city,  # arguments are sent
                           headers=(("Authorization", config.Secret(f"Bearer {TOKEN}")),)))
     with pytest.raises(ToolError, match="has no 'current.nope'"):
         await tool.call({"city": "x"})
     long = http_tool(spec(url=service.url + "/weather/{city}", max_reply_chars=100,
+                          parameters=city,
                           headers=(("Authorization", config.Secret(f"Bearer {TOKEN}")),)))
     got = await long.call({"city": "y" * 300})
     assert got["truncated"] is True and len(got["text"]) == 101
@@ -362,7 +365,7 @@ def test_tool_config_errors_name_the_key(tmp_path: Path) -> None:
            "tools": {"timezone": "Mars/Olympus", "builtin": {"time": "yes"}, "http": [
                {"name": "get_time", "description": "x", "url": "http://h/"},
                {"name": "bad name!", "url": "ftp://h/{x}", "parameters": {"type": "array"}},
-               {"name": "ok", "description": "x", "url": "http://h/{city}",
+               {"name": "ok", "description": "x", "url": "https://h/{city}",
                 "parameters": {"type": "object", "properties": {"n": {"type": "nonsense"}}},
                 "headers": {"Authorization": "Bearer {credential:home_token}"}},
            ]}}

@@ -1,31 +1,60 @@
-"""The `voiced` command line: argument parsing, logging set-up, and the only sys.exit."""
+"""The `voiced` command line: argument parsing, logging set-up, and the only sys.exit.
+
+SIGTERM and SIGINT are handled before anything else is imported: a stop asked for while
+the program starts is a clean exit 0 (the contract), never a death by signal or a
+KeyboardInterrupt traceback. That is why this module imports only the standard library
+at the top, and each command imports what it needs.
+"""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import logging
-import os
+import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from types import FrameType
 from typing import Final
-
-from voiced import __version__, config, guard
-from voiced.config import DEFAULT_CONFIG_PATH, Settings, credential_source, load
-from voiced.errors import ConfigError
 
 EX_OK: Final = 0
 EX_FAIL: Final = 1
 EX_USAGE: Final = 2
 EX_CONFIG: Final = 78
 
+
+def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM/SIGINT before the daemon's own handlers: stop cleanly, exit 0."""
+    raise SystemExit(EX_OK)
+
+
+def install_early_signal_handlers() -> dict[signal.Signals, object]:
+    """Handle SIGTERM and SIGINT as a clean stop from now on; return what was there."""
+    old: dict[signal.Signals, object] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        old[sig] = signal.getsignal(sig)
+        signal.signal(sig, _stop_while_starting)
+    return old
+
+
+if __name__ == "__main__":  # python -m voiced: as early as can be
+    install_early_signal_handlers()
+
+import argparse  # noqa: E402 - after the signal handlers, on purpose
+import logging  # noqa: E402
+import os  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+from voiced import __version__  # noqa: E402
+
+if TYPE_CHECKING:
+    from voiced.config import Settings
+
 logger = logging.getLogger("voiced")
 
 
 def setup_logging(level: str | int) -> None:
     """Log to stderr for journald: level and logger name, no timestamps."""
+    from voiced import guard
+
     handler = logging.StreamHandler(sys.stderr)
     # one line per record, controls escaped, secrets redacted (voiced.guard)
     handler.setFormatter(guard.SafeFormatter("%(levelname)s %(name)s: %(message)s"))
@@ -38,6 +67,8 @@ def setup_logging(level: str | int) -> None:
 
 def config_path(arg: str | None) -> Path:
     """``-c``, else ``$VOICED_CONFIG``, else /etc/voiced/voiced.yaml (contract §1)."""
+    from voiced.config import DEFAULT_CONFIG_PATH
+
     return Path(arg or os.environ.get("VOICED_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
@@ -49,6 +80,8 @@ def use_installed_credentials() -> None:
     read it. Set in the process's environment, so a SIGHUP reload reads the same place.
     Set but empty, it means none (the tests use that).
     """
+    from voiced import config
+
     installed = config.INSTALLED_CREDENTIALS_DIR
     if "CREDENTIALS_DIRECTORY" not in os.environ and installed.is_dir() \
             and os.access(installed, os.R_OK | os.X_OK):
@@ -56,14 +89,20 @@ def use_installed_credentials() -> None:
 
 
 def _load(args: argparse.Namespace) -> Settings:
+    from voiced.config import load
+
     use_installed_credentials()
     return load(config_path(args.config))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """`voiced run`: the daemon."""
+    import asyncio
+
     settings = _load(args)
     setup_logging(logging.DEBUG if args.debug else settings.log_level)
+    for key, message in settings.warnings:
+        logger.warning("%s: %s", key, message)
     from voiced.supervisor import Supervisor
     from voiced.threads import limit_malloc_arenas, name_this_thread
 
@@ -74,9 +113,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """`voiced check-config`: validate and summarise."""
+    from voiced import config
+    from voiced.config import credential_source, load
+
     path = config_path(args.config)
     use_installed_credentials()
     s = load(path)
+    for key, message in s.warnings:
+        print(f"voiced: warning: {key}: {message}", file=sys.stderr)
     rt = s.realtime
     print(f"{path}: OK")
     print(f"  device_id    {s.device_id}")
@@ -120,13 +164,30 @@ def _resampler() -> str:
 
 def cmd_ctl(args: argparse.Namespace) -> int:
     """`voiced ctl`: talk to a running daemon."""
+    import json
+
+    from voiced.config import load
     from voiced.control import request
 
+    extra: dict[str, int] = {}
+    if args.value is not None:
+        if args.command != "volume":
+            print(f"voiced: ctl {args.command} takes no value", file=sys.stderr)
+            return EX_USAGE
+        try:
+            percent = int(args.value)
+        except ValueError:
+            percent = -1
+        if not 0 <= percent <= 100:
+            print(f"voiced: ctl volume: expected a volume in percent, 0-100, got "
+                  f"{args.value!r}", file=sys.stderr)
+            return EX_USAGE
+        extra["percent"] = percent
     # only control.socket matters here: a user in the voiced group may drive the daemon
     # without being able to read its secrets
     path = load(config_path(args.config), require_secrets=False).control.socket
     try:
-        reply = request(path, args.command)
+        reply = request(path, args.command, **extra)
     except (FileNotFoundError, ConnectionRefusedError):
         print(f"voiced: no daemon is listening on {path} (is `voiced run` running?)",
               file=sys.stderr)
@@ -139,6 +200,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         return EX_FAIL
     if args.command == "status":
         print(json.dumps(reply["status"]))
+    elif args.command == "volume":
+        print(reply["volume_percent"])
     else:
         print(reply["status"]["state"])
     return EX_OK
@@ -146,6 +209,8 @@ def cmd_ctl(args: argparse.Namespace) -> int:
 
 def cmd_test_leds(args: argparse.Namespace) -> int:
     """`voiced test-leds`: show every orb state in turn, printing its name."""
+    import asyncio
+
     from voiced.hardware import build_orb
     from voiced.orb import Animator
     from voiced.session import State
@@ -175,6 +240,8 @@ def cmd_test_leds(args: argparse.Namespace) -> int:
 
 def cmd_test_button(args: argparse.Namespace) -> int:
     """`voiced test-button`: print each gesture as it is detected."""
+    import asyncio
+
     from voiced.hardware import build_button
 
     s = _load(args)
@@ -200,6 +267,8 @@ def cmd_test_button(args: argparse.Namespace) -> int:
 
 def cmd_sim(args: argparse.Namespace) -> int:
     """`voiced sim`: the local Realtime-compatible server."""
+    import asyncio
+
     setup_logging(logging.DEBUG if args.debug else logging.INFO)
     from voiced.sim.server import SimOptions, serve_forever
 
@@ -212,6 +281,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """`voiced demo`: a whole spoken exchange with no hardware, key or network."""
+    import asyncio
+
     from voiced.demo import run_demo
 
     return asyncio.run(run_demo(out_dir=Path(args.out) if args.out else None,
@@ -227,6 +298,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_test_audio(args: argparse.Namespace) -> int:
     """`voiced test-audio`: record from the configured mic and play it back."""
+    import asyncio
+
     from voiced.audio.tools import test_audio
     from voiced.errors import AudioDeviceError
     from voiced.supervisor import build_audio
@@ -243,6 +316,8 @@ def cmd_test_audio(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    from voiced.config import DEFAULT_CONFIG_PATH
+
     p = argparse.ArgumentParser(prog="voiced", description=__doc__)
     p.add_argument("--version", action="version", version=f"voiced {__version__}")
     p.add_argument("--debug", action="store_true", help="log at DEBUG")
@@ -268,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     ta.set_defaults(func=cmd_test_audio)
     sub.add_parser("devices", help="list audio devices").set_defaults(func=cmd_devices)
     ctl = with_config("ctl", "talk to the running daemon")
-    ctl.add_argument("command", choices=["status", "press", "long-press", "interrupt"])
+    ctl.add_argument("command", choices=["status", "press", "long-press", "interrupt",
+                                         "volume"])
+    ctl.add_argument("value", nargs="?", help="volume: the new volume in percent (0-100)")
     ctl.set_defaults(func=cmd_ctl)
     sim = sub.add_parser("sim", help="local Realtime-compatible server")
     sim.add_argument("--host", default="127.0.0.1")
@@ -298,15 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+    old = install_early_signal_handlers()
     try:
-        return int(args.func(args))
-    except ConfigError as e:
-        for line in e.lines():
-            print(line, file=sys.stderr)
-        return EX_CONFIG
-    except KeyboardInterrupt:
-        return EX_OK
+        from voiced.errors import ConfigError
+
+        args = build_parser().parse_args(argv)
+        try:
+            return int(args.func(args))
+        except ConfigError as e:
+            for line in e.lines():
+                print(line, file=sys.stderr)
+            return EX_CONFIG
+        except KeyboardInterrupt:
+            return EX_OK
+    finally:  # an in-process caller (the tests) gets its own handlers back
+        for sig, handler in old.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import ipaddress
 import os
 import re
 import socket
+import stat
 import string
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,20 @@ CREDENTIAL_ENV: Final = {
     "supabase_key": "VOICED_SUPABASE_KEY",
     "postgres_dsn": "VOICED_POSTGRES_DSN",
 }
+
+
+# Bounds on what the loader accepts: a config is a few kB written by a person
+MAX_CONFIG_BYTES: Final = 1_000_000
+MAX_DEPTH: Final = 32
+"""YAML nesting; the deepest real key (a tool's JSON schema) needs far fewer."""
+MAX_VALUES: Final = 100_000
+"""Values in the document once YAML aliases are expanded (an alias bomb is billions)."""
+MAX_DIGITS: Final = 40
+MAX_CREDENTIAL_BYTES: Final = 65_536
+# systemd's LoadCredential=ID:/a/directory names each file's credential ID_<file name>
+CREDENTIAL_PREFIX: Final = "voiced_"
+# RFC 9110 token: what a header name may be
+HEADER_NAME_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
 
 
 class Secret:
@@ -323,6 +339,9 @@ class TranscriptSettings:
     """Outbox bound: more records than this drops the oldest (with a WARNING)."""
     max_bytes: int = 50_000_000
     """Outbox bound in bytes."""
+    max_drafts: int = 50
+    """Drafts (assistant records waiting for their playback to end) kept at most; over
+    it the oldest go. A reply in progress needs one or two."""
     retry_max_s: float = 300.0
     """Longest wait between delivery attempts (jittered exponential backoff)."""
 
@@ -351,6 +370,8 @@ class HttpToolSettings:
     """Dotted path into the JSON reply to pass back (None: the whole reply)."""
     max_reply_chars: int = 2000
     """Longer replies are cut (and marked so) before they reach the model."""
+    max_reply_bytes: int = 1_000_000
+    """A reply body longer than this is not read: the call answers with an error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +389,9 @@ class ToolSettings:
     """HTTP tools."""
     timeout_s: float = 10.0
     """Built-in tools that take longer than this answer with an error."""
+    volume_floor_percent: int = 10
+    """The lowest volume the model may set (`voiced ctl volume` may go to 0): a misheard
+    "quieter" must not leave a device nobody can hear, with no voice to ask it back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +400,9 @@ class ControlSettings:
 
     socket: Path = Path("/run/voiced/control.sock")
     """Unix socket path (mode 0660)."""
+    max_connections: int = 8
+    """Clients served at once; more are answered "busy" and closed at once, so a flood
+    cannot use up the daemon's file descriptors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +422,9 @@ class Settings:
     """debug, info, warning or error."""
     source_path: Path | None = None
     """The file these settings came from."""
+    warnings: tuple[tuple[str, str], ...] = ()
+    """(dotted key, message): things that work but should be fixed (a credential file
+    other users may read)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,9 +434,17 @@ class Settings:
 class _Problems:
     def __init__(self) -> None:
         self.items: list[tuple[str, str]] = []
+        self.warnings: list[tuple[str, str]] = []
 
     def add(self, key: str, msg: str) -> None:
         self.items.append((key, msg))
+
+    def has(self, key: str) -> bool:
+        return any(k == key for k, _ in self.items)
+
+    def warn(self, key: str, msg: str) -> None:
+        if (key, msg) not in self.warnings:
+            self.warnings.append((key, msg))
 
 
 _MISSING: Final = object()
@@ -509,33 +547,139 @@ def _kind(v: object) -> str:
 def read_credential(name: str, environ: Mapping[str, str]) -> Secret | None:
     """Read credential ``name`` from ``$CREDENTIALS_DIRECTORY``, then the environment.
 
-    Returns None when neither has it. Trailing newlines (from ``echo key > file``) are
-    stripped.
+    Returns None when neither has it. Whitespace around the value (the newline of
+    ``echo key > file``) is stripped.
+
+    Raises:
+        ConfigError: the credential is there but unusable (not one header-safe line, not
+            a readable regular file, not UTF-8); the message never shows the value.
     """
     found = _find_credential(name, environ)
-    return Secret(found[0]) if found else None
+    return Secret(found.value) if found else None
 
 
 def credential_source(name: str, environ: Mapping[str, str]) -> str | None:
     """Where :func:`read_credential` finds ``name`` (a file or ``$VAR``), for messages."""
     found = _find_credential(name, environ)
-    return found[1] if found else None
+    return found.source if found else None
 
 
-def _find_credential(name: str, environ: Mapping[str, str]) -> tuple[str, str] | None:
-    """Credential ``name``'s value and where it came from, or None."""
+@dataclass(frozen=True, slots=True)
+class _Found:
+    value: str
+    source: str
+    warnings: tuple[str, ...] = ()
+
+
+def _find_credential(name: str, environ: Mapping[str, str]) -> _Found | None:
+    """Credential ``name``'s value and where it came from, or None.
+
+    Looked for in ``$CREDENTIALS_DIRECTORY/<name>``, then ``.../voiced_<name>`` (how
+    systemd names the files of a ``LoadCredential=voiced:<directory>``), then the
+    environment. An empty file counts as absent (install.sh creates them empty).
+
+    Raises:
+        ConfigError: naming ``credentials.<name>``, for a credential that is there but
+            cannot be used.
+    """
+    key = f"credentials.{name}"
     cred_dir = environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
-        path = Path(cred_dir) / name
-        try:
-            value = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            value = ""
-        if value:
-            return value, str(path)
+        for file_name in (name, CREDENTIAL_PREFIX + name):
+            path = Path(cred_dir) / file_name
+            try:
+                found = _read_credential_file(path)
+            except _Unusable as e:
+                raise ConfigError([(key, f"{path} {e}")]) from None
+            if found is not None and found.value:
+                _check_credential(key, found.value, found.source, header=name != "postgres_dsn")
+                return found
     env = credential_env(name)
     value = environ.get(env, "").strip()
-    return (value, f"${env}") if value else None
+    if not value:
+        return None
+    _check_credential(key, value, f"${env}", header=name != "postgres_dsn")
+    return _Found(value, f"${env}")
+
+
+class _Unusable(Exception):
+    """A credential file that is there but cannot be read (the message says why)."""
+
+
+def _read_credential_file(path: Path) -> _Found | None:
+    """The stripped text of a credential file, None when there is none.
+
+    Opened without blocking (a FIFO would hang ``check-config`` and the daemon), read up
+    to :data:`MAX_CREDENTIAL_BYTES`, and only when it is a regular file.
+    """
+    warnings: list[str] = []
+    if path.is_symlink():
+        warnings.append(
+            f"{path} is a symbolic link: systemd's LoadCredential= of a directory "
+            "skips symbolic links, so the service would not see it; copy the file")
+    try:
+        data, st = guard.read_small_file(path, MAX_CREDENTIAL_BYTES)
+    except FileNotFoundError:
+        return None
+    except guard.FileRefused as e:
+        raise _Unusable(str(e)) from None
+    except OSError as e:
+        raise _Unusable(f"cannot be read: {e.strerror or type(e).__name__}") from None
+    if st.st_mode & 0o077:
+        warnings.append(f"{path} is open to other users (mode "
+                        f"{stat.S_IMODE(st.st_mode):04o}): chmod 600 it")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Unusable("is not UTF-8 text") from None
+    return _Found(text.strip(), str(path), tuple(warnings))
+
+
+def credential_problem(value: str, *, header: bool = True) -> str | None:
+    """Why ``value`` cannot be a credential, or None; never quotes the value.
+
+    A credential is one line of printable text: no control characters, no invisible
+    format characters (a zero-width space pasted from a web page), and for a value sent
+    in an HTTP header (``header``) nothing outside Latin-1, which a header cannot carry.
+    """
+    if "\n" in value or "\r" in value:
+        return ("has more than one line; a credential is one line (a file may end with "
+                "one newline)")
+    for i, c in enumerate(value, 1):
+        o = ord(c)
+        if 0xD800 <= o <= 0xDFFF:
+            return "is not UTF-8 text"
+        if o < 0x20 or 0x7F <= o <= 0x9F:
+            return f"contains the control character U+{o:04X} (character {i})"
+        if unicodedata.category(c) in ("Cf", "Zl", "Zp", "Co", "Cn"):
+            return (f"contains the invisible character U+{o:04X} "
+                    f"{unicodedata.name(c, '')} (character {i}): copied from a web page "
+                    "or a document? Enter it again")
+        if header and o > 0xFF:
+            return (f"contains U+{o:04X} (character {i}), which an HTTP header cannot "
+                    "carry")
+    return None
+
+
+def _check_credential(key: str, value: str, source: str, *, header: bool) -> None:
+    why = credential_problem(value, header=header)
+    if why is not None:
+        raise ConfigError([(key, f"{source} {why}")])
+
+
+def _credential(sec: _Section, name: str, environ: Mapping[str, str]) -> Secret | None:
+    """:func:`read_credential` inside a parse: problems and warnings are recorded."""
+    try:
+        found = _find_credential(name, environ)
+    except ConfigError as e:
+        for k, m in e.problems:
+            sec.problems.add(k, m)
+        return None
+    if found is None:
+        return None
+    for w in found.warnings:
+        sec.problems.warn(f"credentials.{name}", w)
+    return Secret(found.value)
 
 
 def credential_env(name: str) -> str:
@@ -560,13 +704,10 @@ def _is_loopback(host: str) -> bool:
 def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     d = RealtimeSettings()
     url = sec.str_("url", d.url)
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        sec.bad("url", f"scheme {parts.scheme or '(none)'!r} is not ws:// or wss://")
-    elif not parts.hostname:
-        sec.bad("url", "has no host")
-    elif parts.scheme == "ws" and not _is_loopback(parts.hostname):
-        sec.bad("url", "plain ws:// is allowed only to a loopback address; use wss://")
+    why = url_problem(url, ("ws", "wss"), sends="the API key (credential openai_api_key)")
+    if why is not None:
+        sec.bad("url", why)
+    parts = urlsplit(url if why is None else d.url)
     model = sec.str_("model", d.model)
     if "preview" in model:
         sec.bad("model", f"{model!r} is a retired beta-era model; use e.g. gpt-realtime-2.1")
@@ -630,8 +771,9 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
                                     lo=1024, hi=16 << 20)
     max_pending_items = sec.int_("max_pending_items", d.max_pending_items, lo=4, hi=10_000)
 
-    api_key = read_credential("openai_api_key", environ)
-    if api_key is None and parts.hostname and not _is_loopback(parts.hostname):
+    api_key = _credential(sec, "openai_api_key", environ)
+    if (api_key is None and why is None and not sec.problems.has("credentials.openai_api_key")
+            and parts.hostname and not _is_loopback(parts.hostname)):
         sec.problems.add(
             "credentials.openai_api_key",
             f"{_missing_credential('openai_api_key')} (needed for {parts.hostname})",
@@ -827,15 +969,55 @@ def _leds(sec: _Section) -> LedSettings:
     return s
 
 
-def _url(sec: _Section, name: str, schemes: tuple[str, ...]) -> str | None:
+def _url(sec: _Section, name: str, schemes: tuple[str, ...], *, sends: str | None = None,
+         template: bool = False) -> str | None:
     v = sec.opt_str(name)
     if v is None:
         return None
-    parts = urlsplit(v)
-    if parts.scheme not in schemes or not parts.hostname:
-        sec.bad(name, f"{v!r} is not an {' or '.join(s + '://' for s in schemes)} URL")
+    why = url_problem(v, schemes, sends=sends, template=template)
+    if why is not None:
+        sec.bad(name, why)
         return None
     return v
+
+
+def url_problem(url: str, schemes: tuple[str, ...], *, sends: str | None = None,
+                template: bool = False) -> str | None:
+    """Why ``url`` cannot be used, or None.
+
+    Args:
+        url: the URL (or, with ``template``, a URL template).
+        schemes: the schemes allowed (the first is the plain one, e.g. ``http``).
+        sends: what secret goes with the requests (then plain http:// or ws:// is
+            allowed only to a loopback address), or None.
+        template: ``{placeholders}`` may be in the path and query, never in the host.
+    """
+    if any(ord(c) <= 0x20 or 0x7F <= ord(c) <= 0x9F for c in url):
+        return "contains a space or a control character"
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:  # "Invalid IPv6 URL"
+        return f"is not a URL ({e})"
+    if "@" in parts.netloc:  # never shown: it would be a password in the journal
+        return ("must not carry a user name or password: secrets never live in the "
+                "config file; use a credential")
+    if template and any(b in parts.scheme + parts.netloc for b in "{}"):
+        return ("may have {placeholders} only in the path and the query: the model must "
+                "not choose where the request goes")
+    shown = guard.printable(url, 120)
+    if parts.scheme not in schemes or not parts.hostname:
+        return f"{shown!r} is not an {' or '.join(s + '://' for s in schemes)} URL"
+    try:
+        port = parts.port
+    except ValueError:
+        return f"{shown!r} has a port outside 1-65535"
+    if port == 0:
+        return f"{shown!r} has a port outside 1-65535"
+    plain = schemes[0]
+    if sends is not None and parts.scheme == plain and not _is_loopback(parts.hostname):
+        return (f"plain {plain}:// would send {sends} unencrypted to {parts.hostname}; "
+                f"use {plain}s:// (plain {plain}:// is allowed only to a loopback address)")
+    return None
 
 
 def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> TranscriptSettings:
@@ -846,16 +1028,20 @@ def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> Trans
     for name in ("jsonl", "webhook", "supabase", "postgres"):
         subs[name] = sec.section(name)
     jsonl_path = _path(subs["jsonl"], "path", base)
-    webhook_url = _url(subs["webhook"], "url", ("http", "https"))
-    supabase_url = _url(subs["supabase"], "url", ("http", "https"))
+    # only the configured sink's credential is read: a stale file for another one is
+    # none of this configuration's business
+    webhook_token = _credential(sec, "webhook_token", environ) if sink == "webhook" else None
+    supabase_key = _credential(sec, "supabase_key", environ) if sink == "supabase" else None
+    postgres_dsn = _credential(sec, "postgres_dsn", environ) if sink == "postgres" else None
+    webhook_url = _url(subs["webhook"], "url", ("http", "https"), sends=(
+        "the bearer token (credential webhook_token)" if webhook_token else None))
+    supabase_url = _url(subs["supabase"], "url", ("http", "https"),
+                        sends="the key (credential supabase_key)")
     for sub in subs.values():
         sub.finish()
-    webhook_token = read_credential("webhook_token", environ)
-    supabase_key = read_credential("supabase_key", environ)
-    postgres_dsn = read_credential("postgres_dsn", environ)
 
     def need(ok: object, key: str, what: str) -> None:
-        if not ok:
+        if not ok and not sec.problems.has(key):  # once per key
             sec.problems.add(key, what)
 
     if sink == "jsonl":
@@ -869,11 +1055,14 @@ def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> Trans
     elif sink == "supabase":
         need(supabase_url, "transcripts.supabase.url",
              "is required when transcripts.sink is supabase")
-        need(supabase_key, "credentials.supabase_key",
-             _missing_credential("supabase_key"))
+        need(supabase_key, "credentials.supabase_key", _missing_credential("supabase_key"))
     elif sink == "postgres":
-        need(postgres_dsn, "credentials.postgres_dsn",
-             _missing_credential("postgres_dsn"))
+        need(postgres_dsn, "credentials.postgres_dsn", _missing_credential("postgres_dsn"))
+        if postgres_dsn is not None:
+            why = dsn_problem(postgres_dsn.reveal())
+            if why is not None:
+                where = credential_source("postgres_dsn", environ)
+                sec.problems.add("credentials.postgres_dsn", f"{where} {why}")
     s = TranscriptSettings(
         sink=sink, outbox_dir=outbox, jsonl_path=jsonl_path,  # type: ignore[arg-type]
         webhook_url=webhook_url, webhook_token=webhook_token, supabase_url=supabase_url,
@@ -881,10 +1070,46 @@ def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> Trans
         timeout_s=sec.num("timeout_s", d.timeout_s, lo=0.5, hi=300),
         max_records=sec.int_("max_records", d.max_records, lo=1, hi=10_000_000),
         max_bytes=sec.int_("max_bytes", d.max_bytes, lo=10_000, hi=100_000_000_000),
+        max_drafts=sec.int_("max_drafts", d.max_drafts, lo=1, hi=10_000),
         retry_max_s=sec.num("retry_max_s", d.retry_max_s, lo=1, hi=86_400),
     )
     sec.finish()
     return s
+
+
+POSTGRES_PACKAGES: Final = ("the postgres sink needs psycopg 3 and libpq: sudo apt install "
+                            "libpq5, and pip install 'psycopg>=3.1' in the venv")
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why libpq cannot parse ``dsn``, or None; the password is never shown.
+
+    The DSN's password is registered as a secret (redacted from every log line), since
+    libpq and the server quote parts of a connection string in their messages.
+    """
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # psycopg without the system libpq fails to import too
+        return POSTGRES_PACKAGES
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception as e:  # noqa: BLE001 - psycopg.ProgrammingError and whatever else
+        # libpq quotes the part it choked on, which may be the password: never shown
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        elided = guard.printable(_QUOTED.sub(_elide, first), 200)
+        return (f"is not a valid connection string: {elided}; see "
+                "https://www.postgresql.org/docs/current/libpq-connect.html")
+    password = params.get("password")
+    if isinstance(password, str):
+        guard.register_secret(password)
+    return None
+
+
+_QUOTED: Final = re.compile(r'"([^"]*)"')
+
+
+def _elide(m: re.Match[str]) -> str:
+    return m.group(0) if len(m.group(1)) <= 2 else '"…"'  # "=" stays: what is missing
 
 
 def _tools(sec: _Section, base: Path, environ: Mapping[str, str]) -> ToolSettings:
@@ -904,8 +1129,9 @@ def _tools(sec: _Section, base: Path, environ: Mapping[str, str]) -> ToolSetting
 
         try:
             zoneinfo.ZoneInfo(tz)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            sec.bad("timezone", f"unknown time zone {tz!r}; use an IANA name like Europe/Berlin")
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            sec.bad("timezone", f"unknown time zone {guard.printable(tz, 60)!r}; use an IANA "
+                                "name like Europe/Berlin")
             tz = None
     volume_file = _path(sec, "volume_file", base)
     timeout_s = sec.num("timeout_s", d.timeout_s, lo=0.1, hi=300)
@@ -922,9 +1148,10 @@ def _tools(sec: _Section, base: Path, environ: Mapping[str, str]) -> ToolSetting
                 if tool is not None:
                     names.add(tool.name)
                     http.append(tool)
+    floor = sec.int_("volume_floor_percent", d.volume_floor_percent, lo=0, hi=100)
     sec.finish()
     return ToolSettings(builtin=tuple(enabled), timezone=tz, volume_file=volume_file,
-                        http=tuple(http), timeout_s=timeout_s)
+                        http=tuple(http), timeout_s=timeout_s, volume_floor_percent=floor)
 
 
 def _http_tool(sec: _Section, environ: Mapping[str, str],
@@ -933,7 +1160,7 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
     if not sec.has("name"):
         sec.bad("name", "is required")
     elif not TOOL_NAME_RE.match(name):
-        sec.bad("name", f"{name!r} must be 1-64 letters, digits, _ or -")
+        sec.bad("name", f"{guard.printable(name, 80)!r} must be 1-64 letters, digits, _ or -")
     elif name in taken:
         sec.bad("name", f"{name!r} is already the name of another tool")
     description = sec.str_("description", "")
@@ -945,6 +1172,14 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
     schema_ok = False
     if not isinstance(params, dict) or params.get("type") != "object":
         sec.bad("parameters", "must be a JSON schema of type object")
+    elif not _is_json(params):
+        sec.bad("parameters", "holds a value JSON cannot carry (an unquoted date, binary "
+                              "or a set?); quote it")
+    elif (ref := _remote_ref(params)) is not None:
+        # fastjsonschema would fetch it (http://, file://) at every start: the schema
+        # must be all in the config
+        sec.bad("parameters", f"refers to {guard.printable(ref, 80)!r}: only references "
+                              "inside the schema (\"#/...\") are allowed")
     else:
         import fastjsonschema
 
@@ -952,51 +1187,110 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
             fastjsonschema.compile(params)
             schema_ok = True
         except fastjsonschema.JsonSchemaDefinitionException as e:
-            sec.bad("parameters", f"is not a valid JSON schema: {e}")
+            sec.bad("parameters", f"is not a valid JSON schema: {guard.printable(e, 200)}")
+        except Exception as e:  # noqa: BLE001 - the compiler on odd input: still the key
+            sec.bad("parameters", f"is not a valid JSON schema ({type(e).__name__}: "
+                                  f"{guard.printable(e, 120)})")
     props = params.get("properties", {}) if isinstance(params, dict) else {}
-    url = _url(sec, "url", ("http", "https")) or ""
+    headers, credentials = _tool_headers(sec.section("headers"), environ)
+    url = _url(sec, "url", ("http", "https"), template=True, sends=(
+        f"credential {', '.join(credentials)}" if credentials else None)) or ""
     if not sec.has("url"):
         sec.bad("url", "is required")
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(url) if f is not None]
+        fields = [(f, conv, spec) for _, f, spec, conv in string.Formatter().parse(url)
+                  if f is not None]
     except ValueError as e:
         sec.bad("url", f"bad placeholder: {e}")
         fields = []
-    for field_name in fields:
-        if field_name not in props:
-            sec.bad("url", f"placeholder {{{field_name}}} is not one of the parameters")
+    for field_name, conv, spec in fields:
+        if conv or spec or not isinstance(props, dict) or field_name not in props:
+            sec.bad("url", f"placeholder {{{guard.printable(field_name, 40)}}} is not one of "
+                           "the parameters")
     method = sec.str_("method", "GET", choices=HTTP_METHODS)
     send = sec.str_("send_arguments", "query" if method in ("GET", "DELETE") else "json",
                     choices=("query", "json", "none"))
-    headers: list[tuple[str, Secret]] = []
-    hs = sec.section("headers")
-    for header in list(hs.data):
-        value = hs.raw(header)
-        if not isinstance(value, str):
-            hs.bad(str(header), f"expected a string, got {_kind(value)}")
-            continue
-        filled, missing = value, False
-        for cred in CREDENTIAL_RE.findall(value):
-            secret = read_credential(cred, environ)
-            if secret is None:
-                missing = True
-                hs.problems.add(f"credentials.{cred}", (
-                    f"{_missing_credential(cred)} (used by {hs.key(str(header))})"))
-            else:
-                filled = filled.replace("{credential:" + cred + "}", secret.reveal())
-        if not missing:
-            headers.append((str(header), Secret(filled)))
     timeout_s = sec.num("timeout_s", 5.0, lo=0.1, hi=120)
     reply_path = sec.opt_str("reply_path")
     max_reply = sec.int_("max_reply_chars", 2000, lo=100, hi=100_000)
+    max_bytes = sec.int_("max_reply_bytes", 1_000_000, lo=1024, hi=16_000_000)
     sec.finish()
-    if not (name and schema_ok and url and isinstance(params, dict)):
+    if not (name and schema_ok and url and isinstance(params, dict)) or headers is None:
         return None
     return HttpToolSettings(
         name=name, description=description, parameters=dict(params), url=url,
         method=method, send_arguments=send,  # type: ignore[arg-type]
-        headers=tuple(headers), timeout_s=timeout_s, reply_path=reply_path,
-        max_reply_chars=max_reply)
+        headers=headers, timeout_s=timeout_s, reply_path=reply_path,
+        max_reply_chars=max_reply, max_reply_bytes=max_bytes)
+
+
+def _is_json(value: object) -> bool:
+    """Whether ``value`` is made of JSON's types only (it is sent in session.update)."""
+    import json
+
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _remote_ref(schema: object) -> str | None:
+    """The first ``$ref`` (or absolute ``$id``) in ``schema`` that points outside it."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref, sid = node.get("$ref"), node.get("$id")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                return ref
+            if isinstance(sid, str) and ":" in sid:
+                return sid
+            stack += node.values()
+        elif isinstance(node, list):
+            stack += node
+    return None
+
+
+def _tool_headers(hs: _Section, environ: Mapping[str, str]
+                  ) -> tuple[tuple[tuple[str, Secret], ...] | None, list[str]]:
+    """A tool's headers, credentials filled in, and the credentials they send.
+
+    The headers are None when one of them (or a credential) is unusable.
+    """
+    headers: list[tuple[str, Secret]] = []
+    used: list[str] = []
+    ok = True
+    for header in list(hs.data):
+        value = hs.raw(str(header))
+        if not isinstance(header, str) or not HEADER_NAME_RE.match(header):
+            hs.problems.add(hs.path, f"{guard.printable(header, 60)!r} is not a header name "
+                                     "(letters, digits and !#$%&'*+.^_`|~-)")
+            ok = False
+            continue
+        if not isinstance(value, str):
+            hs.bad(header, f"expected a string, got {_kind(value)}")
+            ok = False
+            continue
+        why = credential_problem(CREDENTIAL_RE.sub("", value))
+        if why is not None:
+            hs.bad(header, why.replace("a credential is one line", "a header is one line")
+                   .replace(" (a file may end with one newline)", ""))
+            ok = False
+            continue
+        filled = value
+        for cred in CREDENTIAL_RE.findall(value):
+            used.append(cred)
+            secret = _credential(hs, cred, environ)
+            if secret is None:
+                ok = False
+                if not hs.problems.has(f"credentials.{cred}"):
+                    hs.problems.add(f"credentials.{cred}", (
+                        f"{_missing_credential(cred)} (used by {hs.key(header)})"))
+            else:
+                filled = filled.replace("{credential:" + cred + "}", secret.reveal())
+        headers.append((header, Secret(filled)))
+    return (tuple(headers) if ok else None), used
 
 
 def parse(data: object, *, environ: Mapping[str, str] | None = None,
@@ -1017,6 +1311,9 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
     """
     env = os.environ if environ is None else environ
     base = base_dir or Path.cwd()
+    shape = _shape_problems(data)
+    if shape:  # nothing below may walk, print or compare a tree like that
+        raise ConfigError(shape)
     problems = _Problems()
     top = _Section(data, "", problems)
     device_id = top.str_("device_id", socket.gethostname() or "voiced")
@@ -1030,9 +1327,15 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
     transcripts = _transcripts(top.section("transcripts"), base, env)
     tools = _tools(top.section("tools"), base, env)
     ctl = top.section("control")
-    control = ControlSettings(socket=_path(ctl, "socket", base) or ControlSettings().socket)
+    dc = ControlSettings()
+    sock = _path(ctl, "socket", base) or dc.socket
     if env.get(CONTROL_SOCKET_ENV):
-        control = ControlSettings(socket=Path(env[CONTROL_SOCKET_ENV]).expanduser().absolute())
+        sock = Path(env[CONTROL_SOCKET_ENV]).expanduser().absolute()
+    why = socket_path_problem(sock)
+    if why is not None:
+        problems.add("control.socket", why)
+    control = ControlSettings(socket=sock, max_connections=ctl.int_(
+        "max_connections", dc.max_connections, lo=1, hi=256))
     ctl.finish()
     top.finish()
     if not require_secrets:
@@ -1041,8 +1344,28 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
         raise ConfigError(problems.items)
     return Settings(device_id=device_id, realtime=realtime, audio=audio, button=button,
                     leds=leds, transcripts=transcripts, control=control, tools=tools,
-                    log_level=log_level,
-                    source_path=source_path)
+                    log_level=log_level, source_path=source_path,
+                    warnings=tuple(problems.warnings))
+
+
+def socket_path_problem(path: Path) -> str | None:
+    """Why the control socket cannot be made at ``path``, or None.
+
+    Something other than a socket there (a file, a directory) is never replaced: the
+    daemon replaces only a socket a crashed daemon left.
+    """
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None  # the bind will say what is wrong
+    if stat.S_ISSOCK(st.st_mode):
+        return None
+    kind = "a directory" if stat.S_ISDIR(st.st_mode) else (
+        "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file")
+    return (f"{path} is {kind}, not a socket; the daemon replaces only a stale socket: "
+            "point control.socket at a path of its own")
 
 
 def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
@@ -1055,23 +1378,190 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
         ConfigError: the file is missing, unreadable, not YAML, or invalid.
     """
     p = Path(path)
+    text = _read_config(p)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([("config", f"{p} does not exist")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([("config", f"{p} cannot be read: {e}")]) from None
-    try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader, bounded
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(e, "problem", None) or "invalid YAML"
+        problem = guard.printable(getattr(e, "problem", None) or "invalid YAML", 200)
         raise ConfigError([("config", f"{p} is not valid YAML{where}: {problem}")]) from None
+    except (ValueError, RecursionError, MemoryError) as e:  # the last line of defence
+        raise ConfigError([("config", f"{p} cannot be loaded: {type(e).__name__}")]) from None
     return parse(data, environ=environ, base_dir=p.resolve().parent, source_path=p,
                  require_secrets=require_secrets)
+
+
+def _read_config(p: Path) -> str:
+    """The text of the config file, at most :data:`MAX_CONFIG_BYTES`, from a regular file."""
+    try:
+        data, _ = guard.read_small_file(p, MAX_CONFIG_BYTES)
+    except FileNotFoundError:
+        raise ConfigError([("config", f"{p} does not exist")]) from None
+    except guard.FileRefused as e:
+        raise ConfigError([("config", f"{p} {e}")]) from None
+    except OSError as e:
+        raise ConfigError([("config", f"{p} cannot be read: {e.strerror or e}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([("config", f"{p} is not UTF-8 text (byte {e.start})")]) from None
+
+
+class _TooLong:
+    """An integer literal with too many digits to be a setting.
+
+    Python refuses to convert more than 4,300 (a ValueError out of the YAML loader).
+    """
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<a number with {self.digits} digits>"
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with bounds: nesting depth, and no huge integer literals.
+
+    The composer recurses once per level, so 20,000 brackets were a RecursionError; an
+    alias bomb loads as a small graph of shared objects and is caught by
+    :func:`_shape_problems` before anything walks it.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> object:  # type: ignore[override]
+        text = str(self.construct_scalar(node))
+        digits = sum(c.isalnum() for c in text)
+        if digits > MAX_DIGITS:
+            return _TooLong(digits)
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+_NOT_TEXT: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def _children(node: object) -> list[object]:
+    if isinstance(node, dict):
+        return list(node.values())
+    if isinstance(node, list):
+        return node
+    return []
+
+
+def _shape_problems(data: object) -> list[tuple[str, str]]:
+    """Problems with the document's shape, before any key is read.
+
+    - more than :data:`MAX_VALUES` values once YAML aliases are expanded, or a value
+      that contains itself (an anchor used inside itself): named by the key where the
+      expansion happens, found without expanding anything;
+    - mapping keys that are not strings (``on:`` is a YAML boolean);
+    - integer literals too long to be a setting.
+    """
+    sizes = _expanded_sizes(data)
+    if sizes.get(id(data), 1) > MAX_VALUES:
+        return _explosions(data, sizes)
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[object, str]] = [(data, "")]
+    while stack and len(out) < 20:
+        node, path = stack.pop()
+        if isinstance(node, str) and _NOT_TEXT.search(node):
+            out.append((path or "config", "contains a NUL character or half of a UTF-16 "
+                        "surrogate pair (a \\u escape), which is not text"))
+        elif isinstance(node, _TooLong):
+            out.append((path or "config", f"a number with {node.digits} digits is too long"))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(k, bool):
+                    out.append((path or "config", f"a key reads as the boolean "
+                                f"{str(k).lower()}: YAML reads on, off, yes, no, true and "
+                                "false unquoted as booleans; quote the key (\"on\":)"))
+                    continue
+                if not isinstance(k, str) or _NOT_TEXT.search(k):
+                    out.append((path or "config", f"key {guard.printable(k, 40)} is not a "
+                                f"string; quote it (\"{guard.printable(k, 40)}\":)"))
+                    continue
+                stack.append((v, f"{path}.{k}" if path else k))
+        elif isinstance(node, list):
+            stack += [(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    return out
+
+
+def _expanded_sizes(data: object) -> dict[int, int]:
+    """id(container) -> how many values are under it, aliases expanded.
+
+    Capped just over :data:`MAX_VALUES`; a container that contains itself counts as over.
+    Linear in the distinct containers: nothing is expanded.
+    """
+    over = MAX_VALUES + 1
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[object, bool]] = [(data, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            total = 1 + sum(sizes.get(id(c), over if id(c) in open_ else 1)
+                            for c in _children(node))
+            sizes[key] = min(total, over)
+            open_.discard(key)
+            continue
+        if key in sizes:
+            continue
+        if key in open_:  # reached again from inside itself
+            continue
+        open_.add(key)
+        stack.append((node, True))
+        stack += [(c, False) for c in _children(node)
+                  if isinstance(c, dict | list) and id(c) not in sizes]
+    return sizes
+
+
+def _explosions(data: object, sizes: dict[int, int]) -> list[tuple[str, str]]:
+    """Where an over-large tree explodes, as dotted keys.
+
+    Mapping keys are followed down to the list (or self-containing value) where several
+    huge branches meet.
+    """
+    out: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    stack: list[tuple[object, str]] = [(data, "")]
+    while stack and len(out) < 5:
+        node, path = stack.pop()
+        seen.add(id(node))
+        if isinstance(node, dict):
+            items = [(f"{path}.{k}" if path else str(k), v) for k, v in node.items()]
+        else:
+            items = [(f"{path}[{i}]", v) for i, v in enumerate(_children(node))]
+        heavy = [(p, v) for p, v in items if sizes.get(id(v), 1) > MAX_VALUES]
+        if any(id(v) in seen for _, v in heavy) or not heavy or (
+                not isinstance(node, dict) and len(heavy) > 1):
+            out.append((path or "config", f"expands to more than {MAX_VALUES:,} values or "
+                        "contains itself (YAML aliases)"))
+            continue
+        stack += [(v, p) for p, v in reversed(heavy) if id(v) not in seen]
+    return out
 
 
 def diff(old: object, new: object, prefix: str = "") -> list[str]:
@@ -1082,7 +1572,7 @@ def diff(old: object, new: object, prefix: str = "") -> list[str]:
             and type(old) is type(new)):
         out: list[str] = []
         for f in dataclasses.fields(old):
-            if f.name == "source_path":
+            if f.name in ("source_path", "warnings"):
                 continue
             key = f"{prefix}.{f.name}" if prefix else f.name
             out += diff(getattr(old, f.name), getattr(new, f.name), key)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import stat
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 TEXT_LIMIT: Final = 300
 """Characters of one outside value shown in a log line or a status detail."""
@@ -183,3 +185,64 @@ def reset_for_tests() -> None:
     faults.clear()
     _last_logged.clear()
     _suppressed.clear()
+
+
+# lone surrogates (an emoji cut in half) cannot be encoded as UTF-8; NUL cannot be stored
+# in PostgreSQL text or jsonb
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every string made storable (UTF-8, PostgreSQL).
+
+    An emoji split across two deltas (a lone surrogate) becomes U+FFFD, a whole pair
+    the character, NUL U+FFFD.
+    """
+    if isinstance(value, str):
+        if not _UNSTORABLE.search(value):
+            return value
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
+
+
+class FileRefused(ValueError):
+    """A file that is there but not one a boundary reads (the message says why)."""
+
+
+def read_small_file(path: str | os.PathLike[str], limit: int, *,
+                    follow_symlinks: bool = True) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file of at most ``limit`` bytes, and its stat.
+
+    Opened without blocking (a FIFO would hang the reader for good), never read past
+    ``limit`` (a 3 GB file costs nothing), and with ``follow_symlinks=False`` never
+    through a symlink.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        FileRefused: a directory, not a regular file, or too large.
+        OSError: it cannot be opened or read.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags if follow_symlinks else flags | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise FileRefused("is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused("is not a regular file")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > limit:
+            raise FileRefused(f"is larger than {limit:,} bytes")
+        return data, st
+    finally:
+        os.close(fd)

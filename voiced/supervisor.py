@@ -202,7 +202,8 @@ class Supervisor:
         self.orb = Animator(None, settings.leds.patterns, fps=settings.leds.fps)
         tl = settings.tools
         self.volume = Volume(tl.volume_file or settings.transcripts.outbox_dir.parent / "volume")
-        tools = builtin_tools(tl.builtin, self, timezone=tl.timezone, timeout_s=tl.timeout_s)
+        tools = builtin_tools(tl.builtin, self, timezone=tl.timezone, timeout_s=tl.timeout_s,
+                              volume_floor=tl.volume_floor_percent)
         if tl.http:
             from voiced.tools.http import http_tool  # aiohttp: 25 MB, only when needed
 
@@ -212,7 +213,8 @@ class Supervisor:
         self.session = build_conversation(settings, self.toolbox.declarations())
         self.vad = self._build_vad(settings)
         self._started = time.monotonic()
-        self.control = ControlServer(settings.control.socket, self._on_control)
+        self.control = ControlServer(settings.control.socket, self._on_control,
+                                     max_connections=settings.control.max_connections)
         tr = settings.transcripts
         self.outbox: Outbox | None = None
         if tr.sink != "none":
@@ -220,7 +222,8 @@ class Supervisor:
                                  agent_id=settings.realtime.relay.agent_id
                                  if settings.realtime.relay else None)
             self.outbox = Outbox(tr.outbox_dir, backend, max_records=tr.max_records,
-                                 max_bytes=tr.max_bytes, retry_max_s=tr.retry_max_s)
+                                 max_bytes=tr.max_bytes, max_drafts=tr.max_drafts,
+                                 retry_max_s=tr.retry_max_s)
         self._link: _Link | None = None  # the live connection
         self._standby: _Link | None = None  # the next session, during a rollover
         self._link_tasks: set[asyncio.Task[None]] = set()  # opening/closing in background
@@ -356,6 +359,16 @@ class Supervisor:
         one stays in force.
         """
         self.notifier.reloading()
+        status = "reload failed (logged)"
+        try:
+            with guard.contain("reload", logger):
+                status = self._reload()
+        finally:  # systemd waits for READY=1 after RELOADING=1, whatever happened
+            self.notifier.status(f"{status}; {self.session.state}")
+            self.notifier.ready()
+
+    def _reload(self) -> str:
+        """Apply the config file again; return what STATUS= says about it."""
         path = self.settings.source_path
         try:
             if path is None:
@@ -365,10 +378,9 @@ class Supervisor:
             for line in e.lines():
                 logger.error("%s", line)
             logger.error("reload rejected: the running configuration stays in force")
-            self.notifier.status(f"reload rejected ({len(e.problems)} problem(s)); "
-                                 f"{self.session.state}")
-            self.notifier.ready()
-            return
+            return f"reload rejected ({len(e.problems)} problem(s))"
+        for key, message in new.warnings:
+            logger.warning("%s: %s", key, message)
         changed = config.diff(self.settings, new)
         live = [k for k in changed if k.startswith(_LIVE_KEYS)]
         restart = [k for k in changed if not k.startswith(_LIVE_KEYS)]
@@ -387,8 +399,7 @@ class Supervisor:
             logger.warning("changed but only applied after a restart: %s", ", ".join(restart))
         if not changed:
             logger.info("reloaded: nothing changed")
-        self.notifier.status(f"reloaded; {self.session.state}")
-        self.notifier.ready()
+        return "reloaded"
 
     async def _wait_for_stop(self) -> None:
         await self._stop.wait()
@@ -844,9 +855,9 @@ class Supervisor:
         """Built-in tool: set and persist the speaker volume."""
         return self.volume.set(percent)
 
-    def device_status(self) -> dict[str, Any]:
+    async def device_status(self) -> dict[str, Any]:
         """Built-in tool: network, uptimes, transcript backlog, connection."""
-        return {**network_status(self.settings.realtime.url),
+        return {**await network_status(self.settings.realtime.url),
                 "daemon_uptime_s": round(time.monotonic() - self._started),
                 "system_uptime_s": system_uptime_s(),
                 "transcripts_waiting": self.outbox.pending if self.outbox else 0,
@@ -904,8 +915,16 @@ class Supervisor:
         if give is not None:
             self._feed("button", give, self._now())
 
-    def _on_control(self, cmd: str) -> dict[str, Any]:
+    def _on_control(self, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         now = self._now()
+        if cmd == "volume":
+            if args and "percent" in args:  # a person may go to 0 %: the model has a floor
+                try:
+                    self.volume.set(args["percent"])
+                except AudioDeviceError as e:
+                    return {"ok": False, "error": f"volume: {e}"}
+            return {"ok": True, "volume_percent": self.volume.percent,
+                    "status": self.status()}
         if cmd == "press":
             self.session.on_press(now)
         elif cmd == "long-press":

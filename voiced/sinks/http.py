@@ -1,7 +1,9 @@
 """HTTP sinks: ``webhook`` (one POST per record) and ``supabase`` (PostgREST inserts).
 
 aiohttp is the client: asyncio-native, well kept, one session with a connection pool,
-per-request timeouts, and its server half serves the tests' fake backends.
+per-request timeouts, and its server half serves the tests' fake backends. Redirects are
+never followed (the requests carry a credential) and are not delivery; an error reply is
+read only up to :data:`voiced.http_peer.ERROR_BODY_LIMIT` (voiced/http_peer.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 
 import aiohttp
 
+from voiced import guard
 from voiced.config import Secret
+from voiced.http_peer import ERROR_BODY_LIMIT, is_redirect, read_text, redirect_reason
 from voiced.outbox import Outcome, Result
 from voiced.sinks import message_row
 
@@ -26,7 +30,7 @@ def classify_status(status: int, body: str) -> Result:
     """2xx and 409 delivered; other 4xx rejected (but see _RETRY_4XX); the rest retried."""
     if 200 <= status < 300 or status == 409:
         return Result(Outcome.DELIVERED)
-    reason = f"HTTP {status}" + (f": {body[:200]}" if body else "")
+    reason = f"HTTP {status}" + (f": {guard.printable(body, 200)}" if body else "")
     if 400 <= status < 500 and status not in _RETRY_4XX:
         return Result(Outcome.REJECTED, reason)
     return Result(Outcome.RETRY, reason)
@@ -48,13 +52,23 @@ class _HttpSink:
         try:
             async with self.session().post(
                     url, data=json.dumps(body, ensure_ascii=False).encode(),
-                    headers={"Content-Type": "application/json", **headers}) as resp:
-                text = await resp.text(errors="replace")
+                    headers={"Content-Type": "application/json", **headers},
+                    allow_redirects=False) as resp:
+                if is_redirect(resp.status):  # not delivered, and not followed
+                    return Result(Outcome.RETRY, redirect_reason(resp))
+                if 200 <= resp.status < 300:
+                    return Result(Outcome.DELIVERED)  # the body says nothing we need
+                text = await read_text(resp, ERROR_BODY_LIMIT)
                 return classify_status(resp.status, text)
         except TimeoutError:
             return Result(Outcome.RETRY, f"no answer within {self.timeout.total:g} s")
         except (aiohttp.ClientError, OSError) as e:
-            return Result(Outcome.RETRY, f"{type(e).__name__}: {e}")
+            return Result(Outcome.RETRY, f"{type(e).__name__}: {guard.printable(e, 200)}")
+        except ValueError as e:
+            # aiohttp refuses a header it cannot send (a credential with a newline, which
+            # config refuses too); its message may quote the header: never shown
+            return Result(Outcome.RETRY, f"the request could not be made "
+                                         f"({type(e).__name__}); check the credential")
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 from voiced.outbox import Outcome, Result
+
+logger = logging.getLogger(__name__)
 
 _REMEMBER = 10_000  # ids of the last records written, to make a redelivery a no-op
 
@@ -40,12 +43,12 @@ class JsonlSink:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 4_000_000))
                 tail = f.read().splitlines()
-        except FileNotFoundError:
+        except OSError:  # none yet, or not a file we can seek: nothing to skip
             return
         for line in tail[-_REMEMBER:]:
             try:
                 rid = json.loads(line).get("id")
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, RecursionError):  # whatever the file holds
                 continue
             if isinstance(rid, str):
                 self._remember(rid)
@@ -57,14 +60,29 @@ class JsonlSink:
             return Result(Outcome.DELIVERED, "already in the file")
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                         0o640)
         except OSError as e:
             return Result(Outcome.RETRY, f"cannot append to {self.path}: {e.strerror or e}")
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                # a full disk takes part of a line (a short write) before it refuses the
+                # rest: only the whole line, fsynced, is delivered
+                view = memoryview(line.encode("utf-8"))
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, start)  # no torn line for the next one to follow
+                except OSError as again:
+                    logger.error("jsonl: %s may end in a torn line (%s)", self.path,
+                                 again.strerror or again)
+                return Result(Outcome.RETRY, f"cannot append to {self.path}: "
+                                             f"{e.strerror or e}")
+        finally:
+            os.close(fd)
         self._remember(record["id"])
         return Result(Outcome.DELIVERED)
 

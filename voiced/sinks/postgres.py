@@ -11,7 +11,8 @@ import json
 import logging
 from typing import Any
 
-from voiced.config import Secret
+from voiced import guard
+from voiced.config import Secret, dsn_problem
 from voiced.outbox import Outcome, Result
 
 logger = logging.getLogger(__name__)
@@ -47,11 +48,24 @@ class PostgresSink:
         return self._conn
 
     async def deliver(self, record: dict[str, Any]) -> Result:
-        """Insert; unique conflicts count as delivered."""
+        """Insert; unique conflicts count as delivered.
+
+        Only what is wrong with the record itself (its data) rejects it; a connection
+        string, a server, a schema or a role that is wrong is the configuration's fault
+        and is retried, so no record is parked in rejected/ for it.
+        """
         import psycopg
 
         try:
             conn = await self._connect()
+        except Exception as e:  # noqa: BLE001 - every connect failure is the config's
+            await self._drop()
+            why = dsn_problem(self.dsn.reveal())
+            if why is not None:  # libpq's text would quote the DSN: never used
+                return Result(Outcome.RETRY, f"credential postgres_dsn {why}")
+            return Result(Outcome.RETRY, f"cannot connect: {type(e).__name__}: "
+                                         f"{guard.printable(str(e).strip(), 200)}")
+        try:
             async with conn.transaction():
                 await conn.execute(_INSERT_CONVERSATION, (
                     record["conversation_id"], self.agent_id, self.device_id,
@@ -61,19 +75,22 @@ class PostgresSink:
                     json.dumps(record["metadata"], ensure_ascii=False),
                     record["created_at"]))
             return Result(Outcome.DELIVERED)
-        except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege) as e:
-            # the schema is not applied or the role may not insert: fixable, so keep trying
+        except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
+            # the record's data is wrong (not a UUID, a constraint): retrying cannot help
+            return Result(Outcome.REJECTED, f"{type(e).__name__}: "
+                                            f"{guard.printable(str(e).strip(), 200)}")
+        except (psycopg.errors.ProgrammingError, psycopg.errors.InsufficientPrivilege) as e:
+            # the schema is not applied, a column is missing, the role may not insert:
+            # fixable, and not the record's fault, so keep trying
             await self._drop()
-            return Result(Outcome.RETRY, f"{type(e).__name__}: {str(e).strip()[:200]} "
+            return Result(Outcome.RETRY, f"{type(e).__name__}: "
+                                         f"{guard.printable(str(e).strip(), 200)} "
                                          "(apply voiced/sinks/schema.sql?)")
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError,
-                psycopg.errors.ProgrammingError) as e:
-            # the data or the schema is wrong: retrying cannot help
-            return Result(Outcome.REJECTED, f"{type(e).__name__}: {str(e).strip()[:200]}")
-        except (psycopg.OperationalError, OSError) as e:
+        except (psycopg.Error, OSError) as e:
             await self._drop()
-            # NOTE: never log the DSN: it carries the password
-            return Result(Outcome.RETRY, f"{type(e).__name__}: {str(e).strip()[:200]}")
+            # NOTE: never log the DSN: it carries the password (registered as a secret)
+            return Result(Outcome.RETRY, f"{type(e).__name__}: "
+                                         f"{guard.printable(str(e).strip(), 200)}")
 
     async def _drop(self) -> None:
         if self._conn is not None:

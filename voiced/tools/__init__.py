@@ -1,9 +1,11 @@
 """Tools the model may call: declarations for session.update, and running them safely.
 
 A tool is a name, a description, a JSON schema for its arguments and an async function.
-:meth:`Toolbox.run` never raises and never hangs: the model's arguments are parsed and
-checked against the schema before the function runs, the call has a deadline, and any
-failure becomes ``{"error": "..."}`` for the model to speak about.
+:meth:`Toolbox.run` never raises and never hangs, so every call is answered: the model's
+arguments are parsed (at most :data:`MAX_ARGUMENTS` characters, any nesting) and checked
+against the schema before the function runs, the call has a deadline, and any failure
+becomes ``{"error": "..."}`` for the model to speak about. Unexpected ones (a tool's bug)
+are counted in ``guard.faults``.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import fastjsonschema
 
-from voiced import wire
+from voiced import guard, wire
 
 logger = logging.getLogger(__name__)
+
+MAX_ARGUMENTS: Final = 100_000
+"""Characters of one call's arguments (a tool takes a few short values)."""
 
 
 class ToolError(Exception):
@@ -55,21 +60,34 @@ class Toolbox:
         return tuple(t.declaration() for t in self.tools.values())
 
     async def run(self, name: str, arguments: str) -> str:
-        """Run one call; return the JSON text sent back as the function's output."""
+        """Run one call; return the JSON text sent back as the function's output.
+
+        Never raises (cancellation aside): every call gets an output.
+        """
+        try:
+            return await self._run(name, arguments)
+        except Exception as e:  # noqa: BLE001 - the last line of defence: always answer
+            guard.note_fault("tool call", e, logger)
+            return _error(f"the {guard.printable(name, 64)} tool failed: {type(e).__name__}")
+
+    async def _run(self, name: str, arguments: str) -> str:
         tool = self.tools.get(name)
         if tool is None:
-            return _error(f"there is no tool named {name!r}")
+            return _error(f"there is no tool named {guard.printable(name, 64)!r}")
+        if len(arguments) > MAX_ARGUMENTS:
+            return _error(f"invalid arguments: longer than {MAX_ARGUMENTS} characters")
         try:
-            args = json.loads(arguments or "{}")
-        except ValueError as e:
-            logger.warning("tool %s: arguments are not JSON: %s", name, e)
-            return _error(f"invalid arguments: not JSON ({e})")
+            args = guard.storable(json.loads(arguments or "{}"))  # half an emoji: U+FFFD
+        except (ValueError, RecursionError) as e:
+            why = "nested too deeply" if isinstance(e, RecursionError) else f"not JSON ({e})"
+            logger.warning("tool %s: arguments are %s", name, why)
+            return _error(f"invalid arguments: {why}")
         if not isinstance(args, dict):
             return _error("invalid arguments: expected a JSON object")
         try:
             self._validators[name](args)
         except fastjsonschema.JsonSchemaValueException as e:
-            logger.warning("tool %s: invalid arguments: %s", name, e.message)
+            logger.warning("tool %s: invalid arguments: %s", name, guard.printable(e.message))
             return _error(f"invalid arguments: {e.message.replace('data.', '', 1)}")
         try:
             result = await asyncio.wait_for(tool.call(args), tool.timeout_s)
@@ -77,14 +95,19 @@ class Toolbox:
             logger.warning("tool %s timed out after %g s", name, tool.timeout_s)
             return _error(f"the {name} tool did not answer within {tool.timeout_s:g} s")
         except ToolError as e:
-            logger.warning("tool %s failed: %s", name, e)
+            logger.warning("tool %s failed: %s", name, guard.printable(e))
             return _error(str(e))
         except Exception as e:  # noqa: BLE001 - a tool bug must not end the conversation
-            logger.exception("tool %s raised", name)
+            guard.note_fault(f"tool {name}", e, logger)
+            return _error(f"the {name} tool failed: {type(e).__name__}")
+        try:
+            output = json.dumps(guard.storable(result), ensure_ascii=False, default=str)
+        except (ValueError, TypeError, RecursionError) as e:
+            logger.warning("tool %s: its result cannot be sent: %s", name, type(e).__name__)
             return _error(f"the {name} tool failed: {type(e).__name__}")
         logger.info("tool %s done", name)
-        return json.dumps(result, ensure_ascii=False, default=str)
+        return output
 
 
 def _error(message: str) -> str:
-    return json.dumps({"error": message}, ensure_ascii=False)
+    return json.dumps({"error": guard.storable(message)}, ensure_ascii=False)

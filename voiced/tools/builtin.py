@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
+import ipaddress
 import socket
+import threading
 import time
 import zoneinfo
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from voiced.tools import Tool, ToolError
@@ -17,6 +21,13 @@ _EMPTY: dict[str, Any] = {"type": "object", "properties": {}, "additionalPropert
 _PROC_UPTIME = Path("/proc/uptime")
 _PROC_WIRELESS = Path("/proc/net/wireless")
 _SYS_NET = Path("/sys/class/net")
+DNS_TIMEOUT_S: Final = 2.0
+"""device_status waits this long for the name of the server; a dead resolver takes 10 s
+or more, and three of them would reach the watchdog if it ran on the event loop."""
+# one lookup per name at a time, on a daemon thread of its own: a dead resolver holds
+# one thread however often the model asks, and never holds up the daemon's exit (an
+# executor's threads are joined at exit)
+_lookups: dict[str, concurrent.futures.Future[Any]] = {}
 
 
 class Device(Protocol):
@@ -34,13 +45,18 @@ class Device(Protocol):
     def set_volume(self, percent: int) -> int:
         """Set (and persist) the speaker volume; return the new value."""
 
-    def device_status(self) -> dict[str, Any]:
+    async def device_status(self) -> dict[str, Any]:
         """Network, uptime, transcript backlog."""
 
 
 def builtin_tools(enabled: tuple[str, ...], device: Device, *, timezone: str | None,
-                  timeout_s: float) -> list[Tool]:
-    """The enabled built-in tools, bound to ``device``."""
+                  timeout_s: float, volume_floor: int = 0) -> list[Tool]:
+    """The enabled built-in tools, bound to ``device``.
+
+    The model may not set the volume below ``volume_floor`` percent: a misheard
+    "quieter" must not leave a device nobody hears, with no voice to ask it back
+    (`voiced ctl volume` may go lower).
+    """
     tz = zoneinfo.ZoneInfo(timezone) if timezone else None
     tools: list[Tool] = []
 
@@ -56,16 +72,18 @@ def builtin_tools(enabled: tuple[str, ...], device: Device, *, timezone: str | N
         async def set_volume(args: dict[str, Any]) -> dict[str, Any]:
             action = args["action"]
             step = int(args.get("percent", 10))
+            if action == "get":
+                return {"volume_percent": device.volume_percent()}
             if action == "set":
                 if "percent" not in args:
                     raise ToolError("say which volume to set, in percent")
-                new = device.set_volume(step)
-            elif action == "get":
-                new = device.volume_percent()
+                wanted = step
             else:
-                step = step if action == "up" else -step
-                new = device.set_volume(device.volume_percent() + step)
-            return {"volume_percent": new}
+                wanted = device.volume_percent() + (step if action == "up" else -step)
+            if wanted < volume_floor:
+                return {"volume_percent": device.set_volume(volume_floor),
+                        "note": f"{volume_floor} % is the lowest the model may set"}
+            return {"volume_percent": device.set_volume(wanted)}
         tools.append(Tool(
             "set_volume",
             "Get or change the speaker volume: up or down by a step (default 10 percent), "
@@ -91,7 +109,7 @@ def builtin_tools(enabled: tuple[str, ...], device: Device, *, timezone: str | N
 
     if "status" in enabled:
         async def status(args: dict[str, Any]) -> dict[str, Any]:
-            return device.device_status()
+            return await device.device_status()
         tools.append(Tool("device_status",
                           "The device's own status: network, uptime, transcripts waiting "
                           "to be delivered.", _EMPTY, status, timeout_s))
@@ -110,32 +128,70 @@ def system_uptime_s() -> int | None:
         return None
 
 
-def network_status(server_url: str) -> dict[str, Any]:
+async def network_status(server_url: str, *,
+                         timeout_s: float = DNS_TIMEOUT_S) -> dict[str, Any]:
     """The interface and address that reach the server, and Wi-Fi link quality if any.
 
-    A UDP socket "connected" to the server picks the route without sending a packet.
+    A UDP socket "connected" to the server picks the route without sending a packet. The
+    server's name is resolved off the event loop, for at most ``timeout_s``.
     """
     out: dict[str, Any] = {"hostname": socket.gethostname()}
     host = urlsplit(server_url).hostname or "127.0.0.1"
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((host, 443))
+        family, address = await _resolve(host, timeout_s)
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((address, 443))
             out["address"] = s.getsockname()[0]
+    except TimeoutError:
+        out["address"] = None
+        out["network_error"] = f"the name server did not answer within {timeout_s:g} s"
     except OSError as e:
         out["address"] = None
         out["network_error"] = e.strerror or str(e)
+    out.update(_wifi())
+    return out
+
+
+async def _resolve(host: str, timeout_s: float) -> tuple[int, str]:
+    """``host``'s address family and first address, looked up on the DNS thread."""
+    try:
+        ip = ipaddress.ip_address(host)
+        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
+    except ValueError:
+        pass
+    lookup = _lookups.get(host)
+    if lookup is None or lookup.done():
+        lookup = _lookups[host] = concurrent.futures.Future()
+        threading.Thread(target=_look_up, args=(host, lookup), name="voiced-dns",
+                         daemon=True).start()
+    infos = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(lookup)), timeout_s)
+    if not infos:
+        raise OSError(f"{host} has no address")
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+def _look_up(host: str, result: concurrent.futures.Future[Any]) -> None:
+    try:
+        result.set_result(socket.getaddrinfo(host, 443, type=socket.SOCK_DGRAM))
+    except BaseException as e:  # noqa: BLE001 - handed to the waiting coroutine
+        result.set_exception(e)
+
+
+def _wifi() -> dict[str, Any]:
+    """``{"wifi": ...}`` from /proc/net/wireless, else /sys; empty without Wi-Fi."""
     try:  # /proc/net/wireless: "wlan0: 0000   54.  -56.  -256 ..."
+        found: dict[str, Any] = {}
         for line in _PROC_WIRELESS.read_text().splitlines()[2:]:
             name, rest = line.split(":", 1)
-            out["wifi"] = {"interface": name.strip(),
-                           "link_quality": float(rest.split()[1].rstrip("."))}
+            found["wifi"] = {"interface": name.strip(),
+                             "link_quality": float(rest.split()[1].rstrip("."))}
+        return found
     except OSError:  # hidden under the unit (ProcSubset=pid): ask /sys
         wifi = _sys_wifi()
-        if wifi is not None:
-            out["wifi"] = wifi
+        return {"wifi": wifi} if wifi is not None else {}
     except (ValueError, IndexError):
-        pass
-    return out
+        return {}
 
 
 def _sys_wifi() -> dict[str, Any] | None:
