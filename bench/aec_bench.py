@@ -249,8 +249,8 @@ def main() -> None:
     for label, us in figures.items():
         print(f"  {label:<66} {us:8.0f} us  ({us / 1e4:.2f} % of a core)")
     imported, made, each = memory_kb()
-    print(f"\nMemory (fresh process): the module and libspeexdsp {imported} kB, the first canceller and 2 s "
-          f"of audio {made} kB, each further canceller {each} kB")
+    print(f"\nMemory (fresh process): the module and libspeexdsp {imported} kB, the first "
+          f"canceller and 2 s of audio {made} kB, each further canceller {each} kB")
     mine = sysbench()
     default = figures["EchoCanceller() default: 20 ms, tail 200 ms, suppressor"]
     if mine is None:
