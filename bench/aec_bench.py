@@ -122,13 +122,24 @@ def erle_figures(seconds: float) -> list[tuple[int, float, float, float]]:
     return rows
 
 
-MEMORY = """
-import resource, sys
+RSS_PRELUDE = """
+import sys
 sys.path.insert(0, {repo!r})
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1])
+"""
+
+
+def in_child(body: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a fresh interpreter that has the repository and ``rss()`` (kB)."""
+    code = RSS_PRELUDE.format(repo=str(REPO)) + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, check=False)
+
+
+MEMORY = """
 import voiced.wire, voiced.audio.native  # loaded by the daemon anyway
 base = rss()
 from voiced.audio.aec import EchoCanceller, _lib
@@ -146,8 +157,7 @@ print(base, imported, made, ten)
 
 
 def memory_kb() -> tuple[int, int, int]:
-    out = subprocess.run([sys.executable, "-c", MEMORY.format(repo=str(REPO))],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = in_child(MEMORY).stdout.split()
     base, imported, made, ten = map(int, out)
     return imported - base, made - imported, (ten - made) // 10
 
@@ -163,15 +173,10 @@ def sysbench() -> float | None:
 
 
 COMPARE = """
-import sys, time
+import time
 import numpy as np
-sys.path.insert(0, {repo!r})
 from tests.room import echo_of, erle_db, espeak, impulse_response, noise, to_pcm, REPLY_TEXT
 import soxr
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1])
 R = 24000
 base = rss()
 which = sys.argv[1]
@@ -225,10 +230,7 @@ def compare(seconds: float) -> None:
         if probe.returncode:
             print(f"  {which}: not installed in this interpreter (compare skipped)")
             continue
-        code = "import numpy, soxr\n" + textwrap.dedent(COMPARE.format(repo=str(REPO),
-                                                                       seconds=seconds))
-        p = subprocess.run([sys.executable, "-c", code, which], capture_output=True,
-                           text=True, check=False)
+        p = in_child(COMPARE.format(seconds=seconds), which)
         print(textwrap.indent(p.stdout.strip() or p.stderr[-2000:], "  "))
 
 

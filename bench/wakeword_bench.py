@@ -13,7 +13,6 @@ sysbench ratio against a published Cortex-A53 figure).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.aec_bench import PI, sysbench  # noqa: E402
+from bench.aec_bench import PI, in_child, sysbench  # noqa: E402
 from tests.room import REPLY_TEXT, espeak  # noqa: E402
 from voiced.audio.wakeword import (  # noqa: E402
     BUILTIN_MODELS,
@@ -66,12 +65,6 @@ def cpu_per_s(feed: object, pcm: bytes) -> float:
 
 
 MEMORY = """
-import sys
-sys.path.insert(0, {repo!r})
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1])
 import voiced.wire, voiced.audio.libsoxr  # the daemon has these anyway
 base = rss()
 from voiced.audio.wakeword import MicroWakeWordDetector
@@ -83,9 +76,7 @@ print(base, rss())
 
 
 def memory_mb(models: tuple[str, ...]) -> float:
-    out = subprocess.run([sys.executable, "-c", MEMORY.format(repo=str(REPO),
-                                                              models=models)],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = in_child(MEMORY.format(models=models)).stdout.split()
     return (int(out[1]) - int(out[0])) / 1024
 
 

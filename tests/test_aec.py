@@ -10,9 +10,11 @@ docs/architecture.md quote them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import ctypes.util
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -303,21 +305,30 @@ def test_frames_that_are_not_whole_blocks_are_refused() -> None:
     assert len(aec.process(bytes(960), 480)) == 960  # two blocks
 
 
-def test_missing_library_is_named_only_when_used(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def without_native_libraries(module: Any) -> Iterator[None]:
+    """No shared library loads (as on a device without the apt package); ``module``'s
+    cached loader forgets what it had before and after."""
     def no_such_library(name: str, *args: Any, **kwargs: Any) -> Any:
         raise OSError(f"{name}: cannot open shared object file")
 
-    aec_mod._lib.cache_clear()
-    monkeypatch.setattr(ctypes, "CDLL", no_such_library)
-    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
-    try:
+    module._lib.cache_clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ctypes, "CDLL", no_such_library)
+        mp.setattr(ctypes.util, "find_library", lambda name: None)
+        try:
+            yield
+        finally:
+            module._lib.cache_clear()
+
+
+def test_missing_library_is_named_only_when_used() -> None:
+    with without_native_libraries(aec_mod):
         assert not aec_mod.available()
         with pytest.raises(MissingLibraryError,
                            match=r"libspeexdsp.so.1 is not installed \(sudo apt install "
                                  r"libspeexdsp1\); voiced needs it for echo cancellation"):
             EchoCanceller()
-    finally:
-        aec_mod._lib.cache_clear()
 
 
 # --- the simulator's VAD judges what would reach the server --------------------------

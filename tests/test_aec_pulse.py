@@ -90,11 +90,12 @@ out = pa.open(format=pyaudio.paInt16, channels=1, rate=24000, output=True,
 inp = pa.open(format=pyaudio.paInt16, channels=1, rate=24000, input=True,
               input_device_index=dev.index, frames_per_buffer=F, stream_callback=mic)
 history = np.zeros(max(d for d, _ in paths) + F)
-raw, clean = [], []
+raw, clean, monitor = [], [], []
 while True:
     data, pos = frames.get(timeout=10)
     if pos >= len(far) + 24000:
         break
+    monitor.append(data)
     # the room: the monitor along each path, then the user's voice
     history = np.concatenate([history[F:], np.frombuffer(data, "<i2")])
     i = len(raw) * F
@@ -113,10 +114,33 @@ while True:
 out.stop_stream(); inp.stop_stream(); out.close(); inp.close(); pa.terminate()
 np.save(out_dir + "/raw.npy", np.frombuffer(b"".join(raw), "<i2"))
 np.save(out_dir + "/clean.npy", np.frombuffer(b"".join(clean), "<i2"))
+np.save(out_dir + "/monitor.npy", np.frombuffer(b"".join(monitor), "<i2"))
 print(json.dumps({"echo_delay_ms": aec.echo_delay_ms(), "realigned": aec.realigned,
                   "bypassed": aec.bypassed_frames, "delay": aec.delay,
                   "xruns": state["xruns"], "frames": aec.frames}))
 """
+
+
+def path_moves(monitor: np.ndarray, far: np.ndarray, window: int = SAMPLE_RATE // 2,
+               search: int = SAMPLE_RATE) -> list[int]:
+    """Where the speaker's timeline moved against the mic's: the captured monitor is
+    aligned with what the speaker was given, window by window (FFT cross-correlation);
+    a change of the offset is an underrun or a lost period, seen in the audio itself
+    whether or not PortAudio or the canceller noticed it. Mic sample indices."""
+    moves, last = [], None
+    for start in range(0, min(len(monitor), len(far) - search) - window, window):
+        seg = monitor[start:start + window].astype(np.float64)
+        if np.sqrt(np.mean(seg ** 2)) < 300:
+            continue  # a pause in the speech: nothing to align
+        lo = max(0, start - search)
+        ref = far[lo:start + window + search].astype(np.float64)
+        n = len(ref) + window
+        xc = np.fft.irfft(np.fft.rfft(ref, n) * np.conj(np.fft.rfft(seg, n)), n)
+        lag = lo + int(np.argmax(xc[:len(ref) - window + 1])) - start
+        if last is not None and abs(lag - last) > 2:
+            moves.append(start)
+        last = lag
+    return moves
 
 
 def run_rig(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], np.ndarray,
@@ -127,6 +151,9 @@ def run_rig(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], np.nda
         env=env, capture_output=True, text=True, timeout=120, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     got: dict[str, Any] = json.loads(p.stdout.strip().splitlines()[-1])
+    far = np.load(tmp_path / "far.npy")
+    got["xruns"] += [("path moved", at, 0) for at in path_moves(
+        np.load(tmp_path / "monitor.npy"), far)]
     return got, np.load(tmp_path / "raw.npy"), np.load(tmp_path / "clean.npy")
 
 
@@ -140,9 +167,9 @@ async def test_erle_vad_and_user_speech_through_pulseaudio(tmp_path: Path) -> No
     a = 3 * SAMPLE_RATE  # converged by then
     # an underrun puts silence into the speaker's timeline: the echo path moves, and the
     # filter re-learns it for 2-3 s. Underruns are the machine's load, not the
-    # canceller's doing (the ALSA pulse plugin recovers from some without PortAudio
-    # reporting them; the canceller's reference waiting for the speaker says so), so a
-    # run is not judged there.
+    # canceller's doing; the ALSA pulse plugin recovers from some without PortAudio
+    # reporting them, and those shorter than the canceller's margin it cannot see, so the
+    # captured monitor itself is checked (path_moves). A run is not judged there.
     for attempt in range(3):
         with running_pulse(tmp_path / str(attempt)) as pulse:
             got, raw, clean = await asyncio.to_thread(run_rig, tmp_path, pulse.env())

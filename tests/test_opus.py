@@ -4,8 +4,6 @@ relay decodes what devices send)."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib.util
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 
 from tests.room import REPLY_TEXT, correlation, espeak
 from tests.speech import question_24k
+from tests.test_aec import without_native_libraries
 from voiced.audio import opus as opus_mod
 from voiced.audio.native import MissingLibraryError
 from voiced.audio.opus import MAX_DECODED, OpusDecoder, OpusEncoder, OpusError
@@ -197,17 +196,9 @@ def test_reset_starts_a_new_stream_and_trims_again() -> None:
     assert first == again and len(first) == (4800 - enc.lookahead) * 2
 
 
-def test_missing_library_is_named_only_when_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_such_library(name: str, *args: Any, **kwargs: Any) -> Any:
-        raise OSError(f"{name}: cannot open shared object file")
-
-    opus_mod._lib.cache_clear()
-    monkeypatch.setattr(ctypes, "CDLL", no_such_library)
-    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
-    try:
+def test_missing_library_is_named_only_when_used() -> None:
+    with without_native_libraries(opus_mod):
         assert not opus_mod.available()
         with pytest.raises(MissingLibraryError, match=r"libopus.so.0 is not installed \(sudo "
                                                       r"apt install libopus0\)"):
             OpusDecoder()
-    finally:
-        opus_mod._lib.cache_clear()

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from voiced.audio.native import load_library
+from voiced.audio.native import declare, load_library, loads
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
@@ -58,35 +58,24 @@ def _lib() -> Any:
     """Libspeexdsp with its prototypes; MissingLibraryError naming the package."""
     lib = load_library("libspeexdsp.so.1", "speexdsp", package="libspeexdsp1",
                        feature="echo cancellation (audio.echo: aec)")
-    vp, i16p, cint = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int16), ctypes.c_int
-    lib.speex_echo_state_init.restype = vp
-    lib.speex_echo_state_init.argtypes = [cint, cint]
-    lib.speex_echo_state_destroy.restype = None
-    lib.speex_echo_state_destroy.argtypes = [vp]
-    lib.speex_echo_state_reset.restype = None
-    lib.speex_echo_state_reset.argtypes = [vp]
-    lib.speex_echo_ctl.restype = cint
-    lib.speex_echo_ctl.argtypes = [vp, cint, vp]
-    lib.speex_echo_cancellation.restype = None
-    lib.speex_echo_cancellation.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p, vp]
-    lib.speex_preprocess_state_init.restype = vp
-    lib.speex_preprocess_state_init.argtypes = [cint, cint]
-    lib.speex_preprocess_state_destroy.restype = None
-    lib.speex_preprocess_state_destroy.argtypes = [vp]
-    lib.speex_preprocess_ctl.restype = cint
-    lib.speex_preprocess_ctl.argtypes = [vp, cint, vp]
-    lib.speex_preprocess_run.restype = cint
-    lib.speex_preprocess_run.argtypes = [vp, i16p]
+    vp, cint, buf = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    declare(lib, {
+        "speex_echo_state_init": (vp, [cint, cint]),
+        "speex_echo_state_destroy": (None, [vp]),
+        "speex_echo_state_reset": (None, [vp]),
+        "speex_echo_ctl": (cint, [vp, cint, vp]),
+        "speex_echo_cancellation": (None, [vp, buf, buf, vp]),
+        "speex_preprocess_state_init": (vp, [cint, cint]),
+        "speex_preprocess_state_destroy": (None, [vp]),
+        "speex_preprocess_ctl": (cint, [vp, cint, vp]),
+        "speex_preprocess_run": (cint, [vp, ctypes.POINTER(ctypes.c_int16)]),
+    })
     return lib
 
 
 def available() -> bool:
     """Whether libspeexdsp can be loaded here (for ``voiced check-config`` and tests)."""
-    try:
-        _lib()
-    except OSError:
-        return False
-    return True
+    return loads(_lib)
 
 
 class _SpeexAec:

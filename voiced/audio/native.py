@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
+from typing import Any
 
 from voiced.errors import VoicedError
 
@@ -40,3 +42,25 @@ def load_library(soname: str, name: str, *, package: str, feature: str) -> ctype
                 continue
     raise MissingLibraryError(f"{soname} is not installed (sudo apt install {package}); "
                               f"voiced needs it for {feature}")
+
+
+def declare(lib: ctypes.CDLL, prototypes: dict[str, tuple[Any, list[Any] | None]]) -> None:
+    """Set ``restype`` and ``argtypes`` for each ``name: (restype, argtypes)``.
+
+    ``argtypes`` None leaves a variadic function's arguments undeclared: each must then
+    be passed as a ctypes object (a bare Python int goes as a 32-bit C int).
+    """
+    for name, (restype, argtypes) in prototypes.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        if argtypes is not None:
+            fn.argtypes = argtypes
+
+
+def loads(loader: Callable[[], object]) -> bool:
+    """Whether ``loader`` (a module's cached library loader) finds its library here."""
+    try:
+        loader()
+    except OSError:
+        return False
+    return True

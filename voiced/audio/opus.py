@@ -23,7 +23,7 @@ import ctypes
 import functools
 from typing import Any, Final
 
-from voiced.audio.native import load_library
+from voiced.audio.native import declare, load_library, loads
 from voiced.errors import VoicedError
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
@@ -54,28 +54,22 @@ def _lib() -> Any:
     """Load libopus and declare its prototypes; MissingLibraryError names the package."""
     lib = load_library("libopus.so.0", "opus", package="libopus0",
                        feature="Opus audio between device and relay")
-    vp, cint, i32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int32
-    lib.opus_get_version_string.restype = ctypes.c_char_p
-    lib.opus_strerror.restype = ctypes.c_char_p
-    lib.opus_strerror.argtypes = [cint]
-    lib.opus_encoder_create.restype = vp
-    lib.opus_encoder_create.argtypes = [i32, cint, cint, ctypes.POINTER(cint)]
-    lib.opus_encoder_destroy.restype = None
-    lib.opus_encoder_destroy.argtypes = [vp]
-    lib.opus_encode.restype = i32
-    lib.opus_encode.argtypes = [vp, ctypes.c_char_p, cint, vp, i32]
-    lib.opus_decoder_create.restype = vp
-    lib.opus_decoder_create.argtypes = [i32, cint, ctypes.POINTER(cint)]
-    lib.opus_decoder_destroy.restype = None
-    lib.opus_decoder_destroy.argtypes = [vp]
-    lib.opus_decode.restype = cint
-    lib.opus_decode.argtypes = [vp, ctypes.c_char_p, i32, vp, cint, cint]
-    lib.opus_packet_get_nb_samples.restype = cint
-    lib.opus_packet_get_nb_samples.argtypes = [ctypes.c_char_p, i32, i32]
-    # the *_ctl functions are variadic: no argtypes, every argument a ctypes int or
-    # pointer (passed as ints are on Linux's arm64, armhf and x86-64 ABIs)
-    lib.opus_encoder_ctl.restype = cint
-    lib.opus_decoder_ctl.restype = cint
+    vp, cint, i32, buf = ctypes.c_void_p, ctypes.c_int, ctypes.c_int32, ctypes.c_char_p
+    declare(lib, {
+        "opus_get_version_string": (buf, []),
+        "opus_strerror": (buf, [cint]),
+        "opus_encoder_create": (vp, [i32, cint, cint, ctypes.POINTER(cint)]),
+        "opus_encoder_destroy": (None, [vp]),
+        "opus_encode": (i32, [vp, buf, cint, vp, i32]),
+        "opus_decoder_create": (vp, [i32, cint, ctypes.POINTER(cint)]),
+        "opus_decoder_destroy": (None, [vp]),
+        "opus_decode": (cint, [vp, buf, i32, vp, cint, cint]),
+        "opus_packet_get_nb_samples": (cint, [buf, i32, i32]),
+        # variadic: every argument passed as a ctypes object (Linux's arm64, armhf and
+        # x86-64 ABIs pass variadic ints and pointers as fixed ones)
+        "opus_encoder_ctl": (cint, None),
+        "opus_decoder_ctl": (cint, None),
+    })
     return lib
 
 
@@ -90,11 +84,7 @@ def version() -> str:
 
 def available() -> bool:
     """Whether libopus can be loaded here."""
-    try:
-        _lib()
-    except OSError:
-        return False
-    return True
+    return loads(_lib)
 
 
 class OpusEncoder:
