@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what voiced needs on Debian / Raspberry Pi OS, idempotently:
 #   scripts/setup.sh [runtime|test]
-# runtime: PortAudio headers, libsoxr, espeak-ng, a venv in .venv with voiced and its simulator.
+# runtime: PortAudio headers, libsoxr, libspeexdsp (echo canceller), libopus, espeak-ng, a venv
+#          in .venv with voiced and its simulator.
 # test:    the above plus sox, PulseAudio/ALSA plugins, PostgreSQL and libpq (psycopg
 #          uses the system's: psycopg[binary] has no armv7l wheel), systemd-analyze, and
 #          the test tools. Safe to run again: it only installs what is missing.
@@ -9,10 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
 
-apt_pkgs=(portaudio19-dev libsoxr0 espeak-ng python3-venv python3-dev gcc)
+apt_pkgs=(portaudio19-dev libsoxr0 libspeexdsp1 libopus0 espeak-ng python3-venv python3-dev gcc)
 if [ "$profile" = test ]; then
   apt_pkgs+=(sox libsox-fmt-all alsa-utils libasound2-plugins pulseaudio pulseaudio-utils
-             postgresql libpq5 systemd)
+             postgresql libpq5 systemd sysbench)
   # 32-bit ARM: a test dependency without a wheel there is built from source, in C++ too
   case "$(uname -m)" in arm*) apt_pkgs+=(g++) ;; esac
 fi

@@ -70,9 +70,10 @@ apt_update_once() {
   fi
 }
 if [ -z "$root" ]; then
-  # libsoxr0 resamples; no libasound2-plugins: the service opens ALSA devices directly,
-  # and PortAudio would load that whole plugin set (ffmpeg, jack, ...) into the daemon
-  pkgs=(python3-venv python3-dev gcc portaudio19-dev libsoxr0 alsa-utils)
+  # libsoxr0 resamples, libspeexdsp1 cancels echo, libopus0 codes for the relay link;
+  # no libasound2-plugins: the service opens ALSA devices directly, and PortAudio would
+  # load that whole plugin set (ffmpeg, jack, ...) into the daemon
+  pkgs=(python3-venv python3-dev gcc portaudio19-dev libsoxr0 libspeexdsp1 libopus0 alsa-utils)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,381 @@
+"""The echo canceller (voiced/audio/aec.py, speexdsp) in a synthetic room, offline and
+deterministic: the reply spoken by espeak-ng, convolved with a room-like impulse response
+at 20-80 ms and a gain, a mic noise floor, and the user talking over it. The simulator's
+own VAD (a real ``voiced sim`` over websockets) judges what would reach the server.
+
+Figures are printed (``pytest -s``) as well as asserted; the README and
+docs/architecture.md quote them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import ctypes.util
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.room import (
+    REPLY_TEXT,
+    USER_TEXT,
+    VAD_FRAME,
+    cancel,
+    correlation,
+    echo_of,
+    erle_db,
+    espeak,
+    impulse_response,
+    loudest_10ms_dbfs,
+    noise,
+    to_pcm,
+)
+from tests.test_sim_faults import until
+from voiced.audio import aec as aec_mod
+from voiced.audio.aec import EchoCanceller, _FarRing
+from voiced.audio.native import MissingLibraryError
+from voiced.sim.server import SimOptions, SimServer
+from voiced.wire import SAMPLE_RATE
+
+pytestmark = pytest.mark.skipif(not aec_mod.available(),
+                                reason="libspeexdsp1 is not installed (scripts/setup.sh)")
+
+CONVERGED_S = 3.0  # ERLE is judged after this much reply audio
+USER_AT_S = 10.0  # the user starts talking over the reply here
+
+
+def room(delay_ms: float, gain: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(speaker signal, echo at the mic (float), the mic's self noise) for the reply."""
+    far = espeak(REPLY_TEXT)
+    echo = echo_of(far, impulse_response(delay_ms, gain))
+    return far, echo, noise(len(far))
+
+
+def user_track(n: int) -> tuple[np.ndarray, slice]:
+    """The user's words at USER_AT_S in an ``n``-sample track (float), and where they are."""
+    user = espeak(USER_TEXT, "en-gb+f3", 150).astype(np.float64) * 0.5
+    start = int(USER_AT_S * SAMPLE_RATE)
+    track = np.zeros(n)
+    track[start:start + len(user)] = user[:n - start]
+    return track, slice(start, min(n, start + len(user)))
+
+
+@pytest.mark.parametrize("delay_ms", [20, 50, 80])
+def test_erle_after_convergence_in_a_synthetic_room(delay_ms: int) -> None:
+    far, echo, floor = room(delay_ms)
+    mic = to_pcm(echo + floor)
+    linear = cancel(EchoCanceller(suppress=False), mic, far)
+    full_aec = EchoCanceller()
+    full = cancel(full_aec, mic, far)
+    a, n = int(CONVERGED_S * SAMPLE_RATE), len(full)
+    erle_linear = erle_db(echo[a:n], linear[a:n])
+    erle = erle_db(echo[a:n], full[a:n])
+    print(f"\nroom delay {delay_ms} ms, gain 0.5: ERLE {erle:.1f} dB with the residual "
+          f"suppressor, {erle_linear:.1f} dB linear filter alone; filter peak at "
+          f"{full_aec.echo_delay_ms():.1f} ms; loudest 10 ms of the residual "
+          f"{loudest_10ms_dbfs(full[a:n]):.1f} dBFS (echo {loudest_10ms_dbfs(echo[a:n]):.1f})")
+    assert erle >= 25.0
+    assert erle_linear >= 20.0  # the adaptive filter itself does most of the work
+    # the filter found the room's delay (its strongest tap is the direct path)
+    assert abs(full_aec.echo_delay_ms() - delay_ms) <= 2
+
+
+def test_the_cancelled_echo_is_below_the_simulators_vad_threshold() -> None:
+    far, echo, floor = room(50)
+    out = cancel(EchoCanceller(), to_pcm(echo + floor), far)
+    a = int(CONVERGED_S * SAMPLE_RATE)
+    # threshold 0.5 is -40 dBFS per 10 ms frame (voiced/sim/server.py)
+    assert loudest_10ms_dbfs(echo[a:]) > -40  # without the canceller it would fire
+    assert loudest_10ms_dbfs(out[a:]) < -40
+
+
+def test_user_speech_over_the_echo_survives() -> None:
+    far, echo, floor = room(50)
+    user, span = user_track(len(far))
+    mic = to_pcm(echo + floor + user)
+    aec = EchoCanceller()
+    out = cancel(aec, mic, far)
+    d = aec.delay
+    cleaned = out[span.start + d:span.stop + d]
+    before = correlation(mic[span], user[span])
+    after = correlation(cleaned, user[span])
+    print(f"\nuser over echo: correlation with the clean user {after:.3f} after the "
+          f"canceller, {before:.3f} before")
+    assert after >= 0.95
+    assert after > before + 0.1
+
+
+def test_the_suppressor_delays_by_one_block_and_the_linear_filter_by_none() -> None:
+    user = espeak(USER_TEXT, "en-gb+f3", 150)
+    silence = np.zeros(len(user), np.int16)
+    for frame_ms in (10, 20):
+        for suppress in (False, True):
+            aec = EchoCanceller(frame_ms=frame_ms, suppress=suppress)
+            out = cancel(aec, user, silence)
+            n = len(out) - 2 * aec.frame
+            lags = [correlation(out[lag:lag + n], user[:n]) for lag in range(0, 2 * aec.frame)]
+            assert int(np.argmax(lags)) == aec.delay == (aec.frame if suppress else 0)
+
+
+def test_multi_block_frames_equal_the_same_blocks_one_by_one() -> None:
+    far, echo, floor = room(30)
+    mic = to_pcm(echo + floor)[:SAMPLE_RATE * 3]
+    far = far[:SAMPLE_RATE * 3]
+    one = cancel(EchoCanceller(), mic, far)
+    five = cancel(EchoCanceller(), mic, far, frame=EchoCanceller().frame * 5)  # 100 ms
+    assert np.array_equal(one[:len(five)], five)
+
+
+def test_position_jitter_does_not_move_the_reference() -> None:
+    """Callbacks run late and early: the reported position lags what the speaker was
+    given by 0-2 blocks at random. Consecutive mic blocks still get consecutive speaker
+    samples, so the filter keeps its alignment."""
+    far, echo, floor = room(40)
+    mic = to_pcm(echo + floor)
+    f = EchoCanceller().frame
+    steady = cancel(EchoCanceller(), mic, far, ahead=2 * f)
+    lag = np.random.default_rng(3).integers(0, 2 * f + 1, 97)
+    aec = EchoCanceller()
+    jittery = cancel(aec, mic, far, ahead=2 * f, lag=lag)
+    a = int(CONVERGED_S * SAMPLE_RATE)
+    assert aec.realigned == 0 and aec.paused == 0
+    erle_steady = erle_db(echo[a:], steady[a:])
+    erle_jittery = erle_db(echo[a:], jittery[a:len(echo)])
+    print(f"\nreports lagging 0-40 ms at random: ERLE {erle_jittery:.1f} dB, "
+          f"{erle_steady:.1f} dB without")
+    assert erle_jittery >= erle_steady - 3
+
+
+def test_a_jump_in_the_reported_position_realigns() -> None:
+    """A speaker restarted without a reset: its positions jump; the reference follows."""
+    far, echo, floor = room(40)
+    mic = to_pcm(echo + floor)
+    aec = EchoCanceller()
+    f = aec.frame
+    out = []
+    offset = 0
+    for i in range(0, len(mic) - f + 1, f):
+        if i == 5 * SAMPLE_RATE:
+            offset = 10 * SAMPLE_RATE  # everything after this is reported 10 s later
+        aec.played(far[i:i + f].tobytes(), i + offset)
+        out.append(np.frombuffer(aec.process(mic[i:i + f].tobytes(), i + f + offset), "<i2"))
+    res = np.concatenate(out)
+    assert aec.realigned == 1
+    tail = slice(10 * SAMPLE_RATE, len(res))
+    assert erle_db(echo[tail], res[tail]) >= 25
+
+
+def test_the_reference_waits_out_a_stalled_speaker_and_follows_a_faster_one() -> None:
+    """It starts a block behind the report; late reports do not move it; when it has
+    caught up with what a stalled speaker was given, it reads silence and waits (the
+    device plays silence then, an underrun) and resumes with the speaker; a lasting gap
+    of more than three blocks (the speaker's clock is faster) moves it forward once the
+    whole window agrees."""
+    aec = EchoCanceller()
+    f = aec.frame
+    silence = bytes(aec.frame_bytes)
+    handed = 0
+
+    def block(given: int, report: int) -> None:
+        nonlocal handed
+        if given > handed:
+            aec.played(bytes(2 * (given - handed)), handed)
+            handed = given
+        aec.process(silence, report)
+
+    block(f, f)  # the first block: speaker at 1 block, reference from -1
+    assert aec._ref_pos == 0
+    for k in range(1, 40):
+        block((k + 1) * f, (k + 1) * f - (k % 3 == 0) * (f // 2))  # some half a block late
+    assert aec._ref_pos == 39 * f and aec.realigned == aec.paused == 0
+    for _ in range(5):  # the speaker stalls for 5 blocks
+        block(40 * f, 40 * f)
+    assert aec._ref_pos == 40 * f and aec.paused == 4 * f  # the margin, then silence
+    for k in range(40, 60):  # it resumes where it stopped; the mic is 5 blocks on
+        block((k + 1) * f, (k + 1) * f)
+    assert aec._ref_pos == 60 * f and aec.realigned == 0  # no margin left, in step
+    moved_at = []
+    for k in range(60, 120):  # from now on 4 blocks more than expected
+        block((k + 5) * f, (k + 5) * f)
+        moved_at += [k] * (aec.realigned - len(moved_at))
+    assert moved_at == [60 + 24]  # when the whole window has seen it
+    assert aec._ref_pos == 124 * f - f and aec.paused == 4 * f
+
+
+def test_far_ring_reads_silence_where_nothing_was_played() -> None:
+    ring = _FarRing(100)
+    ring.write(np.arange(1, 41, dtype="<i2").tobytes(), 0)
+    got = np.frombuffer(ring.read(30, 20), "<i2")
+    assert list(got[:10]) == list(range(31, 41)) and not got[10:].any()  # not played yet
+    ring.write(np.full(10, 7, "<i2").tobytes(), 60)  # 40..59 never reported: silence
+    got = np.frombuffer(ring.read(35, 30), "<i2")
+    assert list(got[:5]) == list(range(36, 41)) and not got[5:25].any() and (got[25:] == 7).all()
+    ring.write(np.full(150, 9, "<i2").tobytes(), 70)  # wraps, longer than the ring
+    assert ring.end == 220
+    assert not np.frombuffer(ring.read(60, 60), "<i2").any()  # older than the ring holds
+    assert (np.frombuffer(ring.read(120, 100), "<i2") == 9).all()
+    assert not np.frombuffer(ring.read(-50, 10), "<i2").any()
+
+
+class SlowClock:
+    """A clock each block appears to take ``cost_s`` on."""
+
+    def __init__(self, cost_s: float) -> None:
+        self.cost_s = cost_s
+        self.now = 0.0
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            self.now += self.cost_s
+        return self.now
+
+
+def test_bypass_engages_when_blocks_cost_too_much_and_retries_later() -> None:
+    events: list[tuple[bool, str]] = []
+    clock = SlowClock(0.015)  # 15 ms for a 20 ms block, over the 10 ms budget
+    aec = EchoCanceller(window=10, retry_s=1.0, clock=clock,
+                        on_bypass=lambda on, why: events.append((on, why)))
+    far, echo, floor = room(20)
+    mic = to_pcm(echo + floor)[:SAMPLE_RATE * 2]
+    f = aec.frame
+    outs = []
+    for k, i in enumerate(range(0, len(mic) - f + 1, f)):
+        aec.played(far[i:i + f].tobytes(), i)
+        outs.append((k, aec.process(mic[i:i + f].tobytes(), i + f), mic[i:i + f].tobytes()))
+        if k == 9:
+            assert aec.bypassed and events == [(True, events[0][1])]
+            assert "15.00 ms per 20 ms block" in events[0][1]
+        if k == 10:
+            clock.cost_s = 0.001  # the load is gone
+    assert all(out == raw for k, out, raw in outs[10:60])  # bypassed: the mic as it is
+    assert aec.bypassed_frames == 50 and aec.frames == 10 + (len(outs) - 60)
+    assert events[1] == (False, "echo cancellation resumed")
+    assert not aec.bypassed and len(events) == 2  # cheap again: stays on
+
+
+def test_a_cheap_canceller_never_bypasses() -> None:
+    events: list[tuple[bool, str]] = []
+    aec = EchoCanceller(window=5, clock=SlowClock(0.009),  # 9 ms of a 10 ms budget
+                        on_bypass=lambda on, why: events.append((on, why)))
+    for i in range(100):
+        aec.process(bytes(aec.frame_bytes), i * aec.frame)
+    assert events == [] and aec.frames == 100 and aec.mean_cost_s() == pytest.approx(0.009)
+
+
+def test_reset_lifts_the_bypass_and_forgets_the_speaker() -> None:
+    events: list[tuple[bool, str]] = []
+    aec = EchoCanceller(window=2, clock=SlowClock(1.0),
+                        on_bypass=lambda on, why: events.append((on, why)))
+    loud = np.full(aec.frame, 8000, "<i2").tobytes()
+    aec.played(loud, 0)
+    aec.process(bytes(aec.frame_bytes), aec.frame)
+    aec.process(bytes(aec.frame_bytes), 2 * aec.frame)
+    assert aec.bypassed
+    aec.reset()
+    assert not aec.bypassed and events[-1] == (False, "echo cancellation reset")
+    assert aec._far.end == 0 and aec._ref_pos is None
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"frame_ms": 30}, "frame_ms must be one of (10, 20)"),
+    ({"tail_ms": 5}, "tail_ms must be 20..1000"),
+    ({"latency_ms": -1}, "latency_ms must be 0..500"),
+    ({"budget": 0}, "budget must be in (0, 1]"),
+])
+def test_bad_settings_are_clear_errors(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        EchoCanceller(**kwargs)
+
+
+def test_frames_that_are_not_whole_blocks_are_refused() -> None:
+    aec = EchoCanceller(frame_ms=10)
+    for size in (0, 1, 479, 481):
+        with pytest.raises(ValueError, match="whole number of 480-byte blocks"):
+            aec.process(bytes(size), 0)
+    with pytest.raises(ValueError, match="position must be >= 0"):
+        aec.played(bytes(480), -1)
+    assert len(aec.process(bytes(960), 480)) == 960  # two blocks
+
+
+@contextlib.contextmanager
+def without_native_libraries(module: Any) -> Iterator[None]:
+    """No shared library loads (as on a device without the apt package); ``module``'s
+    cached loader forgets what it had before and after."""
+    def no_such_library(name: str, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    module._lib.cache_clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ctypes, "CDLL", no_such_library)
+        mp.setattr(ctypes.util, "find_library", lambda name: None)
+        try:
+            yield
+        finally:
+            module._lib.cache_clear()
+
+
+def test_missing_library_is_named_only_when_used() -> None:
+    with without_native_libraries(aec_mod):
+        assert not aec_mod.available()
+        with pytest.raises(MissingLibraryError,
+                           match=r"libspeexdsp.so.1 is not installed \(sudo apt install "
+                                 r"libspeexdsp1\); voiced needs it for echo cancellation"):
+            EchoCanceller()
+
+
+# --- the simulator's VAD judges what would reach the server --------------------------
+
+async def sim_speech_starts(pcm: np.ndarray) -> list[int]:
+    """Where a real ``voiced sim``'s server VAD (threshold 0.5, no prefix padding) hears
+    speech start in ``pcm``, in ms."""
+    async with SimServer(SimOptions(transcript="(words)")) as sim, connect(sim.url) as ws:
+        await until(ws, "session.created")
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "type": "realtime", "audio": {"input": {"turn_detection": {
+                "type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 0,
+                "silence_duration_ms": 500, "create_response": False}}}}}))
+        await until(ws, "session.updated")
+        data = pcm.astype("<i2").tobytes()
+        for i in range(0, len(data), 9600):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                      "audio": base64.b64encode(data[i:i + 9600]).decode()}))
+        await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+        events = await until(ws, "input_audio_buffer.cleared")  # after every VAD event
+        return [int(e["audio_start_ms"]) for e in events
+                if e["type"] == "input_audio_buffer.speech_started"]
+
+
+def first_loud_ms(x: np.ndarray) -> float:
+    """Where the simulator's VAD rule (10 ms RMS above -40 dBFS) first holds in ``x``."""
+    level = 10 ** (-40 / 20) * 32768
+    whole = len(x) // VAD_FRAME * VAD_FRAME
+    rms = np.sqrt((x[:whole].astype(np.float64).reshape(-1, VAD_FRAME) ** 2).mean(axis=1))
+    return float(np.argmax(rms > level) * 10)
+
+
+async def test_sim_vad_ignores_the_cancelled_echo_and_hears_the_user_over_it() -> None:
+    far, echo, floor = room(50)
+    a = int(CONVERGED_S * SAMPLE_RATE)
+    raw_echo = to_pcm(echo + floor)
+    cancelled = cancel(EchoCanceller(), raw_echo, far)
+    # the echo alone, after convergence: the raw echo starts a turn, the cancelled one not
+    assert await sim_speech_starts(raw_echo[a:]) != []
+    assert await sim_speech_starts(cancelled[a:]) == []
+    # the user over the echo: heard within 300 ms of where the clean voice would be
+    user, span = user_track(len(far))
+    aec = EchoCanceller()
+    out = cancel(aec, to_pcm(echo + floor + user), far)
+    starts = await sim_speech_starts(out[a:])
+    onset_ms = (span.start - a) / SAMPLE_RATE * 1000 + first_loud_ms(user[span])
+    print(f"\nuser over echo: the simulator's VAD starts at {starts} ms; the clean voice "
+          f"crosses its threshold at {onset_ms:.0f} ms")
+    assert starts, "the VAD never heard the user"
+    assert onset_ms - 10 <= starts[0] <= onset_ms + 300
