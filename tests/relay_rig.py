@@ -70,7 +70,7 @@ class Client:
                 self._changed.set()
         except ConnectionClosed as e:
             self.closed = e
-        self.closed = self.closed or ConnectionClosed(self.ws.close_rcvd, self.ws.close_sent)
+        self.closed = self.closed or self.ws.protocol.close_exc
         self._changed.set()
 
     def types(self) -> list[str]:
@@ -292,3 +292,14 @@ async def relay_in_process(tmp_path: Path, upstream_url: str, dsn: str, *,
         await asyncio.gather(delivery, return_exceptions=True)
         await spool.aclose()
         await store.aclose()
+
+
+async def eventually(pred: Callable[[], bool], within_s: float = TIMEOUT,
+                     every_s: float = 0.05) -> None:
+    """Wait until ``pred()`` holds (polled), at most ``within_s``."""
+    async def loop() -> None:
+        while True:
+            if pred():
+                return
+            await asyncio.sleep(every_s)
+    await asyncio.wait_for(loop(), within_s)

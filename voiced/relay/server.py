@@ -416,6 +416,11 @@ class Bridge:
         assert self.upstream is not None
         frame, created = await self._recv_upstream()
         if created["type"] != "session.created":
+            # upstream refuses with an error event, then a close whose code says why
+            with contextlib.suppress(TimeoutError, _Close):
+                await asyncio.wait_for(self._recv_upstream(), 2)
+            if self.upstream.protocol.close_rcvd is not None:
+                raise self._upstream_closed(None)
             raise self._refusal(created, "upstream did not start a session")
         await self.upstream.send(encode(self.ledger.setup_update()))
         early: list[tuple[str, dict[str, Any]]] = []
