@@ -164,7 +164,7 @@ async def drive(devices: list[Device], seconds: float, stats_of: dict[int, Stats
     while (now := loop.time()) - start < seconds:
         target = start + n * period
         if now - target > period:
-            for s in set(stats_of.values()):
+            for s in {id(s): s for s in stats_of.values()}.values():
                 s.late_ticks += 1
         probe = n % (500 // FRAME_MS) == 0
         await asyncio.gather(*(d.tick(audio, probe) for d in devices),
@@ -186,12 +186,25 @@ async def run(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, Any]:
     sim = await asyncio.create_subprocess_exec(sys.executable, "-c", SIM,
                                                stdout=asyncio.subprocess.PIPE,
                                                env=clean_env())
+    relays: list[RelayProcess] = []
+    try:
+        return await measure(args, work, dsn, sim, relays)
+    finally:
+        for r in relays:
+            await r.stop()
+        if sim.returncode is None:
+            sim.kill()
+            await sim.wait()
+
+
+async def measure(args: argparse.Namespace, work: Path, dsn: str,
+                  sim: asyncio.subprocess.Process, relays: list[RelayProcess]
+                  ) -> dict[str, Any]:
     assert sim.stdout is not None
     sim_port = int((await sim.stdout.readline()).decode())
     sim_url = f"ws://127.0.0.1:{sim_port}/v1/realtime"
     limits = {"address_connect_burst": 100_000, "address_connects_per_min": 1_000_000,
               "frames_per_s": 1000}
-    relays: list[RelayProcess] = []
     for i in range(2 if args.two else 1):
         cfg = relay_config(work, sim_url, name=f"relay{i}.yaml", limits=limits,
                            agents=[{"id": "home", "model": "gpt-realtime-2.1-mini",
@@ -239,12 +252,8 @@ async def run(args: argparse.Namespace, work: Path, dsn: str) -> dict[str, Any]:
     ids = {r[0] for r in rows(dsn, "select id::text from chat_messages_v2")}
     lost = [t for t in relayed.transcripts if record_id(t[0], t[2]) not in ids]
     per_relay = [sum(1 for i in (lb.picked if lb else []) if i == k) for k in range(2)]
-    for r in relays:
-        await r.stop()
     if lb is not None:
         await lb.aclose()
-    sim.kill()
-    await sim.wait()
     return {"devices": len(devs), "direct": len(devs_direct), "wall_s": round(wall, 1),
             "relay_cpu_pct": [round(c, 1) for c in cpu["relay"]],
             "relay_cpu_pct_per_session": round(sum(cpu["relay"]) / max(1, len(devs)), 3),
