@@ -236,7 +236,7 @@ async def measure(args: argparse.Namespace, work: Path, dsn: str,
     await drive(devs + devs_direct, args.warmup, stats_of)  # everyone streaming
     for s in (relayed, direct):
         s.rtt_ms.clear()
-        s.late_ticks = 0
+        s.late_ticks = s.sent = s.deltas = 0
     cpu0 = {k: [proc_cpu_s(p) for p in v] for k, v in pids.items()}
     me0, t0 = time.process_time(), time.monotonic()
     await drive(devs + devs_direct, args.seconds, stats_of)
@@ -254,7 +254,12 @@ async def measure(args: argparse.Namespace, work: Path, dsn: str,
     per_relay = [sum(1 for i in (lb.picked if lb else []) if i == k) for k in range(2)]
     if lb is not None:
         await lb.aclose()
+    relay_frames = relayed.sent * (1 + 1 / (500 // FRAME_MS)) + relayed.deltas
     return {"devices": len(devs), "direct": len(devs_direct), "wall_s": round(wall, 1),
+            "relay_cpu_us_per_frame": round(sum(cpu["relay"]) / 100 * wall * 1e6
+                                            / max(1, relay_frames), 1),
+            "offered_frames_per_s": round(len(devs) * 1000 / FRAME_MS),
+            "sent_frames_per_s": round(relayed.sent / wall),
             "relay_cpu_pct": [round(c, 1) for c in cpu["relay"]],
             "relay_cpu_pct_per_session": round(sum(cpu["relay"]) / max(1, len(devs)), 3),
             "sim_cpu_pct": round(cpu["sim"][0], 1), "clients_cpu_pct": round(clients_cpu, 1),
@@ -272,7 +277,7 @@ async def measure(args: argparse.Namespace, work: Path, dsn: str,
                 round(pct(relayed.rtt_ms, 50) - pct(direct.rtt_ms, 50), 2),
                 round(pct(relayed.rtt_ms, 99) - pct(direct.rtt_ms, 99), 2)],
             "probes": [len(relayed.rtt_ms), len(direct.rtt_ms)],
-            "frames_sent": relayed.sent + direct.sent, "reply_deltas": relayed.deltas,
+            "reply_deltas": relayed.deltas,
             "late_ticks": relayed.late_ticks,
             "transcripts_seen_by_devices": len(relayed.transcripts),
             "transcripts_lost": len(lost), "connect_errors": relayed.errors[:3],

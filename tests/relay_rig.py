@@ -10,11 +10,12 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
 import yaml
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -23,6 +24,29 @@ from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd
 from voiced.audio.filebackend import read_wav_as_wire
 
 FRAME_BYTES = 960  # 20 ms of 24 kHz PCM16
+_names = iter(range(1_000_000))
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One PostgreSQL per test module, with the seed's schema (the relay adds its own)."""
+    from tests.backends import postgres
+
+    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
+        yield dsn
+
+
+def device_name() -> str:
+    """A device name no other test of the run uses (the database is shared)."""
+    return f"dev{next(_names)}"
+
+
+def messages(dsn: str, cid: str) -> list[tuple[Any, ...]]:
+    """(id, role, content, metadata) of a conversation's rows, oldest first."""
+    from tests.backends import rows
+
+    return rows(dsn, "select id::text, role, content, metadata from chat_messages_v2 "
+                     f"where conversation_id = '{cid}' order by created_at")
 QUESTION = read_wav_as_wire(QUESTION_WAV)
 SILENCE_1S = bytes(48_000)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +15,22 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.backends import postgres, rows
-from tests.relay_rig import Balancer, Client, eventually, relay_in_process
+from tests import relay_rig
+from tests.backends import rows
+from tests.relay_rig import (
+    Balancer,
+    Client,
+    device_name,
+    eventually,
+    messages,
+    relay_in_process,
+)
 from voiced import guard
 from voiced.relay import ledger as ledger_mod
 from voiced.sim.server import SimOptions, SimServer
 from voiced.transcripts import record_id
 
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
-        yield dsn
-
-
-_names = iter(range(10_000))
-
-
-def device_name() -> str:
-    return f"dev{next(_names)}"
-
-
-def messages(dsn: str, conversation_id: str) -> list[tuple[Any, ...]]:
-    return rows(dsn, "select id::text, role, content, metadata from chat_messages_v2 "
-                     f"where conversation_id = '{conversation_id}' order by created_at")
+pg = relay_rig.pg  # one PostgreSQL per module
 
 
 def message_exists(dsn: str, rid: str) -> bool:

@@ -11,19 +11,22 @@ import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.backends import postgres, rows
+from tests import relay_rig
+from tests.backends import rows
 from tests.conftest import TIMEOUT, clean_env, voiced_cmd, write_config
 from tests.relay_rig import (
     Balancer,
     Client,
     add_device,
+    device_name,
     eventually,
+    messages,
     relay_config,
     relay_env,
     relay_process,
@@ -32,23 +35,7 @@ from tests.seed_relay import SEED_INSTRUCTIONS, SeedRelay
 from tests.test_e2e import ctl, read_jsonl, wait_for_status
 from voiced.sim.server import SimOptions, SimServer
 
-
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
-        yield dsn
-
-
-_names = iter(range(10_000))
-
-
-def device_name() -> str:
-    return f"proc{next(_names)}"
-
-
-def messages(dsn: str, cid: str) -> list[tuple[Any, ...]]:
-    return rows(dsn, "select id::text, role, content, metadata from chat_messages_v2 "
-                     f"where conversation_id = '{cid}' order by created_at")
+pg = relay_rig.pg  # one PostgreSQL per module
 
 
 @contextlib.asynccontextmanager
@@ -92,6 +79,24 @@ async def exchange(cfg: Path, tmp_path: Path, records: int) -> list[dict[str, An
     return read_jsonl(tmp_path / "t.jsonl")
 
 
+async def exchange_through_relay(tmp_path: Path, pg: str, sim: SimServer
+                                 ) -> tuple[str, str, list[dict[str, Any]], str]:
+    """Today's device, given a conversation, holds one exchange through `voiced relay`.
+
+    Returns the device name, the conversation, the device's records and the relay's log.
+    """
+    cfg = relay_config(tmp_path, sim.url)
+    name = device_name()
+    token = await add_device(cfg, pg, name)
+    async with relay_process(cfg, pg, tmp_path / "relay.log") as relay:
+        cid = await new_conversation(relay.url, token)
+        async with device(tmp_path, relay.url, name, token, conversation_id=cid) as (
+                dcfg, proc):
+            records = await exchange(dcfg, tmp_path, 2)
+        assert proc.returncode == 0
+    return name, cid, records, relay.log()
+
+
 # ------------------------------------------------------------------ today's device
 
 
@@ -99,16 +104,8 @@ async def exchange(cfg: Path, tmp_path: Path, records: int) -> list[dict[str, An
 async def test_a_device_holds_a_spoken_exchange_through_voiced_relay(
         tmp_path: Path, pg: str) -> None:
     async with SimServer(SimOptions(pace=4, transcript="what is the weather")) as sim:
-        cfg = relay_config(tmp_path, sim.url)
-        name = device_name()
-        token = await add_device(cfg, pg, name)
-        async with relay_process(cfg, pg, tmp_path / "relay.log") as relay:
-            cid = await new_conversation(relay.url, token)
-            async with device(tmp_path, relay.url, name, token, conversation_id=cid) as (
-                    dcfg, proc):
-                records = await exchange(dcfg, tmp_path, 2)
-            assert proc.returncode == 0
-        assert "Traceback" not in relay.log()
+        name, cid, records, log = await exchange_through_relay(tmp_path, pg, sim)
+        assert "Traceback" not in log
     # every record the device kept is a row, under the same deterministic id
     got = {r[0]: r for r in messages(pg, cid)}
     assert [r["role"] for r in records] == ["user", "assistant"]
@@ -314,13 +311,6 @@ async def test_r3_the_device_waits_for_the_answer_to_its_own_session_update(
 @pytest.mark.timeout(120)
 async def test_r4_records_carry_the_model_the_relay_chose(tmp_path: Path, pg: str) -> None:
     async with SimServer(SimOptions(pace=4, transcript="which model")) as sim:
-        cfg = relay_config(tmp_path, sim.url)
-        name = device_name()
-        token = await add_device(cfg, pg, name)
-        async with relay_process(cfg, pg, tmp_path / "relay.log") as relay:
-            cid = await new_conversation(relay.url, token)
-            async with device(tmp_path, relay.url, name, token, conversation_id=cid) as (
-                    dcfg, _):
-                records = await exchange(dcfg, tmp_path, 2)
+        _, _, records, _ = await exchange_through_relay(tmp_path, pg, sim)
     assert {r["metadata"]["model"] for r in records} == {"gpt-realtime-2.1-mini"}
     assert json.dumps(records)  # the records themselves are fine otherwise

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -547,9 +547,9 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
-    d = RealtimeSettings()
-    url = sec.str_("url", d.url)
+def _ws_url(sec: _Section, default: str) -> tuple[str, SplitResult]:
+    """``url``: ws:// or wss:// with a host; plain ws:// only to a loopback address."""
+    url = sec.str_("url", default)
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss"):
         sec.bad("url", f"scheme {parts.scheme or '(none)'!r} is not ws:// or wss://")
@@ -557,6 +557,12 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         sec.bad("url", "has no host")
     elif parts.scheme == "ws" and not _is_loopback(parts.hostname):
         sec.bad("url", "plain ws:// is allowed only to a loopback address; use wss://")
+    return url, parts
+
+
+def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
+    d = RealtimeSettings()
+    url, parts = _ws_url(sec, d.url)
     model = sec.str_("model", d.model)
     if "preview" in model:
         sec.bad("model", f"{model!r} is a retired beta-era model; use e.g. gpt-realtime-2.1")
@@ -1040,6 +1046,16 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
         ConfigError: the file is missing, unreadable, not YAML, or invalid.
     """
     p = Path(path)
+    return parse(read_yaml(p), environ=environ, base_dir=p.resolve().parent, source_path=p,
+                 require_secrets=require_secrets)
+
+
+def read_yaml(p: Path) -> object:
+    """The YAML document in ``p`` (safe_load).
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not YAML (key ``config``).
+    """
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -1047,7 +1063,7 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([("config", f"{p} cannot be read: {e}")]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -1055,8 +1071,6 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError([("config", f"{p} is not valid YAML{where}: {problem}")]) from None
-    return parse(data, environ=environ, base_dir=p.resolve().parent, source_path=p,
-                 require_secrets=require_secrets)
 
 
 def diff(old: object, new: object, prefix: str = "") -> list[str]:

@@ -17,9 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
-
-import yaml
 
 from voiced.config import (
     _MISSING,
@@ -32,7 +29,9 @@ from voiced.config import (
     _path,
     _Problems,
     _Section,
+    _ws_url,
     read_credential,
+    read_yaml,
 )
 from voiced.errors import ConfigError
 
@@ -353,14 +352,7 @@ def _server(sec: _Section, base: Path) -> ServerSettings:
 
 def _upstream(sec: _Section, environ: Mapping[str, str]) -> UpstreamSettings:
     d = UpstreamSettings()
-    url = sec.str_("url", d.url)
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        sec.bad("url", f"scheme {parts.scheme or '(none)'!r} is not ws:// or wss://")
-    elif not parts.hostname:
-        sec.bad("url", "has no host")
-    elif parts.scheme == "ws" and not _is_loopback(parts.hostname):
-        sec.bad("url", "plain ws:// is allowed only to a loopback address; use wss://")
+    url, parts = _ws_url(sec, d.url)
     key = read_credential("openai_api_key", environ)
     if key is None and parts.hostname and not _is_loopback(parts.hostname):
         sec.problems.add("credentials.openai_api_key",
@@ -474,18 +466,5 @@ def load(path: Path, *, environ: Mapping[str, str],
     Raises:
         ConfigError: the file is missing, unreadable, not YAML, or invalid.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([("config", f"{path} does not exist")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([("config", f"{path} cannot be read: {e}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError([("config", f"{path} is not valid YAML{where}: {problem}")]) from None
-    return parse(data, environ=environ, base_dir=path.resolve().parent, source_path=path,
-                 require_secrets=require_secrets)
+    return parse(read_yaml(path), environ=environ, base_dir=path.resolve().parent,
+                 source_path=path, require_secrets=require_secrets)
