@@ -78,7 +78,8 @@ def proc_mem_mb(pid: int) -> tuple[float, float]:
 @dataclass
 class Stats:
     rtt_ms: list[float] = field(default_factory=list)
-    transcripts: list[tuple[str, str, str]] = field(default_factory=list)  # device, cid, item
+    transcripts: list[tuple[str, str, str, str]] = field(default_factory=list)  # device, cid,
+    # item, event type
     deltas: int = 0
     sent: int = 0
     late_ticks: int = 0
@@ -110,7 +111,7 @@ class Device:
                     self.cid = d["conversation_id"]
                 elif t in ("conversation.item.input_audio_transcription.completed",
                            "response.output_audio_transcript.done"):
-                    self.stats.transcripts.append((self.name, self.cid, d["item_id"]))
+                    self.stats.transcripts.append((self.name, self.cid, d["item_id"], t))
 
     async def tick(self, audio: list[str], probe: bool) -> None:
         frame = audio[self.pos % len(audio)]
@@ -210,7 +211,7 @@ async def measure(args: argparse.Namespace, work: Path, dsn: str,
                            agents=[{"id": "home", "model": "gpt-realtime-2.1-mini",
                                     "turn_detection": {"type": "server_vad",
                                                        "silence_duration_ms": 500}}],
-                           log_level="warning", database={"pool_size": 10})
+                           log_level=args.log_level, database={"pool_size": 10})
         relays.append(await RelayProcess(cfg, dsn, work / f"relay{i}.log").start())
     lb: Balancer | None = None
     url = relays[0].url
@@ -248,8 +249,24 @@ async def measure(args: argparse.Namespace, work: Path, dsn: str,
     await asyncio.sleep(3)  # transcripts in flight
     for d in devs + devs_direct:
         await d.ws.close()
-    await asyncio.sleep(1)
+    # a write slower than database.write_timeout_s went to the spool (fsynced) before
+    # the device heard of it; the spool delivers it: wait for that, and say how many
+    spools = [work / f"relay{i}.yaml.spool" for i in range(len(relays))]
+    pending = lambda: sum(1 for sp in spools for _ in sp.glob("*.json"))  # noqa: E731
+    spooled_at_end = pending()
+    for _ in range(600):
+        if not pending():
+            break
+        await asyncio.sleep(0.1)
     ids = {r[0] for r in rows(dsn, "select id::text from chat_messages_v2")}
+    lost_first = [t for t in relayed.transcripts if record_id(t[0], t[2]) not in ids]
+    if lost_first:  # late, or lost? look again
+        await asyncio.sleep(10)
+        ids = {r[0] for r in rows(dsn, "select id::text from chat_messages_v2")}
+    logs = [r.log() for r in relays]
+    spooled_total = sum(log.count("transcripts go to the spool") for log in logs)
+    problems = [line for log in logs for line in log.splitlines()
+                if "rejected" in line or "ERROR" in line or "Traceback" in line][:5]
     lost = [t for t in relayed.transcripts if record_id(t[0], t[2]) not in ids]
     per_relay = [sum(1 for i in (lb.picked if lb else []) if i == k) for k in range(2)]
     if lb is not None:
@@ -281,6 +298,10 @@ async def measure(args: argparse.Namespace, work: Path, dsn: str,
             "late_ticks": relayed.late_ticks,
             "transcripts_seen_by_devices": len(relayed.transcripts),
             "transcripts_lost": len(lost), "connect_errors": relayed.errors[:3],
+            "spooled_at_window_end": spooled_at_end, "spool_warnings": spooled_total,
+            "still_spooled": pending(), "relay_log_problems": problems,
+            "missing_at_first_count": len(lost_first),
+            "lost_examples": lost[:3],
             "connections_per_relay": per_relay if lb else [len(devs)],
             "rtt_median_ms_relayed_mean": round(statistics.fmean(relayed.rtt_ms), 2)
             if relayed.rtt_ms else None}
@@ -294,9 +315,11 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=8.0)
     p.add_argument("--connect-per-s", type=float, default=50.0)
     p.add_argument("--two", action="store_true", help="two relays on one PostgreSQL")
+    p.add_argument("--keep", help="work in this directory and keep it (logs, spool)")
+    p.add_argument("--log-level", default="warning", help="the relays' log_level")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(args.keep) if args.keep else Path(tmp)
         with postgres(work / "pg") as dsn:
             result = asyncio.run(run(args, work, dsn))
     print(json.dumps(result, indent=1))

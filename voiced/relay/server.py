@@ -309,8 +309,9 @@ class RelayServer:
         except (StoreUnavailable, TimeoutError) as e:
             skipped = guard.should_log("spooling")
             if skipped is not None:
-                logger.warning("transcripts go to the spool (%s)%s", guard.printable(
-                    e or "timed out"), f"; {skipped} more since" if skipped else "")
+                logger.warning("transcripts go to the spool (%s)%s",
+                               guard.printable(str(e) or "the write timed out"),
+                               f"; {skipped} more since" if skipped else "")
         for w in writes:
             self.spool.put(spool_record(w))
         await self.spool.flush()
