@@ -521,3 +521,34 @@ async def test_barge_in_and_tool_calls_pass_through(tmp_path: Path, pg: str) -> 
         (md,) = [r[3] for r in messages(pg, cid) if r[1] == "assistant"]
         assert md["interrupted"] is True and md["status"] == "cancelled"
         await c.close()
+
+
+async def test_a_cancelled_spool_flush_leaves_the_other_connections_records_alone(
+        tmp_path: Path) -> None:
+    """Many bridges flush the one spool at once; one of them cancelled (its device went
+    away) must not cancel the others' queued writes (found by bench/relay_bench.py: 119 of
+    200 spooled transcripts were never written, though their devices had heard them)."""
+    import threading
+
+    from voiced.outbox import Outbox
+
+    spool = Outbox(tmp_path / "spool", None)
+    spool.open()
+    gate = threading.Event()
+    spool._io.submit(gate.wait, 10)  # the worker is busy: the writes below queue up
+    spool.put({"id": "a"})
+
+    async def flush_for(record_id: str) -> None:
+        spool.put({"id": record_id})
+        await spool.flush()
+
+    victim = asyncio.create_task(flush_for("b"))
+    survivor = asyncio.create_task(flush_for("c"))
+    await asyncio.sleep(0.05)
+    victim.cancel()  # its device went away mid-flush
+    await asyncio.sleep(0.05)
+    gate.set()
+    await asyncio.wait_for(survivor, 10)
+    ids = sorted(json.loads(p.read_text())["id"] for p in (tmp_path / "spool").glob("*.json"))
+    assert ids == ["a", "b", "c"]
+    await spool.aclose()

@@ -301,10 +301,12 @@ class RelayServer:
 
     async def persist(self, writes: tuple[Write, ...]) -> None:
         """Make ``writes`` durable: PostgreSQL, else the spool (fsynced) before returning."""
+        ids = [spool_record(w)["id"] for w in writes]
         try:
             await asyncio.wait_for(self.store.write(writes),
                                    self.settings.database.write_timeout_s)
             self.counters["written"] += len(writes)
+            logger.debug("written: %s", ids)
             return
         except (StoreUnavailable, TimeoutError) as e:
             skipped = guard.should_log("spooling")
@@ -316,6 +318,7 @@ class RelayServer:
             self.spool.put(spool_record(w))
         await self.spool.flush()
         self.counters["spooled"] += len(writes)
+        logger.debug("spooled: %s", ids)
 
     async def close_revoked(self) -> int:
         """End the open connections of devices revoked since they connected."""

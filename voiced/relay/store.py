@@ -287,6 +287,7 @@ class Store:
             return Result(Outcome.RETRY, str(e))
         except (KeyError, TypeError, ValueError) as e:
             return Result(Outcome.REJECTED, f"not a transcript record: {e!r}")
+        logger.debug("delivered from the spool: %s", record.get("id"))
         return Result(Outcome.DELIVERED)
 
 
