@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import shutil
+import ssl
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -552,3 +555,24 @@ async def test_a_cancelled_spool_flush_leaves_the_other_connections_records_alon
     ids = sorted(json.loads(p.read_text())["id"] for p in (tmp_path / "spool").glob("*.json"))
     assert ids == ["a", "b", "c"]
     await spool.aclose()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificate")
+async def test_the_relay_terminates_tls_with_its_own_certificate(tmp_path: Path,
+                                                                 pg: str) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(subprocess.run, [
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+        "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    async with SimServer(SimOptions()) as sim, relay_in_process(
+            tmp_path, sim.url, pg,
+            server={"tls": {"cert_file": str(cert), "key_file": str(key)}}) as relay:
+        assert relay.url.startswith("wss://127.0.0.1:")
+        token = await relay.store.add_device(device_name())
+        trusted = ssl.create_default_context(cafile=str(cert))
+        c = await Client.open(relay.url, token, ssl=trusted)
+        await c.wait_for("session.created")
+        await c.close()
+        with pytest.raises(ssl.SSLCertVerificationError):  # a client that does not trust it
+            await Client.open(relay.url, token, ssl=ssl.create_default_context())
