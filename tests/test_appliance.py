@@ -241,20 +241,25 @@ needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                    reason="systemd-analyze missing (setup.sh test installs it)")
 
 
+UNITS = [UNIT, REPO / "systemd" / "voiced-relay.service"]
+
+
 @needs_systemd
-def test_unit_exposure_is_at_most_2() -> None:
-    p = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(UNIT)],
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_unit_exposure_is_at_most_2(unit: Path) -> None:
+    p = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
                        capture_output=True, text=True, timeout=60, check=False)
-    m = re.search(r"Overall exposure level for voiced\.service: ([\d.]+)", p.stdout)
+    m = re.search(rf"Overall exposure level for {re.escape(unit.name)}: ([\d.]+)", p.stdout)
     assert m, p.stdout[-2000:] + p.stderr
     assert float(m.group(1)) <= 2.0, p.stdout[-3000:]
 
 
 @needs_systemd
-def test_unit_verifies_clean(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", UNITS, ids=lambda u: u.name)
+def test_unit_verifies_clean(tmp_path: Path, source: Path) -> None:
     # verify checks that ExecStart exists; point it at a binary that does
-    unit = tmp_path / "voiced.service"
-    unit.write_text(UNIT.read_text().replace("/opt/voiced/venv/bin/voiced", "/bin/true"))
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/voiced/venv/bin/voiced", "/bin/true"))
     p = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                        text=True, timeout=60, check=False)
     assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr

@@ -314,6 +314,13 @@ def cmd_test_audio(args: argparse.Namespace) -> int:
         return EX_FAIL
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    """`voiced relay`: the relay server, and its device tokens."""
+    from voiced.relay import cli
+
+    return cli.run(args, setup_logging)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     from voiced.config import DEFAULT_CONFIG_PATH
@@ -370,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="directory for the demo's files (default: a temp dir)")
     demo.add_argument("--debug", action="store_true")
     demo.set_defaults(func=cmd_demo)
+    from voiced.relay.cli import add_parser as add_relay_parser
+
+    add_relay_parser(sub).set_defaults(func=cmd_relay)
     return p
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 
@@ -701,13 +701,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
-    d = RealtimeSettings()
-    url = sec.str_("url", d.url)
-    why = url_problem(url, ("ws", "wss"), sends="the API key (credential openai_api_key)")
+def _ws_url(sec: _Section, default: str, *,
+            sends: str = "the API key (credential openai_api_key)",
+            ) -> tuple[str, SplitResult | None]:
+    """``url``: ws:// or wss:// with a host (see url_problem); its parts, None if bad."""
+    url = sec.str_("url", default)
+    why = url_problem(url, ("ws", "wss"), sends=sends)
     if why is not None:
         sec.bad("url", why)
-    parts = urlsplit(url if why is None else d.url)
+        return url, None
+    return url, urlsplit(url)
+
+
+def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
+    d = RealtimeSettings()
+    url, parts = _ws_url(sec, d.url)
     model = sec.str_("model", d.model)
     if "preview" in model:
         sec.bad("model", f"{model!r} is a retired beta-era model; use e.g. gpt-realtime-2.1")
@@ -772,7 +780,8 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     max_pending_items = sec.int_("max_pending_items", d.max_pending_items, lo=4, hi=10_000)
 
     api_key = _credential(sec, "openai_api_key", environ)
-    if (api_key is None and why is None and not sec.problems.has("credentials.openai_api_key")
+    if (api_key is None and parts is not None
+            and not sec.problems.has("credentials.openai_api_key")
             and parts.hostname and not _is_loopback(parts.hostname)):
         sec.problems.add(
             "credentials.openai_api_key",
@@ -1378,9 +1387,19 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
         ConfigError: the file is missing, unreadable, not YAML, or invalid.
     """
     p = Path(path)
+    return parse(read_yaml(p), environ=environ, base_dir=p.resolve().parent, source_path=p,
+                 require_secrets=require_secrets)
+
+
+def read_yaml(p: Path) -> object:
+    """The YAML document in ``p``: bounded in size, nesting and alias expansion.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not YAML (key ``config``).
+    """
     text = _read_config(p)
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader, bounded
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader, bounded
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -1390,8 +1409,6 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
         raise ConfigError([("config", f"{p} is not valid YAML{where}: {problem}")]) from None
     except (ValueError, RecursionError, MemoryError) as e:  # the last line of defence
         raise ConfigError([("config", f"{p} cannot be loaded: {type(e).__name__}")]) from None
-    return parse(data, environ=environ, base_dir=p.resolve().parent, source_path=p,
-                 require_secrets=require_secrets)
 
 
 def _read_config(p: Path) -> str:

@@ -445,9 +445,16 @@ class Outbox:
             self._write(r)
 
     async def flush(self) -> None:
-        """Wait until every record handed to :meth:`put` is on disk (or kept in memory)."""
+        """Wait until every record handed to :meth:`put` is on disk (or kept in memory).
+
+        Cancelling a caller of flush() never cancels the writes it waits for: others may
+        be waiting for them too (the relay's connections share one spool), and a queued
+        write that is cancelled never runs.
+        """
         if self._writes or self._draft_writes:
-            await asyncio.gather(*self._writes, *self._draft_writes, return_exceptions=True)
+            await asyncio.gather(*(asyncio.shield(f) for f in (*self._writes,
+                                                               *self._draft_writes)),
+                                 return_exceptions=True)
 
     # ------------------------------------------------------------------ delivery
 
