@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd
 from voiced.audio.filebackend import read_wav_as_wire
-from voiced.sim.server import SimOptions, SimServer
+from voiced.sim.server import ManualClock, SimOptions, SimServer
 
 SPEECH = read_wav_as_wire(QUESTION_WAV)
 SILENCE = bytes(24000 * 2)  # 1 s
@@ -67,12 +67,17 @@ async def test_drop_mid_response_aborts_without_close_frame() -> None:
 
 
 async def test_stall_means_no_pongs() -> None:
-    async with SimServer(SimOptions(stall_after_s=0.2)) as sim:
+    clock = ManualClock()
+    async with SimServer(SimOptions(stall_after_s=30), clock=clock) as sim:
         async with connect(sim.url, ping_interval=0.2, ping_timeout=0.3,
                            close_timeout=0.5) as ws:
             await until(ws, "session.created")
+            await asyncio.wait_for(await ws.ping(), TIMEOUT)  # answered: not stalled yet
+            assert not sim.sessions[0].stalled
+            clock.advance(30)  # the simulator's clock: 30 s after the session began
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert sim.sessions[0].stalled
 
 
 async def test_malformed_and_unknown_frames_are_injected() -> None:
