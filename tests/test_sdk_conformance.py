@@ -14,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,8 +22,9 @@ import pytest
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
-from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd
+from tests.conftest import QUESTION_WAV, TIMEOUT
 from tests.ga_types import strict_event
+from tests.test_sim_faults import voiced_sim
 from voiced.audio.filebackend import read_wav_as_wire
 from voiced.sim.server import SimOptions, SimServer
 
@@ -435,30 +435,15 @@ async def test_a_failed_transcription_is_reported_and_the_reply_still_comes() ->
         assert "conversation.item.input_audio_transcription.completed" in kinds(events)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_the_voiced_sim_command_holds_a_spoken_turn_with_the_sdk() -> None:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *voiced_cmd("sim", "--port", str(port), "--pace", "8"), env=clean_env(),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)  # listening
-        async with sdk(f"ws://127.0.0.1:{port}/v1", audio={"input": {
-                "transcription": TRANSCRIBE, "turn_detection": VAD}}) as d:
-            await d.speak()
-            events = await d.until("rate_limits.updated")
-            user = events[at(events, "conversation.item.added")].item.id
-            assert "weather" in check_transcript_order(events, "late", user).split()
-            check_reply(events, user)
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), TIMEOUT)
+    async with voiced_sim("--pace", "8") as (port, _), sdk(
+            f"ws://127.0.0.1:{port}/v1",
+            audio={"input": {"transcription": TRANSCRIBE, "turn_detection": VAD}}) as d:
+        await d.speak()
+        events = await d.until("rate_limits.updated")
+        user = events[at(events, "conversation.item.added")].item.id
+        assert "weather" in check_transcript_order(events, "late", user).split()
+        check_reply(events, user)
 
 
 async def test_openai_agents_calls_a_tool_with_required_arguments() -> None:

@@ -19,6 +19,7 @@ from tests.test_sim_faults import SILENCE, SPEECH, configure, recv_json, speak, 
 from voiced import wire
 from voiced.sim import voice
 from voiced.sim.server import ManualClock, SimOptions, SimServer
+
 # the example payloads of OpenAI's OpenAPI spec (Apache-2.0; provenance in data/README.txt)
 EXAMPLES = Path(__file__).resolve().parent / "data" / "realtime-spec-examples.jsonl"
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -133,14 +135,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_voiced_sim_command_with_require_key() -> None:
+@contextlib.asynccontextmanager
+async def voiced_sim(*args: str) -> AsyncIterator[tuple[int, str]]:
+    """`voiced sim` as a process on a free port: its port and the line it printed."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        *voiced_cmd("sim", "--port", str(port), "--require-key", "k1"), env=clean_env(),
+        *voiced_cmd("sim", "--port", str(port), *args), env=clean_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+        yield port, (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), TIMEOUT)
+
+
+async def test_voiced_sim_command_with_require_key() -> None:
+    async with voiced_sim("--require-key", "k1") as (port, line):
         assert f"ws://127.0.0.1:{port}/v1/realtime" in line
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime-2.1"
         async with connect(url, additional_headers={"Authorization": "Bearer wrong"}) as ws:
@@ -151,6 +162,3 @@ async def test_voiced_sim_command_with_require_key() -> None:
             assert exc.value.rcvd is not None and exc.value.rcvd.code == 3000
         async with connect(url, additional_headers={"Authorization": "Bearer k1"}) as ws:
             assert (await recv_json(ws))["type"] == "session.created"
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), TIMEOUT)

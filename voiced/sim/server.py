@@ -48,30 +48,31 @@ class SimServer:
         self._server: Server | None = None
         self.refuse_connections = False
         self.attempts: list[float] = []  # time.monotonic() of every connection attempt
-        self._drops_left = self.options.drop_mid_response
-        self._failures_left = self.options.transcription_failures
+        # faults still to inject, by kind: each take_*() uses one up
+        self._left = {"drop": self.options.drop_mid_response,
+                      "transcription": self.options.transcription_failures}
+
+    def _take(self, fault: str) -> bool:
+        if self._left[fault] > 0:
+            self._left[fault] -= 1
+            return True
+        return False
 
     def take_drop(self) -> bool:
         """Whether the current reply should be cut by a dropped connection."""
-        if self._drops_left > 0:
-            self._drops_left -= 1
-            return True
-        return False
+        return self._take("drop")
 
     def drop_next_responses(self, n: int = 1) -> None:
         """Faults: abort the connection halfway through the next ``n`` replies."""
-        self._drops_left = n
+        self._left["drop"] = n
 
     def take_transcription_failure(self) -> bool:
         """Whether the current input transcription should fail."""
-        if self._failures_left > 0:
-            self._failures_left -= 1
-            return True
-        return False
+        return self._take("transcription")
 
     def fail_next_transcriptions(self, n: int = 1) -> None:
         """Faults: the next ``n`` input transcriptions fail."""
-        self._failures_left = n
+        self._left["transcription"] = n
 
     def expire_sessions(self) -> None:
         """Faults: every open session ends now (``session_expired``, then close 1001)."""
