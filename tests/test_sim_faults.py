@@ -71,7 +71,9 @@ async def test_drop_mid_response_aborts_without_close_frame() -> None:
 async def test_stall_means_no_pongs() -> None:
     clock = ManualClock()
     async with SimServer(SimOptions(stall_after_s=30), clock=clock) as sim:
-        async with connect(sim.url, ping_interval=0.2, ping_timeout=0.3,
+        # the client's keepalive notices the stall; its timeout is generous so that a
+        # loaded machine answering late is not mistaken for the stall
+        async with connect(sim.url, ping_interval=0.5, ping_timeout=3,
                            close_timeout=0.5) as ws:
             await until(ws, "session.created")
             await asyncio.wait_for(await ws.ping(), TIMEOUT)  # answered: not stalled yet
