@@ -47,7 +47,8 @@ async def test_every_event_the_simulator_sends_is_ga(tmp_path: Path) -> None:
     def reply(heard: str) -> str:  # a story long enough to be interrupted
         return "Once upon a time. " * 40 if "story" in heard else f"You said: {heard}"
 
-    async with SimServer(SimOptions(pace=8, max_session_s=60, reply=reply)) as sim:
+    # its sessions end only when the test moves the clock
+    async with SimServer(SimOptions(pace=8, reply=reply), clock=ManualClock()) as sim:
         async with connect(sim.url) as ws:
             await configure(ws, instructions="Be brief.")
             await speak(ws)
