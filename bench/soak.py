@@ -182,10 +182,7 @@ async def inject(sim: SimServer, fault: str, rng: random.Random) -> None:
         await asyncio.sleep(rng.uniform(1, 6))
         sim.refuse_connections = False
     elif fault == "expire":
-        for s in sim.sessions:
-            if s.ended_at is None:
-                await s.error("session_expired", "Your session hit the maximum duration.")
-                await s.ws.close(1001, "invalid_request_error.session_expired")
+        sim.expire_sessions()
 
 
 def _delivered_ids(sim: SimServer) -> set[str]:

@@ -66,6 +66,13 @@ def write_config(tmp_path: Path, url: str, *, input_wav: Path = QUESTION_WAV,
     return path
 
 
+@pytest.fixture(params=["late", "early"])
+def user_transcript(request: pytest.FixtureRequest) -> str:
+    """The simulator's order of a user's transcript and the reply to it (upstream's
+    usual "late", and "early"): a test of the core that takes this runs under both."""
+    return str(request.param)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

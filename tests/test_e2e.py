@@ -66,11 +66,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(90)
-async def test_run_holds_a_ga_conversation_end_to_end(tmp_path: Path) -> None:
+async def test_run_holds_a_ga_conversation_end_to_end(tmp_path: Path,
+                                                      user_transcript: str) -> None:
     wav = tmp_path / "question48k.wav"
     make_48k_stereo(wav)
     expected = read_wav_as_wire(wav)  # the same conversion a mic stream goes through
-    async with SimServer(SimOptions()) as sim:
+    async with SimServer(SimOptions(user_transcript=user_transcript)) as sim:
         cfg = write_config(tmp_path, sim.url, input_wav=wav)
         proc = await asyncio.create_subprocess_exec(
             *voiced_cmd("run", "-c", str(cfg)), env=clean_env(),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd
 from voiced.audio.filebackend import read_wav_as_wire
-from voiced.sim.server import SimOptions, SimServer
+from voiced.sim.server import ManualClock, SimOptions, SimServer
 
 SPEECH = read_wav_as_wire(QUESTION_WAV)
 SILENCE = bytes(24000 * 2)  # 1 s
@@ -67,12 +69,19 @@ async def test_drop_mid_response_aborts_without_close_frame() -> None:
 
 
 async def test_stall_means_no_pongs() -> None:
-    async with SimServer(SimOptions(stall_after_s=0.2)) as sim:
-        async with connect(sim.url, ping_interval=0.2, ping_timeout=0.3,
+    clock = ManualClock()
+    async with SimServer(SimOptions(stall_after_s=30), clock=clock) as sim:
+        # the client's keepalive notices the stall; its timeout is generous so that a
+        # loaded machine answering late is not mistaken for the stall
+        async with connect(sim.url, ping_interval=0.5, ping_timeout=3,
                            close_timeout=0.5) as ws:
             await until(ws, "session.created")
+            await asyncio.wait_for(await ws.ping(), TIMEOUT)  # answered: not stalled yet
+            assert not sim.sessions[0].stalled
+            clock.advance(30)  # the simulator's clock: 30 s after the session began
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert sim.sessions[0].stalled
 
 
 async def test_malformed_and_unknown_frames_are_injected() -> None:
@@ -128,14 +137,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_voiced_sim_command_with_require_key() -> None:
+@contextlib.asynccontextmanager
+async def voiced_sim(*args: str) -> AsyncIterator[tuple[int, str]]:
+    """`voiced sim` as a process on a free port: its port and the line it printed."""
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        *voiced_cmd("sim", "--port", str(port), "--require-key", "k1"), env=clean_env(),
+        *voiced_cmd("sim", "--port", str(port), *args), env=clean_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+        yield port, (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), TIMEOUT)
+
+
+async def test_voiced_sim_command_with_require_key() -> None:
+    async with voiced_sim("--require-key", "k1") as (port, line):
         assert f"ws://127.0.0.1:{port}/v1/realtime" in line
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime-2.1"
         async with connect(url, additional_headers={"Authorization": "Bearer wrong"}) as ws:
@@ -146,6 +164,3 @@ async def test_voiced_sim_command_with_require_key() -> None:
             assert exc.value.rcvd is not None and exc.value.rcvd.code == 3000
         async with connect(url, additional_headers={"Authorization": "Bearer k1"}) as ws:
             assert (await recv_json(ws))["type"] == "session.created"
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), TIMEOUT)

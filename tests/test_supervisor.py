@@ -92,8 +92,10 @@ def roles(h: Harness) -> list[str]:
     return [r["role"] for r in h.records]
 
 
-async def test_malformed_and_unknown_frames_are_counted_not_fatal(tmp_path: Path) -> None:
-    async with SimServer(SimOptions(pace=4, malformed_every=3, unknown_every=4)) as sim:
+async def test_malformed_and_unknown_frames_are_counted_not_fatal(
+        tmp_path: Path, user_transcript: str) -> None:
+    async with SimServer(SimOptions(pace=4, malformed_every=3, unknown_every=4,
+                                    user_transcript=user_transcript)) as sim:
         async with running(tmp_path, sim) as h:
             await h.wait(lambda: h.state == State.READY)
             h.sup._on_control("press")
@@ -103,8 +105,10 @@ async def test_malformed_and_unknown_frames_are_counted_not_fatal(tmp_path: Path
             assert len(sim.sessions) == 1  # no reconnect was needed
 
 
-async def test_reconnects_after_a_drop_mid_response(tmp_path: Path) -> None:
-    async with SimServer(SimOptions(pace=4, drop_mid_response=1)) as sim:
+async def test_reconnects_after_a_drop_mid_response(tmp_path: Path,
+                                                    user_transcript: str) -> None:
+    async with SimServer(SimOptions(pace=4, drop_mid_response=1,
+                                    user_transcript=user_transcript)) as sim:
         async with running(tmp_path, sim) as h:
             await h.wait(lambda: h.state == State.READY)
             h.sup._on_control("press")

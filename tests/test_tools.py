@@ -132,10 +132,11 @@ def outputs(sim: SimServer) -> dict[str, Any]:
     return out
 
 
-async def test_a_spoken_request_runs_a_builtin_and_an_http_tool(tmp_path: Path,
-                                                                service: Service) -> None:
+async def test_a_spoken_request_runs_a_builtin_and_an_http_tool(
+        tmp_path: Path, service: Service, user_transcript: str) -> None:
     opts = SimOptions(pace=4, transcript="What is the get_time, and the weather in Zürich?",
-                      tool_arguments={"weather": '{"city": "Zürich"}'})
+                      tool_arguments={"weather": '{"city": "Zürich"}'},
+                      user_transcript=user_transcript)
     async with exchanged(tmp_path, service, opts) as (sim, h):
         got = outputs(sim)
         assert got["weather"] == {"city": "Zürich", "temp_c": 21, "sky": "clear"}

@@ -275,7 +275,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
     opts = SimOptions(require_key=args.require_key, max_session_s=args.max_session_s,
                       pace=args.pace, drop_mid_response=args.drop_mid_response,
                       stall_after_s=args.stall_after_s, malformed_every=args.malformed_every,
-                      unknown_every=args.unknown_every)
+                      unknown_every=args.unknown_every, user_transcript=args.user_transcript,
+                      transcription_failures=args.transcription_failures)
     return asyncio.run(serve_forever(args.host, args.port, opts))
 
 
@@ -371,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fault: send a malformed frame after every N events")
     sim.add_argument("--unknown-every", type=int, default=0, metavar="N",
                      help="fault: send an unknown event type after every N events")
+    sim.add_argument("--user-transcript", choices=["late", "early"], default="late",
+                     help="the user's transcript after the reply has started (upstream's "
+                     "usual order) or before its response.created")
+    sim.add_argument("--transcription-failures", type=int, default=0, metavar="N",
+                     help="fault: the next N input transcriptions fail")
     sim.add_argument("--debug", action="store_true")
     sim.set_defaults(func=cmd_sim)
     demo = sub.add_parser("demo", help="a spoken exchange with no hardware, key or network")
