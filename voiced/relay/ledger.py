@@ -317,6 +317,13 @@ class Ledger:
             case wire.ResponseDone():
                 writes: list[Write] = []
                 for item_id, text in ev.transcripts.items():
+                    if item_id in self._written and ev.status != "completed":
+                        # GA ends a cancelled reply's transcript (.done) before saying
+                        # it was cancelled: the row written then learns it now
+                        writes.append(Annotate(
+                            record_id(self.device, guard.storable(item_id)),
+                            {"interrupted": True, "status": ev.status}))
+                        continue
                     writes += self._assistant(item_id, ev.response_id, text, ev.status, now)
                 return UpstreamVerdict(writes=tuple(writes))
             case wire.ItemTruncated():
