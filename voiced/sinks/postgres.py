@@ -7,6 +7,7 @@ binary wheels that bundle one do not cover armv7l.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -16,6 +17,8 @@ from voiced.outbox import Outcome, Result
 
 logger = logging.getLogger(__name__)
 
+# SET takes no parameters; the value is an int we format ourselves
+_STATEMENT_TIMEOUT = "set local statement_timeout = {ms}"
 _INSERT_CONVERSATION = """
 insert into conversations (id, agent_id, device_id, created_at)
 values (%s, %s, %s, %s) on conflict do nothing"""
@@ -47,20 +50,31 @@ class PostgresSink:
         return self._conn
 
     async def deliver(self, record: dict[str, Any]) -> Result:
-        """Insert; unique conflicts count as delivered."""
+        """Insert; unique conflicts count as delivered.
+
+        The whole attempt ends after ``timeout_s``: a locked table or a server that
+        stopped answering must not hold the outbox (and every later record) forever. The
+        server gets the same limit as its statement_timeout, so it gives up too.
+        """
         import psycopg
 
         try:
-            conn = await self._connect()
-            async with conn.transaction():
-                await conn.execute(_INSERT_CONVERSATION, (
-                    record["conversation_id"], self.agent_id, self.device_id,
-                    record["created_at"]))
-                await conn.execute(_INSERT_MESSAGE, (
-                    record["id"], record["conversation_id"], record["role"], record["text"],
-                    json.dumps(record["metadata"], ensure_ascii=False),
-                    record["created_at"]))
+            async with asyncio.timeout(self.timeout_s):
+                conn = await self._connect()
+                async with conn.transaction():
+                    await conn.execute(_STATEMENT_TIMEOUT.format(
+                        ms=max(1, int(self.timeout_s * 1000))))
+                    await conn.execute(_INSERT_CONVERSATION, (
+                        record["conversation_id"], self.agent_id, self.device_id,
+                        record["created_at"]))
+                    await conn.execute(_INSERT_MESSAGE, (
+                        record["id"], record["conversation_id"], record["role"],
+                        record["text"], json.dumps(record["metadata"], ensure_ascii=False),
+                        record["created_at"]))
             return Result(Outcome.DELIVERED)
+        except TimeoutError:
+            await self._drop()  # cut off mid-query: the connection's state is unknown
+            return Result(Outcome.RETRY, f"no answer within {self.timeout_s:g} s")
         except (psycopg.errors.UndefinedTable, psycopg.errors.InsufficientPrivilege) as e:
             # the schema is not applied or the role may not insert: fixable, so keep trying
             await self._drop()
