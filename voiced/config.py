@@ -1055,6 +1055,8 @@ def load(path: str | Path, *, environ: Mapping[str, str] | None = None,
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(e, "problem", None) or "invalid YAML"
         raise ConfigError([("config", f"{p} is not valid YAML{where}: {problem}")]) from None
+    if data is None:  # a truncated file would otherwise pass as "all defaults"
+        raise ConfigError([("config", f"{p} is empty")])
     return parse(data, environ=environ, base_dir=p.resolve().parent, source_path=p,
                  require_secrets=require_secrets)
 
