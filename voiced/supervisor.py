@@ -778,9 +778,11 @@ class Supervisor:
         """Built-in tool: set and persist the speaker volume."""
         return self.volume.set(percent)
 
-    def device_status(self) -> dict[str, Any]:
+    async def device_status(self) -> dict[str, Any]:
         """Built-in tool: network, uptimes, transcript backlog, connection."""
-        return {**network_status(self.settings.realtime.url),
+        # finding the route may resolve the server's name: never on the event loop
+        net = await asyncio.to_thread(network_status, self.settings.realtime.url)
+        return {**net,
                 "daemon_uptime_s": round(time.monotonic() - self._started),
                 "system_uptime_s": system_uptime_s(),
                 "transcripts_waiting": self.outbox.pending if self.outbox else 0,

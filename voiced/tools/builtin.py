@@ -34,7 +34,7 @@ class Device(Protocol):
     def set_volume(self, percent: int) -> int:
         """Set (and persist) the speaker volume; return the new value."""
 
-    def device_status(self) -> dict[str, Any]:
+    async def device_status(self) -> dict[str, Any]:
         """Network, uptime, transcript backlog."""
 
 
@@ -91,7 +91,7 @@ def builtin_tools(enabled: tuple[str, ...], device: Device, *, timezone: str | N
 
     if "status" in enabled:
         async def status(args: dict[str, Any]) -> dict[str, Any]:
-            return device.device_status()
+            return await device.device_status()
         tools.append(Tool("device_status",
                           "The device's own status: network, uptime, transcripts waiting "
                           "to be delivered.", _EMPTY, status, timeout_s))
@@ -114,14 +114,17 @@ def network_status(server_url: str) -> dict[str, Any]:
     """The interface and address that reach the server, and Wi-Fi link quality if any.
 
     A UDP socket "connected" to the server picks the route without sending a packet.
+    The server's name may have to be resolved (it blocks): call this off the event loop.
     """
     out: dict[str, Any] = {"hostname": socket.gethostname()}
     host = urlsplit(server_url).hostname or "127.0.0.1"
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((host, 443))
+        # the address family follows the server's address: an IPv6-only server has a route
+        family, kind, proto, _, addr = socket.getaddrinfo(host, 443, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.connect(addr)
             out["address"] = s.getsockname()[0]
-    except OSError as e:
+    except OSError as e:  # socket.gaierror too: the name does not resolve
         out["address"] = None
         out["network_error"] = e.strerror or str(e)
     try:  # /proc/net/wireless: "wlan0: 0000   54.  -56.  -256 ..."
