@@ -147,8 +147,10 @@ from voiced.config import AudioEndpointSettings
 # the file plugin is unclocked: it captures seconds of audio at once, which a real mic
 # never does; a queue that holds it all keeps the bounded-queue drop out of this test
 pyaudio_backend._QUEUE_FRAMES = 1000
+channel = int(sys.argv[1]) if len(sys.argv) > 1 else None  # audio.input.channel
 async def main():
-    src = PyAudioSource(AudioEndpointSettings(device="usbmic", rate_hz={rate}), frame_ms=20)
+    src = PyAudioSource(AudioEndpointSettings(device="usbmic", rate_hz={rate},
+                                              channel=channel), frame_ms=20)
     await src.start()
     out = bytearray()
     while len(out) < {nbytes}:
@@ -182,6 +184,27 @@ def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path,
     errs = [np.max(np.abs(got[1000:40000] - want[1000 - lag:40000 - lag])) for lag in lags]
     best = int(np.argmin(errs))
     assert errs[best] <= 2, f"streaming differs from one-shot by {errs[best]} (lag {best})"
+
+
+def test_capture_keeps_only_the_configured_channel(tmp_path: Path) -> None:
+    """audio.input.channel: 1 on a two-channel mic: the right channel alone reaches the
+    server, resampled; the left one (here loud noise) is not mixed in."""
+    rate, seconds = 48000, 1.0
+    t = np.arange(int(rate * (seconds + 1))) / rate
+    right = (0.4 * np.sin(2 * np.pi * 300 * t) * 32767).astype("<i2")
+    left = (np.random.default_rng(5).standard_normal(len(t)) * 8000).astype("<i2")
+    stereo = np.column_stack([left, right]).reshape(-1)
+    home = alsa_home(tmp_path, in_pcm=stereo.tobytes())
+    nbytes = int(24000 * seconds) * 2
+    p = subprocess.run([sys.executable, "-c", CAPTURE.format(rate=rate, nbytes=nbytes), "1"],
+                       env=clean_env(HOME=str(home)), capture_output=True, timeout=60,
+                       check=False)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    got = np.frombuffer(p.stdout, dtype="<i2").astype(np.float64)
+    want = soxr.resample(right, rate, 24000, quality=QUALITY).astype(np.float64)
+    errs = [np.max(np.abs(got[1000:20000] - want[1000 - lag:20000 - lag]))
+            for lag in range(0, 200)]
+    assert min(errs) <= 2, f"not the right channel alone: off by {min(errs)}"
 
 
 # A speaker on the file device at the rate in argv[1], playing the raw reply files named

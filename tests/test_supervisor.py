@@ -13,10 +13,10 @@ import pytest
 
 from tests.conftest import QUESTION_WAV, TIMEOUT
 from voiced import config
-from voiced.audio.filebackend import WavFileSink, WavFileSource
+from voiced.audio.filebackend import WavFileSink, WavFileSource, read_wav_as_wire
 from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
-from voiced.supervisor import Supervisor
+from voiced.supervisor import Supervisor, build_audio
 
 
 class Harness:
@@ -184,6 +184,45 @@ async def test_control_socket_is_0660_and_rejects_unknown_commands(tmp_path: Pat
                     return dict(json.loads(s.makefile().readline()))
             assert (await asyncio.to_thread(ask, b'{"cmd": "reboot"}\n'))["ok"] is False
             assert (await asyncio.to_thread(ask, b"garbage\n"))["ok"] is False
+
+
+async def test_the_configured_input_channel_is_the_one_heard(tmp_path: Path) -> None:
+    """audio.input.channel reaches the mic the daemon builds: channel 1 of a stereo WAV
+    whose channel 0 is different audio."""
+    import wave
+
+    with wave.open(str(QUESTION_WAV), "rb") as w:
+        assert (w.getnchannels(), w.getsampwidth()) == (1, 2)
+        rate, speech = w.getframerate(), w.readframes(w.getnframes())
+    other = bytes(reversed(speech))  # the same loudness, other samples
+
+    def wav(name: str, channels: list[bytes]) -> Path:
+        path = tmp_path / name
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(len(channels))
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(b"".join(b"".join(c[i:i + 2] for c in channels)
+                                   for i in range(0, len(speech), 2)))
+        return path
+
+    stereo = wav("stereo.wav", [other, speech])
+    # what each channel alone sounds like after the mic's conversion to 24 kHz
+    want = {0: read_wav_as_wire(wav("left.wav", [other])), 1: read_wav_as_wire(QUESTION_WAV)}
+    heard = {}
+    for channel in (0, 1):
+        settings = config.parse({
+            "realtime": {"url": "ws://127.0.0.1:9/v1/realtime"},
+            "audio": {"backend": "file", "input_file_starts": "at_start",
+                      "input": {"file": str(stereo), "channel": channel},
+                      "output": {"file": str(tmp_path / "out.wav")}}}, environ={})
+        source, _ = build_audio(settings)
+        await source.start()
+        heard[channel] = b"".join([await source.read() for _ in range(5)])
+        await source.aclose()
+    assert heard[0] != heard[1]
+    for channel in (0, 1):
+        assert heard[channel] == want[channel][:len(heard[channel])], channel
 
 
 async def test_file_speaker_counts_an_item_across_an_underrun(tmp_path: Path) -> None:
