@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import QUESTION_WAV, TIMEOUT
 from voiced import config
@@ -55,7 +56,9 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
                   environ: dict[str, str] | None = None,
                   wall_clock: Callable[[], float] = time.time, pin_factory: Any = None,
                   mic_wav: Path = QUESTION_WAV, source: WavFileSource | None = None,
-                  **overrides: Any) -> AsyncIterator[Harness]:
+                  from_file: bool = False, **overrides: Any) -> AsyncIterator[Harness]:
+    """The daemon in this process; ``from_file`` loads its settings from a YAML file
+    (tmp_path/voiced.yaml), which a reload then reads again."""
     raw: dict[str, Any] = {
         "device_id": "t",
         "realtime": {"url": sim.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3,
@@ -68,7 +71,12 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
     }
     for k, v in overrides.items():
         raw[k] = {**raw.get(k, {}), **v}
-    settings = config.parse(raw, environ=environ or {})
+    if from_file:
+        path = tmp_path / "voiced.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        settings = config.load(path, environ=environ or {})
+    else:
+        settings = config.parse(raw, environ=environ or {})
     source = source or WavFileSource(mic_wav, speed=speed)
     sink = WavFileSink(tmp_path / "out.wav", speed=speed)
     h: Harness
