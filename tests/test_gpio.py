@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from tests.conftest import TIMEOUT, clean_env, voiced_cmd, write_config
+from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd, write_config
 from tests.test_supervisor import roles, running
 from voiced import config
+from voiced.audio.filebackend import read_wav_as_wire
 from voiced.button import ButtonInput
 from voiced.config import DEFAULT_PATTERNS, ButtonSettings, LedSettings
 from voiced.errors import ConfigError
@@ -406,6 +407,36 @@ async def test_a_physical_press_starts_listening_and_the_orb_follows(tmp_path: P
             assert h.records[1]["metadata"]["interrupted"] is True
             assert h.state == State.LISTENING
             assert len(sim.sessions) == 1
+
+
+async def test_push_to_talk_from_button_mode_is_manual_turns(tmp_path: Path) -> None:
+    """button.mode: push_to_talk makes the session's turns manual (no server VAD): hold,
+    speak, release commits the words and asks for the reply."""
+    from voiced.supervisor import build_policy
+
+    assert build_policy(mock_settings(tmp_path, button={"pin": "17", "mode": "push_to_talk"})
+                        ).turn_detection is None
+    factory = MockFactory()
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, speed=4, pin_factory=factory,
+                           button={"pin": "17", "mode": "push_to_talk"}) as h:
+            await h.wait(lambda: h.state == State.READY)
+            update = sim.sessions[0].received[0]
+            assert update["type"] == "session.update"
+            assert update["session"]["audio"]["input"]["turn_detection"] is None
+            pin = factory.pin(17)
+            pin.drive_low()  # held: the user speaks the whole question
+            await h.wait(lambda: h.state == State.LISTENING)
+            question = read_wav_as_wire(QUESTION_WAV)
+            await h.wait(lambda: h.sup.session.counters.appended_samples * 2 >= len(question))
+            assert not any(e["type"] == "input_audio_buffer.commit"
+                           for e in sim.sessions[0].received)  # nothing before the release
+            pin.drive_high()
+            await h.wait(lambda: roles(h) == ["user", "assistant"])
+            types = [e["type"] for e in sim.sessions[0].received]
+            commit = types.index("input_audio_buffer.commit")
+            assert "response.create" in types[commit:]
+            assert h.records[0]["text"]
 
 
 async def test_a_press_is_acknowledged_with_a_flash_over_any_pattern() -> None:

@@ -123,6 +123,12 @@ async def test_wrong_api_key_is_the_error_state_with_a_clear_reason(tmp_path: Pa
             await h.wait(lambda: h.state == State.ERROR)
             assert "API key" in (h.sup.session.fatal_reason or "")
             assert h.sup.status()["state"] == "error"
+            # the account is fixed on the server's side: the next try gets a session,
+            # and the error goes with it
+            sim.options.require_key = "wrong"
+            await h.wait(lambda: h.state == State.READY)
+            assert h.sup.session.fatal_reason is None and h.sup.status()["state"] == "ready"
+            assert len(sim.sessions) == 1
 
 
 async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> None:
