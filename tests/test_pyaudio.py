@@ -257,8 +257,13 @@ def test_playback_reaches_the_device_bit_exact(tmp_path: Path) -> None:
 
 
 PLAY_TWO_ITEMS = PLAY.format(body="""\
-    sink.play(replies[0], "item_a")  # one reply, then the next: no await in between
-    sink.play(replies[1], "item_b")""")
+    # one reply, then the next while the first is still queued. The file device is not
+    # clocked: it drains a second of audio in milliseconds, so on a busy machine the
+    # first could be gone before the second came. The device takes nothing meanwhile.
+    sink._stream.stop_stream()
+    sink.play(replies[0], "item_a")
+    sink.play(replies[1], "item_b")
+    sink._stream.start_stream()""")
 
 
 def test_a_replys_resampler_tail_plays_after_it_not_in_the_next(tmp_path: Path) -> None:

@@ -355,10 +355,10 @@ async def test_jsonl_through_the_outbox_is_once_per_id(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_dsn() -> Iterator[str]:
     if pg_bin() is None:
         pytest.skip("PostgreSQL is not installed (scripts/setup.sh test installs it)")
-    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
+    with postgres() as dsn:
         yield dsn
 
 
