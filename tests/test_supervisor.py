@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+import wave
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,12 +134,26 @@ async def test_wrong_api_key_is_the_error_state_with_a_clear_reason(tmp_path: Pa
 
 
 async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> None:
+    """The truncation, the record's heard_ms and what the speaker really played are one
+    number: the speaker's own count at the stop (no clock involved)."""
     async with SimServer(SimOptions(pace=1)) as sim:
         async with running(tmp_path, sim) as h:
             await h.wait(lambda: h.state == State.READY)
+            speaker = h.sup.sink
+            assert isinstance(speaker, WavFileSink)
+            counts: list[dict[str, int]] = []
+            real_stop = speaker.stop
+
+            def stop() -> Mapping[str, int]:
+                played = real_stop()
+                counts.append(dict(played))
+                return played
+
+            speaker.stop = stop  # type: ignore[method-assign]
             h.sup._on_control("press")
             await h.wait(lambda: h.state == State.SPEAKING)
-            await asyncio.sleep(0.5)
+            # half a second of the reply played, by the speaker's count
+            await h.wait(lambda: max(speaker._played.values(), default=0) >= 12_000)
             h.sup._on_control("interrupt")
             assert h.state == State.LISTENING
             await h.wait(lambda: roles(h) == ["user", "assistant"])
@@ -147,12 +163,20 @@ async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> Non
                             if e["type"] == "conversation.item.truncate")
             md = h.records[1]["metadata"]
             assert md["interrupted"] is True
-            assert truncate["audio_end_ms"] == md["heard_ms"] or abs(
-                truncate["audio_end_ms"] - md["heard_ms"]) <= 1
-            # about half a second was played (one 20 ms period of slack either way)
-            assert 440 <= md["heard_ms"] <= 600
+            played = counts[0][truncate["item_id"]]
+            assert truncate["audio_end_ms"] == md["heard_ms"] == round(played / 24)
+            assert md["heard_ms"] >= 500
             sent_ms = sim.sessions[0].item_audio_ms[truncate["item_id"]]
             assert truncate["audio_end_ms"] <= sent_ms
+            reply = b"".join(base64.b64decode(e["delta"]) for e in sim.sessions[0].sent
+                             if e["type"] == "response.output_audio.delta"
+                             and e["item_id"] == truncate["item_id"])
+            assert len(reply) > 2 * played  # it really was cut
+    # the speaker wrote exactly the played part of the reply, then silence
+    with wave.open(str(tmp_path / "out.wav"), "rb") as w:
+        out = w.readframes(w.getnframes())
+    at = out.find(reply[:2 * played])
+    assert at > 0 and not any(out[at + 2 * played:at + 2 * played + 960])
 
 
 async def test_long_press_starts_a_new_conversation_and_session(tmp_path: Path) -> None:
@@ -203,8 +227,6 @@ async def test_control_socket_is_0660_and_rejects_unknown_commands(tmp_path: Pat
 async def test_the_configured_input_channel_is_the_one_heard(tmp_path: Path) -> None:
     """audio.input.channel reaches the mic the daemon builds: channel 1 of a stereo WAV
     whose channel 0 is different audio."""
-    import wave
-
     with wave.open(str(QUESTION_WAV), "rb") as w:
         assert (w.getnchannels(), w.getsampwidth()) == (1, 2)
         rate, speech = w.getframerate(), w.readframes(w.getnframes())
