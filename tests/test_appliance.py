@@ -328,16 +328,15 @@ def test_the_code_runs_with_memory_deny_write_execute(tmp_path: Path) -> None:
     """The unit sets MemoryDenyWriteExecute=yes: the whole pipeline (ctypes, libsoxr,
     websockets, the simulator) and PortAudio capture at 48 kHz resampled by libsoxr must
     work in a process the kernel refuses writable+executable memory."""
-    from tests.test_pyaudio import CAPTURE, alsa_home
+    from tests.test_pyaudio import CAPTURE, clocked_mic
 
     assert "MemoryDenyWriteExecute=yes" in UNIT.read_text()
     probe = under_mdwe([sys.executable, "-c", "import mmap; mmap.mmap(-1, 4096, prot=7)"])
     assert "Permission denied" in probe.stderr  # the restriction really is on
     p = under_mdwe([*voiced_cmd("demo", "--out", str(tmp_path / "demo"))], env=clean_env())
     assert p.returncode == 0 and "assistant:" in p.stdout, p.stdout + p.stderr
-    home = alsa_home(tmp_path, in_pcm=bytes(48000 * 2 * 3))
     p = under_mdwe([sys.executable, "-c", CAPTURE.format(rate=48000, nbytes=24000 * 2)],
-                   env=clean_env(HOME=str(home)))
+                   env=clocked_mic(tmp_path, bytes(48000 * 2 * 3)))
     assert p.returncode == 0 and "RATE 48000" in p.stderr, p.stderr[-2000:]
 
 

@@ -63,8 +63,9 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
     (tmp_path/voiced.yaml), which a reload then reads again."""
     raw: dict[str, Any] = {
         "device_id": "t",
-        "realtime": {"url": sim.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3,
-                     "connect_timeout_s": 2},
+        # connect_timeout_s: the default 10 s; a short one (it was 2 s) made a session the
+        # loaded machine configured late into a reconnect, and tests count sessions
+        "realtime": {"url": sim.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3},
         "audio": {"backend": "file", "input": {"file": str(QUESTION_WAV)},
                   "output": {"file": str(tmp_path / "out.wav")}},
         "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")},
