@@ -34,15 +34,17 @@ async def exchange(h: Harness, n: int) -> None:
 
 
 async def test_a_stalled_server_is_noticed_by_keepalive_and_left(tmp_path: Path) -> None:
+    """A dead peer behind a live TCP connection is left within two keepalive periods and
+    a new session configured. (Only that: with a keepalive this short, a loaded machine's
+    late pongs also end healthy sessions now and then, so this test holds no exchange.)"""
     async with SimServer(SimOptions(pace=4)) as sim:
-        async with running(tmp_path, sim, realtime={**FAST, "keepalive_s": 0.3}) as h:
+        async with running(tmp_path, sim, realtime={**FAST, "keepalive_s": 1.0}) as h:
             await h.wait(lambda: h.state == State.READY)
-            mark = len(h.states)
+            mark, stalled = len(h.states), len(sim.sessions)
             sim.stall()  # no events, no pongs: a dead peer behind a live TCP connection
             # the history, not the current state: the reconnect may already be through
             await h.wait(lambda: State.CONNECTING in h.states[mark:])
-            await h.wait(lambda: len(sim.sessions) == 2 and h.sup.session.connected)
-            await exchange(h, 1)
+            await h.wait(lambda: len(sim.sessions) > stalled and h.sup.session.connected)
 
 
 async def test_binary_oversized_and_out_of_order_frames_do_not_hurt(tmp_path: Path) -> None:
