@@ -7,5 +7,8 @@ scripts/setup.sh test
 echo "== ruff"; .venv/bin/ruff check voiced tests bench
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"
+# coverage of this process and of every child (the daemon, PortAudio scripts, voiced ctl),
+# combined; below pyproject's [tool.coverage.report] fail_under the run fails
+rm -f .coverage .coverage.*
 PYTHONASYNCIODEBUG=1 .venv/bin/python -m pytest -q -p no:cacheprovider \
   --cov=voiced --cov-branch --cov-report=term:skip-covered "$@"

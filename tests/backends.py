@@ -13,6 +13,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,20 +40,32 @@ def free_port() -> int:
 
 
 @contextmanager
-def postgres(workdir: Path) -> Iterator[str]:
-    """Start a PostgreSQL cluster in ``workdir`` with the shipped schema; yield its DSN."""
+def postgres() -> Iterator[str]:
+    """Start a PostgreSQL cluster in a directory of its own with the shipped schema; yield
+    its DSN.
+
+    The directory is not under pytest's /tmp/pytest-of-<user>: pgtest needs to pass
+    through it, and every pytest session starting on this machine (other engineers', a
+    second run) sets that directory back to 0700, which locked a running server out of
+    its own data directory.
+    """
     bindir = pg_bin()
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed (scripts/setup.sh test installs it)")
     if subprocess.run(["id", "pgtest"], capture_output=True, check=False).returncode:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
                         "/usr/sbin/nologin", "pgtest"], check=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    shutil.chown(workdir, "pgtest", "pgtest")
-    for parent in workdir.parents:  # pgtest must be able to reach its directory
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o011)
+    workdir = Path(tempfile.mkdtemp(prefix="voiced-pg-"))  # /tmp itself: 1777
+    try:
+        shutil.chown(workdir, "pgtest", "pgtest")
+        with _cluster(bindir, workdir) as dsn:
+            yield dsn
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def _cluster(bindir: Path, workdir: Path) -> Iterator[str]:
     data, port = workdir / "data", free_port()
 
     def as_pg(*cmd: str) -> None:

@@ -10,7 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-TIMEOUT = 20.0  # every wait in the suite is bounded by this (seconds)
+# Every wait in the suite is bounded by this (seconds). It is a guard against a hang,
+# not a claim about speed: a wait that passes takes a few seconds here, and a machine
+# several times slower (two busy loops per core, other people's test runs) must not
+# reach it. Only a failing test ever waits this long.
+TIMEOUT = 45.0
 MS = 0.001
 REPO = Path(__file__).resolve().parent.parent
 QUESTION_WAV = REPO / "voiced" / "data" / "question.wav"
@@ -34,10 +38,23 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def _no_installed_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In-process CLI calls ignore a machine's /etc/voiced/credentials too."""
+    """In-process CLI calls ignore a machine's /etc/voiced/credentials too, and no test
+    leaves a credential in this process's environment for the tests after it.
+
+    `voiced check-config` run in-process sets $CREDENTIALS_DIRECTORY for the process (a
+    reload reads the same place); a test that had removed it with monkeypatch.delenv
+    left the new value behind, and a later reload test read a stray key from it.
+    """
     from voiced import config
 
     monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", Path("/nonexistent/credentials"))
+    for var in ("CREDENTIALS_DIRECTORY", *config.CREDENTIAL_ENV.values(),
+                config.CONTROL_SOCKET_ENV):
+        # recorded now, so that whatever the test does it is as before afterwards
+        # (monkeypatch.delenv of an absent variable records nothing)
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+        if os.environ[var] == "":
+            monkeypatch.delenv(var)
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

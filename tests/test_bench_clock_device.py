@@ -31,14 +31,18 @@ def test_clocked_device_is_paced_and_exact(tmp_path: Path) -> None:
     subprocess.run(["arecord", "-q", "-D", "clock", "-t", "raw", "-f", "S16_LE", "-r", "48000",
                     "-c", "1", "-d", "2", str(out)], env=env, check=True, timeout=TIMEOUT)
     took = time.monotonic() - t0
-    assert 1.9 < took < 4.0, took  # real time, give or take start-up
+    # never faster than real time (the property the figures rest on); slower only by
+    # start-up and by a client starved for a whole buffer, which the device waits for:
+    # twice real time is a margin for a busy machine (README "Tests")
+    assert 1.9 < took < 2 * 2.0 + 1.0, took
     data = out.read_bytes()
     assert len(data) == 2 * 48000 * 2
     assert data == (mic.read_bytes() * 3)[:len(data)]  # looped, sample for sample
     t0 = time.monotonic()
     subprocess.run(["aplay", "-q", "-D", "clock", "-t", "raw", "-f", "S16_LE", "-r", "24000",
                     "-c", "1", str(out)], env=env, check=True, timeout=TIMEOUT)
-    assert 3.9 < time.monotonic() - t0 < 6.0  # 192 kB at 24 kHz mono is 4 s
+    took = time.monotonic() - t0
+    assert 3.9 < took < 2 * 4.0 + 1.0, took  # 192 kB at 24 kHz mono is 4 s
 
 
 STALL = """
@@ -75,4 +79,6 @@ def test_clocked_device_keeps_going_after_a_stalled_reader(tmp_path: Path) -> No
     p = subprocess.run([sys.executable, "-c", STALL, "0.3"], env=clocked_device(tmp_path, mic),
                        capture_output=True, text=True, timeout=15, check=False)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert 0.8 < float(p.stdout.strip().splitlines()[-1]) < 3.0  # a second of audio, paced
+    # a second of audio, paced (the lower bound: the device caught up no faster than
+    # real time after the stall, less the buffer it had filled meanwhile)
+    assert 0.8 < float(p.stdout.strip().splitlines()[-1]) < 3.0

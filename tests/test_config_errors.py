@@ -112,15 +112,18 @@ def test_the_base_of_the_table_is_itself_valid(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "why"), [
-    ("realtime: [1, 2\n", "YAML"),  # syntax error
-    ("- just\n- a list\n", "mapping"),
-    ("", "empty"),
+    ("realtime: [1, 2\n", "config: {cfg} is not valid YAML at line 2, column 1: "),
+    ("- just\n- a list\n", "(top level): expected a mapping, got a list"),
+    ("", "config: {cfg} is empty"),
+    ("# only a comment\n", "config: {cfg} is empty"),
 ])
 def test_unreadable_files_are_exit_78_without_traceback(tmp_path: Path, text: str,
                                                         why: str) -> None:
     p = check(tmp_path, text)
     assert p.returncode == 78, p.stderr
-    assert "Traceback" not in p.stderr and "config error" in p.stderr
+    assert "Traceback" not in p.stderr
+    want = "voiced: config error: " + why.format(cfg=tmp_path / "voiced.yaml")
+    assert p.stderr.splitlines()[0].startswith(want), p.stderr
 
 
 def test_missing_config_file_is_exit_78(tmp_path: Path) -> None:

@@ -23,19 +23,20 @@ from voiced.transcripts import record_id
 KILLS = 20
 
 
-def produced(sim: SimServer, device_id: str) -> set[str]:
-    """Record ids of transcripts the simulator sent on a connection that then stayed up
-    for a second: the daemon surely read them before it could be killed."""
+SEED = 18  # VOICED_CRASH_SEED=<n> tries another; the seed is printed either way
+
+
+def on_disk(outbox: Path) -> set[str]:
+    """Ids of the records the outbox holds right now: fsynced, so promised to the sink.
+
+    Drafts count: a reply cut off by the kill is recovered from its draft.
+    """
     ids = set()
-    for s in sim.sessions:
-        for ev, at in zip(s.sent, s.sent_at, strict=True):
-            item = None
-            if ev["type"] == "conversation.item.input_audio_transcription.completed":
-                item = ev["item_id"] if ev["transcript"].strip() else None
-            elif ev["type"] == "response.output_audio_transcript.done":
-                item = ev["item_id"]
-            if item is not None and s.ended_at is not None and s.ended_at - at >= 1.0:
-                ids.add(record_id(device_id, item))
+    for path in [*outbox.glob("*.json"), *(outbox / "drafts").glob("*.json")]:
+        try:
+            ids.add(json.loads(path.read_bytes())["id"])
+        except (FileNotFoundError, ValueError, KeyError):
+            continue  # delivered (removed) meanwhile, or torn: neither was promised
     return ids
 
 
@@ -45,9 +46,14 @@ def every_sent(sim: SimServer, device_id: str) -> set[str]:
                               "response.output_audio_transcript.done")}
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 async def test_kill_9_twenty_times_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    seed = int(os.environ.get("VOICED_CRASH_SEED", random.randrange(1 << 20)))
+    """Every record the outbox was seen to hold (fsynced: the daemon's promise) reaches
+    the sink, whatever moment the kills came at. The kills come at points of the
+    exchange (after its 1st or 2nd record was written, then up to a second more: mid
+    write, mid delivery, mid reply), not at times, so a slow machine moves the kills
+    with the work instead of killing before anything was written."""
+    seed = int(os.environ.get("VOICED_CRASH_SEED", SEED))
     print(f"crash test seed {seed} (VOICED_CRASH_SEED={seed} repeats it)")
     rng = random.Random(seed)
     poisoned: list[str] = []
@@ -61,6 +67,8 @@ async def test_kill_9_twenty_times_loses_and_doubles_nothing(tmp_path: Path) -> 
     url = await hook.start()
     logs = tmp_path / "logs"
     logs.mkdir()
+    outbox = tmp_path / "outbox"
+    promised: set[str] = set()
     try:
         async with SimServer(SimOptions(pace=4)) as sim:
             cfg = write_config(tmp_path, sim.url, transcripts={
@@ -74,33 +82,36 @@ async def test_kill_9_twenty_times_loses_and_doubles_nothing(tmp_path: Path) -> 
                     await _until_ready(cfg)
                     await ctl(cfg, "press")  # ask the question (again)
                     if n < KILLS:
-                        await asyncio.sleep(rng.uniform(1.5, 6.5))
+                        records = rng.randint(1, 2)
+                        await _until(cfg, lambda st, k=records: st["records_written"] >= k,
+                                     90, promised, outbox)
+                        await asyncio.sleep(rng.uniform(0.0, 1.0))
+                        promised |= on_disk(outbox)
                         proc.send_signal(signal.SIGKILL)
                     else:  # the last run: let everything finish, then stop cleanly
                         await _until(cfg, lambda st: st["outbox_pending"] == 0
-                                     and st["records_written"] >= 2, 90)
+                                     and st["records_written"] >= 2, 90, promised, outbox)
                         proc.send_signal(signal.SIGTERM)
                     await asyncio.wait_for(proc.wait(), 20)
                 finally:
                     if proc.returncode is None:
                         proc.kill()
                         await proc.wait()
+                promised |= on_disk(outbox)  # what the dead daemon left is promised too
             assert proc.returncode == 0
-            expected = produced(sim, "test-device")
             sent = every_sent(sim, "test-device")
     finally:
         await hook.stop()
 
     at_sink = set(hook.records)
     posts = len(hook.seen)
-    print(f"kills {KILLS}, sessions {len(sim.sessions)}, transcripts read by the daemon "
-          f"{len(expected)}, at the sink {len(at_sink)}, POSTs {posts}, "
+    print(f"kills {KILLS}, sessions {len(sim.sessions)}, records seen in the outbox "
+          f"{len(promised)}, at the sink {len(at_sink)}, POSTs {posts}, "
           f"accepted repeats {sum(hook.accepted.values()) - len(at_sink)}")
-    assert len(expected) >= 10  # the test really had transcripts in flight
-    assert expected - at_sink - set(poisoned) == set(), "transcripts lost"
+    assert len(promised) >= KILLS // 2  # the test really had records in flight
+    assert promised - at_sink - set(poisoned) == set(), "transcripts lost"
     assert at_sink <= sent, "records the simulator never produced"
     assert poisoned and poisoned[0] not in at_sink
-    outbox = tmp_path / "outbox"
     rejected = [json.loads(p.read_text())["id"] for p in (outbox / "rejected").iterdir()]
     assert rejected.count(poisoned[0]) == 1
     assert [p.name for p in outbox.iterdir() if p.is_file()] == []  # nothing pending
@@ -112,9 +123,13 @@ async def _until_ready(cfg: Path) -> None:
     await _until(cfg, lambda st: st.get("state") in ("ready", "listening"), 30)
 
 
-async def _until(cfg: Path, pred: Any, within_s: float) -> dict[str, Any]:
+async def _until(cfg: Path, pred: Any, within_s: float, promised: set[str] | None = None,
+                 outbox: Path | None = None) -> dict[str, Any]:
+    """Poll `voiced ctl status` until ``pred``; meanwhile note what the outbox holds."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
+        if promised is not None and outbox is not None:
+            promised |= on_disk(outbox)
         try:
             st = await ctl(cfg, "status")
         except (OSError, ValueError):

@@ -1,4 +1,4 @@
-"""`voiced demo` as a new user runs it: a whole exchange, printed, in under 30 s."""
+"""`voiced demo` as a new user runs it: a whole exchange, printed."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)  # its own waits add up to 4 x TIMEOUT
 async def test_run_holds_a_ga_conversation_end_to_end(tmp_path: Path,
                                                       user_transcript: str) -> None:
     wav = tmp_path / "question48k.wav"

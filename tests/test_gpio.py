@@ -7,16 +7,17 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from tests.conftest import TIMEOUT, clean_env, voiced_cmd, write_config
+from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd, write_config
 from tests.test_supervisor import roles, running
 from voiced import config
+from voiced.audio.filebackend import read_wav_as_wire
 from voiced.button import ButtonInput
 from voiced.config import DEFAULT_PATTERNS, ButtonSettings, LedSettings
 from voiced.errors import ConfigError
@@ -44,8 +45,23 @@ class Gestures:
         self.seen.append(gesture)
         self.event.set()
 
+    async def until(self, want: list[str]) -> None:
+        """Wait until exactly ``want`` has been seen (an event, not a time)."""
+        async def loop() -> None:
+            while self.seen != want:
+                self.event.clear()
+                await self.event.wait()
+        try:
+            await asyncio.wait_for(loop(), TIMEOUT)
+        except TimeoutError:
+            raise AssertionError(f"saw {self.seen}, waited for {want}") from None
+
     async def settle(self, quiet_s: float = 0.3) -> list[str]:
-        """Wait until no gesture arrived for ``quiet_s``; return all seen."""
+        """Wait until no gesture arrived for ``quiet_s``; return all seen.
+
+        Only for "and nothing else came": a gesture later than that would be missed
+        (the test passes wrongly), never a reason for a false failure.
+        """
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             self.event.clear()
@@ -56,12 +72,27 @@ class Gestures:
         raise AssertionError("gestures never settled")
 
 
-async def button(mode: str = "toggle", pin: str = "17", **kw: Any) -> tuple[
-        ButtonInput, Gestures, Any]:
+class Clock:
+    """Monotonic time the test sets: the button's debounce window in the test's hands."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# a hold that no scheduling delay can reach: a short press stays short on a loaded machine
+NEVER_HELD_S = TIMEOUT
+
+
+async def button(mode: str = "toggle", pin: str = "17", *, hold_time_s: float = 0.3,
+                 clock: Clock | None = None, **kw: Any) -> tuple[ButtonInput, Gestures, Any]:
     factory = MockFactory()
     gestures = Gestures()
-    b = ButtonInput(ButtonSettings(pin=pin, mode=mode, hold_time_s=0.3, **kw), gestures,
-                    factory)  # type: ignore[arg-type]
+    b = ButtonInput(ButtonSettings(pin=pin, mode=mode, hold_time_s=hold_time_s, **kw),
+                    gestures, factory, **({"clock": clock} if clock else {})
+                    )  # type: ignore[arg-type]
     b.start(asyncio.get_running_loop())
     name = {"17": 17, "GPIO17": 17, "BOARD11": 17}[pin]
     return b, gestures, factory.pin(name)
@@ -69,11 +100,12 @@ async def button(mode: str = "toggle", pin: str = "17", **kw: Any) -> tuple[
 
 @pytest.mark.parametrize("pin", ["17", "GPIO17", "BOARD11"])
 async def test_a_short_press_is_one_press_whatever_the_pin_name(pin: str) -> None:
-    b, gestures, p = await button(pin=pin)
+    b, gestures, p = await button(pin=pin, hold_time_s=NEVER_HELD_S)
     p.drive_low()  # pull-up: pressed pulls the pin low
     await asyncio.sleep(0.05)
     assert gestures.seen == []  # a press is known only on release (could become long)
     p.drive_high()
+    await gestures.until(["press"])
     assert await gestures.settle() == ["press"]
     b.close()
 
@@ -81,27 +113,45 @@ async def test_a_short_press_is_one_press_whatever_the_pin_name(pin: str) -> Non
 async def test_a_long_press_is_one_long_press_and_no_press() -> None:
     b, gestures, p = await button()
     p.drive_low()
-    await asyncio.sleep(0.6)  # hold_time 0.3 s, held twice as long
+    await gestures.until(["long-press"])  # at once, while still held (hold_time 0.3 s)
     p.drive_high()
-    assert await gestures.settle() == ["long-press"]
+    assert await gestures.settle() == ["long-press"]  # and the release adds no press
     b.close()
 
 
 async def test_bounce_is_one_press() -> None:
-    b, gestures, p = await button(bounce_time_s=0.05)
-    for _ in range(4):  # a worn switch: edges 5 ms apart
+    clock = Clock()
+    b, gestures, p = await button(bounce_time_s=0.05, clock=clock, hold_time_s=NEVER_HELD_S)
+    for _ in range(4):  # a worn switch: edges 5 ms apart, by the button's clock
         p.drive_low()
-        await asyncio.sleep(0.005)
+        clock.now += 0.005
         p.drive_high()
-        await asyncio.sleep(0.005)
+        clock.now += 0.005
+    clock.now += 1.0  # quiet since: the level decides once the window has passed
+    await gestures.until(["press"])
     assert await gestures.settle() == ["press"]
     b.close()
 
 
+async def test_edges_a_window_apart_are_two_presses() -> None:
+    """The other side of the debounce: presses further apart than bounce_time_s count."""
+    clock = Clock()
+    b, gestures, p = await button(bounce_time_s=0.05, clock=clock, hold_time_s=NEVER_HELD_S)
+    for _ in range(2):
+        p.drive_low()
+        clock.now += 0.06
+        p.drive_high()
+        clock.now += 0.06
+    await gestures.until(["press", "press"])
+    assert await gestures.settle() == ["press", "press"]
+    b.close()
+
+
 async def test_pull_down_button_presses_high() -> None:
-    b, gestures, p = await button(pull="down")
+    b, gestures, p = await button(pull="down", hold_time_s=NEVER_HELD_S)
     p.drive_high()
     p.drive_low()
+    await gestures.until(["press"])
     assert await gestures.settle() == ["press"]
     b.close()
 
@@ -109,8 +159,14 @@ async def test_pull_down_button_presses_high() -> None:
 async def test_push_to_talk_is_start_on_press_end_on_release() -> None:
     b, gestures, p = await button(mode="push_to_talk")
     p.drive_low()
-    await asyncio.sleep(0.6)  # held past hold_time: still just talking
+    await gestures.until(["talk-start"])
+    for _ in range(int(TIMEOUT / 0.01)):  # held past hold_time: gpiozero says "held" ...
+        if b._button.is_held:
+            break
+        await asyncio.sleep(0.01)
+    assert b._button.is_held
     p.drive_high()
+    await gestures.until(["talk-start", "talk-end"])  # ... and it is still just talking
     assert await gestures.settle() == ["talk-start", "talk-end"]
     b.close()
 
@@ -175,14 +231,37 @@ def test_no_pin_library_with_lgpio_installed_names_its_working_directory(
 
 def test_test_button_runs_on_mock_pins_and_stops_on_sigint(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, "ws://127.0.0.1:9/v1/realtime", button={"pin": "17"})
-    proc = subprocess.Popen(voiced_cmd("test-button", "-c", str(cfg), "--seconds", "30"),
+    proc = subprocess.Popen(voiced_cmd("test-button", "-c", str(cfg), "--seconds", "600"),
                             env=clean_env(GPIOZERO_PIN_FACTORY="mock"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=TIMEOUT)
+    try:
+        assert proc.stdout is not None
+        # Ctrl-C once it watches the pin (the line's read blocks; TIMEOUT ends a hang)
+        first = _readline(proc, TIMEOUT)
+        assert first.startswith("press the button on pin 17"), first
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def _readline(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """The child's next stdout line, or an AssertionError after ``timeout_s``."""
+    import threading
+
+    got: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if not got:
+        raise AssertionError(f"no line from {proc.args} within {timeout_s} s")
+    return got[0]
 
 
 # ------------------------------------------------------------------ the orb
@@ -200,16 +279,45 @@ def pin_values(pin: Any, since: int) -> list[tuple[float, float]]:
     return out
 
 
-async def animate(driver: Any, state: str, seconds: float) -> tuple[Animator, float]:
+async def eventually(pred: Callable[[], bool], what: str) -> None:
+    """Poll ``pred`` until it holds: the orb's frames come when the loop gets to them."""
+    for _ in range(int(TIMEOUT / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def animate(driver: Any, state: str, until: Callable[[], bool] | float,
+                  what: str = "the pattern") -> tuple[Animator, float]:
+    """Run the orb in ``state`` until ``until()`` holds (or for ``until`` seconds); return
+    the orb and how long it really ran (the loop may have been late)."""
     orb = Animator(driver, DEFAULT_PATTERNS, fps=30)
     task = asyncio.create_task(orb.run())
     orb.set_state(state)
     t0 = time.monotonic()
-    await asyncio.sleep(seconds)
+    if callable(until):
+        await eventually(until, what)
+    else:
+        await asyncio.sleep(until)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    return orb, t0
+    return orb, time.monotonic() - t0
+
+
+def shows(effect: str, level: float, values: list[float]) -> bool:
+    """Whether a pin's values (before the close) show one period of ``effect``."""
+    if not values:
+        return False
+    if effect == "solid":
+        return round(values[-1], 2) == round(level, 2)
+    if effect == "blink":  # full on, then off
+        return round(max(values), 2) == round(level, 2) and 0 in values
+    if effect == "pulse":  # breathes between 15 % and full
+        return (min(values) >= 0.15 * level - 0.01 and max(values) <= level + 0.01
+                and max(values) - min(values) > 0.2 * level)
+    return max(values) > 0.9 * level  # chase: one pixel lit, fading, lit again
 
 
 @pytest.mark.parametrize("state", [str(s) for s in State])
@@ -217,41 +325,56 @@ async def test_rgb_led_shows_each_state_as_its_pattern(state: str) -> None:
     factory = pwm_factory()
     driver = GpioOrb(LedSettings(driver="gpio", kind="rgb", pins=("5", "6", "13")), factory)
     pins = [factory.pin(n) for n in (5, 6, 13)]
-    orb, _ = await animate(driver, state, 0.7)
     pattern = DEFAULT_PATTERNS[state]
     want = [c / 255 for c in pattern.color]
+
+    def values(pin: Any) -> list[float]:
+        return [v for _, v in pin_values(pin, 1)]
+
+    def all_shown() -> bool:
+        return all(shows(pattern.effect, level, values(pin)) for pin, level
+                   in zip(pins, want, strict=True) if level > 0)
+
+    # (animate() returns only once every lit pin has shown the pattern)
+    orb, ran_s = await animate(driver, state, all_shown, f"{state} on every lit pin")
     for pin, level in zip(pins, want, strict=True):
-        values = [v for _, v in pin_values(pin, 1)]
         if level == 0:
-            assert max(values, default=0) == 0
+            assert max(values(pin), default=0) == 0
             continue
-        if pattern.effect == "solid":
-            assert round(values[-2], 2) == round(level, 2)  # before close turned it off
-        elif pattern.effect == "blink":  # full on, then off, at 1/period_s
-            assert round(max(values), 2) == round(level, 2) and 0 in values[:-1]
-        elif pattern.effect == "pulse":  # breathes between 15 % and full
-            lit = values[:-1]
-            assert min(lit) >= 0.15 * level - 0.01 and max(lit) <= level + 0.01
-            assert max(lit) - min(lit) > 0.2 * level
-        elif pattern.effect == "chase":  # one pixel: lit, fading, lit again
-            assert max(values) > 0.9 * level
-        assert values[-1] == 0  # closing turns the LEDs off
-    assert orb.frames_shown <= 0.7 * 30 + 2  # at most 30 fps, never a busy loop
+        assert pin.state == 0  # closing turns the LEDs off
+    assert orb.frames_shown <= ran_s * 30 + 2  # at most 30 fps, never a busy loop
 
 
-async def test_a_ring_chases_round_when_connecting() -> None:
+def test_the_chase_goes_round_in_pixel_order() -> None:
+    """The chase's bright spot passes the pixels in order, once per period (the pure
+    rendering: which pixel is brightest at each time, no clock involved)."""
+    pattern = DEFAULT_PATTERNS["connecting"]
+    n, steps = 6, 60
+    brightest = []
+    for k in range(steps):
+        frame = render(pattern, pattern.period_s * k / steps, n)
+        brightest.append(max(range(n), key=lambda i: frame[i][0]))
+    assert brightest == sorted(brightest) and set(brightest) == set(range(n))
+    assert render(pattern, pattern.period_s, n) == render(pattern, 0.0, n)
+
+
+async def test_a_ring_shows_the_chase_on_every_pin() -> None:
     factory = pwm_factory()
     pins = [str(n) for n in (5, 6, 13, 19, 26, 21)]
     driver = GpioOrb(LedSettings(driver="gpio", kind="board", pins=tuple(pins)), factory)
-    await animate(driver, "connecting", 1.1)  # period 1.2 s: nearly once round
-    brightest = []
-    for i, n in enumerate(pins):
-        # times count from each pin's creation, and the pins were created together
-        values = pin_values(factory.pin(int(n)), 1)
-        t, _ = max(values[:-1], key=lambda tv: tv[1])
-        brightest.append((t, i))
-    order = [i for _, i in sorted(brightest)]
-    assert order == sorted(order), order  # the bright spot goes round in pin order
+    level = max(DEFAULT_PATTERNS["connecting"].color) / 255
+
+    def lit(n: str) -> bool:
+        return any(v > 0.9 * level for _, v in pin_values(factory.pin(int(n)), 1))
+
+    await animate(driver, "connecting", lambda: all(lit(n) for n in pins), "each pin lit")
+    assert all(factory.pin(int(n)).state == 0 for n in pins)  # dark after the close
+    # pixel i is pins[i]: the spot goes round the ring in the order the pins are listed
+    ring = GpioOrb(LedSettings(driver="gpio", kind="board", pins=tuple(pins)), factory)
+    ring.show([(i / 10, 0.0, 0.0) for i in range(len(pins))])
+    assert [factory.pin(int(n)).state for n in pins] == pytest.approx(
+        [i / 10 for i in range(len(pins))])
+    ring.close()
 
 
 async def test_a_state_change_shows_on_the_next_frame() -> None:
@@ -260,16 +383,14 @@ async def test_a_state_change_shows_on_the_next_frame() -> None:
     orb = Animator(driver, DEFAULT_PATTERNS, fps=30)
     task = asyncio.create_task(orb.run())
     orb.set_state("thinking")
-    await asyncio.sleep(0.2)
-    orb.set_state("listening")
-    changed = time.monotonic()
     pin = factory.pin(12)
-    want = round(max(DEFAULT_PATTERNS["listening"].color) / 255, 3)
-    for _ in range(200):
-        if pin.state == pytest.approx(want, abs=0.01):
-            break
-        await asyncio.sleep(0.005)
-    assert time.monotonic() - changed < 1 / 30 + 0.05
+    await eventually(lambda: len(pin.states) > 2, "thinking frames")
+    before = len(pin.states)
+    orb.set_state("listening")
+    await eventually(lambda: len(pin.states) > before, "a frame after the change")
+    # the very next frame is the new state's: no frame of the old one comes in between
+    want = max(DEFAULT_PATTERNS["listening"].color) / 255
+    assert pin.states[before].state == pytest.approx(want, abs=0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -278,9 +399,13 @@ async def test_a_state_change_shows_on_the_next_frame() -> None:
 async def test_single_led_blinks_for_error_and_is_off_when_ready_is_dim() -> None:
     factory = MockFactory()
     driver = GpioOrb(LedSettings(driver="gpio", kind="led", pins=("4",)), factory)
-    await animate(driver, "error", 0.6)  # 0.25 s period: on, off, on, off
-    values = [v for _, v in pin_values(factory.pin(4), 1)]
-    assert values.count(1.0) >= 2 and values.count(0.0) >= 2
+
+    def values() -> list[float]:
+        return [v for _, v in pin_values(factory.pin(4), 1)]
+
+    # 0.25 s period: on, off, on, off
+    await animate(driver, "error", lambda: values().count(1.0) >= 2
+                  and values().count(0.0) >= 2, "two blinks")
 
 
 async def test_a_failing_orb_is_switched_off_once_and_the_daemon_goes_on(
@@ -297,7 +422,7 @@ async def test_a_failing_orb_is_switched_off_once_and_the_daemon_goes_on(
             pass
 
     with caplog.at_level(logging.ERROR):
-        orb, _ = await animate(Broken(), "speaking", 0.3)
+        orb, _ = await animate(Broken(), "speaking", 0.3)  # the first frame fails
     assert Broken.calls == 1 and orb.driver is None
     assert [r.message for r in caplog.records if "orb failed" in r.message] == [
         "the orb failed and is switched off: SPI write failed"]
@@ -343,10 +468,7 @@ async def test_apa102_writes_each_states_first_frame(state: str) -> None:
     orb = Animator(ring, DEFAULT_PATTERNS, fps=30)
     task = asyncio.create_task(orb.run())
     orb.set_state(state)
-    for _ in range(200):
-        if spi.writes:
-            break
-        await asyncio.sleep(0.005)
+    await eventually(lambda: bool(spi.writes), "a frame on the SPI bus")
     first = spi.writes[0]
     want = render(DEFAULT_PATTERNS[state], 0.0, 12)
     px = [(round(r * 255), round(g * 255), round(b * 255)) for r, g, b in want]
@@ -394,10 +516,7 @@ async def test_a_physical_press_starts_listening_and_the_orb_follows(tmp_path: P
             button_pin.drive_low()
             button_pin.drive_high()
             await h.wait(lambda: h.state == State.LISTENING)
-            for _ in range(200):
-                if blue.state != ready_blue:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: blue.state != ready_blue, "the orb following")
             assert blue.state == pytest.approx(1.0)  # listening: (0, 120, 255)
             await h.wait(lambda: h.state == State.SPEAKING)
             button_pin.drive_low()  # a press while the assistant speaks interrupts it
@@ -406,6 +525,38 @@ async def test_a_physical_press_starts_listening_and_the_orb_follows(tmp_path: P
             assert h.records[1]["metadata"]["interrupted"] is True
             assert h.state == State.LISTENING
             assert len(sim.sessions) == 1
+
+
+async def test_push_to_talk_from_button_mode_is_manual_turns(tmp_path: Path) -> None:
+    """button.mode: push_to_talk makes the session's turns manual (no server VAD): hold,
+    speak, release commits the words and asks for the reply."""
+    from voiced.supervisor import build_policy
+
+    assert build_policy(mock_settings(tmp_path, button={"pin": "17", "mode": "push_to_talk"})
+                        ).turn_detection is None
+    factory = MockFactory()
+    async with SimServer(SimOptions(pace=4)) as sim:
+        async with running(tmp_path, sim, speed=4, pin_factory=factory,
+                           button={"pin": "17", "mode": "push_to_talk"}) as h:
+            await h.wait(lambda: h.state == State.READY)
+            update = sim.sessions[0].received[0]
+            assert update["type"] == "session.update"
+            assert update["session"]["audio"]["input"]["turn_detection"] is None
+            pin = factory.pin(17)
+            pin.drive_low()  # held: the user speaks the whole question
+            await h.wait(lambda: h.state == State.LISTENING)
+            question = read_wav_as_wire(QUESTION_WAV)
+            await h.wait(lambda: h.sup.session.counters.appended_samples * 2 >= len(question))
+            assert not any(e["type"] == "input_audio_buffer.commit"
+                           for e in sim.sessions[0].received)  # nothing before the release
+            pin.drive_high()
+            # both records, in either order: with a manual turn the reply is asked for
+            # at once, and the words may be recognised after it
+            await h.wait(lambda: sorted(roles(h)) == ["assistant", "user"])
+            types = [e["type"] for e in sim.sessions[0].received]
+            commit = types.index("input_audio_buffer.commit")
+            assert "response.create" in types[commit:]
+            assert next(r for r in h.records if r["role"] == "user")["text"]
 
 
 async def test_a_press_is_acknowledged_with_a_flash_over_any_pattern() -> None:

@@ -8,6 +8,7 @@ file, playback writes one (exact bytes, not paced; see shared/docs/test-harness.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -139,16 +140,20 @@ def test_busy_device_error_names_the_process_holding_it(tmp_path: Path) -> None:
             child.communicate(timeout=TIMEOUT)
 
 
+# A mic on the device in argv[1] (default: the clocked one), channel argv[2] if given
+# (audio.input.channel); it prints the first {nbytes} bytes it delivers at 24 kHz.
 CAPTURE = """
 import asyncio, sys
 from voiced.audio import pyaudio_backend
 from voiced.audio.pyaudio_backend import PyAudioSource
 from voiced.config import AudioEndpointSettings
-# the file plugin is unclocked: it captures seconds of audio at once, which a real mic
-# never does; a queue that holds it all keeps the bounded-queue drop out of this test
+# room for 20 s of frames: a busy machine's loop may fall behind the device for a while
 pyaudio_backend._QUEUE_FRAMES = 1000
+device = sys.argv[1] if len(sys.argv) > 1 else "clock"
+channel = int(sys.argv[2]) if len(sys.argv) > 2 else None
 async def main():
-    src = PyAudioSource(AudioEndpointSettings(device="usbmic", rate_hz={rate}), frame_ms=20)
+    src = PyAudioSource(AudioEndpointSettings(device=device, rate_hz={rate},
+                                              channel=channel), frame_ms=20)
     await src.start()
     out = bytearray()
     while len(out) < {nbytes}:
@@ -161,6 +166,19 @@ asyncio.run(main())
 """
 
 
+def clocked_mic(tmp_path: Path, pcm: bytes) -> dict[str, str]:
+    """The environment in which ALSA's ``clock`` device is a mic playing ``pcm`` (looped)
+    at real time, as a card does. Capture tests use it rather than the file plugin: that
+    one is not clocked, captures as fast as the CPU goes, and overran the mic's queue
+    whenever the machine was busy."""
+    from tests.clock_device import clock_device_env
+
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the clocked ALSA device (scripts/setup.sh installs it)")
+    (tmp_path / "mic.raw").write_bytes(pcm)
+    return clock_device_env(tmp_path, tmp_path / "mic.raw")
+
+
 @pytest.mark.parametrize("rate", [48000, 44100])
 def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path,
                                                            rate: int) -> None:
@@ -168,11 +186,10 @@ def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path,
     t = np.arange(int(rate * (seconds + 1))) / rate
     # a chirp: any discontinuity at a chunk border shows up against the one-shot result
     sig = (0.5 * np.sin(2 * np.pi * (200 + 300 * t) * t) * 32767).astype("<i2")
-    home = alsa_home(tmp_path, in_pcm=sig.tobytes())
     nbytes = int(24000 * seconds) * 2
     p = subprocess.run([sys.executable, "-c", CAPTURE.format(rate=rate, nbytes=nbytes)],
-                       env=clean_env(HOME=str(home)), capture_output=True, timeout=60,
-                       check=False)
+                       env=clocked_mic(tmp_path, sig.tobytes()), capture_output=True,
+                       timeout=60, check=False)
     assert p.returncode == 0, p.stderr.decode()[-2000:]
     assert f"RATE {rate}" in p.stderr.decode()
     got = np.frombuffer(p.stdout, dtype="<i2").astype(np.float64)
@@ -182,6 +199,26 @@ def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path,
     errs = [np.max(np.abs(got[1000:40000] - want[1000 - lag:40000 - lag])) for lag in lags]
     best = int(np.argmin(errs))
     assert errs[best] <= 2, f"streaming differs from one-shot by {errs[best]} (lag {best})"
+
+
+def test_capture_keeps_only_the_configured_channel(tmp_path: Path) -> None:
+    """audio.input.channel: 1 on a two-channel mic: the right channel alone reaches the
+    server, resampled; the left one (here loud noise) is not mixed in."""
+    rate, seconds = 48000, 1.0
+    t = np.arange(int(rate * (seconds + 1))) / rate
+    right = (0.4 * np.sin(2 * np.pi * 300 * t) * 32767).astype("<i2")
+    left = (np.random.default_rng(5).standard_normal(len(t)) * 8000).astype("<i2")
+    stereo = np.column_stack([left, right]).reshape(-1)
+    nbytes = int(24000 * seconds) * 2
+    p = subprocess.run([sys.executable, "-c", CAPTURE.format(rate=rate, nbytes=nbytes),
+                        "clock", "1"], env=clocked_mic(tmp_path, stereo.tobytes()),
+                       capture_output=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    got = np.frombuffer(p.stdout, dtype="<i2").astype(np.float64)
+    want = soxr.resample(right, rate, 24000, quality=QUALITY).astype(np.float64)
+    errs = [np.max(np.abs(got[1000:20000] - want[1000 - lag:20000 - lag]))
+            for lag in range(0, 200)]
+    assert min(errs) <= 2, f"not the right channel alone: off by {min(errs)}"
 
 
 # A speaker on the file device at the rate in argv[1], playing the raw reply files named
@@ -234,8 +271,13 @@ def test_playback_reaches_the_device_bit_exact(tmp_path: Path) -> None:
 
 
 PLAY_TWO_ITEMS = PLAY.format(body="""\
-    sink.play(replies[0], "item_a")  # one reply, then the next: no await in between
-    sink.play(replies[1], "item_b")""")
+    # one reply, then the next while the first is still queued. The file device is not
+    # clocked: it drains a second of audio in milliseconds, so on a busy machine the
+    # first could be gone before the second came. The device takes nothing meanwhile.
+    sink._stream.stop_stream()
+    sink.play(replies[0], "item_a")
+    sink.play(replies[1], "item_b")
+    sink._stream.start_stream()""")
 
 
 def test_a_replys_resampler_tail_plays_after_it_not_in_the_next(tmp_path: Path) -> None:

@@ -67,16 +67,11 @@ def fresh(**overrides: Any) -> Conversation:
     return Conversation(policy(**overrides), conversation_id="conv-1", new_id=new_ids())
 
 
-DRAFTS: list[Draft] = []  # drafts are checked by their own tests, kept out of the rest
-
-
 def plain(effects: list[Effect]) -> list[Effect]:
     """The effects, each Send checked for a string event_id and compared without it."""
     out: list[Effect] = []
     for e in effects:
-        if isinstance(e, Draft):
-            DRAFTS.append(e)
-        elif isinstance(e, Send):
+        if isinstance(e, Send):
             event: dict[str, Any] = dict(e.event)
             eid = event.pop("event_id")
             assert isinstance(eid, str) and eid
@@ -195,6 +190,15 @@ def assistant(text: str, *, item: str = "item_a", resp: str = "resp_1",
         role="assistant", text=text, item_id=item, conversation_id=conversation_id,
         metadata={"voice": "marin", "model": "gpt-realtime", "item_id": item,
                   "response_id": resp, "interrupted": interrupted, "heard_ms": heard_ms}))
+
+
+def draft(text: str, *, item: str = "item_a", resp: str = "resp_1",
+          conversation_id: str = "conv-1") -> Draft:
+    """An assistant record kept while its audio still plays: played and cut not known."""
+    return Draft(Transcript(
+        role="assistant", text=text, item_id=item, conversation_id=conversation_id,
+        metadata={"voice": "marin", "model": "gpt-realtime", "item_id": item,
+                  "response_id": resp, "interrupted": None, "heard_ms": None}))
 
 
 def user(text: str, *, item: str = "item_u", conversation_id: str = "conv-1") -> Record:
@@ -1002,7 +1006,7 @@ def test_assistant_transcript_recorded_only_after_drain() -> None:
     c = configured()
     speaking(c, samples(200))
     assert server(c, audio_done()) == []
-    assert server(c, said("Sunny and warm.")) == []
+    assert server(c, said("Sunny and warm.")) == [draft("Sunny and warm.")]
     assert server(c, done(transcripts={"item_a": "Sunny and warm."})) == []
     c.on_playback_drained(2.0)
     assert fx(c) == [assistant("Sunny and warm.", heard_ms=200), show(State.READY)]
@@ -1064,7 +1068,8 @@ def test_transcript_from_response_done_when_transcript_done_never_came() -> None
     c = configured()
     speaking(c, samples(300))
     server(c, audio_done())
-    assert server(c, done(transcripts={"item_a": "From response.done."})) == []
+    assert server(c, done(transcripts={"item_a": "From response.done."})) == [
+        draft("From response.done.")]
     c.on_playback_drained(1.0)
     assert fx(c) == [assistant("From response.done.", heard_ms=300), show(State.READY)]
 
@@ -1103,7 +1108,7 @@ def test_response_done_not_completed_is_logged(caplog: pytest.LogCaptureFixture)
 def test_text_only_item_recorded_when_response_done() -> None:
     c = configured()
     server(c, created())
-    assert server(c, said("Only words.")) == []
+    assert server(c, said("Only words.")) == [draft("Only words.")]
     assert server(c, done()) == [assistant("Only words.", heard_ms=0), show(State.READY)]
 
 
@@ -1145,7 +1150,7 @@ def test_audio_done_for_unknown_or_finished_item_is_ignored() -> None:
 def test_connection_down_mid_response_keeps_playing_and_records_after_drain() -> None:
     c = configured()
     speaking(c, samples(200))
-    assert server(c, said("Partial reply.")) == []
+    assert server(c, said("Partial reply.")) == [draft("Partial reply.")]
     c.on_connection_down("server closed 1006")
     assert fx(c) == [show(State.CONNECTING, "server closed 1006")]
     c.on_audio_captured(pcm(480), 1.0)
@@ -1159,7 +1164,7 @@ def test_connection_down_after_playback_caught_up_records_at_once() -> None:
     c = configured()
     speaking(c, samples(200))
     c.on_playback_drained(1.0)
-    assert server(c, said("Short one.")) == []
+    assert server(c, said("Short one.")) == [draft("Short one.")]
     c.on_connection_down("server closed 1011")
     assert fx(c) == [assistant("Short one.", heard_ms=200),
                      show(State.CONNECTING, "server closed 1011")]
@@ -1310,7 +1315,7 @@ def test_interrupting_a_reply_whose_transcript_already_arrived() -> None:
     c = configured()
     speaking(c, samples(500))
     assert server(c, audio_done()) == []
-    assert server(c, said("Sunny and warm all week.")) == []
+    assert server(c, said("Sunny and warm all week.")) == [draft("Sunny and warm all week.")]
     assert server(c, done()) == []
     c.on_press(1.0)
     assert fx(c) == [StopPlayback(), MicOpened()]

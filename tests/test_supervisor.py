@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+import wave
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import QUESTION_WAV, TIMEOUT
 from voiced import config
-from voiced.audio.filebackend import WavFileSink, WavFileSource
+from voiced.audio.filebackend import WavFileSink, WavFileSource, read_wav_as_wire
 from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
-from voiced.supervisor import Supervisor
+from voiced.supervisor import Supervisor, build_audio
 
 
 class Harness:
@@ -56,11 +59,15 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
                   wall_clock: Callable[[], float] = time.time, pin_factory: Any = None,
                   mic_wav: Path = QUESTION_WAV, source: WavFileSource | None = None,
                   adjust: Callable[[config.Settings], config.Settings] | None = None,
-                  **overrides: Any) -> AsyncIterator[Harness]:
+                  from_file: bool = False, **overrides: Any) -> AsyncIterator[Harness]:
+    """The daemon in this process; ``from_file`` loads its settings from a YAML file
+    (tmp_path/voiced.yaml), which a reload then reads again; ``adjust`` changes them
+    past what the config would accept, to test a later line of defence."""
     raw: dict[str, Any] = {
         "device_id": "t",
-        "realtime": {"url": sim.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3,
-                     "connect_timeout_s": 2},
+        # connect_timeout_s: the default 10 s; a short one (it was 2 s) made a session the
+        # loaded machine configured late into a reconnect, and tests count sessions
+        "realtime": {"url": sim.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3},
         "audio": {"backend": "file", "input": {"file": str(QUESTION_WAV)},
                   "output": {"file": str(tmp_path / "out.wav")}},
         "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")},
@@ -69,7 +76,12 @@ async def running(tmp_path: Path, sim: SimServer, *, speed: float = 1.0,
     }
     for k, v in overrides.items():
         raw[k] = {**raw.get(k, {}), **v}
-    settings = config.parse(raw, environ=environ or {})
+    if from_file:
+        path = tmp_path / "voiced.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        settings = config.load(path, environ=environ or {})
+    else:
+        settings = config.parse(raw, environ=environ or {})
     if adjust is not None:  # what the config would refuse, to test a later line of defence
         settings = adjust(settings)
     source = source or WavFileSource(mic_wav, speed=speed)
@@ -123,15 +135,35 @@ async def test_wrong_api_key_is_the_error_state_with_a_clear_reason(tmp_path: Pa
             await h.wait(lambda: h.state == State.ERROR)
             assert "API key" in (h.sup.session.fatal_reason or "")
             assert h.sup.status()["state"] == "error"
+            # the account is fixed on the server's side: the next try gets a session,
+            # and the error goes with it
+            sim.options.require_key = "wrong"
+            await h.wait(lambda: h.state == State.READY)
+            assert h.sup.session.fatal_reason is None and h.sup.status()["state"] == "ready"
+            assert len(sim.sessions) == 1
 
 
 async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> None:
+    """The truncation, the record's heard_ms and what the speaker really played are one
+    number: the speaker's own count at the stop (no clock involved)."""
     async with SimServer(SimOptions(pace=1)) as sim:
         async with running(tmp_path, sim) as h:
             await h.wait(lambda: h.state == State.READY)
+            speaker = h.sup.sink
+            assert isinstance(speaker, WavFileSink)
+            counts: list[dict[str, int]] = []
+            real_stop = speaker.stop
+
+            def stop() -> Mapping[str, int]:
+                played = real_stop()
+                counts.append(dict(played))
+                return played
+
+            speaker.stop = stop  # type: ignore[method-assign]
             h.sup._on_control("press")
             await h.wait(lambda: h.state == State.SPEAKING)
-            await asyncio.sleep(0.5)
+            # half a second of the reply played, by the speaker's count
+            await h.wait(lambda: max(speaker._played.values(), default=0) >= 12_000)
             h.sup._on_control("interrupt")
             assert h.state == State.LISTENING
             await h.wait(lambda: roles(h) == ["user", "assistant"])
@@ -141,12 +173,20 @@ async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> Non
                             if e["type"] == "conversation.item.truncate")
             md = h.records[1]["metadata"]
             assert md["interrupted"] is True
-            assert truncate["audio_end_ms"] == md["heard_ms"] or abs(
-                truncate["audio_end_ms"] - md["heard_ms"]) <= 1
-            # about half a second was played (one 20 ms period of slack either way)
-            assert 440 <= md["heard_ms"] <= 600
+            played = counts[0][truncate["item_id"]]
+            assert truncate["audio_end_ms"] == md["heard_ms"] == round(played / 24)
+            assert md["heard_ms"] >= 500
             sent_ms = sim.sessions[0].item_audio_ms[truncate["item_id"]]
             assert truncate["audio_end_ms"] <= sent_ms
+            reply = b"".join(base64.b64decode(e["delta"]) for e in sim.sessions[0].sent
+                             if e["type"] == "response.output_audio.delta"
+                             and e["item_id"] == truncate["item_id"])
+            assert len(reply) > 2 * played  # it really was cut
+    # the speaker wrote exactly the played part of the reply, then silence
+    with wave.open(str(tmp_path / "out.wav"), "rb") as w:
+        out = w.readframes(w.getnframes())
+    at = out.find(reply[:2 * played])
+    assert at > 0 and not any(out[at + 2 * played:at + 2 * played + 960])
 
 
 async def test_long_press_starts_a_new_conversation_and_session(tmp_path: Path) -> None:
@@ -192,6 +232,43 @@ async def test_control_socket_is_0660_and_rejects_unknown_commands(tmp_path: Pat
                     return dict(json.loads(s.makefile().readline()))
             assert (await asyncio.to_thread(ask, b'{"cmd": "reboot"}\n'))["ok"] is False
             assert (await asyncio.to_thread(ask, b"garbage\n"))["ok"] is False
+
+
+async def test_the_configured_input_channel_is_the_one_heard(tmp_path: Path) -> None:
+    """audio.input.channel reaches the mic the daemon builds: channel 1 of a stereo WAV
+    whose channel 0 is different audio."""
+    with wave.open(str(QUESTION_WAV), "rb") as w:
+        assert (w.getnchannels(), w.getsampwidth()) == (1, 2)
+        rate, speech = w.getframerate(), w.readframes(w.getnframes())
+    other = bytes(reversed(speech))  # the same loudness, other samples
+
+    def wav(name: str, channels: list[bytes]) -> Path:
+        path = tmp_path / name
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(len(channels))
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(b"".join(b"".join(c[i:i + 2] for c in channels)
+                                   for i in range(0, len(speech), 2)))
+        return path
+
+    stereo = wav("stereo.wav", [other, speech])
+    # what each channel alone sounds like after the mic's conversion to 24 kHz
+    want = {0: read_wav_as_wire(wav("left.wav", [other])), 1: read_wav_as_wire(QUESTION_WAV)}
+    heard = {}
+    for channel in (0, 1):
+        settings = config.parse({
+            "realtime": {"url": "ws://127.0.0.1:9/v1/realtime"},
+            "audio": {"backend": "file", "input_file_starts": "at_start",
+                      "input": {"file": str(stereo), "channel": channel},
+                      "output": {"file": str(tmp_path / "out.wav")}}}, environ={})
+        source, _ = build_audio(settings)
+        await source.start()
+        heard[channel] = b"".join([await source.read() for _ in range(5)])
+        await source.aclose()
+    assert heard[0] != heard[1]
+    for channel in (0, 1):
+        assert heard[channel] == want[channel][:len(heard[channel])], channel
 
 
 async def test_file_speaker_counts_an_item_across_an_underrun(tmp_path: Path) -> None:

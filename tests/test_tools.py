@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.conftest import QUESTION_WAV, TIMEOUT
 from tests.test_supervisor import Harness, roles, running
 from voiced import config
 from voiced.errors import ConfigError
 from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
+from voiced.supervisor import Supervisor
 from voiced.tools import Tool, Toolbox, ToolError
 from voiced.tools.builtin import builtin_tools
 from voiced.tools.http import http_tool
@@ -305,6 +307,71 @@ async def test_device_status_works_with_proc_hidden(tmp_path: Path,
         " wlan0: 0000   61.  -49.  -256        0      0      0      0      0        0\n")
     assert (await builtin.network_status("ws://127.0.0.1:1"))["wifi"] == {
         "interface": "wlan0", "link_quality": 61.0}
+
+
+def route_source(address: str) -> str | None:
+    """What the kernel says: the source address of the route to ``address``."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2 is not installed")
+    p = subprocess.run(["ip", "-o", "route", "get", address], capture_output=True,
+                       text=True, timeout=TIMEOUT, check=False)
+    words = p.stdout.split()
+    return words[words.index("src") + 1] if "src" in words else None
+
+
+def test_device_status_names_the_route_to_a_server_that_is_not_local() -> None:
+    from voiced.tools import builtin
+
+    remote = "192.0.2.77"  # TEST-NET-1: routed like any server, never answers
+    net = builtin.network_status(f"wss://{remote}:8443/v1/realtime")
+    want = route_source(remote)
+    if want is None:  # a machine with no route out
+        assert net["address"] is None and net["network_error"], net
+    else:
+        assert net["address"] == want and "network_error" not in net, net
+    six = builtin.network_status("ws://[::1]:8765/v1/realtime")  # an IPv6 server
+    assert six["address"] == "::1", six
+    unknown = builtin.network_status("wss://no-such-host.invalid/v1/realtime")
+    assert unknown["address"] is None and unknown["network_error"], unknown
+
+
+async def test_device_status_resolves_the_servers_name_off_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default server is a name: a slow resolver must not stop the audio and the
+    watchdog. The tool's lookup is held until the loop has shown it still runs."""
+    import socket
+    import threading
+
+    from voiced.tools import builtin
+
+    asked, release = threading.Event(), threading.Event()
+    real = socket.getaddrinfo
+
+    def slow_resolver(host: str, *args: Any, **kw: Any) -> Any:
+        if host == "api.openai.com":
+            asked.set()
+            if not release.wait(TIMEOUT):  # the loop never came back to release it
+                raise socket.gaierror(socket.EAI_AGAIN, "held by the test, never released")
+            host = "127.0.0.1"
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(builtin.socket, "getaddrinfo", slow_resolver)
+    settings = config.parse({
+        "realtime": {"url": "wss://api.openai.com/v1/realtime"},
+        "audio": {"backend": "file", "input": {"file": str(QUESTION_WAV)},
+                  "output": {"file": str(tmp_path / "out.wav")}},
+        "tools": {"volume_file": str(tmp_path / "volume")}},
+        environ={"OPENAI_API_KEY": "sk-test"})
+    sup = Supervisor(settings)
+    call = asyncio.create_task(sup.toolbox.run("device_status", "{}"))
+    await asyncio.wait_for(asyncio.to_thread(asked.wait, TIMEOUT), TIMEOUT)
+    assert asked.is_set() and not call.done()
+    release.set()  # only reached if the lookup left the loop free
+    status = json.loads(await asyncio.wait_for(call, TIMEOUT))
+    assert status["address"] == "127.0.0.1", status
 
 
 async def test_the_toolbox_turns_every_failure_into_an_error_output() -> None:

@@ -17,13 +17,15 @@ import pytest
 import pytest_asyncio
 
 from tests.backends import CALLS, FlakyWebhook, pg_bin, postgres, postgrest_app, rows, serve_app
-from tests.conftest import TIMEOUT
+from tests.conftest import QUESTION_WAV, TIMEOUT
+from voiced import config
 from voiced.config import Secret
 from voiced.outbox import Outbox, Outcome, Result
 from voiced.session import Transcript
 from voiced.sinks.http import SupabaseSink, WebhookSink
 from voiced.sinks.jsonl import JsonlSink
 from voiced.sinks.postgres import PostgresSink
+from voiced.supervisor import Supervisor
 from voiced.transcripts import make_record
 
 CONVERSATION = str(uuid.UUID(int=1))
@@ -162,6 +164,44 @@ async def test_over_the_bound_the_oldest_go_with_a_warning(tmp_path: Path,
     await box.aclose()
 
 
+async def test_over_the_byte_bound_the_oldest_go_and_the_newest_stays(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    size = len(json.dumps(record(1), ensure_ascii=False, separators=(",", ":")).encode())
+    assert all(len(json.dumps(record(n), separators=(",", ":"))) == size for n in range(8))
+    box = Outbox(tmp_path / "ob", None, max_bytes=3 * size + size // 2)  # room for 3
+    box.open()
+    with caplog.at_level(logging.WARNING):
+        for n in range(5):
+            box.put(record(n))
+        await box.flush()
+    names = files(tmp_path / "ob")
+    kept = [json.loads((tmp_path / "ob" / n).read_text())["id"] for n in names]
+    assert kept == [record(n)["id"] for n in (2, 3, 4)]
+    assert sum((tmp_path / "ob" / n).stat().st_size for n in names) <= box.max_bytes
+    assert box.dropped == 2
+    assert any("over its bound" in r.message for r in caplog.records)
+    # one record bigger than the whole bound is still kept: the newest is never dropped
+    box.max_bytes = size // 2
+    box.put(record(7))
+    await box.flush()
+    assert [json.loads((tmp_path / "ob" / n).read_text())["id"]
+            for n in files(tmp_path / "ob")] == [record(7)["id"]]
+    await box.aclose()
+
+
+def test_the_daemon_gives_the_outbox_both_bounds(tmp_path: Path) -> None:
+    settings = config.parse({
+        "realtime": {"url": "ws://127.0.0.1:9/v1/realtime"},
+        "audio": {"backend": "file", "input": {"file": str(QUESTION_WAV)},
+                  "output": {"file": str(tmp_path / "out.wav")}},
+        "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp_path / "t.jsonl")},
+                        "outbox_dir": str(tmp_path / "ob"), "max_records": 7,
+                        "max_bytes": 12_345, "retry_max_s": 9}}, environ={})
+    box = Supervisor(settings).outbox
+    assert box is not None
+    assert (box.max_records, box.max_bytes, box.retry_max_s) == (7, 12_345, 9)
+
+
 class EvictingSink(ScriptedSink):
     """While the first record is out for delivery the conversation goes on: two more
     records are put, so the bound drops the very file being delivered."""
@@ -189,12 +229,13 @@ async def test_a_record_dropped_by_the_bound_while_out_for_delivery(
     box.open()
     box.put(record(1))
     await box.flush()
+    [first] = files(tmp_path / "ob")  # record 1's file, out for delivery below
     await drain(box)
     assert sink.calls[0] == record(1)["id"]
     assert box.dropped == 2  # record 1, then 101
     assert sink.calls[1:] == [record(102)["id"]]  # the loop went on to what was left
     assert files(tmp_path / "ob") == []
-    assert box._load(tmp_path / "ob" / "00000000000000000009-000001.json") is None  # gone
+    assert box._load(tmp_path / "ob" / first) is None  # its file is gone, and that is no error
     await box.aclose()
 
 
@@ -294,23 +335,30 @@ async def test_records_the_disk_still_refuses_at_stop_are_named_in_the_log(
 async def test_jsonl_through_the_outbox_is_once_per_id(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     sink = JsonlSink(path)
-    for _ in range(2):  # a crash after the write, before the file was removed
+    for _ in range(2):  # the outbox retried after an answer it did not see
         assert (await sink.deliver(record(1, text="Grüße, 東京"))).outcome is \
             Outcome.DELIVERED
-    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-    assert [x["id"] for x in lines] == [record(1)["id"]]
-    assert lines[0]["text"] == "Grüße, 東京"
+    assert (await sink.deliver(record(2))).outcome is Outcome.DELIVERED
     await sink.aclose()
+    # a crash after the append, before the outbox removed its file: the restarted daemon
+    # has a new sink, which learns from the file's tail what is already there
+    restarted = JsonlSink(path)
+    for n in (1, 2, 3):
+        assert (await restarted.deliver(record(n))).outcome is Outcome.DELIVERED
+    await restarted.aclose()
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    assert [x["id"] for x in lines] == [record(n)["id"] for n in (1, 2, 3)]
+    assert lines[0]["text"] == "Grüße, 東京"
 
 
 # ------------------------------------------------------------------ real backends
 
 
 @pytest.fixture(scope="module")
-def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_dsn() -> Iterator[str]:
     if pg_bin() is None:
         pytest.skip("PostgreSQL is not installed (scripts/setup.sh test installs it)")
-    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
+    with postgres() as dsn:
         yield dsn
 
 
@@ -343,6 +391,77 @@ async def test_postgres_sink_retries_while_the_database_is_down(tmp_path: Path) 
     assert res.outcome is Outcome.RETRY and "127.0.0.1:9" not in res.reason.replace(
         "port 9", "")  # the reason is logged: no DSN in it
     await sink.aclose()
+
+
+def admin(dsn: str, *sql: str) -> None:
+    """Run statements outside a transaction (CREATE DATABASE, roles)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in sql:
+            conn.execute(statement.encode())
+
+
+def with_path(dsn: str, user: str, database: str) -> str:
+    return dsn.replace("postgres@", f"{user}@").rsplit("/", 1)[0] + f"/{database}"
+
+
+async def test_postgres_errors_keep_fixable_records_and_reject_bad_ones(pg_dsn: str) -> None:
+    """A missing schema or a role that may not insert is the operator's to fix: keep the
+    record (retry). A record the schema refuses will never fit: set it aside."""
+    admin(pg_dsn, "drop database if exists bare", "create database bare",
+          "drop role if exists reader", "create role reader login")
+    admin(with_path(pg_dsn, "postgres", "bare"), "grant usage on schema public to reader")
+    bare = PostgresSink(Secret(with_path(pg_dsn, "postgres", "bare")), timeout_s=5,
+                        device_id="kitchen", agent_id=None)
+    res = await bare.deliver(record(30))
+    assert res.outcome is Outcome.RETRY and "UndefinedTable" in res.reason, res
+    assert "schema.sql" in res.reason
+    await bare.aclose()
+
+    reader = PostgresSink(Secret(with_path(pg_dsn, "reader", "postgres")), timeout_s=5,
+                          device_id="kitchen", agent_id=None)
+    res = await reader.deliver(record(31))
+    assert res.outcome is Outcome.RETRY and "InsufficientPrivilege" in res.reason, res
+    await reader.aclose()
+
+    sink = PostgresSink(Secret(pg_dsn), timeout_s=5, device_id="kitchen", agent_id=None)
+    conv = fresh_conversation()
+    bad_role = record(32, conversation=conv) | {"role": "system"}  # the check constraint
+    res = await sink.deliver(bad_role)
+    assert res.outcome is Outcome.REJECTED and "CheckViolation" in res.reason, res
+    bad_id = record(33, conversation=conv) | {"id": "not-a-uuid"}
+    res = await sink.deliver(bad_id)
+    assert res.outcome is Outcome.REJECTED and "InvalidTextRepresentation" in res.reason, res
+    # the same connection goes on: a good record after the bad ones is written
+    assert (await sink.deliver(record(34, conversation=conv))).outcome is Outcome.DELIVERED
+    await sink.aclose()
+    assert rows(pg_dsn, "select id::text from chat_messages_v2 "
+                        f"where conversation_id = '{conv}'") == [(record(34)["id"],)]
+
+
+async def test_a_postgres_insert_that_hangs_is_given_up_after_the_timeout(
+        pg_dsn: str) -> None:
+    """A table locked by someone else (a migration, a stuck transaction): the attempt
+    ends after transcripts.timeout_s and the record is kept; once the lock is gone, the
+    same sink delivers it."""
+    import psycopg
+
+    sink = PostgresSink(Secret(pg_dsn), timeout_s=0.5, device_id="kitchen", agent_id=None)
+    rec = record(40, conversation=fresh_conversation())
+    locker = await psycopg.AsyncConnection.connect(pg_dsn)
+    try:
+        await locker.execute(b"lock table chat_messages_v2 in access exclusive mode")
+        res = await asyncio.wait_for(sink.deliver(rec), TIMEOUT)
+        assert res.outcome is Outcome.RETRY, res
+        assert "0.5 s" in res.reason or "statement timeout" in res.reason, res
+    finally:
+        await locker.rollback()
+        await locker.close()
+    assert (await sink.deliver(rec)).outcome is Outcome.DELIVERED
+    await sink.aclose()
+    assert rows(pg_dsn, f"select count(*) from chat_messages_v2 where id = '{rec['id']}'"
+                ) == [(1,)]
 
 
 @pytest_asyncio.fixture
@@ -378,6 +497,54 @@ async def test_supabase_sink_through_postgrest_into_real_tables(
     assert (await bad.deliver(record(22, conversation=fresh_conversation()))).outcome is \
         Outcome.RETRY  # a wrong key is fixable: keep the record
     await bad.aclose()
+
+
+# what each answer means for the record: 409 is "already there" (an earlier attempt got
+# through), 408 and 429 are the backend's load, 404 a wrong URL or a missing table: both
+# fixable without touching the record, so it is kept; other 4xx reject the record itself
+HTTP_OUTCOMES = [(200, Outcome.DELIVERED), (201, Outcome.DELIVERED), (204, Outcome.DELIVERED),
+                 (409, Outcome.DELIVERED), (400, Outcome.REJECTED), (422, Outcome.REJECTED),
+                 (401, Outcome.RETRY), (403, Outcome.RETRY), (404, Outcome.RETRY),
+                 (408, Outcome.RETRY), (429, Outcome.RETRY), (500, Outcome.RETRY),
+                 (503, Outcome.RETRY)]
+
+
+@pytest_asyncio.fixture
+async def answering() -> AsyncIterator[tuple[str, list[int]]]:
+    """An HTTP server that answers every POST with the status the test puts first."""
+    from aiohttp import web
+
+    status: list[int] = [200]
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"message": f"status {status[0]}"}, status=status[0])
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    runner, url = await serve_app(app)
+    yield url, status
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize(("status", "outcome"), HTTP_OUTCOMES,
+                         ids=[str(s) for s, _ in HTTP_OUTCOMES])
+async def test_http_sinks_map_each_status(answering: tuple[str, list[int]], status: int,
+                                          outcome: Outcome) -> None:
+    url, answer = answering
+    answer[0] = status
+    webhook = WebhookSink(url + "/hook", token=None, timeout_s=5)
+    supabase = SupabaseSink(url, key=Secret("k"), timeout_s=5, device_id="kitchen",
+                            agent_id=None)
+    try:
+        for sink in (webhook, supabase):
+            res = await sink.deliver(record(1))
+            assert res.outcome is outcome, (sink.name, res)
+            if outcome is not Outcome.DELIVERED:
+                assert res.reason.startswith(f"HTTP {status}: "), res.reason
+    finally:
+        await webhook.aclose()
+        await supabase.aclose()
 
 
 async def test_webhook_sink_against_a_flaky_server(tmp_path: Path) -> None:

@@ -32,13 +32,16 @@ class ButtonInput:
         on_gesture: called with the gesture name, on the loop.
         pin_factory: gpiozero pin factory (None: gpiozero's default, or
             ``GPIOZERO_PIN_FACTORY``).
+        clock: monotonic seconds, for the debounce window (tests set the edges' times).
     """
 
     def __init__(self, settings: ButtonSettings, on_gesture: Callable[[Gesture], None],
-                 pin_factory: Any = None) -> None:
+                 pin_factory: Any = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.on_gesture = on_gesture
         self.pin_factory = pin_factory
+        self._clock = clock
         self._button: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._held = False
@@ -85,7 +88,7 @@ class ButtonInput:
         An edge after a quiet ``bounce_time_s`` counts at once; edges inside it are
         noise, and once they stop the pin's real level decides (on the loop).
         """
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             quiet = now - self._last_edge >= self.settings.bounce_time_s
             self._last_edge = now
@@ -99,7 +102,7 @@ class ButtonInput:
 
     def _settle(self) -> None:
         """On the loop, a bounce window after a noisy edge: follow the pin's level."""
-        if time.monotonic() - self._last_edge < self.settings.bounce_time_s:
+        if self._clock() - self._last_edge < self.settings.bounce_time_s:
             return  # still bouncing: the latest edge scheduled its own check
         button = self._button
         if button is not None:

@@ -8,6 +8,7 @@ a repr, a log line or an error message.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import ipaddress
 import os
@@ -15,10 +16,12 @@ import re
 import socket
 import stat
 import string
+import typing
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, Literal
 from urllib.parse import SplitResult, urlsplit
 
@@ -54,6 +57,11 @@ SINKS: Final = ("none", "jsonl", "webhook", "supabase", "postgres")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 BUTTON_MODES: Final = ("toggle", "push_to_talk")
 PULLS: Final = ("up", "down")
+
+# Field metadata: a SIGHUP applies this setting without a restart. Every other setting
+# keeps its running value until the daemon restarts (reload_split). A section marked LIVE
+# is live as a whole; an unmarked section is live where its own fields are.
+LIVE: Final = MappingProxyType({"live": True})
 
 # credential name -> environment variable (contract §2)
 CREDENTIAL_ENV: Final = {
@@ -142,43 +150,46 @@ class TranscriptionSettings:
 class RelaySettings:
     """A relay (e.g. a Supabase edge function) in front of the Realtime API."""
 
-    agent_id: str
-    """Sent as ?agent_id=."""
+    agent_id: str = field(metadata=LIVE)
+    """Sent as ?agent_id= (a reload: from the next connection)."""
     conversation_id: str | None = None
-    """Sent as ?conversation_id=; None lets the relay create one."""
+    """Sent as ?conversation_id=; None lets the relay create one. Read once, when the
+    daemon starts its first conversation."""
 
 
 @dataclass(frozen=True, slots=True)
 class RealtimeSettings:
     """The Realtime connection and the session it configures."""
 
-    url: str = "wss://api.openai.com/v1/realtime"
+    url: str = field(default="wss://api.openai.com/v1/realtime", metadata=LIVE)
     """OpenAI's URL, a relay's URL, or ws://127.0.0.1:8765/v1/realtime for `voiced sim`."""
-    model: str = "gpt-realtime-2.1"
+    model: str = field(default="gpt-realtime-2.1", metadata=LIVE)
     """Realtime model, sent as ?model= (not with a relay)."""
-    voice: str = "marin"
+    voice: str = field(default="marin", metadata=LIVE)
     """Output voice."""
-    instructions: str = "You are a helpful voice assistant."
+    instructions: str = field(default="You are a helpful voice assistant.", metadata=LIVE)
     """System instructions for the model."""
     relay: RelaySettings | None = None
     """Relay query parameters; None talks to OpenAI directly."""
-    turn_detection: TurnDetectionSettings = field(default_factory=TurnDetectionSettings)
+    turn_detection: TurnDetectionSettings = field(default_factory=TurnDetectionSettings,
+                                                  metadata=LIVE)
     """Turn detection sent in session.update."""
-    transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
+    transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings,
+                                                  metadata=LIVE)
     """Input transcription sent in session.update."""
-    connect_timeout_s: float = 10.0
+    connect_timeout_s: float = field(default=10.0, metadata=LIVE)
     """Handshake plus session.created must finish within this."""
-    keepalive_s: float = 20.0
+    keepalive_s: float = field(default=20.0, metadata=LIVE)
     """Ping interval, and how long a pong may take: a dead peer is noticed within twice
     this."""
-    reseed_turns: int = 10
+    reseed_turns: int = field(default=10, metadata=LIVE)
     """A new session of the same conversation (after an expiry or a dropped connection)
     is given the last this many user and assistant turns as context (0: none)."""
-    rollover_margin_s: float = 300.0
+    rollover_margin_s: float = field(default=300.0, metadata=LIVE)
     """Move to a new session this long before the 60-minute expiry, at a quiet moment."""
-    reconnect_min_s: float = 0.5
+    reconnect_min_s: float = field(default=0.5, metadata=LIVE)
     """First reconnect delay."""
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = field(default=30.0, metadata=LIVE)
     """Longest reconnect delay."""
     max_transcript_bytes: int = 65_536
     """UTF-8 bytes of one assistant or user transcript kept (partial deltas and finals;
@@ -186,7 +197,7 @@ class RealtimeSettings:
     max_pending_items: int = 64
     """Assistant items held unfinished at once; beyond this the oldest is closed and
     recorded with the words it has (and drafts stay as few)."""
-    api_key: Secret | None = field(default=None, repr=False)
+    api_key: Secret | None = field(default=None, repr=False, metadata=LIVE)
     """Bearer token (credential openai_api_key); None only for loopback URLs."""
 
 
@@ -289,7 +300,8 @@ class LedSettings:
 
     driver: Literal["none", "gpio", "apa102"] = "none"
     """none logs state changes only; gpio drives LEDs through gpiozero; apa102 a ring."""
-    patterns: dict[str, Pattern] = field(default_factory=lambda: dict(DEFAULT_PATTERNS))
+    patterns: dict[str, Pattern] = field(default_factory=lambda: dict(DEFAULT_PATTERNS),
+                                         metadata=LIVE)
     """State name -> pattern (defaults above; the YAML overrides per state)."""
     fps: int = 30
     """Animation frames per second (at most 30)."""
@@ -418,7 +430,7 @@ class Settings:
     transcripts: TranscriptSettings
     control: ControlSettings
     tools: ToolSettings = field(default_factory=ToolSettings)
-    log_level: str = "info"
+    log_level: str = field(default="info", metadata=LIVE)
     """debug, info, warning or error."""
     source_path: Path | None = None
     """The file these settings came from."""
@@ -1399,7 +1411,7 @@ def read_yaml(p: Path) -> object:
     """
     text = _read_config(p)
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader, bounded
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader, bounded
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -1409,6 +1421,9 @@ def read_yaml(p: Path) -> object:
         raise ConfigError([("config", f"{p} is not valid YAML{where}: {problem}")]) from None
     except (ValueError, RecursionError, MemoryError) as e:  # the last line of defence
         raise ConfigError([("config", f"{p} cannot be loaded: {type(e).__name__}")]) from None
+    if data is None:  # an empty (or truncated) file would otherwise pass as all defaults
+        raise ConfigError([("config", f"{p} is empty")])
+    return data
 
 
 def _read_config(p: Path) -> str:
@@ -1583,15 +1598,73 @@ def _explosions(data: object, sizes: dict[int, int]) -> list[tuple[str, str]]:
 
 def diff(old: object, new: object, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two settings trees."""
-    import dataclasses
-
-    if (dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new)
-            and type(old) is type(new)):
+    if _same_section(old, new):
         out: list[str] = []
-        for f in dataclasses.fields(old):
+        for f in dataclasses.fields(old):  # type: ignore[arg-type]
             if f.name in ("source_path", "warnings"):
                 continue
             key = f"{prefix}.{f.name}" if prefix else f.name
             out += diff(getattr(old, f.name), getattr(new, f.name), key)
         return out
     return [] if old == new else [prefix]
+
+
+def _same_section(old: object, new: object) -> bool:
+    return (dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new)
+            and type(old) is type(new))
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What a SIGHUP does with a new configuration (:func:`reload_split`)."""
+
+    settings: Settings
+    """The settings in force after the reload: the live keys' new values, the running
+    values of everything else."""
+    live: list[str]
+    """Changed keys that apply now."""
+    restart: list[str]
+    """Changed keys that keep their running value until a restart."""
+
+
+def reload_split(running: Settings, new: Settings) -> Reload:
+    """Split a reload into what applies now (fields marked :data:`LIVE`) and the rest."""
+    live: list[str] = []
+    restart: list[str] = []
+
+    def merge(old: Any, fresh: Any, prefix: str) -> Any:
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(old):
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            was, now = getattr(old, f.name), getattr(fresh, f.name)
+            if f.name in ("source_path", "warnings"):  # facts of the new file
+                changes[f.name] = now
+            elif f.metadata.get("live"):
+                if was != now:
+                    live.append(key)
+                    changes[f.name] = now
+            elif _same_section(was, now):
+                merged = merge(was, now, key)
+                if merged is not was:
+                    changes[f.name] = merged
+            else:
+                restart.extend(diff(was, now, key))
+        return dataclasses.replace(old, **changes) if changes else old
+
+    return Reload(merge(running, new, ""), live, restart)
+
+
+def live_keys(section: type[Any] | None = None, prefix: str = "") -> list[str]:
+    """The dotted keys a SIGHUP applies without a restart, from the LIVE marks."""
+    out: list[str] = []
+    cls = Settings if section is None else section
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.metadata.get("live"):
+            out.append(key)
+            continue
+        for sub in typing.get_args(hints[f.name]) or (hints[f.name],):
+            if dataclasses.is_dataclass(sub) and isinstance(sub, type):
+                out += live_keys(sub, key)
+    return out

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import sdnotify
@@ -68,15 +68,17 @@ class Notifier:
         """SIGTERM received; shutting down."""
         self._send("STOPPING=1")
 
-    async def watchdog(self) -> None:
+    async def watchdog(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+                       ) -> None:
         """Ping the watchdog from the event loop at half its interval, forever.
 
         NOTE: the pings come from the loop on purpose: a blocked loop stops them, and
-        systemd restarts the service.
+        systemd restarts the service. ``sleep`` is how the interval is waited out (a
+        test records it instead).
         """
         if self.watchdog_s is None:
             return
         logger.debug("watchdog every %.1f s", self.watchdog_s / 2)
         while True:
             self._send("WATCHDOG=1")
-            await asyncio.sleep(self.watchdog_s / 2)
+            await sleep(self.watchdog_s / 2)

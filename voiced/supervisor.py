@@ -74,11 +74,6 @@ _STABLE_S = 60.0  # a connection that lasted this long resets the backoff
 # close 4000 (request shape refused) answering this many set-ups in a row is final; the
 # very first set-up of the daemon's life needs only one (the config is wrong)
 _SHAPE_REFUSALS = 3
-# settings a SIGHUP applies without a restart (prefixes of dotted keys)
-_LIVE_KEYS = ("realtime.voice", "realtime.instructions", "realtime.turn_detection",
-              "realtime.transcription", "realtime.model", "realtime.url", "realtime.relay",
-              "realtime.connect_timeout_s", "realtime.reconnect_", "leds.patterns",
-              "log_level", "realtime.api_key")
 
 
 class _StopRequested(Exception):
@@ -355,8 +350,12 @@ class Supervisor:
     def reload(self) -> None:
         """SIGHUP: re-read the config; apply what can be applied live, keep the rest.
 
-        An invalid new config is rejected with the usual error lines and the running
-        one stays in force.
+        What applies live is declared on the settings (``config.LIVE``); every other key
+        keeps its running value, everywhere, until a restart, and is logged as such. The
+        realtime keys are read where they are used: the URL, model, key and timeouts
+        from the next connection, the session's (voice, instructions, turn detection,
+        transcription) from the next session. An invalid new config is rejected with the
+        usual error lines and the running one stays in force.
         """
         self.notifier.reloading()
         status = "reload failed (logged)"
@@ -381,23 +380,21 @@ class Supervisor:
             return f"reload rejected ({len(e.problems)} problem(s))"
         for key, message in new.warnings:
             logger.warning("%s: %s", key, message)
-        changed = config.diff(self.settings, new)
-        live = [k for k in changed if k.startswith(_LIVE_KEYS)]
-        restart = [k for k in changed if not k.startswith(_LIVE_KEYS)]
-        self.session.set_policy(build_policy(new, self.toolbox.declarations()))
+        plan = config.reload_split(self.settings, new)
+        self.settings = plan.settings
+        self.session.set_policy(build_policy(self.settings, self.toolbox.declarations()))
         self._apply(self.session.take_effects())
-        self.vad = self._build_vad(new)
-        self.orb.set_patterns(new.leds.patterns)
-        logging.getLogger().setLevel(new.log_level.upper())
-        keep = {k: getattr(self.settings, k) for k in ("audio", "button", "control",
-                                                         "transcripts", "device_id")}
-        self.settings = dataclasses.replace(new, **keep)
-        if live:
-            logger.info("reloaded: %s (voice, instructions and turn detection apply from "
-                        "the next session)", ", ".join(live))
-        if restart:
-            logger.warning("changed but only applied after a restart: %s", ", ".join(restart))
-        if not changed:
+        self.vad = self._build_vad(self.settings)
+        self.orb.set_patterns(self.settings.leds.patterns)
+        logging.getLogger().setLevel(self.settings.log_level.upper())
+        if plan.live:
+            logger.info("reloaded: %s (the connection's settings apply from the next "
+                        "connection, the session's from the next session)",
+                        ", ".join(plan.live))
+        if plan.restart:
+            logger.warning("changed but only applied after a restart (the running values "
+                           "stay until then): %s", ", ".join(plan.restart))
+        if not plan.live and not plan.restart:
             logger.info("reloaded: nothing changed")
         return "reloaded"
 

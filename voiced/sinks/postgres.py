@@ -7,6 +7,7 @@ binary wheels that bundle one do not cover armv7l.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -17,6 +18,8 @@ from voiced.outbox import Outcome, Result
 
 logger = logging.getLogger(__name__)
 
+# SET takes no parameters; the value is an int we format ourselves
+_STATEMENT_TIMEOUT = "set local statement_timeout = {ms}"
 _INSERT_CONVERSATION = """
 insert into conversations (id, agent_id, device_id, created_at)
 values (%s, %s, %s, %s) on conflict do nothing"""
@@ -52,29 +55,38 @@ class PostgresSink:
 
         Only what is wrong with the record itself (its data) rejects it; a connection
         string, a server, a schema or a role that is wrong is the configuration's fault
-        and is retried, so no record is parked in rejected/ for it.
+        and is retried, so no record is parked in rejected/ for it. The whole attempt
+        ends after ``timeout_s``: a locked table or a server that stopped answering must
+        not hold the outbox (and every later record) forever. The server gets the same
+        limit as its statement_timeout, so it gives up too.
         """
         import psycopg
 
         try:
-            conn = await self._connect()
-        except Exception as e:  # noqa: BLE001 - every connect failure is the config's
-            await self._drop()
-            why = dsn_problem(self.dsn.reveal())
-            if why is not None:  # libpq's text would quote the DSN: never used
-                return Result(Outcome.RETRY, f"credential postgres_dsn {why}")
-            return Result(Outcome.RETRY, f"cannot connect: {type(e).__name__}: "
-                                         f"{guard.printable(str(e).strip(), 200)}")
-        try:
-            async with conn.transaction():
-                await conn.execute(_INSERT_CONVERSATION, (
-                    record["conversation_id"], self.agent_id, self.device_id,
-                    record["created_at"]))
-                await conn.execute(_INSERT_MESSAGE, (
-                    record["id"], record["conversation_id"], record["role"], record["text"],
-                    json.dumps(record["metadata"], ensure_ascii=False),
-                    record["created_at"]))
+            async with asyncio.timeout(self.timeout_s):
+                try:
+                    conn = await self._connect()
+                except Exception as e:  # noqa: BLE001 - every connect failure is the config's
+                    await self._drop()
+                    why = dsn_problem(self.dsn.reveal())
+                    if why is not None:  # libpq's text would quote the DSN: never used
+                        return Result(Outcome.RETRY, f"credential postgres_dsn {why}")
+                    return Result(Outcome.RETRY, f"cannot connect: {type(e).__name__}: "
+                                                 f"{guard.printable(str(e).strip(), 200)}")
+                async with conn.transaction():
+                    await conn.execute(_STATEMENT_TIMEOUT.format(
+                        ms=max(1, int(self.timeout_s * 1000))))
+                    await conn.execute(_INSERT_CONVERSATION, (
+                        record["conversation_id"], self.agent_id, self.device_id,
+                        record["created_at"]))
+                    await conn.execute(_INSERT_MESSAGE, (
+                        record["id"], record["conversation_id"], record["role"],
+                        record["text"], json.dumps(record["metadata"], ensure_ascii=False),
+                        record["created_at"]))
             return Result(Outcome.DELIVERED)
+        except TimeoutError:
+            await self._drop()  # cut off mid-query: the connection's state is unknown
+            return Result(Outcome.RETRY, f"no answer within {self.timeout_s:g} s")
         except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as e:
             # the record's data is wrong (not a UUID, a constraint): retrying cannot help
             return Result(Outcome.REJECTED, f"{type(e).__name__}: "
