@@ -32,7 +32,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One PostgreSQL per test module, with the seed's schema (the relay adds its own)."""
     from tests.backends import postgres
 
-    with postgres(tmp_path_factory.mktemp("pg")) as dsn:
+    with postgres() as dsn:
         yield dsn
 
 

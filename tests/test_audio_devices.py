@@ -77,8 +77,10 @@ BARGE_IN = PULSE_RIG + """\
                      for t in os.listdir("/proc/self/task"))
     a = np.frombuffer(bytes(heard), "<i2")
     nz = np.nonzero(a)[0]
-    print(json.dumps({"reported": played.get("item_1", 0),
-                      "heard": int(nz[-1] - nz[0] + 1) if len(nz) else 0,
+    # the tone's samples, counted (never 0): a late callback on a busy machine puts a gap
+    # of silence into the sink's stream, so the span from first to last sample is longer
+    print(json.dumps({"reported": played.get("item_1", 0), "heard": len(nz),
+                      "lost": mic.dropped_frames + mic.overflows,
                       "rate": speaker.rate, "threads": threads}))
     await mic.aclose()
     await speaker.aclose()
@@ -106,7 +108,8 @@ def test_barge_in_silences_the_speaker_where_stop_says(tmp_path: Path, period_ms
     # a second or more of the tone was handed before the stop, not all of it
     assert 24000 <= got["reported"] < 3 * 24000, got
     assert got["heard"] <= got["reported"] + period, got  # silent after what was handed
-    assert got["reported"] - got["heard"] <= period, got  # and truncation does not lie
+    if not got["lost"]:  # (a capture that dropped frames under load heard less)
+        assert got["reported"] - got["heard"] <= period, got  # and truncation does not lie
     # PortAudio's callback threads carry names top -H shows
     assert {"voiced-mic", "voiced-speaker"} <= set(got["threads"]), got["threads"]
 

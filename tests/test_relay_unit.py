@@ -35,7 +35,7 @@ def test_relay_unit_has_the_service_settings() -> None:
 
 
 async def test_the_relay_speaks_sd_notify_and_stops_cleanly(tmp_path: Path) -> None:
-    with postgres(tmp_path / "pg") as dsn:
+    with postgres() as dsn:
         async with SimServer() as sim:
             cfg = relay_config(tmp_path, sim.url)
             notify = NotifySocket(tmp_path / "notify.sock")

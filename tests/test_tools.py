@@ -322,19 +322,19 @@ def route_source(address: str) -> str | None:
     return words[words.index("src") + 1] if "src" in words else None
 
 
-def test_device_status_names_the_route_to_a_server_that_is_not_local() -> None:
+async def test_device_status_names_the_route_to_a_server_that_is_not_local() -> None:
     from voiced.tools import builtin
 
     remote = "192.0.2.77"  # TEST-NET-1: routed like any server, never answers
-    net = builtin.network_status(f"wss://{remote}:8443/v1/realtime")
+    net = await builtin.network_status(f"wss://{remote}:8443/v1/realtime")
     want = route_source(remote)
     if want is None:  # a machine with no route out
         assert net["address"] is None and net["network_error"], net
     else:
         assert net["address"] == want and "network_error" not in net, net
-    six = builtin.network_status("ws://[::1]:8765/v1/realtime")  # an IPv6 server
+    six = await builtin.network_status("ws://[::1]:8765/v1/realtime")  # an IPv6 server
     assert six["address"] == "::1", six
-    unknown = builtin.network_status("wss://no-such-host.invalid/v1/realtime")
+    unknown = await builtin.network_status("wss://no-such-host.invalid/v1/realtime")
     assert unknown["address"] is None and unknown["network_error"], unknown
 
 

@@ -913,6 +913,11 @@ class Conversation:
                 self._on_response_done(ev)
             case wire.AudioDone():
                 self._on_audio_done(ev)
+            case wire.AudioTranscriptDone() | wire.AudioTranscriptDelta() \
+                    if ev.item_id in self._finished:
+                # words for an item already recorded or given up: a new item for them
+                # would leave a draft that nothing ever replaces
+                logger.debug("late transcript for %s dropped", guard.printable(ev.item_id, 100))
             case wire.AudioTranscriptDone():
                 item = self._item(ev.item_id, ev.response_id)
                 item.transcript = self._bounded(ev.transcript)
