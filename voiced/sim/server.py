@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -164,8 +165,17 @@ async def serve_forever(host: str, port: int, options: SimOptions) -> int:
     await sim.start()
     print(f"voiced sim: listening on {sim.url} (GA Realtime dialect; no API key needed)",
           flush=True)
+    # NOTE: SIGTERM/SIGINT set an event on the loop. The command's early handlers raise
+    # SystemExit wherever Python happens to be; inside the loop that can land in the
+    # middle of a connection's teardown and leave the process waiting forever (seen).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Future()
+        await stop.wait()
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         await sim.aclose()
-    return 0  # pragma: no cover - only reached by cancellation
+    return 0
