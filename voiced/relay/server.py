@@ -45,6 +45,7 @@ from voiced.relay import auth
 from voiced.relay.config import AGENT_ID_RE, Agent, RelaySettings
 from voiced.relay.ledger import SETUP_EVENT_ID, Ledger, Write, encode
 from voiced.relay.store import Store, StoreUnavailable, spool_record
+from voiced.relay.web import WebApp
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,10 @@ class RelayServer:
                                          "written": 0, "malformed_upstream": 0}
         self._server: Server | None = None
         self.port = settings.server.port
+        self.web: WebApp | None = None
+        if settings.web.path is not None:
+            self.web = WebApp(settings, store, clock=clock, db_ready=lambda: self.db_ready,
+                              client_address=self.client_address)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -171,6 +176,14 @@ class RelayServer:
         host = f"[{s.host}]" if ":" in s.host else s.host
         return f"{scheme}://{host}:{self.port}{s.path}"
 
+    @property
+    def page_url(self) -> str | None:
+        """The browser client's URL, or None when the relay serves no page."""
+        if self.settings.web.path is None:
+            return None
+        base = self.url.replace("ws", "http", 1)
+        return base[:len(base) - len(self.settings.server.path)] + self.settings.web.path
+
     async def aclose(self) -> None:
         """Stop listening; close every device with 1001 (they reconnect elsewhere)."""
         if self._server is not None:
@@ -200,6 +213,13 @@ class RelayServer:
         return str(peer)
 
     async def _process_request(self, conn: ServerConnection, req: Request) -> Response | None:
+        if self.web is not None and urlsplit(req.path).path != self.settings.server.path \
+                and self.web.handles(req.path):
+            try:
+                return await self.web.respond(conn, req)
+            except Exception as e:  # noqa: BLE001 - a bug answers 500, never ends the relay
+                guard.note_fault("relay web", e, logger)
+                return conn.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "relay error\n")
         try:
             self._accepted[conn] = await self.check(conn, req)
             return None
@@ -636,6 +656,8 @@ async def run_relay(settings: RelaySettings, *, notifier: Notifier | None = None
         tasks += [asyncio.create_task(spool.run()), asyncio.create_task(notifier.watchdog()),
                   asyncio.create_task(_status_loop(relay, notifier))]
         print(f"voiced relay: listening on {relay.url}", flush=True)
+        if relay.page_url is not None:
+            print(f"voiced relay: the browser client is at {relay.page_url}", flush=True)
         notifier.ready()
         await stop.wait()
         logger.info("stopping: closing %d device connection(s)", len(relay.bridges))
