@@ -87,8 +87,14 @@ function showState(state, text) {
   const on = client !== null && client.streaming;
   mic.setAttribute("aria-pressed", on ? "true" : "false");
   mic.setAttribute("aria-label", on ? "Stop talking" : "Start talking");
-  $("stop").hidden = !(state === "speaking" || (client && client.responseActive && live));
+  updateStop();
   if (state !== "listening" && state !== "speaking") setLevel(0);
+}
+
+function updateStop() {
+  // the interrupt button: while the reply plays, or while one is being made
+  const live = client !== null && ["ready", "listening", "speaking"].includes(client.state);
+  $("stop").hidden = !(live && (client.state === "speaking" || client.responseActive));
 }
 
 function setLevel(value) {
@@ -123,9 +129,11 @@ function addLine(d) {
 
 // ------------------------------------------------------------------ the token
 
-function askToken(message) {
-  showState("token", message ? "The relay refused this token." : STATUS.unauthorized);
-  $("token-error").textContent = message || "";
+function askToken(refused) {
+  showState("token", refused ? "The relay refused this token." : STATUS.unauthorized);
+  $("token-error").textContent = refused
+    ? "The relay refused this token: check it, or make a new one with voiced relay add-device."
+    : "";
   $("token").value = "";
   const dlg = $("token-dialog");
   if (!dlg.open) dlg.showModal();
@@ -155,7 +163,7 @@ $("forget").addEventListener("click", () => {
   store("session", conversationKey, null);
   lines.length = 0;
   $("lines").replaceChildren();
-  askToken("");
+  askToken(false);
 });
 
 // ------------------------------------------------------------------ controls
@@ -255,7 +263,7 @@ async function start() {
   }
   const token = load("local", TOKEN_KEY);
   if (!token) {
-    askToken("");
+    askToken(false);
     return;
   }
   showState("connecting");
@@ -268,7 +276,7 @@ async function start() {
     }
   }
   if (r.status === 401) {
-    askToken("refused");
+    askToken(true);
     return;
   }
   if (r.status !== 200 || !r.body) {
@@ -293,11 +301,12 @@ async function start() {
     conversationId: load("session", conversationKey), check: checkConnection,
   });
   client.addEventListener("state", (e) => {
-    if (e.detail.state === "unauthorized") askToken("refused");
+    if (e.detail.state === "unauthorized") askToken(true);
     else showState(e.detail.state);
   });
   client.addEventListener("conversation", (e) => store("session", conversationKey, e.detail.id));
   client.addEventListener("transcript", (e) => addLine(e.detail));
+  client.addEventListener("response", updateStop);
   client.addEventListener("level", (e) => setLevel(e.detail.value));
   client.addEventListener("servererror", (e) => {
     console.warn("relay error:", e.detail.error.code, e.detail.error.message);

@@ -11,7 +11,8 @@
 //
 // Events (CustomEvent detail): state {state}, conversation {id}, transcript {role, text,
 // item, final}, level {value}, played {type, item, played}, interrupted {source, item,
-// audio_end_ms, played}, session {session}, servererror {error}, closed {code, reason}.
+// audio_end_ms, played}, response {active}, session {session}, servererror {error},
+// closed {code, reason, established}.
 
 export const SAMPLE_RATE = 24000;
 const FRAME_MS = 20;
@@ -354,6 +355,7 @@ export class VoiceClient extends EventTarget {
         break;
       case "response.created":
         this.responseActive = true;
+        this._emit("response", { active: true });
         break;
       case "response.output_audio.delta":
         if (typeof ev.delta === "string" && typeof ev.item_id === "string") {
@@ -367,6 +369,7 @@ export class VoiceClient extends EventTarget {
       case "response.done":
         this.responseActive = false;
         if (this.player) this.player.port.postMessage({ type: "end" });
+        this._emit("response", { active: false });
         break;
       case "response.output_audio_transcript.delta":
         if (typeof ev.delta === "string") {
