@@ -295,6 +295,7 @@ async function start() {
   }));
   select.value = voice;
   select.disabled = voices.length < 2;
+  select.hidden = document.querySelector("label[for=voice]").hidden = voices.length === 0;
 
   client = new VoiceClient({
     url: wsUrl, token, agentId, voice,
