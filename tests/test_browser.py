@@ -403,3 +403,76 @@ async def test_labels_focus_reduced_motion_and_a_phone_sized_screen(
             assert box is not None and box["x"] >= 0 and box["y"] >= 0, sel
             assert box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844, sel
         assert page.errors == []
+
+
+WORKLETS_AT_48K = """
+async () => {
+  const rate = 48000;
+  // capture: a 1 kHz tone at 48 kHz in, 20 ms frames of 24 kHz PCM16 out
+  const ctx = new OfflineAudioContext({ numberOfChannels: 1, length: rate / 2, sampleRate: rate });
+  await ctx.audioWorklet.addModule(new URL("capture-worklet.js", location.href));
+  const frames = [];
+  const cap = new AudioWorkletNode(ctx, "voiced-capture", { numberOfInputs: 1,
+    numberOfOutputs: 0, processorOptions: { targetRate: 24000, frameMs: 20 } });
+  cap.port.onmessage = (e) => frames.push(Array.from(new Int16Array(e.data.pcm)));
+  const osc = new OscillatorNode(ctx, { frequency: 1000 });
+  const gain = new GainNode(ctx, { gain: 0.5 });
+  osc.connect(gain).connect(cap);
+  osc.start();
+  await ctx.startRendering();
+  const until = async (pred) => {  // bounded by the test's own timeout
+    while (!pred()) await new Promise((ok) => setTimeout(ok, 20));
+  };
+  await until(() => frames.length >= 25);
+  // playback: 200 ms of a 24 kHz 1 kHz tone in, 48 kHz out, and what it says it played
+  const out = new OfflineAudioContext({ numberOfChannels: 1, length: rate / 2, sampleRate: rate });
+  await out.audioWorklet.addModule(new URL("playback-worklet.js", location.href));
+  const reports = [];
+  const play = new AudioWorkletNode(out, "voiced-playback", { numberOfInputs: 0,
+    numberOfOutputs: 1, outputChannelCount: [1], processorOptions: { sourceRate: 24000 } });
+  play.port.onmessage = (e) => reports.push(e.data);
+  play.connect(out.destination);
+  const pcm = new Int16Array(4800);
+  for (let i = 0; i < pcm.length; i++) {
+    pcm[i] = Math.round(16000 * Math.sin(2 * Math.PI * 1000 * i / 24000));
+  }
+  play.port.postMessage({ type: "chunk", item: "item_x", pcm: pcm.buffer }, [pcm.buffer]);
+  play.port.postMessage({ type: "end" });
+  play.port.postMessage({ type: "ping", seq: 1 });
+  // offline rendering outruns message delivery: pause early until the chunk is in
+  out.suspend(1024 / rate).then(async () => {
+    await until(() => reports.some((r) => r.type === "pong"));
+    out.resume();
+  });
+  const rendered = await out.startRendering();
+  await until(() => reports.some((r) => r.type === "idle"));
+  return { frames, reports, output: Array.from(rendered.getChannelData(0)) };
+}
+"""
+
+
+def crossings(xs: list[float]) -> int:
+    return sum(1 for a, b in zip(xs, xs[1:], strict=False) if a < 0 <= b)
+
+
+async def test_the_worklets_resample_when_the_context_is_not_at_24_khz(
+        tmp_path: Path, pg: str) -> None:
+    async with rig(tmp_path, pg, mic=False) as (_sim, relay, ctx):
+        page = Page(await ctx.new_page())
+        await page.page.goto(relay.page_url)
+        got = await page.page.evaluate(WORKLETS_AT_48K)
+        # capture: 0.5 s at 48 kHz is 25 frames of 480 samples at 24 kHz, still 1 kHz
+        frames = got["frames"]
+        assert len(frames) == 25 and {len(f) for f in frames} == {480}
+        pcm = [s for f in frames for s in f]
+        assert 495 <= crossings(pcm) <= 501  # 1 kHz for 0.5 s
+        assert 15_000 < max(pcm[480:]) <= 16_384  # the tone's level, kept
+        # playback: 4800 samples at 24 kHz are 9600 at 48 kHz, then silence; 1 kHz
+        out = got["output"]
+        sound = [i for i, v in enumerate(out) if abs(v) > 1e-4]
+        assert 9500 <= sound[-1] - sound[0] + 1 <= 9700
+        assert 196 <= crossings(out[sound[0]:sound[-1] + 1]) <= 201
+        assert 0.45 < max(out) < 0.5
+        idle = [r for r in got["reports"] if r["type"] == "idle"]
+        assert idle == [{"type": "idle", "item": "item_x", "played": 4800}]
+        assert page.errors == []

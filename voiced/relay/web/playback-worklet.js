@@ -7,10 +7,12 @@
 // audio_end_ms), exact to the sample, since nothing else in the page can know it.
 //
 // Messages in:  {type: "chunk", item, pcm: ArrayBuffer of Int16}, {type: "end"},
-//               {type: "flush", seq}
+//               {type: "flush", seq}, {type: "ping", seq} (answered in order: what was
+//               sent before it has been taken in)
 // Messages out: {type: "start", item}, {type: "progress", item, played, level},
 //               {type: "item-done", item, played}, {type: "underrun", item, played},
-//               {type: "idle", item, played}, {type: "flushed", seq, item, played}
+//               {type: "idle", item, played}, {type: "flushed", seq, item, played},
+//               {type: "pong", seq}
 // `played` is in source samples (24 kHz), whatever the context's rate.
 
 const REPORT_EVERY = 16; // render quanta between progress reports (about 85 ms)
@@ -54,6 +56,8 @@ class Playback extends AudioWorkletProcessor {
         this.played = 0;
         this.ended = false;
       }
+    } else if (m.type === "ping") {
+      this.port.postMessage({ type: "pong", seq: m.seq });
     } else if (m.type === "flush") {
       const head = this.item !== null ? this.item : (this.queue.length ? this.queue[0].item : null);
       const played = this.item !== null ? this.played : 0;
