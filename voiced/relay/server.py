@@ -42,8 +42,9 @@ from voiced.notify import Notifier
 from voiced.outbox import Outbox
 from voiced.realtime import AUTH_CLOSE_CODE, REQUEST_SHAPE_CLOSE_CODE, classify
 from voiced.relay import auth
-from voiced.relay.config import AGENT_ID_RE, Agent, RelaySettings
+from voiced.relay.config import Agent, RelaySettings
 from voiced.relay.ledger import SETUP_EVENT_ID, Ledger, Write, encode
+from voiced.relay.refusals import Refused, agent_for
 from voiced.relay.store import Store, StoreUnavailable, spool_record
 from voiced.relay.web import WebApp
 
@@ -75,16 +76,6 @@ class Accepted:
     conversation_id: str | None
     """None: the device gave none; the bridge creates one."""
     address: str
-
-
-class Refused(Exception):
-    """A handshake refusal: an HTTP status, a body, and maybe a Retry-After."""
-
-    def __init__(self, status: HTTPStatus, text: str, *, retry_after: float | None = None,
-                 log: str | None = None) -> None:
-        super().__init__(text)
-        self.status, self.text, self.retry_after = status, text, retry_after
-        self.log = log
 
 
 class _Close(Exception):
@@ -269,20 +260,11 @@ class RelayServer:
             query = parse_qs(parts.query, keep_blank_values=True)
             if any(len(v) > 1 for v in query.values()):
                 raise Refused(HTTPStatus.BAD_REQUEST, "a query parameter appears twice")
-            agent_id = (query.get("agent_id") or [""])[0]
-            if not AGENT_ID_RE.match(agent_id):
-                raise Refused(HTTPStatus.BAD_REQUEST, "agent_id is missing or malformed")
-            try:
-                agent = await self.store.agent(agent_id)
-            except ConfigError as e:
-                raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "this agent is misconfigured",
-                              log=f"agent {agent_id} in the database: {e}") from None
-            if agent is None:
-                raise Refused(HTTPStatus.NOT_FOUND, f"unknown agent {agent_id}")
+            agent = await agent_for(self.store, query)
             voice = (query.get("voice") or [""])[0] or agent.voice
             if voice not in agent.voices:
                 raise Refused(HTTPStatus.BAD_REQUEST, f"voice {voice[:20]!r} is not allowed "
-                              f"for agent {agent_id}; allowed: {', '.join(agent.voices)}")
+                              f"for agent {agent.id}; allowed: {', '.join(agent.voices)}")
             cid = (query.get("conversation_id") or [""])[0] or None
             if cid is not None:
                 try:

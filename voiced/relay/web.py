@@ -40,7 +40,8 @@ from websockets.http11 import Request, Response
 from voiced import guard
 from voiced.errors import ConfigError
 from voiced.relay import auth
-from voiced.relay.config import AGENT_ID_RE, RelaySettings
+from voiced.relay.config import RelaySettings
+from voiced.relay.refusals import Refused, agent_for
 from voiced.relay.store import Device, Store, StoreUnavailable
 
 logger = logging.getLogger(__name__)
@@ -83,14 +84,6 @@ class Asset:
     body: bytes
     content_type: str
     etag: str
-
-
-class _Refuse(Exception):
-    def __init__(self, status: HTTPStatus, message: str, *, retry_after: float | None = None,
-                 log: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.retry_after, self.log = (status, message,
-                                                                 retry_after, log)
 
 
 def load_assets(relay_path: str, agent_id: str | None) -> dict[str, Asset]:
@@ -206,31 +199,31 @@ class WebApp:
             route = rest if rest in self._routes else (
                 "api/conversations/" if rest.startswith("api/conversations/") else None)
             if route is None:
-                raise _Refuse(HTTPStatus.NOT_FOUND, "no such endpoint")
+                raise Refused(HTTPStatus.NOT_FOUND, "no such endpoint")
             device = await self._authenticate(conn, req)
             try:
                 params = parse_qs(query, keep_blank_values=True, max_num_fields=8)
             except ValueError:
-                raise _Refuse(HTTPStatus.BAD_REQUEST, "too many query parameters") from None
+                raise Refused(HTTPStatus.BAD_REQUEST, "too many query parameters") from None
             if any(len(v) > 1 for v in params.values()):
-                raise _Refuse(HTTPStatus.BAD_REQUEST, "a query parameter appears twice")
+                raise Refused(HTTPStatus.BAD_REQUEST, "a query parameter appears twice")
             try:
                 body = await self._routes[route](device, rest[len(route):], params)
             except StoreUnavailable as e:
-                raise _Refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's database is "
+                raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's database is "
                               "unavailable", retry_after=5, log=str(e)) from None
-        except _Refuse as r:
+        except Refused as r:
             self.counters["refused"] += 1
             if guard.should_log(f"web refused:{int(r.status)}") is not None:
                 logger.info("web: refused %s from %s: %d %s", guard.printable(rest, 80),
                             guard.printable(self.client_address(conn, req)), int(r.status),
-                            r.log or r.message)
+                            r.log or r.text)
             extra: list[tuple[str, str]] = [("Cache-Control", "no-store")]
             if r.retry_after is not None:
                 extra.append(("Retry-After", str(max(1, round(r.retry_after)))))
             if r.status == HTTPStatus.UNAUTHORIZED:
                 extra.append(("WWW-Authenticate", 'Bearer realm="voiced-relay"'))
-            return _response(r.status, _json({"error": r.message}),
+            return _response(r.status, _json({"error": r.text}),
                              "application/json; charset=utf-8", head=head, extra=tuple(extra))
         return _response(HTTPStatus.OK, _json(body), "application/json; charset=utf-8",
                          head=head, extra=(("Cache-Control", "no-store"),))
@@ -240,41 +233,32 @@ class WebApp:
         address = self.client_address(conn, req)
         wait = self.limiter.allow(f"addr:{address}", now)
         if wait is not None:
-            raise _Refuse(HTTPStatus.TOO_MANY_REQUESTS, "too many requests from this address",
+            raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many requests from this address",
                           retry_after=wait)
         token, source = auth.token_from(req.headers, None)
         if token is None:
-            raise _Refuse(HTTPStatus.UNAUTHORIZED, "a device token is required "
+            raise Refused(HTTPStatus.UNAUTHORIZED, "a device token is required "
                           "(Authorization: Bearer <token>)", log=f"it sent {source}")
         if not self.db_ready():
-            raise _Refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's database is not ready",
+            raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's database is not ready",
                           retry_after=5)
         try:
             device = await self.store.device_for_token(token)
         except StoreUnavailable as e:
-            raise _Refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's database is "
+            raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's database is "
                           "unavailable", retry_after=5, log=str(e)) from None
         if device is None or device.revoked:
-            raise _Refuse(HTTPStatus.UNAUTHORIZED, "unknown or revoked device token",
+            raise Refused(HTTPStatus.UNAUTHORIZED, "unknown or revoked device token",
                           log="a revoked token" if device else "an unknown token")
         wait = self.limiter.allow(f"device:{device.name}", now)
         if wait is not None:
-            raise _Refuse(HTTPStatus.TOO_MANY_REQUESTS, "too many requests by this device",
+            raise Refused(HTTPStatus.TOO_MANY_REQUESTS, "too many requests by this device",
                           retry_after=wait)
         return device
 
     async def _agent(self, device: Device, tail: str,
                      params: dict[str, list[str]]) -> dict[str, Any]:
-        agent_id = (params.get("agent_id") or [""])[0]
-        if not AGENT_ID_RE.match(agent_id):
-            raise _Refuse(HTTPStatus.BAD_REQUEST, "agent_id is missing or malformed")
-        try:
-            agent = await self.store.agent(agent_id)
-        except ConfigError as e:
-            raise _Refuse(HTTPStatus.SERVICE_UNAVAILABLE, "this agent is misconfigured",
-                          log=f"agent {agent_id} in the database: {e}") from None
-        if agent is None:
-            raise _Refuse(HTTPStatus.NOT_FOUND, f"unknown agent {agent_id}")
+        agent = await agent_for(self.store, params)
         return {"id": agent.id, "voice": agent.voice, "voices": list(agent.voices),
                 "device": device.name}
 
@@ -285,16 +269,16 @@ class WebApp:
         except ValueError:
             cid = ""
         if not cid:
-            raise _Refuse(HTTPStatus.BAD_REQUEST, "the conversation id is not a UUID")
+            raise Refused(HTTPStatus.BAD_REQUEST, "the conversation id is not a UUID")
         raw = (params.get("limit") or [str(TRANSCRIPT_MAX_ROWS)])[0]
         limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
         if not 1 <= limit <= TRANSCRIPT_MAX_ROWS:
-            raise _Refuse(HTTPStatus.BAD_REQUEST,
+            raise Refused(HTTPStatus.BAD_REQUEST,
                           f"limit must be a number from 1 to {TRANSCRIPT_MAX_ROWS}")
         found = await self.store.transcript(cid, device.name, limit=limit,
                                             max_chars=TRANSCRIPT_MAX_CHARS)
         if found is None:
-            raise _Refuse(HTTPStatus.NOT_FOUND, f"no conversation {cid} for this device")
+            raise Refused(HTTPStatus.NOT_FOUND, f"no conversation {cid} for this device")
         return {"conversation_id": found.conversation_id, "agent_id": found.agent_id,
                 "created_at": found.created_at, "more": found.more,
                 "messages": found.messages}

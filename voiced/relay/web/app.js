@@ -113,10 +113,17 @@ function who(role) {
 function addLine(d) {
   let line = lines.find((l) => l.item === d.item && l.role === d.role);
   if (!line) {
-    line = { item: d.item, role: d.role, text: "" };
-    lines.push(line);
+    line = { item: d.item, role: d.role, text: "", final: false };
+    const last = lines[lines.length - 1];
+    if (d.role === "user" && last && last.role === "assistant" && !last.final) {
+      // the transcription often ends after the reply has begun: the words came first
+      lines.splice(lines.length - 1, 0, line);
+    } else {
+      lines.push(line);
+    }
   }
   line.text = d.final ? d.text : line.text + d.text;
+  line.final = line.final || d.final;
   while (lines.length > 3) lines.shift();
   const ol = $("lines");
   ol.replaceChildren(...lines.map((l) => {

@@ -296,7 +296,12 @@ export class VoiceClient extends EventTarget {
     ws.onmessage = (e) => {
       let ev;
       try { ev = JSON.parse(e.data); } catch (err) { return; }
-      if (ev && typeof ev.type === "string") this._onEvent(ev);
+      if (!ev || typeof ev.type !== "string") return;
+      try {
+        this._onEvent(ev);
+      } catch (err) { // one unreadable event (bad base64...) must not end the page
+        console.warn("voiced: could not handle", ev.type, err);
+      }
     };
     ws.onclose = (e) => { if (this.ws === ws) this._onClose(e); };
   }
