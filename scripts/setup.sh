@@ -4,8 +4,10 @@
 # runtime: PortAudio headers, libsoxr, libspeexdsp (echo canceller), libopus, espeak-ng, a venv
 #          in .venv with voiced and its simulator.
 # test:    the above plus sox, PulseAudio/ALSA plugins, PostgreSQL and libpq (psycopg
-#          uses the system's: psycopg[binary] has no armv7l wheel), systemd-analyze, and
-#          the test tools. Safe to run again: it only installs what is missing.
+#          uses the system's: psycopg[binary] has no armv7l wheel), systemd-analyze,
+#          Chromium and a font (the browser client's tests drive the distribution's
+#          Chromium through Playwright), and the test tools. Safe to run again: it only
+#          installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-runtime}
@@ -13,7 +15,7 @@ profile=${1:-runtime}
 apt_pkgs=(portaudio19-dev libsoxr0 libspeexdsp1 libopus0 espeak-ng python3-venv python3-dev gcc)
 if [ "$profile" = test ]; then
   apt_pkgs+=(sox libsox-fmt-all alsa-utils libasound2-plugins pulseaudio pulseaudio-utils
-             postgresql libpq5 systemd sysbench)
+             postgresql libpq5 systemd sysbench chromium fonts-dejavu-core)
   # 32-bit ARM: a test dependency without a wheel there is built from source, in C++ too
   case "$(uname -m)" in arm*) apt_pkgs+=(g++) ;; esac
 fi

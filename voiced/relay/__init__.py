@@ -7,5 +7,7 @@ forwards every other event untouched, and writes the transcripts it sees to Post
 
 Modules: ``config`` (relay.yaml), ``auth`` (tokens, rate limits), ``ledger`` (pure: what
 each event means for the session and the rows), ``store`` (PostgreSQL and the spool),
-``server`` (handshake and the per-connection bridge), ``cli`` (the commands).
+``refusals`` (the HTTP refusals and checks the handshake and the page share), ``server``
+(handshake and the per-connection bridge), ``web`` (the browser client over HTTP),
+``cli`` (the commands).
 """

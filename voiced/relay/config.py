@@ -143,6 +143,20 @@ class LimitSettings:
     device_connect_burst: int = 10
     address_connects_per_min: float = 120.0
     address_connect_burst: int = 60
+    api_requests_per_min: float = 120.0
+    """The browser client's JSON requests per client address (each looks a token up)."""
+    api_request_burst: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The browser client the relay serves on its own port (``voiced/relay/web/``)."""
+
+    path: str | None = "/app/"
+    """Where the page is (a path ending in /); None: no page, no JSON endpoints."""
+    agent_id: str | None = None
+    """The page's agent unless its URL names one (``?agent_id=``); default: the first
+    agent of this file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +169,7 @@ class RelaySettings:
     spool: SpoolSettings
     limits: LimitSettings
     agents: tuple[Agent, ...] = ()
+    web: WebSettings = WebSettings()
     log_level: str = "info"
     source_path: Path | None = None
 
@@ -405,9 +420,37 @@ def _limits(sec: _Section) -> LimitSettings:
         address_connects_per_min=sec.num("address_connects_per_min",
                                          d.address_connects_per_min, lo=0.1, hi=1_000_000),
         address_connect_burst=sec.int_("address_connect_burst", d.address_connect_burst,
-                                       lo=1, hi=1_000_000))
+                                       lo=1, hi=1_000_000),
+        api_requests_per_min=sec.num("api_requests_per_min", d.api_requests_per_min,
+                                     lo=0.1, hi=1_000_000),
+        api_request_burst=sec.int_("api_request_burst", d.api_request_burst, lo=1,
+                                   hi=1_000_000))
     sec.finish()
     return s
+
+
+def _web(sec: _Section, server: ServerSettings, agents: list[Agent]) -> WebSettings:
+    d = WebSettings()
+    path: str | None = d.path
+    raw = sec.raw("path")
+    if raw is None:
+        path = None
+    elif raw is not _MISSING:
+        if not isinstance(raw, str) or not PATH_RE.match(raw) or not raw.endswith("/") \
+                or "//" in raw or "/./" in raw or "/../" in raw:
+            sec.bad("path", f"{str(raw)[:80]!r} is not a URL path ending in / such as /app/ "
+                            "(or null: no page)")
+        elif raw == server.path:
+            sec.bad("path", f"{raw!r} is the relay's own path (server.path)")
+        else:
+            path = raw
+    agent_id = sec.opt_str("agent_id")
+    if agent_id is not None and not AGENT_ID_RE.match(agent_id):
+        sec.bad("agent_id", f"{agent_id[:80]!r} must be 1-128 letters, digits, _ . : or -")
+    sec.finish()
+    if agent_id is None and agents:
+        agent_id = agents[0].id
+    return WebSettings(path=path, agent_id=agent_id)
 
 
 def parse(data: object, *, environ: Mapping[str, str], base_dir: Path | None = None,
@@ -448,6 +491,7 @@ def parse(data: object, *, environ: Mapping[str, str], base_dir: Path | None = N
                         problems.add(f"agents[{i}].id", f"{agent.id!r} is declared twice")
                     ids.add(agent.id)
                     agents.append(agent)
+    web = _web(top.section("web"), server, agents)
     top.finish()
     if not require_secrets:
         problems.items = [(k, m) for k, m in problems.items if not k.startswith("credentials.")
@@ -455,7 +499,7 @@ def parse(data: object, *, environ: Mapping[str, str], base_dir: Path | None = N
     if problems.items:
         raise ConfigError(problems.items)
     return RelaySettings(server=server, upstream=upstream, database=database, spool=spool,
-                         limits=limits, agents=tuple(agents), log_level=log_level,
+                         limits=limits, agents=tuple(agents), web=web, log_level=log_level,
                          source_path=source_path)
 
 

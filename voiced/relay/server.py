@@ -42,9 +42,11 @@ from voiced.notify import Notifier
 from voiced.outbox import Outbox
 from voiced.realtime import AUTH_CLOSE_CODE, REQUEST_SHAPE_CLOSE_CODE, classify
 from voiced.relay import auth
-from voiced.relay.config import AGENT_ID_RE, Agent, RelaySettings
+from voiced.relay.config import Agent, RelaySettings
 from voiced.relay.ledger import SETUP_EVENT_ID, Ledger, Write, encode
+from voiced.relay.refusals import Refused, agent_for
 from voiced.relay.store import Store, StoreUnavailable, spool_record
+from voiced.relay.web import WebApp
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +76,6 @@ class Accepted:
     conversation_id: str | None
     """None: the device gave none; the bridge creates one."""
     address: str
-
-
-class Refused(Exception):
-    """A handshake refusal: an HTTP status, a body, and maybe a Retry-After."""
-
-    def __init__(self, status: HTTPStatus, text: str, *, retry_after: float | None = None,
-                 log: str | None = None) -> None:
-        super().__init__(text)
-        self.status, self.text, self.retry_after = status, text, retry_after
-        self.log = log
 
 
 class _Close(Exception):
@@ -133,6 +125,10 @@ class RelayServer:
                                          "written": 0, "malformed_upstream": 0}
         self._server: Server | None = None
         self.port = settings.server.port
+        self.web: WebApp | None = None
+        if settings.web.path is not None:
+            self.web = WebApp(settings, store, clock=clock, db_ready=lambda: self.db_ready,
+                              client_address=self.client_address)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -171,6 +167,14 @@ class RelayServer:
         host = f"[{s.host}]" if ":" in s.host else s.host
         return f"{scheme}://{host}:{self.port}{s.path}"
 
+    @property
+    def page_url(self) -> str | None:
+        """The browser client's URL, or None when the relay serves no page."""
+        if self.settings.web.path is None:
+            return None
+        base = self.url.replace("ws", "http", 1)
+        return base[:len(base) - len(self.settings.server.path)] + self.settings.web.path
+
     async def aclose(self) -> None:
         """Stop listening; close every device with 1001 (they reconnect elsewhere)."""
         if self._server is not None:
@@ -200,6 +204,13 @@ class RelayServer:
         return str(peer)
 
     async def _process_request(self, conn: ServerConnection, req: Request) -> Response | None:
+        if self.web is not None and urlsplit(req.path).path != self.settings.server.path \
+                and self.web.handles(req.path):
+            try:
+                return await self.web.respond(conn, req)
+            except Exception as e:  # noqa: BLE001 - a bug answers 500, never ends the relay
+                guard.note_fault("relay web", e, logger)
+                return conn.respond(HTTPStatus.INTERNAL_SERVER_ERROR, "relay error\n")
         try:
             self._accepted[conn] = await self.check(conn, req)
             return None
@@ -249,20 +260,11 @@ class RelayServer:
             query = parse_qs(parts.query, keep_blank_values=True)
             if any(len(v) > 1 for v in query.values()):
                 raise Refused(HTTPStatus.BAD_REQUEST, "a query parameter appears twice")
-            agent_id = (query.get("agent_id") or [""])[0]
-            if not AGENT_ID_RE.match(agent_id):
-                raise Refused(HTTPStatus.BAD_REQUEST, "agent_id is missing or malformed")
-            try:
-                agent = await self.store.agent(agent_id)
-            except ConfigError as e:
-                raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "this agent is misconfigured",
-                              log=f"agent {agent_id} in the database: {e}") from None
-            if agent is None:
-                raise Refused(HTTPStatus.NOT_FOUND, f"unknown agent {agent_id}")
+            agent = await agent_for(self.store, query)
             voice = (query.get("voice") or [""])[0] or agent.voice
             if voice not in agent.voices:
                 raise Refused(HTTPStatus.BAD_REQUEST, f"voice {voice[:20]!r} is not allowed "
-                              f"for agent {agent_id}; allowed: {', '.join(agent.voices)}")
+                              f"for agent {agent.id}; allowed: {', '.join(agent.voices)}")
             cid = (query.get("conversation_id") or [""])[0] or None
             if cid is not None:
                 try:
@@ -636,6 +638,8 @@ async def run_relay(settings: RelaySettings, *, notifier: Notifier | None = None
         tasks += [asyncio.create_task(spool.run()), asyncio.create_task(notifier.watchdog()),
                   asyncio.create_task(_status_loop(relay, notifier))]
         print(f"voiced relay: listening on {relay.url}", flush=True)
+        if relay.page_url is not None:
+            print(f"voiced relay: the browser client is at {relay.page_url}", flush=True)
         notifier.ready()
         await stop.wait()
         logger.info("stopping: closing %d device connection(s)", len(relay.bridges))

@@ -60,6 +60,23 @@ class DeviceExists(BackendError):
 
 
 @dataclass(frozen=True, slots=True)
+class Transcript:
+    """One conversation as the browser client's transcript view reads it."""
+
+    conversation_id: str
+    agent_id: str | None
+    created_at: str
+    messages: list[dict[str, Any]]
+    """``{id, role, content, created_at, interrupted[, heard_ms]}``, oldest first."""
+    more: bool
+    """Older rows exist beyond the limit."""
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """A device the relay knows by its token."""
 
@@ -259,6 +276,43 @@ class Store:
 
         await self._run("new conversation", go)
 
+    async def transcript(self, conversation_id: str, device: str, *, limit: int,
+                         max_chars: int) -> Transcript | None:
+        """The newest ``limit`` rows of ``device``'s conversation, oldest first.
+
+        None when there is no such conversation *of this device* (one answer for unknown
+        and someone else's). Each content is cut to ``max_chars`` characters.
+        """
+
+        async def go(conn: Any) -> Any:
+            cur = await conn.execute(
+                b"select agent_id, created_at from conversations "
+                b"where id = %s and device_id = %s", (conversation_id, device))
+            head = await cur.fetchone()
+            if head is None:
+                return None
+            cur = await conn.execute(
+                b"select id::text, role, left(content, %s::int), created_at, "
+                b"coalesce(metadata->>'interrupted', 'false') = 'true', "
+                b"metadata->'heard_ms' from chat_messages_v2 where conversation_id = %s "
+                b"order by created_at desc, id desc limit %s",
+                (max_chars, conversation_id, limit + 1))
+            return head, await cur.fetchall()
+
+        found = await self._run("transcript read", go)
+        if found is None:
+            return None
+        (agent_id, created_at), rows = found
+        more = len(rows) > limit
+        messages = [
+            {"id": r[0], "role": r[1], "content": r[2], "created_at": _iso(r[3]),
+             "interrupted": bool(r[4]),
+             **({"heard_ms": r[5]} if isinstance(r[5], int) and not isinstance(r[5], bool)
+                else {})}
+            for r in reversed(rows[:limit])]
+        return Transcript(conversation_id=conversation_id, agent_id=agent_id,
+                          created_at=_iso(created_at), messages=messages, more=more)
+
     # ---------------------------------------------------------------- messages
 
     async def write(self, writes: tuple[Write, ...]) -> None:
@@ -326,4 +380,4 @@ def _agent_params(a: Agent) -> tuple[Any, ...]:
 
 
 __all__ = ["ConfigError", "Device", "DeviceExists", "Store", "StoreRefused",
-           "StoreUnavailable", "spool_record"]
+           "StoreUnavailable", "Transcript", "spool_record"]
