@@ -15,8 +15,8 @@ from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd, write_c
 from tests.test_supervisor import Harness, roles, running
 from voiced import supervisor
 from voiced.audio.filebackend import WavFileSource
+from voiced.core.effects import State
 from voiced.errors import AudioDeviceError
-from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
 
 # quick retries; the keepalive stays at its default except where a test needs a dead peer

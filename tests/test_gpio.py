@@ -20,12 +20,12 @@ from voiced import config
 from voiced.audio.filebackend import read_wav_as_wire
 from voiced.button import ButtonInput
 from voiced.config import DEFAULT_PATTERNS, ButtonSettings, LedSettings
+from voiced.core.effects import State
 from voiced.errors import ConfigError
 from voiced.hardware import build_button, build_orb
 from voiced.orb import Animator, Pixel, render
 from voiced.orb.apa102 import Apa102Orb, encode_frame
 from voiced.orb.gpio import GpioOrb
-from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
 
 

@@ -16,7 +16,7 @@ from tests.conftest import QUESTION_WAV
 from tests.test_supervisor import running
 from voiced import config
 from voiced.config import Pattern
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
 from voiced.supervisor import build_policy
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.conftest import TIMEOUT
 from tests.test_supervisor import roles, running
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import ManualClock, SimOptions, SimServer, SimSession
 
 

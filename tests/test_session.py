@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 
 from voiced import wire
-from voiced.session import (
+from voiced.core.conversation import Conversation
+from voiced.core.effects import (
     CloseStandby,
-    Conversation,
     Draft,
     Effect,
     MicOpened,
     OpenStandby,
     Play,
-    Policy,
     Reconnect,
     Record,
     Send,
@@ -32,9 +31,9 @@ from voiced.session import (
     State,
     StopPlayback,
     SwitchToStandby,
-    Transcript,
-    make_policy,
 )
+from voiced.core.policy import Policy, make_policy
+from voiced.transcripts import Transcript
 
 RATE = wire.SAMPLE_RATE
 EXPIRES = 1_767_225_600.0

@@ -34,9 +34,9 @@ from tests.test_session import (
     words,
 )
 from voiced import wire
-from voiced.session import (
+from voiced.core.conversation import Conversation
+from voiced.core.effects import (
     CallTool,
-    Conversation,
     Draft,
     OpenStandby,
     Play,

@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import QUESTION_WAV, TIMEOUT
 from voiced import config
 from voiced.audio.filebackend import WavFileSink, WavFileSource, read_wav_as_wire
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
 from voiced.supervisor import Supervisor, build_audio
 

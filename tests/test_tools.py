@@ -20,8 +20,8 @@ from aiohttp import web
 from tests.conftest import QUESTION_WAV, TIMEOUT
 from tests.test_supervisor import Harness, roles, running
 from voiced import config
+from voiced.core.effects import State
 from voiced.errors import ConfigError
-from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
 from voiced.supervisor import Supervisor
 from voiced.tools import Tool, Toolbox, ToolError

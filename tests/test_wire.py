@@ -15,7 +15,9 @@ from openai.types.realtime import RealtimeClientEvent
 from pydantic import Field, TypeAdapter
 
 from voiced import wire
-from voiced.session import Conversation, Send, make_policy
+from voiced.core.conversation import Conversation
+from voiced.core.effects import Send
+from voiced.core.policy import make_policy
 
 _CLIENT_MEMBERS = get_args(get_args(RealtimeClientEvent)[0])
 GA_CLIENT: TypeAdapter[Any] = TypeAdapter(

@@ -211,9 +211,9 @@ def cmd_test_leds(args: argparse.Namespace) -> int:
     """`voiced test-leds`: show every orb state in turn, printing its name."""
     import asyncio
 
+    from voiced.core.effects import State
     from voiced.hardware import build_orb
     from voiced.orb import Animator
-    from voiced.session import State
 
     s = _load(args)
     setup_logging(logging.DEBUG if args.debug else logging.WARNING)

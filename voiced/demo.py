@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from voiced import config
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import SimServer
 from voiced.supervisor import Supervisor
 

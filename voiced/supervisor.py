@@ -33,24 +33,16 @@ from voiced.audio.volume import Volume
 from voiced.button import ButtonInput
 from voiced.config import Settings
 from voiced.control import ControlServer
-from voiced.errors import AudioDeviceError, ConfigError, RealtimeError
-from voiced.hardware import build_button, build_orb
-from voiced.notify import Notifier
-from voiced.orb import Animator
-from voiced.outbox import Outbox
-from voiced.realtime import Backoff, build_url, classify, open_connection
-from voiced.session import (
+from voiced.core.conversation import Conversation
+from voiced.core.effects import (
     CallTool,
     CancelTool,
-    ClientVad,
     CloseStandby,
-    Conversation,
     Draft,
     Effect,
     MicOpened,
     OpenStandby,
     Play,
-    Policy,
     Reconnect,
     Record,
     Send,
@@ -58,8 +50,15 @@ from voiced.session import (
     State,
     StopPlayback,
     SwitchToStandby,
-    make_policy,
 )
+from voiced.core.policy import Policy, make_policy
+from voiced.core.speech_gate import ClientVad
+from voiced.errors import AudioDeviceError, ConfigError, RealtimeError
+from voiced.hardware import build_button, build_orb
+from voiced.notify import Notifier
+from voiced.orb import Animator
+from voiced.outbox import Outbox
+from voiced.realtime import Backoff, build_url, classify, open_connection
 from voiced.sinks import build_sink
 from voiced.tools import Toolbox
 from voiced.tools.builtin import builtin_tools, network_status, system_uptime_s
