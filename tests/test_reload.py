@@ -18,7 +18,7 @@ from voiced import config
 from voiced.config import Pattern
 from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
-from voiced.supervisor import build_policy
+from voiced.supervisor.builders import build_policy
 
 # the declared set, spelt out: a key moving in or out of it is a decision, made here and
 # in config.py together (README "Configuration reload")

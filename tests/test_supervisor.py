@@ -19,7 +19,8 @@ from voiced import config
 from voiced.audio.filebackend import WavFileSink, WavFileSource, read_wav_as_wire
 from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
-from voiced.supervisor import Supervisor, build_audio
+from voiced.supervisor.builders import build_audio
+from voiced.supervisor.daemon import Supervisor
 
 
 class Harness:

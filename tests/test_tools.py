@@ -23,7 +23,7 @@ from voiced import config
 from voiced.core.effects import State
 from voiced.errors import ConfigError
 from voiced.sim.server import SimOptions, SimServer
-from voiced.supervisor import Supervisor
+from voiced.supervisor.daemon import Supervisor
 from voiced.tools import Tool, Toolbox, ToolError
 from voiced.tools.builtin import builtin_tools
 from voiced.tools.http import http_tool

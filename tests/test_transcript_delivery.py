@@ -24,7 +24,7 @@ from voiced.outbox import Outbox, Outcome, Result
 from voiced.sinks.http import SupabaseSink, WebhookSink
 from voiced.sinks.jsonl import JsonlSink
 from voiced.sinks.postgres import PostgresSink
-from voiced.supervisor import Supervisor
+from voiced.supervisor.daemon import Supervisor
 from voiced.transcripts import Transcript, make_record
 
 CONVERSATION = str(uuid.UUID(int=1))

@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(logging.DEBUG if args.debug else settings.log_level)
     for key, message in settings.warnings:
         logger.warning("%s: %s", key, message)
-    from voiced.supervisor import Supervisor
+    from voiced.supervisor.daemon import Supervisor
     from voiced.threads import limit_malloc_arenas, name_this_thread
 
     limit_malloc_arenas()  # before any thread starts: a long-running daemon's RSS stays flat
@@ -212,8 +212,8 @@ def cmd_test_leds(args: argparse.Namespace) -> int:
     import asyncio
 
     from voiced.core.effects import State
-    from voiced.hardware import build_orb
     from voiced.orb import Animator
+    from voiced.supervisor.builders import build_orb
 
     s = _load(args)
     setup_logging(logging.DEBUG if args.debug else logging.WARNING)
@@ -242,7 +242,7 @@ def cmd_test_button(args: argparse.Namespace) -> int:
     """`voiced test-button`: print each gesture as it is detected."""
     import asyncio
 
-    from voiced.hardware import build_button
+    from voiced.supervisor.builders import build_button
 
     s = _load(args)
     setup_logging(logging.DEBUG if args.debug else logging.WARNING)
@@ -303,7 +303,7 @@ def cmd_test_audio(args: argparse.Namespace) -> int:
 
     from voiced.audio.tools import test_audio
     from voiced.errors import AudioDeviceError
-    from voiced.supervisor import build_audio
+    from voiced.supervisor.builders import build_audio
 
     settings = _load(args)
     setup_logging(logging.DEBUG if args.debug else logging.WARNING)

@@ -19,7 +19,7 @@ from typing import Any
 from voiced import config
 from voiced.core.effects import State
 from voiced.sim.server import SimServer
-from voiced.supervisor import Supervisor
+from voiced.supervisor.daemon import Supervisor
 
 DEMO_TIMEOUT_S = 30.0
 DEMO_BUTTON_PIN = "17"
