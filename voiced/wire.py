@@ -502,7 +502,7 @@ def _obj(d: dict[str, Any], key: str) -> dict[str, Any]:
     return v
 
 
-def _expiry(value: object) -> float | None:
+def _expiry(value: object, event: str = "session.created") -> float | None:
     """``expires_at`` as epoch seconds, or None when it is not a time at all.
 
     Infinity, NaN, 1e300, a negative number or a string are not refused as malformed:
@@ -519,9 +519,9 @@ def _expiry(value: object) -> float | None:
         if math.isfinite(exp) and 0 < exp <= LATEST_EPOCH_S:
             return exp
     if guard.should_log("wire:expires_at") is not None:
-        logger.warning("session.created: expires_at %s is not a time; ignoring it (the "
+        logger.warning("%s: expires_at %s is not a time; ignoring it (the "
                        "session's end is noticed when the server ends it)",
-                       guard.printable(repr(value), 60))
+                       event, guard.printable(repr(value), 60))
     return None
 
 
@@ -669,15 +669,17 @@ def _repaired(value: Any) -> Any:
     return value
 
 
-def parse_server_event(frame: str | bytes) -> ServerEvent:
-    """Parse one server text frame.
+def load_frame(frame: str | bytes, raw_deltas: frozenset[str] = frozenset()
+               ) -> dict[str, Any]:
+    """Decode one server text frame into a JSON object with a string ``type``.
 
-    Returns:
-        A typed event, or :class:`Unhandled` for a type voiced does not act on.
+    The frame-level checks every server event goes through (the Realtime events here,
+    the GPT-Live ones in :mod:`voiced.live.wire`): text only, JSON, nesting, an object,
+    a bounded ``type``, and every string valid Unicode except the ``delta`` of the types
+    in ``raw_deltas`` (transcript deltas: the core joins them before repairing).
 
     Raises:
-        MalformedEvent: binary data, not JSON, not an object, no string ``type``, or a
-            known type whose fields are missing or of the wrong type.
+        MalformedEvent: binary data, not JSON, too deep, not an object, no string type.
     """
     if isinstance(frame, bytes):
         raise MalformedEvent(f"binary frame of {len(frame)} bytes (the API sends text only)")
@@ -692,15 +694,30 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
         raise MalformedEvent(f"nested more than {MAX_DEPTH} levels deep")
     if not isinstance(d, dict):
         raise MalformedEvent(f"not a JSON object but {type(d).__name__}")
-    t = d.get("type")
+    event: dict[str, Any] = d
+    t = event.get("type")
     if not isinstance(t, str) or len(t) > MAX_ID_CHARS:
         raise MalformedEvent("no string 'type' field")
     if _SURROGATE_ESCAPE.search(frame) is not None:  # only escapes can make surrogates
-        delta = d.get("delta") if t in _RAW_DELTA_TYPES else None
-        d = _repaired(d)
+        delta = event.get("delta") if t in raw_deltas else None
+        event = _repaired(event)
         if isinstance(delta, str):
-            d["delta"] = delta
-        t = d["type"]
+            event["delta"] = delta
+    return event
+
+
+def parse_server_event(frame: str | bytes) -> ServerEvent:
+    """Parse one server text frame.
+
+    Returns:
+        A typed event, or :class:`Unhandled` for a type voiced does not act on.
+
+    Raises:
+        MalformedEvent: binary data, not JSON, not an object, no string ``type``, or a
+            known type whose fields are missing or of the wrong type.
+    """
+    d = load_frame(frame, _RAW_DELTA_TYPES)
+    t = d["type"]
     parser = _PARSERS.get(t)
     if parser is None:
         return Unhandled(type=t, raw=d)
