@@ -18,13 +18,14 @@ from pydantic import Field, TypeAdapter
 from tests.ga_types import undeclared
 
 
-def _strict_union(alias: Any) -> TypeAdapter[Any]:
+def strict_union(alias: Any) -> TypeAdapter[Any]:
+    """A pydantic discriminated union (on ``type``) of an SDK union's members."""
     members = get_args(get_args(alias)[0])
     return TypeAdapter(Annotated[Union[members], Field(discriminator="type")])  # noqa: UP007
 
 
-LIVE_SERVER = _strict_union(ServerEvent)
-LIVE_CLIENT = _strict_union(ClientEvent)
+LIVE_SERVER = strict_union(ServerEvent)
+LIVE_CLIENT = strict_union(ClientEvent)
 
 # Server events only a sideband connection receives: a primary WebSocket never gets them.
 SIDEBAND_ONLY = frozenset({"session.input_audio.append", "transport.dtmf.received",
@@ -32,7 +33,8 @@ SIDEBAND_ONLY = frozenset({"session.input_audio.append", "transport.dtmf.receive
                            "transport.answered", "transport.failed"})
 
 
-def _strict(adapter: TypeAdapter[Any], event: dict[str, Any] | str | bytes) -> Any:
+def strict(adapter: TypeAdapter[Any], event: dict[str, Any] | str | bytes) -> Any:
+    """Validate ``event`` against ``adapter`` from JSON, strictly, no undeclared field."""
     text = event if isinstance(event, str | bytes) else json.dumps(event)
     model = adapter.validate_json(text, strict=True)
     extra = list(undeclared(model))
@@ -47,7 +49,7 @@ def strict_server_event(event: dict[str, Any] | str | bytes) -> Any:
         pydantic.ValidationError: not a Live server event, or a field of the wrong type.
         AssertionError: a field the SDK does not declare, or a sideband-only event.
     """
-    model = _strict(LIVE_SERVER, event)
+    model = strict(LIVE_SERVER, event)
     assert model.type not in SIDEBAND_ONLY, f"{model.type} on a primary WebSocket"
     if model.type == "session.output_audio.delta":  # timestamps are sideband-only too
         assert model.start_ms is None and model.end_ms is None, "timestamped output audio"
@@ -56,4 +58,4 @@ def strict_server_event(event: dict[str, Any] | str | bytes) -> Any:
 
 def strict_client_event(event: dict[str, Any] | str | bytes) -> Any:
     """Validate one client event against the SDK's Live ``ClientEvent``; returns the model."""
-    return _strict(LIVE_CLIENT, event)
+    return strict(LIVE_CLIENT, event)
