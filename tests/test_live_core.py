@@ -857,3 +857,18 @@ def test_odd_output_chunks_do_not_break_the_track(pcm: bytes) -> None:
     c = open_session()
     assert output(c, pcm) == []
     assert base64.b64encode(pcm) is not None
+
+
+def test_a_server_that_never_stops_cannot_grow_the_core() -> None:
+    c = open_session(max_transcript_bytes=1000)
+    records = 0
+    for i in range(2000):  # replies, and their playback never reported
+        output(c, LOUD, *[QUIET] * 5)
+        effects = said(c, "word " * 50, i * 3000, i * 3000 + 600)
+        records += sum(isinstance(e, Record) for e in effects)
+    assert len(c._bursts) <= 128 and len(c._unrecorded) <= 16
+    assert records >= 1980  # recorded without playback reports once the bound is hit
+    for i in range(2000):  # one endless utterance
+        said(c, "word " * 50, 10**7 + i * 200, 10**7 + i * 200 + 200)
+    assert c._assembler.open["assistant"].size <= 1000
+    assert c._assembler.fragments_cut > 1900

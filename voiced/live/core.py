@@ -866,7 +866,10 @@ class LiveConversation:
                                          session=self._session_no, start=pos)
             self._bursts.append(burst)
             self._end_spoke = self._end_at is not None
-            while len(self._bursts) > _MAX_BURSTS and self._bursts[0].done:
+            # played-out bursts are forgotten; the sink's bound (audio.max_queued_s)
+            # bounds the rest, and a hard cap holds even if it did not
+            while len(self._bursts) > _MAX_BURSTS and (self._bursts[0].done or len(
+                    self._bursts) > 8 * _MAX_BURSTS):
                 self._bursts.popleft()
         if silent:
             burst.quiet += n
@@ -923,6 +926,9 @@ class LiveConversation:
             return
         entry = (seg, self._transcript(seg), self._session_no)
         self._unrecorded.append(entry)
+        if len(self._unrecorded) > _MAX_BURSTS:  # playback never reported: record anyway
+            old, draft, _ = self._unrecorded.pop(0)
+            self._record(old, draft)
         self._flush_records()
         if entry in self._unrecorded:  # its audio still plays: the words survive a crash
             self._emit(Draft(entry[1]))
