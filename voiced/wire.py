@@ -530,13 +530,19 @@ def _session_created(d: dict[str, Any]) -> SessionCreated:
     return SessionCreated(session_id=_opt_id(s, "id"), expires_at=_expiry(s.get("expires_at")))
 
 
-def _audio_delta(d: dict[str, Any]) -> AudioDelta:
+def _pcm(d: dict[str, Any], key: str = "delta") -> bytes:
+    """Base64 PCM16 from field ``key``: valid base64, whole samples."""
     try:
-        pcm = base64.b64decode(_s(d, "delta"), validate=True)
+        pcm = base64.b64decode(_s(d, key), validate=True)
     except binascii.Error as e:
-        raise MalformedEvent(f"{d.get('type')}: delta is not base64 ({e})") from None
+        raise MalformedEvent(f"{d.get('type')}: {key} is not base64 ({e})") from None
     if len(pcm) % BYTES_PER_SAMPLE:
-        raise MalformedEvent(f"{d.get('type')}: delta has an odd number of bytes ({len(pcm)})")
+        raise MalformedEvent(f"{d.get('type')}: {key} has an odd number of bytes ({len(pcm)})")
+    return pcm
+
+
+def _audio_delta(d: dict[str, Any]) -> AudioDelta:
+    pcm = _pcm(d)
     return AudioDelta(response_id=_id(d, "response_id"), item_id=_id(d, "item_id"),
                       content_index=_i(d, "content_index", 0), pcm=pcm)
 

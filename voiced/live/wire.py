@@ -20,7 +20,6 @@ for input *and* output: GPT-Live has one format per session, chosen in ``session
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from typing import Any, Final, Literal, NotRequired, TypedDict
 
 from voiced import guard
 from voiced.wire import (
-    BYTES_PER_SAMPLE,
     SAMPLE_RATE,
     MalformedEvent,
     _expiry,
@@ -37,6 +35,7 @@ from voiced.wire import (
     _message,
     _obj,
     _opt_id,
+    _pcm,
     _s,
     load_frame,
     pcm_ms,
@@ -377,16 +376,6 @@ def _started(d: dict[str, Any]) -> SessionStarted:
                           client_event_id=_opt_id(d, "client_event_id"))
 
 
-def _audio(d: dict[str, Any]) -> OutputAudio:
-    try:
-        pcm = base64.b64decode(_s(d, "delta"), validate=True)
-    except binascii.Error as e:
-        raise MalformedEvent(f"{d.get('type')}: delta is not base64 ({e})") from None
-    if len(pcm) % BYTES_PER_SAMPLE:
-        raise MalformedEvent(f"{d.get('type')}: delta has an odd number of bytes ({len(pcm)})")
-    return OutputAudio(pcm=pcm)
-
-
 def _transcript(role: Literal["user", "assistant"]) -> Any:
     def parse(d: dict[str, Any]) -> TranscriptDelta:
         start, end = _interval(d)
@@ -436,7 +425,7 @@ _PARSERS: Final[dict[str, Any]] = {
     "session.started": _started,
     "session.input_audio.muted": lambda d: InputMuted(True, _opt_id(d, "client_event_id")),
     "session.input_audio.unmuted": lambda d: InputMuted(False, _opt_id(d, "client_event_id")),
-    "session.output_audio.delta": _audio,
+    "session.output_audio.delta": lambda d: OutputAudio(pcm=_pcm(d)),
     "session.input_transcript.delta": _transcript("user"),
     "session.output_transcript.delta": _transcript("assistant"),
     "session.delegation.created": _delegation,

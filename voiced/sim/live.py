@@ -46,14 +46,15 @@ import operator
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from voiced.sim import live_fields, voice
+from voiced.sim.connection import Connection
 from voiced.sim.fields import unknown_field
 from voiced.sim.responses import _SAY, ClientMistake, new_id, pieces
 from voiced.sim.toolargs import arguments_for
@@ -82,7 +83,6 @@ _PREFIX_MS = 300
 _SILENCE_MS = 500  # quiet after speech that ends the user's turn
 _MAX_UTTERANCE_MS = 30_000
 _DELEGATE = re.compile(r"^\s*delegate:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
-_T = TypeVar("_T")
 
 
 def grid_floor(ms: float) -> int:
@@ -143,13 +143,14 @@ class _Backend:
     sequence: int = 0
 
 
-class LiveSession:
+class LiveSession(Connection):
     """One client connection to ``/v1/live/sessions``; keeps what tests inspect."""
 
+    MALFORMED = '{"type": "session.output_audio.delta", "delta": 12'
+
     def __init__(self, ws: ServerConnection, server: SimServer) -> None:
-        self.ws = ws
+        super().__init__(ws, server.options)
         self.server = server
-        self.opts = server.options
         self.clock = server.clock
         self.index = len(server.live_sessions)  # the n-th Live connection of the server
         self.session: dict[str, Any] | None = None  # the resource, once started
@@ -165,7 +166,6 @@ class LiveSession:
         self.muted = False
         self.closed = False
         self.ended_at: float | None = None
-        self.stalled = False
         self._opened = self.clock.time()
         self._speeches: deque[_Speech] = deque()
         self._words: deque[tuple[int, str, int, int]] = deque()  # (position, text, ms, ms)
@@ -183,8 +183,6 @@ class LiveSession:
         self._user_quiet = asyncio.Event()  # set while the user is not talking
         self._user_quiet.set()
         self._hearing = asyncio.Lock()  # utterances are answered one after the other
-        self._out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[Any]] = set()
         faults = self.opts.expire_at_input_ms
         self._expire_at_ms = faults[self.index] if self.index < len(faults) else None
 
@@ -222,50 +220,9 @@ class LiveSession:
         self.emit({"type": "error", "error": error,
                    **({"client_event_id": event_id} if event_id is not None else {})})
 
-    async def _writer(self) -> None:
-        written = 0
-        try:
-            while True:
-                kind, payload = await self._out.get()
-                if kind == "abort":
-                    self.ws.transport.abort()
-                    return
-                if kind == "close":
-                    await self.ws.close(*payload)
-                    return
-                if self.stalled:
-                    continue
-                self.sent.append(_summary(payload))
-                await self.ws.send(json.dumps(payload))
-                written += 1
-                if self.opts.malformed_every and written % self.opts.malformed_every == 0:
-                    await self.ws.send('{"type": "session.output_audio.delta", "delta": 12')
-                if self.opts.unknown_every and written % self.opts.unknown_every == 0:
-                    await self.ws.send(json.dumps({
-                        "type": "sim.unknown_event", "event_id": new_id("event"),
-                        "note": "clients must ignore unknown types"}))
-        except ConnectionClosed:
-            pass
-
-    def stall(self) -> None:
-        """Go silent: stop reading (so pings get no pong) and sending."""
-        self.stalled = True
-        self.ws.transport.pause_reading()
-
-    def abort(self) -> None:
-        """Drop the connection once what is queued has gone out (no close frame)."""
-        self._out.put_nowait(("abort", None))
-
-    def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("simulator task failed", exc_info=task.exception())
+    def _written(self, payload: Any) -> str:
+        self.sent.append(_summary(payload))
+        return json.dumps(payload)
 
     # ----------------------------------------------------------------- session end
 
@@ -318,18 +275,10 @@ class LiveSession:
                 t.cancel()
 
     def _on_frame(self, frame: str | bytes) -> None:
-        if isinstance(frame, bytes):
-            self._error("invalid_event", "Expected a text WebSocket message, got binary.")
+        decoded = self._client_event(frame)
+        if decoded is None:
             return
-        try:
-            ev = json.loads(frame)
-        except ValueError:
-            self._error("invalid_json", "The server could not parse the JSON.")
-            return
-        if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
-            self._error("invalid_event", "Missing required parameter: 'type'.", param="type")
-            return
-        event_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
+        ev, event_id = decoded
         self.received.append({k: (f"<{len(v)} characters>" if k == "audio" and isinstance(
             v, str) else v) for k, v in ev.items()})
         kind = ev["type"]
