@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -188,13 +189,23 @@ class SimServer:
 
 
 async def serve_forever(host: str, port: int, options: SimOptions) -> int:
-    """Run `voiced sim` until interrupted."""
+    """Run `voiced sim` until SIGTERM or SIGINT, then close every connection.
+
+    The signals are handled on the event loop. *Changed from* the early start-up handler
+    (which raises SystemExit wherever the program is): a SIGTERM that landed inside a
+    connection's handler left the server waiting for that connection for good, and the
+    process never exited (tests that stop `voiced sim` timed out now and then).
+    """
     sim = SimServer(options, host=host, port=port)
     await sim.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     print(f"voiced sim: listening on {sim.url} (GA Realtime dialect) and {sim.live_url} "
           "(GPT-Live); no API key needed", flush=True)
     try:
-        await asyncio.Future()
+        await stop.wait()
     finally:
         await sim.aclose()
-    return 0  # pragma: no cover - only reached by cancellation
+    return 0
