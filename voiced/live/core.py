@@ -1114,11 +1114,15 @@ class LiveConversation:
 
 
 def _silent(pcm: bytes, floor: float) -> bool:
-    """Digital silence, or an RMS at most ``floor``."""
+    """Digital silence, or an RMS at most ``floor``.
+
+    Over every fourth sample: ten deltas a second on a small board, for a level, not a
+    measurement.
+    """
     if pcm.count(0) == len(pcm):
         return True
-    a = memoryview(pcm).cast("h")
-    return math.sqrt(sum(map(operator.mul, a, a)) / len(a)) <= floor
+    a = memoryview(pcm).cast("h")[::4]
+    return math.sqrt(sum(map(operator.mul, a, a)) / max(1, len(a))) <= floor
 
 
 __all__ = ["FATAL_ERRORS", "Disconnect", "LiveConversation", "LiveSettings"]
