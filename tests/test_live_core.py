@@ -872,3 +872,20 @@ def test_a_server_that_never_stops_cannot_grow_the_core() -> None:
         said(c, "word " * 50, 10**7 + i * 200, 10**7 + i * 200 + 200)
     assert c._assembler.open["assistant"].size <= 1000
     assert c._assembler.fragments_cut > 1900
+
+
+def test_new_settings_apply_to_the_next_session() -> None:
+    c = open_session(quiet_close_s=30.0)
+    c.set_settings(LiveSettings(instructions="Be kind.", voice="cedar", quiet_close_s=5.0,
+                                tools=TOOLS))
+    assert fx(c) == []
+    c.on_tick(5.0, EXPIRES)  # the quiet time applies at once
+    assert fx(c) == [Send({"type": "session.close"}), show(State.READY)]  # type: ignore[typeddict-item]
+    server(c, lw.SessionClosed("close_requested", 5.0, None), 5.0)
+    c.on_connection_down("closed", 5.1)
+    c.on_press(6.0)
+    c.on_connection_up(6.1)
+    start = next(e for e in c.take_effects() if isinstance(e, Send)).event
+    assert start["session"]["audio"]["output"]["voice"] == "cedar"  # type: ignore[typeddict-item]
+    assert start["session"]["instructions"].startswith("Be kind.")  # type: ignore[typeddict-item]
+    assert "get_time" in start["session"]["instructions"]  # type: ignore[typeddict-item]

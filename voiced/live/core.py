@@ -355,6 +355,16 @@ class LiveConversation:
                   + f"\nDelegate: {words}")
         return f"{text}\n\n{policy}" if text else policy
 
+    def set_settings(self, settings: LiveSettings) -> None:
+        """New settings (SIGHUP).
+
+        What ``session.start`` carries applies from the next session (the service makes
+        it immutable); the rest at once.
+        """
+        self.settings = settings
+        self._intents = intents.intents_for(settings.tools, dict(settings.tool_keywords))
+        self._update()
+
     # ---------------------------------------------------------------- device inputs
 
     def on_devices_ready(self) -> None:

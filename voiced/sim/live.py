@@ -170,7 +170,8 @@ class LiveSession(Connection):
         self._speeches: deque[_Speech] = deque()
         self._words: deque[tuple[int, str, int, int]] = deque()  # (position, text, ms, ms)
         self._placements: list[_Placement] = []
-        self._delegations: set[str] = set()  # client delegations the model waits on
+        # client delegations commentary may answer (the newest 64; repeats continue one)
+        self._delegations: deque[str] = deque(maxlen=64)
         self._acks: list[tuple[int, str]] = []  # (timeline due, delegation id)
         self._backend = _Backend()
         self._next_usage = USAGE_EVERY_MS * BYTES_PER_MS
@@ -590,7 +591,7 @@ class LiveSession(Connection):
         return delegation_id
 
     def _delegate_to_client(self, at_ms: int) -> None:
-        self._delegations.add(self._delegated(at_ms, "client"))
+        self._delegations.append(self._delegated(at_ms, "client"))
 
     # ----------------------------------------------------------------- context appends
 
