@@ -889,3 +889,60 @@ def test_new_settings_apply_to_the_next_session() -> None:
     assert start["session"]["audio"]["output"]["voice"] == "cedar"  # type: ignore[typeddict-item]
     assert start["session"]["instructions"].startswith("Be kind.")  # type: ignore[typeddict-item]
     assert "get_time" in start["session"]["instructions"]  # type: ignore[typeddict-item]
+
+
+def test_the_safety_filter_ends_the_session_for_good() -> None:
+    c = open_session()
+    user(c, "something", 0, 400, now=1.0)
+    assert server(c, lw.SessionClosed("content", 2.0, None), 2.0) == [
+        record("user", "something", 0, 400), Disconnect("closed by the service: content"),
+        show(State.READY)]
+    assert not c.mic_on
+    c.on_connection_down("closed", 2.1)
+    c.on_tick(3.0, EXPIRES)
+    assert fx(c) == [] and c.phase == "idle"
+
+
+def test_a_remote_end_when_quiet_is_not_reopened() -> None:
+    c = open_session(quiet_close_s=10.0)
+    assert server(c, lw.SessionClosed("remote_hangup", None, None), 50.0) == [
+        Disconnect("session remote_hangup"), show(State.READY)]
+    assert c.billed_seconds(60.0) == (50.0, 0.0)  # no final usage: the time it was open
+
+
+def test_a_tool_result_after_the_session_ended_and_a_sink_that_refuses_audio() -> None:
+    c = open_session(tools=TOOLS)
+    user(c, "what time", 0, 400)
+    server(c, lw.DelegationCreated("item_1", "client", 400, None))
+    output(c, LOUD)
+    c.on_playback_full(f"{SID}@0", 1200, 0.5)  # half of it never reaches the speaker
+    c.take_effects()
+    c.on_long_press(1.0)  # the session closes; the running tool is cancelled
+    assert CancelTool("item_1") not in c.take_effects()  # closing: not yet over
+    server(c, lw.SessionClosed("close_requested", 1.0, None), 1.1)
+    c.take_effects()
+    c.on_tool_result("item_1", "{}", 1.2)
+    assert fx(c) == []
+    assert c.counters.playback_overflows == 1
+
+
+def test_long_press_while_a_session_starts_gives_it_up() -> None:
+    c = fresh()
+    c.on_devices_ready()
+    c.on_press(0.0)
+    c.on_connection_up(0.1)
+    c.take_effects()
+    c.on_long_press(0.2)
+    assert fx(c) == [Disconnect("new conversation"), show(State.READY)]
+    assert server(c, started()) == []  # too late: ignored
+    c.on_connection_down("closed", 0.3)
+    assert fx(c) == [] and c.phase == "idle"
+    c.on_connection_up(0.4)  # a connection nobody asked for
+    assert fx(c) == [Disconnect("not wanted")]
+
+
+def test_notices_and_unknown_events_change_nothing() -> None:
+    c = open_session()
+    assert server(c, lw.Info("data_channel_permissions", "m")) == []
+    assert server(c, lw.Unhandled("session.updated", {})) == []
+    assert server(c, lw.ContextAppended("thinking", 0, 0, "voiced_2")) == []
