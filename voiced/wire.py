@@ -502,7 +502,7 @@ def _obj(d: dict[str, Any], key: str) -> dict[str, Any]:
     return v
 
 
-def _expiry(value: object) -> float | None:
+def _expiry(value: object, event: str = "session.created") -> float | None:
     """``expires_at`` as epoch seconds, or None when it is not a time at all.
 
     Infinity, NaN, 1e300, a negative number or a string are not refused as malformed:
@@ -519,9 +519,9 @@ def _expiry(value: object) -> float | None:
         if math.isfinite(exp) and 0 < exp <= LATEST_EPOCH_S:
             return exp
     if guard.should_log("wire:expires_at") is not None:
-        logger.warning("session.created: expires_at %s is not a time; ignoring it (the "
+        logger.warning("%s: expires_at %s is not a time; ignoring it (the "
                        "session's end is noticed when the server ends it)",
-                       guard.printable(repr(value), 60))
+                       event, guard.printable(repr(value), 60))
     return None
 
 
@@ -530,13 +530,19 @@ def _session_created(d: dict[str, Any]) -> SessionCreated:
     return SessionCreated(session_id=_opt_id(s, "id"), expires_at=_expiry(s.get("expires_at")))
 
 
-def _audio_delta(d: dict[str, Any]) -> AudioDelta:
+def _pcm(d: dict[str, Any], key: str = "delta") -> bytes:
+    """Base64 PCM16 from field ``key``: valid base64, whole samples."""
     try:
-        pcm = base64.b64decode(_s(d, "delta"), validate=True)
+        pcm = base64.b64decode(_s(d, key), validate=True)
     except binascii.Error as e:
-        raise MalformedEvent(f"{d.get('type')}: delta is not base64 ({e})") from None
+        raise MalformedEvent(f"{d.get('type')}: {key} is not base64 ({e})") from None
     if len(pcm) % BYTES_PER_SAMPLE:
-        raise MalformedEvent(f"{d.get('type')}: delta has an odd number of bytes ({len(pcm)})")
+        raise MalformedEvent(f"{d.get('type')}: {key} has an odd number of bytes ({len(pcm)})")
+    return pcm
+
+
+def _audio_delta(d: dict[str, Any]) -> AudioDelta:
+    pcm = _pcm(d)
     return AudioDelta(response_id=_id(d, "response_id"), item_id=_id(d, "item_id"),
                       content_index=_i(d, "content_index", 0), pcm=pcm)
 
@@ -669,15 +675,17 @@ def _repaired(value: Any) -> Any:
     return value
 
 
-def parse_server_event(frame: str | bytes) -> ServerEvent:
-    """Parse one server text frame.
+def load_frame(frame: str | bytes, raw_deltas: frozenset[str] = frozenset()
+               ) -> dict[str, Any]:
+    """Decode one server text frame into a JSON object with a string ``type``.
 
-    Returns:
-        A typed event, or :class:`Unhandled` for a type voiced does not act on.
+    The frame-level checks every server event goes through (the Realtime events here,
+    the GPT-Live ones in :mod:`voiced.live.wire`): text only, JSON, nesting, an object,
+    a bounded ``type``, and every string valid Unicode except the ``delta`` of the types
+    in ``raw_deltas`` (transcript deltas: the core joins them before repairing).
 
     Raises:
-        MalformedEvent: binary data, not JSON, not an object, no string ``type``, or a
-            known type whose fields are missing or of the wrong type.
+        MalformedEvent: binary data, not JSON, too deep, not an object, no string type.
     """
     if isinstance(frame, bytes):
         raise MalformedEvent(f"binary frame of {len(frame)} bytes (the API sends text only)")
@@ -692,15 +700,30 @@ def parse_server_event(frame: str | bytes) -> ServerEvent:
         raise MalformedEvent(f"nested more than {MAX_DEPTH} levels deep")
     if not isinstance(d, dict):
         raise MalformedEvent(f"not a JSON object but {type(d).__name__}")
-    t = d.get("type")
+    event: dict[str, Any] = d
+    t = event.get("type")
     if not isinstance(t, str) or len(t) > MAX_ID_CHARS:
         raise MalformedEvent("no string 'type' field")
     if _SURROGATE_ESCAPE.search(frame) is not None:  # only escapes can make surrogates
-        delta = d.get("delta") if t in _RAW_DELTA_TYPES else None
-        d = _repaired(d)
+        delta = event.get("delta") if t in raw_deltas else None
+        event = _repaired(event)
         if isinstance(delta, str):
-            d["delta"] = delta
-        t = d["type"]
+            event["delta"] = delta
+    return event
+
+
+def parse_server_event(frame: str | bytes) -> ServerEvent:
+    """Parse one server text frame.
+
+    Returns:
+        A typed event, or :class:`Unhandled` for a type voiced does not act on.
+
+    Raises:
+        MalformedEvent: binary data, not JSON, not an object, no string ``type``, or a
+            known type whose fields are missing or of the wrong type.
+    """
+    d = load_frame(frame, _RAW_DELTA_TYPES)
+    t = d["type"]
     parser = _PARSERS.get(t)
     if parser is None:
         return Unhandled(type=t, raw=d)

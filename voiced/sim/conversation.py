@@ -18,12 +18,13 @@ import math
 import operator
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from voiced.sim import fields, voice
+from voiced.sim.connection import Connection
 from voiced.sim.responses import (
     ClientMistake,
     Responder,
@@ -42,16 +43,14 @@ logger = logging.getLogger(__name__)
 
 _VAD_FRAME = SAMPLE_RATE // 100  # 10 ms
 _MIN_COMMIT = SAMPLE_RATE // 10 * 2  # bytes: upstream commits at least 100 ms
-_T = TypeVar("_T")
 
 
-class SimSession(Responder):
+class SimSession(Connection, Responder):
     """One client connection; keeps what tests want to inspect."""
 
     def __init__(self, ws: ServerConnection, server: SimServer, model: str) -> None:
-        self.ws = ws
+        super().__init__(ws, server.options)
         self.server = server
-        self.opts = server.options
         self.clock = server.clock
         self.index = len(server.sessions)  # the n-th connection of the server
         self.created_at = self.clock.time()
@@ -69,10 +68,7 @@ class SimSession(Responder):
         self.response: Response | None = None  # the conversation's active response
         self.out_of_band: dict[str, Response] = {}  # conversation "none" responses
         self.responses_done: list[dict[str, Any]] = []
-        self.stalled = False
         self.expired = False
-        self._out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._prev: dict[str, str | None] = {}  # each item's previous_item_id
         self._turn_of: dict[str, Turn] = {}  # user audio items → their turn
         self._claimable: list[Turn] = []  # a manual commit, for the response.create after
@@ -98,39 +94,10 @@ class SimSession(Responder):
         self.emit({"type": "error", "error": {"type": etype, "code": code, "message": message,
                                               "param": param, "event_id": event_id}})
 
-    async def _writer(self) -> None:
-        try:
-            await self._write()
-        except ConnectionClosed:
-            pass
-
-    async def _write(self) -> None:
-        written = 0
-        while True:
-            kind, payload = await self._out.get()
-            if kind == "abort":
-                self.ws.transport.abort()
-                return
-            if kind == "close":
-                await self.ws.close(*payload)
-                return
-            if self.stalled:
-                continue
-            self.sent.append(json.loads(payload))
-            self.sent_at.append(time.monotonic())
-            await self.ws.send(payload)
-            written += 1
-            if self.opts.malformed_every and written % self.opts.malformed_every == 0:
-                await self.ws.send('{"type": "response.output_audio.delta", "delta": 12')
-            if self.opts.unknown_every and written % self.opts.unknown_every == 0:
-                await self.ws.send(json.dumps({"type": "sim.unknown_event",
-                                               "event_id": new_id("event"),
-                                               "note": "clients must ignore unknown types"}))
-
-    def stall(self) -> None:
-        """Go silent: stop reading (so pings get no pong) and sending."""
-        self.stalled = True
-        self.ws.transport.pause_reading()
+    def _written(self, payload: Any) -> str:
+        self.sent.append(json.loads(payload))
+        self.sent_at.append(time.monotonic())
+        return str(payload)
 
     def expire(self) -> None:
         """End the session as upstream does at its maximum duration."""
@@ -141,21 +108,6 @@ class SimSession(Responder):
         self._error("session_expired",
                     f"Your session hit the maximum duration of {minutes:g} minutes.")
         self._out.put_nowait(("close", (1001, "invalid_request_error.session_expired")))
-
-    def abort(self) -> None:
-        """Drop the connection once what is queued has gone out (no close frame)."""
-        self._out.put_nowait(("abort", None))
-
-    def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("simulator task failed", exc_info=task.exception())
 
     # ----------------------------------------------------------------- input
 
@@ -196,18 +148,10 @@ class SimSession(Responder):
             self._claimable = []
 
     async def _handle_frame(self, frame: str | bytes) -> None:
-        if isinstance(frame, bytes):
-            self._error("invalid_event", "Expected a text WebSocket message, got binary.")
+        decoded = self._client_event(frame)
+        if decoded is None:
             return
-        try:
-            ev = json.loads(frame)
-        except ValueError:
-            self._error("invalid_json", "The server could not parse the JSON.")
-            return
-        if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
-            self._error("invalid_event", "Missing required parameter: 'type'.", param="type")
-            return
-        event_id = ev.get("event_id") if isinstance(ev.get("event_id"), str) else None
+        ev, event_id = decoded
         self.received.append({k: v for k, v in ev.items() if k != "audio"})
         handler = _HANDLERS.get(ev["type"])
         if handler is None:

@@ -46,6 +46,9 @@ class SimOptions:
     transcript: str | None = None
     """What the user is heard to say, whatever the audio (tests of tools and languages);
     None: the recogniser's transcript."""
+    delegate_words: tuple[str, ...] = ()
+    """GPT-Live: words that make the simulated model delegate when the user says one,
+    besides those of a ``Delegate: a, b`` line in the session's instructions."""
     tool_arguments: dict[str, str] = field(default_factory=dict)
     """The JSON arguments the simulated model passes to a tool, by name; a tool not
     named here gets arguments made to satisfy its declared schema."""

@@ -26,13 +26,17 @@ from websockets.http11 import Request, Response
 
 from voiced.sim.clock import Clock, ManualClock, RealClock
 from voiced.sim.conversation import SimSession
+from voiced.sim.live import LiveSession
 from voiced.sim.options import SimOptions
 from voiced.sim.responses import new_id
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Clock", "ManualClock", "RealClock", "SimOptions", "SimServer", "SimSession",
-           "serve_forever"]
+__all__ = ["Clock", "LiveSession", "ManualClock", "RealClock", "SimOptions", "SimServer",
+           "SimSession", "serve_forever"]
+
+LIVE_PATH = "/v1/live/sessions"
+"""GPT-Live's endpoint; every other path is the Realtime one."""
 
 
 class SimServer:
@@ -46,12 +50,16 @@ class SimServer:
         self.host = host
         self.port = port
         self.sessions: list[SimSession] = []
+        self.live_sessions: list[LiveSession] = []
         self._server: Server | None = None
         self.refuse_connections = False
         self.attempts: list[float] = []  # time.monotonic() of every connection attempt
         # faults still to inject, by kind: each take_*() uses one up
         self._left = {"drop": self.options.drop_mid_response,
                       "transcription": self.options.transcription_failures}
+
+    def _connections(self) -> list[SimSession | LiveSession]:
+        return [*self.sessions, *self.live_sessions]
 
     def _take(self, fault: str) -> bool:
         if self._left[fault] > 0:
@@ -76,20 +84,29 @@ class SimServer:
         self._left["transcription"] = n
 
     def expire_sessions(self) -> None:
-        """Faults: every open session ends now (``session_expired``, then close 1001)."""
-        for s in self.sessions:
+        """Faults: every open session ends now.
+
+        Realtime: ``session_expired``, then close 1001; GPT-Live: ``session.closed`` with
+        reason ``expired``, then close 1000.
+        """
+        for s in self._connections():
             if s.ended_at is None:
                 s.expire()
 
     def stall(self) -> None:
         """Faults: every open connection goes silent (no events, no pongs)."""
-        for s in self.sessions:
+        for s in self._connections():
             s.stall()
 
     @property
     def url(self) -> str:
         """The ws:// URL clients connect to."""
         return f"ws://{self.host}:{self.port}/v1/realtime"
+
+    @property
+    def live_url(self) -> str:
+        """The ws:// URL of the GPT-Live endpoint."""
+        return f"ws://{self.host}:{self.port}{LIVE_PATH}"
 
     async def start(self) -> None:
         """Listen (port 0 picks a free one)."""
@@ -103,11 +120,23 @@ class SimServer:
         self.attempts.append(time.monotonic())
         if self.refuse_connections:
             return conn.respond(503, "simulator refusing connections\n")
+        if urlsplit(req.path).path.rstrip("/") == LIVE_PATH:
+            # GPT-Live: how the service refuses a key is not known (open question Q5);
+            # the simulator refuses the upgrade, which every client reports as such
+            bearer = req.headers.get("Authorization") or ""
+            key = bearer.removeprefix("Bearer ").strip() if bearer.startswith("Bearer ") else ""
+            if not key or self.options.require_key not in (None, key):
+                return conn.respond(401, "Incorrect API key provided.\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
         req = ws.request
         assert req is not None
+        if urlsplit(req.path).path.rstrip("/") == LIVE_PATH:
+            live = LiveSession(ws, self)
+            self.live_sessions.append(live)
+            await live.run()
+            return
         q = parse_qs(urlsplit(req.path).query)
         model = (q.get("model") or ["gpt-realtime-2.1"])[0]
         bearer = (req.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
@@ -132,18 +161,18 @@ class SimServer:
 
     def drop_connections(self) -> None:
         """Abort every connection without a close frame (a network drop: 1006)."""
-        for s in self.sessions:
+        for s in self._connections():
             s.ws.transport.abort()
 
     async def inject(self, frame: str | bytes) -> None:
         """Send a raw frame (malformed, unknown, binary) to every open connection."""
-        for s in self.sessions:
+        for s in self._connections():
             with contextlib.suppress(ConnectionClosed):
                 await s.ws.send(frame)
 
     async def aclose(self) -> None:
         """Stop listening and close every connection."""
-        for session in self.sessions:
+        for session in self._connections():
             if session.stalled:  # a stalled peer would never answer the close handshake
                 session.ws.transport.abort()
         if self._server is not None:
@@ -160,18 +189,21 @@ class SimServer:
 
 
 async def serve_forever(host: str, port: int, options: SimOptions) -> int:
-    """Run `voiced sim` until interrupted."""
+    """Run `voiced sim` until SIGTERM or SIGINT, then close every connection.
+
+    The signals are handled on the event loop. *Changed from* the early start-up handler
+    (which raises SystemExit wherever the program is): a SIGTERM that landed inside a
+    connection's handler left the server waiting for that connection for good, and the
+    process never exited (tests that stop `voiced sim` timed out now and then).
+    """
     sim = SimServer(options, host=host, port=port)
     await sim.start()
-    print(f"voiced sim: listening on {sim.url} (GA Realtime dialect; no API key needed)",
-          flush=True)
-    # NOTE: SIGTERM/SIGINT set an event on the loop. The command's early handlers raise
-    # SystemExit wherever Python happens to be; inside the loop that can land in the
-    # middle of a connection's teardown and leave the process waiting forever (seen).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    print(f"voiced sim: listening on {sim.url} (GA Realtime dialect) and {sim.live_url} "
+          "(GPT-Live); no API key needed", flush=True)
     try:
         await stop.wait()
     finally:
