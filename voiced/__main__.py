@@ -80,9 +80,9 @@ def use_installed_credentials() -> None:
     read it. Set in the process's environment, so a SIGHUP reload reads the same place.
     Set but empty, it means none (the tests use that).
     """
-    from voiced import config
+    from voiced.config import secrets
 
-    installed = config.INSTALLED_CREDENTIALS_DIR
+    installed = secrets.INSTALLED_CREDENTIALS_DIR
     if "CREDENTIALS_DIRECTORY" not in os.environ and installed.is_dir() \
             and os.access(installed, os.R_OK | os.X_OK):
         os.environ["CREDENTIALS_DIRECTORY"] = str(installed)

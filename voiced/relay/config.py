@@ -18,21 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from voiced.config import (
-    _MISSING,
-    TOOL_NAME_RE,
-    VOICES,
-    Secret,
-    _is_loopback,
-    _kind,
-    _missing_credential,
-    _path,
-    _Problems,
-    _Section,
-    _ws_url,
-    read_credential,
-    read_yaml,
-)
+from voiced.config import TOOL_NAME_RE, VOICES, Secret, read_credential, read_yaml
+from voiced.config.realtime import _ws_url
+from voiced.config.secrets import _missing_credential
+from voiced.config.sections import _MISSING, _is_loopback, _kind, _path, _Problems, _Section
 from voiced.errors import ConfigError
 
 DEFAULT_RELAY_CONFIG: Final = "/etc/voiced/relay.yaml"
