@@ -8,6 +8,7 @@ from voiced.config.sections import _MISSING, _kind, _path, _Section
 from voiced.config.settings import (
     AUDIO_BACKENDS,
     ECHO_POLICIES,
+    INPUT_FILE_STARTS,
     AudioEndpointSettings,
     AudioSettings,
 )
@@ -49,16 +50,16 @@ def _endpoint(sec: _Section, backend: str, base: Path, *, is_input: bool) -> Aud
 
 def _audio(sec: _Section, base: Path) -> AudioSettings:
     d = AudioSettings()
-    backend = sec.str_("backend", d.backend, choices=AUDIO_BACKENDS)
+    backend = sec.choice("backend", d.backend, AUDIO_BACKENDS)
     s = AudioSettings(
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
         input=_endpoint(sec.section("input"), backend, base, is_input=True),
         output=_endpoint(sec.section("output"), backend, base, is_input=False),
-        echo=sec.str_("echo", d.echo, choices=ECHO_POLICIES),  # type: ignore[arg-type]
+        echo=sec.choice("echo", d.echo, ECHO_POLICIES),
         echo_tail_ms=sec.int_("echo_tail_ms", d.echo_tail_ms, lo=0, hi=5000),
         frame_ms=sec.int_("frame_ms", d.frame_ms, lo=10, hi=100),
-        input_file_starts=sec.str_(  # type: ignore[arg-type]
-            "input_file_starts", d.input_file_starts, choices=("on_mic", "at_start")),
+        input_file_starts=sec.choice("input_file_starts", d.input_file_starts,
+                                     INPUT_FILE_STARTS),
         jitter_ms=sec.int_("jitter_ms", d.jitter_ms, lo=0, hi=1000),
         period_ms=sec.int_("period_ms", d.period_ms, lo=5, hi=100),
         reopen_s=sec.num("reopen_s", d.reopen_s, lo=0.05, hi=300),

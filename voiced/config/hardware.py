@@ -33,10 +33,10 @@ def _button(top: _Section) -> ButtonSettings | None:
         pin = _pin(sec, "pin", raw_pin) or d.pin
     s = ButtonSettings(
         pin=pin,
-        pull=sec.str_("pull", d.pull, choices=PULLS),  # type: ignore[arg-type]
+        pull=sec.choice("pull", d.pull, PULLS),
         bounce_time_s=sec.num("bounce_time_s", d.bounce_time_s, lo=0, hi=1),
         hold_time_s=sec.num("hold_time_s", d.hold_time_s, lo=0.2, hi=10),
-        mode=sec.str_("mode", d.mode, choices=BUTTON_MODES),  # type: ignore[arg-type]
+        mode=sec.choice("mode", d.mode, BUTTON_MODES),
     )
     sec.finish()
     return s
@@ -74,7 +74,7 @@ def _color(sec: _Section, name: str, raw: object) -> tuple[int, int, int] | None
 
 def _leds(sec: _Section) -> LedSettings:
     d = LedSettings()
-    driver = sec.str_("driver", d.driver, choices=LED_DRIVERS)
+    driver = sec.choice("driver", d.driver, LED_DRIVERS)
     patterns = dict(DEFAULT_PATTERNS)
     ps = sec.section("patterns")
     for state in list(ps.data):
@@ -82,13 +82,13 @@ def _leds(sec: _Section) -> LedSettings:
             continue  # reported as unknown by finish()
         one = ps.section(str(state))
         base = DEFAULT_PATTERNS[str(state)]
-        effect = one.str_("effect", base.effect, choices=EFFECTS)
+        effect = one.choice("effect", base.effect, EFFECTS)
         color = base.color
         raw = one.raw("color")
         if raw is not _MISSING:
             color = _color(one, "color", raw) or base.color
         period = one.num("period_s", base.period_s, lo=0.05, hi=60)
-        patterns[str(state)] = Pattern(effect, color, period)  # type: ignore[arg-type]
+        patterns[str(state)] = Pattern(effect, color, period)
         one.finish()
     ps.finish()
     pins: list[str] = []
@@ -99,7 +99,7 @@ def _leds(sec: _Section) -> LedSettings:
             pin = _pin(sec, f"pins[{i}]", p)
             if pin is not None:
                 pins.append(pin)
-    kind = sec.str_("kind", d.kind, choices=GPIO_KINDS)
+    kind = sec.choice("kind", d.kind, GPIO_KINDS)
     power_raw = sec.raw("power_pin")
     power = None if power_raw in (_MISSING, None) else _pin(sec, "power_pin", power_raw)
     active_raw = sec.raw("active_high")
@@ -110,12 +110,12 @@ def _leds(sec: _Section) -> LedSettings:
         else:
             sec.bad("active_high", f"expected true or false, got {_kind(active_raw)}")
     s = LedSettings(
-        driver=driver, patterns=patterns,  # type: ignore[arg-type]
-        fps=sec.int_("fps", d.fps, lo=1, hi=30), kind=kind,  # type: ignore[arg-type]
+        driver=driver, patterns=patterns,
+        fps=sec.int_("fps", d.fps, lo=1, hi=30), kind=kind,
         pins=tuple(pins), active_high=active_high,
         pixels=sec.int_("pixels", d.pixels, lo=1, hi=1024),
         brightness=sec.int_("brightness", d.brightness, lo=0, hi=31),
-        color_order=sec.str_("color_order", d.color_order, choices=COLOR_ORDERS),
+        color_order=sec.choice("color_order", d.color_order, COLOR_ORDERS),
         spi_bus=sec.int_("spi_bus", d.spi_bus, lo=0, hi=9),
         spi_device=sec.int_("spi_device", d.spi_device, lo=0, hi=9),
         power_pin=power,

@@ -61,7 +61,7 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
     device_id = top.str_("device_id", socket.gethostname() or "voiced")
     if len(device_id) > 64 or any(c.isspace() for c in device_id):
         top.bad("device_id", "must be at most 64 characters with no spaces")
-    log_level = top.str_("log_level", "info", choices=LOG_LEVELS)
+    log_level = top.choice("log_level", "info", LOG_LEVELS)
     realtime = _realtime(top.section("realtime"), env)
     audio = _audio(top.section("audio"), base)
     button = _button(top)

@@ -37,7 +37,7 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     model = sec.str_("model", d.model)
     if "preview" in model:
         sec.bad("model", f"{model!r} is a retired beta-era model; use e.g. gpt-realtime-2.1")
-    voice = sec.str_("voice", d.voice, choices=VOICES)
+    voice = sec.choice("voice", d.voice, VOICES)
     instructions = sec.str_("instructions", d.instructions, allow_empty=True)
 
     relay: RelaySettings | None = None
@@ -53,14 +53,14 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
 
     td = sec.section("turn_detection")
     tdd = TurnDetectionSettings()
-    td_type = td.str_("type", tdd.type, choices=TURN_DETECTION_TYPES)
+    td_type = td.choice("type", tdd.type, TURN_DETECTION_TYPES)
     turn = TurnDetectionSettings(
-        type=td_type,  # type: ignore[arg-type]
+        type=td_type,
         threshold=td.num("threshold", tdd.threshold, lo=0.0, hi=1.0),
         prefix_padding_ms=td.int_("prefix_padding_ms", tdd.prefix_padding_ms, lo=0, hi=5000),
         silence_duration_ms=td.int_("silence_duration_ms", tdd.silence_duration_ms,
                                     lo=100, hi=10000),
-        eagerness=td.str_("eagerness", tdd.eagerness, choices=EAGERNESS),
+        eagerness=td.choice("eagerness", tdd.eagerness, EAGERNESS),
         vad_aggressiveness=td.int_("vad_aggressiveness", tdd.vad_aggressiveness, lo=0, hi=3),
         min_speech_ms=td.int_("min_speech_ms", tdd.min_speech_ms, lo=10, hi=1000),
         tail_ms=td.int_("tail_ms", tdd.tail_ms, lo=0, hi=10000),

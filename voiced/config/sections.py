@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
 from voiced import guard
@@ -34,6 +34,7 @@ class _Problems:
 
 
 _MISSING: Final = object()
+_C = TypeVar("_C", bound=str)
 
 
 class _Section:
@@ -78,6 +79,10 @@ class _Section:
             self.bad(name, "must not be empty")
             return default
         return v
+
+    def choice(self, name: str, default: _C, choices: tuple[_C, ...]) -> _C:
+        """One of ``choices`` (a settings Literal's values), typed as that Literal."""
+        return cast(_C, self.str_(name, default, choices=choices))
 
     def opt_str(self, name: str) -> str | None:
         v = self.raw(name)

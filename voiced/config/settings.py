@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -14,11 +15,18 @@ DEFAULT_CONFIG_PATH: Final = "/etc/voiced/voiced.yaml"
 # overrides control.socket: a developer who is not root cannot create /run/voiced
 CONTROL_SOCKET_ENV: Final = "VOICED_CONTROL_SOCKET"
 
-VOICES: Final = (
+# Each setting with a fixed set of values has a Literal type; the tuple the validator checks
+# against (and the error message lists) is derived from it, so the two cannot drift.
+Voice = Literal[
     "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
-)
-TURN_DETECTION_TYPES: Final = ("server_vad", "semantic_vad", "client_vad", "none")
-HTTP_METHODS: Final = ("GET", "POST", "PUT", "PATCH", "DELETE")
+]
+VOICES: Final[tuple[Voice, ...]] = typing.get_args(Voice)
+TurnDetectionType = Literal["server_vad", "semantic_vad", "client_vad", "none"]
+TURN_DETECTION_TYPES: Final[tuple[TurnDetectionType, ...]] = typing.get_args(TurnDetectionType)
+SendArguments = Literal["query", "json", "none"]
+SEND_ARGUMENTS: Final[tuple[SendArguments, ...]] = typing.get_args(SendArguments)
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+HTTP_METHODS: Final[tuple[HttpMethod, ...]] = typing.get_args(HttpMethod)
 BUILTIN_TOOLS: Final = ("time", "volume", "microphone", "status")
 # the functions those groups give the model (voiced/tools/builtin.py defines them; config
 # does not import it, to keep fastjsonschema out of check-config): an HTTP tool may not
@@ -27,14 +35,24 @@ BUILTIN_TOOL_NAMES: Final = frozenset({"get_time", "set_volume", "mute_microphon
                                        "end_conversation", "device_status"})
 TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CREDENTIAL_RE: Final = re.compile(r"\{credential:([a-z0-9_]+)\}")
-EAGERNESS: Final = ("low", "medium", "high", "auto")
-AUDIO_BACKENDS: Final = ("pyaudio", "file")
-ECHO_POLICIES: Final = ("half_duplex", "full_duplex")
-LED_DRIVERS: Final = ("none", "gpio", "apa102")
-SINKS: Final = ("none", "jsonl", "webhook", "supabase", "postgres")
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-BUTTON_MODES: Final = ("toggle", "push_to_talk")
-PULLS: Final = ("up", "down")
+Eagerness = Literal["low", "medium", "high", "auto"]
+EAGERNESS: Final[tuple[Eagerness, ...]] = typing.get_args(Eagerness)
+InputFileStart = Literal["on_mic", "at_start"]
+INPUT_FILE_STARTS: Final[tuple[InputFileStart, ...]] = typing.get_args(InputFileStart)
+AudioBackend = Literal["pyaudio", "file"]
+AUDIO_BACKENDS: Final[tuple[AudioBackend, ...]] = typing.get_args(AudioBackend)
+EchoPolicy = Literal["half_duplex", "full_duplex"]
+ECHO_POLICIES: Final[tuple[EchoPolicy, ...]] = typing.get_args(EchoPolicy)
+LedDriver = Literal["none", "gpio", "apa102"]
+LED_DRIVERS: Final[tuple[LedDriver, ...]] = typing.get_args(LedDriver)
+Sink = Literal["none", "jsonl", "webhook", "supabase", "postgres"]
+SINKS: Final[tuple[Sink, ...]] = typing.get_args(Sink)
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: Final[tuple[LogLevel, ...]] = typing.get_args(LogLevel)
+ButtonMode = Literal["toggle", "push_to_talk"]
+BUTTON_MODES: Final[tuple[ButtonMode, ...]] = typing.get_args(ButtonMode)
+Pull = Literal["up", "down"]
+PULLS: Final[tuple[Pull, ...]] = typing.get_args(Pull)
 
 # Field metadata: a SIGHUP applies this setting without a restart. Every other setting
 # keeps its running value until the daemon restarts (reload_split). A section marked LIVE
@@ -59,7 +77,7 @@ HEADER_NAME_RE: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
 class TurnDetectionSettings:
     """How the end of the user's turn is found."""
 
-    type: Literal["server_vad", "semantic_vad", "client_vad", "none"] = "server_vad"
+    type: TurnDetectionType = "server_vad"
     """server_vad (default), semantic_vad, client_vad (the device finds the turns and
     sends only speech), or none (push to talk: the client commits)."""
     threshold: float = 0.5
@@ -68,7 +86,7 @@ class TurnDetectionSettings:
     """Audio kept before detected speech."""
     silence_duration_ms: int = 500
     """Silence that ends a turn."""
-    eagerness: str = "auto"
+    eagerness: Eagerness = "auto"
     """semantic_vad eagerness: low, medium, high, auto."""
     vad_aggressiveness: int = 2
     """client_vad: WebRTC VAD aggressiveness, 0 (lenient) to 3 (strict)."""
@@ -109,7 +127,7 @@ class RealtimeSettings:
     """OpenAI's URL, a relay's URL, or ws://127.0.0.1:8765/v1/realtime for `voiced sim`."""
     model: str = field(default="gpt-realtime-2.1", metadata=LIVE)
     """Realtime model, sent as ?model= (not with a relay)."""
-    voice: str = field(default="marin", metadata=LIVE)
+    voice: Voice = field(default="marin", metadata=LIVE)
     """Output voice."""
     instructions: str = field(default="You are a helpful voice assistant.", metadata=LIVE)
     """System instructions for the model."""
@@ -163,19 +181,19 @@ class AudioEndpointSettings:
 class AudioSettings:
     """Mic, speaker and echo policy."""
 
-    backend: Literal["pyaudio", "file"] = "pyaudio"
+    backend: AudioBackend = "pyaudio"
     """pyaudio (real devices) or file (WAV in, WAV out at real-time pace)."""
     input: AudioEndpointSettings = field(default_factory=AudioEndpointSettings)
     """The microphone."""
     output: AudioEndpointSettings = field(default_factory=AudioEndpointSettings)
     """The speaker."""
-    echo: Literal["half_duplex", "full_duplex"] = "half_duplex"
+    echo: EchoPolicy = "half_duplex"
     """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always."""
     echo_tail_ms: int = 300
     """half_duplex: how long the mic stays muted after playback ends."""
     frame_ms: int = 20
     """Size of one mic frame sent to the server."""
-    input_file_starts: Literal["on_mic", "at_start"] = "on_mic"
+    input_file_starts: InputFileStart = "on_mic"
     """file backend: the input WAV starts when the mic is switched on (a person speaking
     after the press), or as soon as the daemon starts."""
     jitter_ms: int = 80
@@ -201,13 +219,13 @@ class ButtonSettings:
 
     pin: str = "17"
     """gpiozero pin name: 17, GPIO17, BOARD11."""
-    pull: Literal["up", "down"] = "up"
+    pull: Pull = "up"
     """up: the button connects the pin to ground."""
     bounce_time_s: float = 0.03
     """Debounce window."""
     hold_time_s: float = 1.0
     """A press this long is a long press (new conversation)."""
-    mode: Literal["toggle", "push_to_talk"] = "toggle"
+    mode: ButtonMode = "toggle"
     """toggle: a press toggles the mic; push_to_talk: hold to talk."""
 
 
@@ -215,7 +233,7 @@ class ButtonSettings:
 class Pattern:
     """How the orb shows one state."""
 
-    effect: Literal["off", "solid", "blink", "pulse", "chase"]
+    effect: Effect
     """off, solid, blink (on/off), pulse (breathing), chase (one lit pixel going round)."""
     color: tuple[int, int, int]
     """RGB 0-255; single-colour LEDs use its brightness."""
@@ -233,23 +251,26 @@ DEFAULT_PATTERNS: Final[dict[str, Pattern]] = {
     "speaking": Pattern("pulse", (0, 255, 80), 0.5),
     "error": Pattern("blink", (255, 0, 0), 0.25),
 }
-EFFECTS: Final = ("off", "solid", "blink", "pulse", "chase")
-GPIO_KINDS: Final = ("led", "pwm", "rgb", "board")
-COLOR_ORDERS: Final = ("rgb", "rbg", "grb", "gbr", "brg", "bgr")
+Effect = Literal["off", "solid", "blink", "pulse", "chase"]
+EFFECTS: Final[tuple[Effect, ...]] = typing.get_args(Effect)
+GpioKind = Literal["led", "pwm", "rgb", "board"]
+GPIO_KINDS: Final[tuple[GpioKind, ...]] = typing.get_args(GpioKind)
+ColorOrder = Literal["rgb", "rbg", "grb", "gbr", "brg", "bgr"]
+COLOR_ORDERS: Final[tuple[ColorOrder, ...]] = typing.get_args(ColorOrder)
 
 
 @dataclass(frozen=True, slots=True)
 class LedSettings:
     """The orb (LED ring)."""
 
-    driver: Literal["none", "gpio", "apa102"] = "none"
+    driver: LedDriver = "none"
     """none logs state changes only; gpio drives LEDs through gpiozero; apa102 a ring."""
     patterns: dict[str, Pattern] = field(default_factory=lambda: dict(DEFAULT_PATTERNS),
                                          metadata=LIVE)
     """State name -> pattern (defaults above; the YAML overrides per state)."""
     fps: int = 30
     """Animation frames per second (at most 30)."""
-    kind: Literal["led", "pwm", "rgb", "board"] = "pwm"
+    kind: GpioKind = "pwm"
     """gpio: one on/off LED, one PWM LED, an RGB LED (pins r, g, b), or a board of N PWM LEDs."""
     pins: tuple[str, ...] = ()
     """gpio: the LED pin(s)."""
@@ -259,7 +280,7 @@ class LedSettings:
     """apa102: number of LEDs in the ring."""
     brightness: int = 10
     """apa102: global brightness 0-31."""
-    color_order: str = "bgr"
+    color_order: ColorOrder = "bgr"
     """apa102: the byte order the LEDs expect (APA102: bgr)."""
     spi_bus: int = 0
     """apa102: SPI bus (/dev/spidev<bus>.<device>)."""
@@ -273,7 +294,7 @@ class LedSettings:
 class TranscriptSettings:
     """Where user and assistant transcripts go."""
 
-    sink: Literal["none", "jsonl", "webhook", "supabase", "postgres"] = "none"
+    sink: Sink = "none"
     """The backend."""
     outbox_dir: Path = Path("/var/lib/voiced/outbox")
     """Durable spool of records not yet accepted by the sink."""
@@ -314,9 +335,9 @@ class HttpToolSettings:
     """JSON schema of the arguments (an object schema); checked before any request."""
     url: str
     """http(s) URL; {param} placeholders are filled with URL-encoded arguments."""
-    method: str = "GET"
+    method: HttpMethod = "GET"
     """GET, POST, PUT, PATCH or DELETE."""
-    send_arguments: Literal["query", "json", "none"] = "query"
+    send_arguments: SendArguments = "query"
     """Where arguments not used in the URL go: query string, JSON body, or nowhere."""
     headers: tuple[tuple[str, Secret], ...] = field(default=(), repr=False)
     """Request headers; {credential:name} in a value is filled from a credential."""
@@ -374,7 +395,7 @@ class Settings:
     transcripts: TranscriptSettings
     control: ControlSettings
     tools: ToolSettings = field(default_factory=ToolSettings)
-    log_level: str = field(default="info", metadata=LIVE)
+    log_level: LogLevel = field(default="info", metadata=LIVE)
     """debug, info, warning or error."""
     source_path: Path | None = None
     """The file these settings came from."""

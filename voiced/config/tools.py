@@ -15,6 +15,7 @@ from voiced.config.settings import (
     CREDENTIAL_RE,
     HEADER_NAME_RE,
     HTTP_METHODS,
+    SEND_ARGUMENTS,
     TOOL_NAME_RE,
     HttpToolSettings,
     ToolSettings,
@@ -116,9 +117,9 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
         if conv or spec or not isinstance(props, dict) or field_name not in props:
             sec.bad("url", f"placeholder {{{guard.printable(field_name, 40)}}} is not one of "
                            "the parameters")
-    method = sec.str_("method", "GET", choices=HTTP_METHODS)
-    send = sec.str_("send_arguments", "query" if method in ("GET", "DELETE") else "json",
-                    choices=("query", "json", "none"))
+    method = sec.choice("method", "GET", HTTP_METHODS)
+    send = sec.choice("send_arguments", "query" if method in ("GET", "DELETE") else "json",
+                      SEND_ARGUMENTS)
     timeout_s = sec.num("timeout_s", 5.0, lo=0.1, hi=120)
     reply_path = sec.opt_str("reply_path")
     max_reply = sec.int_("max_reply_chars", 2000, lo=100, hi=100_000)
@@ -128,7 +129,7 @@ def _http_tool(sec: _Section, environ: Mapping[str, str],
         return None
     return HttpToolSettings(
         name=name, description=description, parameters=dict(params), url=url,
-        method=method, send_arguments=send,  # type: ignore[arg-type]
+        method=method, send_arguments=send,
         headers=headers, timeout_s=timeout_s, reply_path=reply_path,
         max_reply_chars=max_reply, max_reply_bytes=max_bytes)
 

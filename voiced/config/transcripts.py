@@ -15,7 +15,7 @@ from voiced.config.settings import SINKS, TranscriptSettings
 
 def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> TranscriptSettings:
     d = TranscriptSettings()
-    sink = sec.str_("sink", d.sink, choices=SINKS)
+    sink = sec.choice("sink", d.sink, SINKS)
     outbox = _path(sec, "outbox_dir", base) or d.outbox_dir
     subs: dict[str, _Section] = {}
     for name in ("jsonl", "webhook", "supabase", "postgres"):
@@ -57,7 +57,7 @@ def _transcripts(sec: _Section, base: Path, environ: Mapping[str, str]) -> Trans
                 where = credential_source("postgres_dsn", environ)
                 sec.problems.add("credentials.postgres_dsn", f"{where} {why}")
     s = TranscriptSettings(
-        sink=sink, outbox_dir=outbox, jsonl_path=jsonl_path,  # type: ignore[arg-type]
+        sink=sink, outbox_dir=outbox, jsonl_path=jsonl_path,
         webhook_url=webhook_url, webhook_token=webhook_token, supabase_url=supabase_url,
         supabase_key=supabase_key, postgres_dsn=postgres_dsn,
         timeout_s=sec.num("timeout_s", d.timeout_s, lo=0.5, hi=300),
