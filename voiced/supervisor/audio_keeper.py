@@ -16,6 +16,7 @@ from pathlib import Path
 
 from voiced import guard
 from voiced.audio import AudioSink, AudioSource
+from voiced.backoff import Backoff
 from voiced.config import AudioSettings
 from voiced.core.conversation import Conversation
 from voiced.errors import AudioDeviceError, ConfigError
@@ -111,35 +112,33 @@ class AudioKeeper:
         self.ok.clear()
         self.device_faults += 1
         a = self.settings
-        delay = a.reopen_s
+        backoff = Backoff(a.reopen_s, a.reopen_max_s, jitter=False)
         logger.error("audio device failed: %s; reopening after %g s, then less and less "
-                     "often (up to every %g s)", reason, delay, a.reopen_max_s)
+                     "often (up to every %g s)", reason, a.reopen_s, a.reopen_max_s)
         self.session.on_interrupt(self._now())  # what was queued is lost with the device
         self._apply()
         self.session.on_device_fault(f"{reason}; retrying")
         self._apply()
-        attempts = 0
         while True:
             for closer in (self.source.aclose, self.sink.aclose):
                 try:
                     await closer()
                 except Exception as e:  # noqa: BLE001 - a dead device may fail to close
                     logger.debug("closing a failed audio device: %s", e)
-            await self.wait_for_sound_cards(delay, step=a.reopen_s)
-            delay = min(delay * 2, a.reopen_max_s)
-            attempts += 1
+            await self.wait_for_sound_cards(backoff.next(), step=a.reopen_s)
             try:
                 await self.source.start()
                 await self.sink.start()
             except (AudioDeviceError, ConfigError) as e:
                 why = "; ".join(e.lines()) if isinstance(e, ConfigError) else str(e)
-                logger.log(logging.WARNING if attempts == 1 else logging.DEBUG,
-                           "audio devices still unavailable (attempt %d): %s", attempts, why)
+                logger.log(logging.WARNING if backoff.attempts == 1 else logging.DEBUG,
+                           "audio devices still unavailable (attempt %d): %s",
+                           backoff.attempts, why)
                 continue
             break
         self._generation += 1
         self.ok.set()
-        logger.info("audio devices open again after %d attempt(s)", attempts)
+        logger.info("audio devices open again after %d attempt(s)", backoff.attempts)
         self.session.on_device_restored()
         self._apply()
 
