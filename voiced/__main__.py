@@ -52,17 +52,10 @@ logger = logging.getLogger("voiced")
 
 
 def setup_logging(level: str | int) -> None:
-    """Log to stderr for journald: level and logger name, no timestamps."""
+    """Log to stderr for journald (:func:`voiced.guard.setup_logging`)."""
     from voiced import guard
 
-    handler = logging.StreamHandler(sys.stderr)
-    # one line per record, controls escaped, secrets redacted (voiced.guard)
-    handler.setFormatter(guard.SafeFormatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level if isinstance(level, int) else level.upper())
-    # websockets logs every connection at INFO and every frame at DEBUG: too chatty
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    guard.setup_logging(level)
 
 
 def config_path(arg: str | None) -> Path:
