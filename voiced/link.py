@@ -14,9 +14,10 @@ is server text, so it goes through ``guard.printable``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -158,22 +159,37 @@ def _origin(location: str | None) -> str:
     return guard.printable(f"{parts.scheme or '?'}://{host}{port}", 120)
 
 
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+"""Starts a task: the supervisor's puts it in its task group (``TaskGroup.create_task``)."""
+
+
+def create_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A :data:`Spawn` outside any task group (a link used on its own)."""
+    return asyncio.create_task(coro, name=name)
+
+
 class Link:
     """One connection: its socket, its send queue, its reader and its sender.
 
-    The reader hands every frame to ``on_frame`` and ends with the connection, raising
-    the classified :class:`~voiced.errors.RealtimeError`; ``on_end`` runs when it ends,
-    however. The sender sends what :meth:`send` queued, in order.
+    The reader hands every frame to ``on_frame`` and ends with the connection, keeping
+    the classified :class:`~voiced.errors.RealtimeError` in :attr:`failure` (it never
+    raises it: a task group's task that raised would end the daemon); ``on_end`` runs
+    when it ends, however. The sender sends what :meth:`send` queued, in order, and ends
+    quietly when the connection does.
 
     Args:
         ws: the open connection (:func:`open_connection`).
         on_frame: called with each frame received, on the event loop.
         on_end: called once the reader has ended.
+        spawn: starts the reader and the sender (the supervisor's task group).
     """
 
     def __init__(self, ws: ClientConnection, on_frame: Callable[[str | bytes], None],
-                 on_end: Callable[[], None] | None = None) -> None:
+                 on_end: Callable[[], None] | None = None,
+                 spawn: Spawn = create_task) -> None:
         self.ws = ws
+        self.failure: RealtimeError | None = None
+        self._spawn = spawn
         self.queue: asyncio.Queue[wire.ClientEvent] = asyncio.Queue()
         self.tasks: list[asyncio.Task[None]] = []
         self._on_frame = on_frame
@@ -181,13 +197,18 @@ class Link:
 
     def start(self) -> None:
         """Start the reader and the sender."""
-        self.tasks += [asyncio.create_task(self._read(), name="realtime-read"),
-                       asyncio.create_task(self._send(), name="realtime-send")]
+        self.tasks += [self._spawn(self._read(), "realtime-read"),
+                       self._spawn(self._send(), "realtime-send")]
 
     @property
     def reader(self) -> asyncio.Task[None]:
         """The reader task: it ends when the connection does."""
         return self.tasks[0]
+
+    def raise_failure(self) -> None:
+        """Raise why the connection ended (classified), if it failed."""
+        if self.failure is not None:
+            raise self.failure
 
     def send(self, event: wire.ClientEvent) -> None:
         """Queue a client event; the sender sends it after those queued before."""
@@ -213,11 +234,13 @@ class Link:
             async for frame in self.ws:
                 self._on_frame(frame)
         except ConnectionClosed as e:
-            raise classify(e) from e
+            self.failure = classify(e)
+            self.failure.__cause__ = e
         except Exception as e:  # noqa: BLE001 - the connection is lost, not the daemon
             guard.note_fault("realtime read", e, logger)
-            raise RealtimeError(f"unexpected error reading ({type(e).__name__})",
-                                retryable=True) from e
+            self.failure = RealtimeError(f"unexpected error reading ({type(e).__name__})",
+                                         retryable=True)
+            self.failure.__cause__ = e
         finally:
             if self._on_end is not None:
                 self._on_end()
@@ -233,4 +256,12 @@ class Link:
             except Exception as e:  # noqa: BLE001 - one event lost, not the connection
                 guard.note_fault("realtime send", e, logger)
                 continue
-            await self.ws.send(text)
+            try:
+                await self.ws.send(text)
+            except ConnectionClosed:
+                return  # the reader reports why
+            except Exception as e:  # noqa: BLE001 - the link is lost, not the daemon
+                guard.note_fault("realtime send", e, logger)
+                with contextlib.suppress(Exception):
+                    await self.ws.close(1011, "send failed")
+                return

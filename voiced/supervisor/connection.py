@@ -25,7 +25,7 @@ from voiced.backoff import Backoff
 from voiced.config import RealtimeSettings
 from voiced.core.conversation import Conversation
 from voiced.errors import ConfigError, RealtimeError
-from voiced.link import Link, classify, open_connection
+from voiced.link import Link, Spawn, classify, create_task, open_connection
 from voiced.notify import Notifier
 
 logger = logging.getLogger("voiced.supervisor")  # the package logs as one
@@ -81,6 +81,8 @@ class Connections:
         self.live: Link | None = None
         self.standby: Link | None = None  # the next session, during a rollover
         self._background_tasks: set[asyncio.Task[None]] = set()  # opening/closing links
+        self.spawn: Spawn = create_task
+        """Starts the links' and the background tasks (the daemon's task group)."""
         self._reconnect_now = asyncio.Event()
         self.malformed_frames = 0
         self._ever_configured = False  # some session was configured since the start
@@ -171,7 +173,7 @@ class Connections:
                 self._feed("realtime standby", self.session.on_standby_down,
                            f"closed {link.ws.close_code}", self._now())
 
-        link = Link(ws, on_frame, on_end)
+        link = Link(ws, on_frame, on_end, spawn=self.spawn)
         link.start()
         return link
 
@@ -180,8 +182,7 @@ class Connections:
             with guard.contain(name, logger):  # nobody awaits it: never lose a fault
                 await coro
 
-        task: asyncio.Task[None] = asyncio.ensure_future(guarded())
-        task.set_name(name)
+        task = self.spawn(guarded(), name)
         self._background_tasks.add(task)
         task.add_done_callback(self._background_tasks.discard)
 
@@ -222,7 +223,7 @@ class Connections:
                 await asyncio.wait([current.reader])
                 if self.live is current:
                     break
-            current.reader.result()  # raises the classified failure
+            current.raise_failure()  # the classified failure, if it failed
         finally:
             for t in helpers:
                 t.cancel()

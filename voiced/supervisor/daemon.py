@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from voiced import __version__, guard, wire
@@ -49,7 +49,7 @@ from voiced.core.effects import (
     SwitchToStandby,
 )
 from voiced.errors import AudioDeviceError, ConfigError
-from voiced.link import Link
+from voiced.link import Link, Spawn
 from voiced.notify import Notifier
 from voiced.orb import Animator
 from voiced.supervisor import answers, reload
@@ -212,6 +212,9 @@ class Supervisor:
         logger.info("voiced %s running as %s", __version__, self.settings.device_id)
         try:
             async with asyncio.TaskGroup() as tg:
+                # the links' readers and senders, the standby's opening, tool calls: all
+                # in this group, so a failure none of them contained ends the daemon
+                self.connections.spawn = self.tools.spawn = self._spawner(tg)
                 tg.create_task(self.audio.mic_pump(), name="mic")
                 tg.create_task(self.audio.watch(), name="audio-watch")
                 tg.create_task(self._clock(), name="clock")
@@ -230,6 +233,15 @@ class Supervisor:
             await self._close()
         logger.info("stopped")
         return 0
+
+    @staticmethod
+    def _spawner(tg: asyncio.TaskGroup) -> Spawn:
+        def spawn(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+            try:
+                return tg.create_task(coro, name=name)
+            except RuntimeError:  # the group is ending (a stop): what is closed remains
+                return asyncio.create_task(coro, name=name)
+        return spawn
 
     def _open_outbox(self) -> None:
         if self.outbox is None:

@@ -17,6 +17,7 @@ from voiced import __version__, guard
 from voiced.audio.volume import Volume
 from voiced.core.conversation import Conversation
 from voiced.core.effects import CallTool
+from voiced.link import Spawn, create_task
 from voiced.outbox import Outbox
 from voiced.tools import Toolbox
 from voiced.tools.builtin import network_status, system_uptime_s
@@ -52,11 +53,13 @@ class ToolRunner:
         self._server_url = server_url
         self.outbox = outbox
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.spawn: Spawn = create_task
+        """Starts each call's task (the daemon's task group)."""
         self._started = time.monotonic()
 
     def call(self, call: CallTool) -> None:
         """Run a call as a task of its own."""
-        task = asyncio.create_task(self._run(call), name=f"tool-{call.name}")
+        task = self.spawn(self._run(call), f"tool-{call.name}")
         self.tasks[call.call_id] = task
 
     def cancel(self, call_id: str) -> None:
