@@ -1027,7 +1027,7 @@ def test_a_reply_cut_by_a_dropped_connection_is_recorded_with_its_words_so_far()
     fx(c)
     c.on_playback_drained(2.0)
     assert fx(c) == [assistant("Sunny and warm, with", heard_ms=300)]
-    assert c._items == {}
+    assert c.replies.items == {}
 
 
 def test_a_reply_with_no_words_at_all_is_forgotten_once_played() -> None:
@@ -1037,7 +1037,7 @@ def test_a_reply_with_no_words_at_all_is_forgotten_once_played() -> None:
     fx(c)
     c.on_playback_drained(2.0)
     assert [e for e in fx(c) if isinstance(e, Record)] == []
-    assert c._items == {}
+    assert c.replies.items == {}
 
 
 def test_transcript_deltas_give_way_to_the_done() -> None:

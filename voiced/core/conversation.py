@@ -23,18 +23,17 @@ Everything a server event can make the core hold is bounded (docs/architecture.m
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from voiced import guard, wire
-from voiced.core.calls import Call, Calls
+from voiced.core.calls import Calls
 from voiced.core.effects import Effect, MicOpened, Reconnect, ShowState, State
 from voiced.core.emitter import Emitter
 from voiced.core.facts import Counters, Facts
-from voiced.core.history import History, Role
+from voiced.core.history import History
 from voiced.core.policy import Policy, session_update
-from voiced.core.replies import Item, Replies
+from voiced.core.replies import Replies
 from voiced.core.rollover import FATAL_ERRORS, Progress, Rollover
 from voiced.core.uplink import Uplink
 
@@ -150,35 +149,6 @@ class Conversation:
     def take_effects(self) -> list[Effect]:
         """Return the effects produced since the last call, and forget them."""
         return self.out.take()
-
-    # the parts' ledgers, as the tests of the bounds read them
-    @property
-    def _items(self) -> dict[str, Item]:
-        return self.replies.items
-
-    @property
-    def _finished(self) -> OrderedDict[str, None]:
-        return self.replies.finished
-
-    @property
-    def _discarded(self) -> OrderedDict[str, None]:
-        return self.replies.discarded
-
-    @property
-    def _calls(self) -> dict[str, Call]:
-        return self.calls.calls
-
-    @property
-    def _history(self) -> deque[tuple[Role, str]]:
-        return self.history.turns
-
-    @property
-    def _standby_retry_at(self) -> float:
-        return self.rollover.retry_at
-
-    @_standby_retry_at.setter
-    def _standby_retry_at(self, value: float) -> None:
-        self.rollover.retry_at = value
 
     # ---------------------------------------------------------------- lifecycle inputs
 
