@@ -313,7 +313,7 @@ def test_session_update_omits_model_behind_a_relay() -> None:
 
 def test_session_updated_logs_effective_output_format(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = fresh()
     c.on_devices_ready()
     c.on_connection_up()
@@ -326,7 +326,7 @@ def test_session_updated_logs_effective_output_format(
 
 def test_session_updated_tolerates_odd_audio_field(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = fresh()
     c.on_devices_ready()
     c.on_connection_up()
@@ -727,7 +727,7 @@ def test_response_done_for_another_response_keeps_the_active_one() -> None:
 
 def test_speech_started_while_speaking_interrupts_without_cancel(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = configured(half_duplex=False)
     c.on_press(0.0)
     c.take_effects()
@@ -816,7 +816,7 @@ def test_manual_mic_off_commits_and_requests_a_response() -> None:
 
 
 def test_manual_mic_off_too_short_clears(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = configured(turn_type="none")
     c.on_press(0.0)
     c.take_effects()
@@ -1091,7 +1091,7 @@ def test_response_done_with_no_audio() -> None:
 
 
 def test_response_done_not_completed_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = configured()
     c.on_press(0.0)
     c.take_effects()
@@ -1113,7 +1113,7 @@ def test_text_only_item_recorded_when_response_done() -> None:
 
 def test_item_without_transcript_is_given_up_at_response_done(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = configured()
     speaking(c, samples(100))
     server(c, audio_done())
@@ -1199,7 +1199,7 @@ def test_unhandled_and_informational_events_ignored() -> None:
 
 
 def test_quiet_error_only_counted(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="voiced.session")
+    caplog.set_level(logging.DEBUG, logger="voiced.core")
     c = configured()
     caplog.clear()
     assert server(c, error("response_cancel_not_active")) == []
@@ -1209,7 +1209,7 @@ def test_quiet_error_only_counted(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_quiet_error_names_the_client_event(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="voiced.session")
+    caplog.set_level(logging.DEBUG, logger="voiced.core")
     c = configured()
     speaking(c)
     c.on_interrupt(1.0)

@@ -21,7 +21,7 @@ from voiced.core.effects import CallTool, CancelTool
 from voiced.core.emitter import Emitter
 from voiced.core.facts import Facts
 
-logger = logging.getLogger("voiced.session")
+logger = logging.getLogger("voiced.core")
 
 MAX_CALLS: Final = 16  # tool calls running at once; more are answered with an error
 _SEEN_MEMORY: Final = 256  # call ids remembered to dedupe a call reported twice

@@ -37,7 +37,7 @@ from voiced.core.replies import Replies
 from voiced.core.rollover import FATAL_ERRORS, Progress, Rollover
 from voiced.core.uplink import Uplink
 
-logger = logging.getLogger("voiced.session")
+logger = logging.getLogger("voiced.core")
 
 # at a rollover at a quiet moment, the newest mic audio is replayed into the new session
 # too: the user may have begun a word the old session's VAD had not yet noticed

@@ -25,7 +25,7 @@ from voiced.core.history import History
 from voiced.core.text import bounded, cut_utf8
 from voiced.transcripts import Transcript
 
-logger = logging.getLogger("voiced.session")
+logger = logging.getLogger("voiced.core")
 
 _COMPACT_DELTAS: Final = 64  # transcript deltas are joined into one string past this
 _MAX_DISCARDED: Final = 256  # interrupted responses whose late events are dropped

@@ -19,7 +19,7 @@ from voiced.core.facts import Facts
 from voiced.core.history import History
 from voiced.core.policy import session_update
 
-logger = logging.getLogger("voiced.session")
+logger = logging.getLogger("voiced.core")
 
 RETRY_S: Final = 10.0  # a standby session that failed is tried again after this
 _PAST_EXPIRY_S: Final = 86_400.0  # an expires_at further in the past is not believed

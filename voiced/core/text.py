@@ -7,7 +7,7 @@ import logging
 from voiced import guard, wire
 from voiced.core.facts import Facts
 
-logger = logging.getLogger("voiced.session")
+logger = logging.getLogger("voiced.core")
 
 
 def bounded(text: str, facts: Facts) -> str:

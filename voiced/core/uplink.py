@@ -24,7 +24,7 @@ from voiced.core.speech_gate import Gated, SpeechGate
 from voiced.core.text import bounded
 from voiced.transcripts import Transcript
 
-logger = logging.getLogger("voiced.session")
+logger = logging.getLogger("voiced.core")
 
 _MAX_UNTRANSCRIBED: Final = 16  # committed turns awaiting their transcription
 _MIN_COMMIT_SAMPLES: Final = wire.SAMPLE_RATE // 10  # the API refuses commits under 100 ms
