@@ -21,7 +21,7 @@ from voiced.sim.server import SimOptions, SimServer
 from voiced.supervisor.builders import build_policy
 
 # the declared set, spelt out: a key moving in or out of it is a decision, made here and
-# in config.py together (README "Configuration reload")
+# in voiced/config/settings.py together (docs/architecture.md, "systemd")
 LIVE = ["realtime.url", "realtime.model", "realtime.voice", "realtime.instructions",
         "realtime.relay.agent_id", "realtime.turn_detection", "realtime.transcription",
         "realtime.connect_timeout_s", "realtime.keepalive_s", "realtime.reseed_turns",

@@ -263,7 +263,7 @@ class _Device:
 
 
 def test_config_reserves_exactly_the_builtin_tool_names() -> None:
-    """config.py keeps its own copy of the names (it must not import the tools package);
+    """voiced.config keeps its own copy of the names (it must not import the tools package);
     an HTTP tool may take none of them, and a renamed built-in must be renamed there."""
     tools = builtin_tools(config.BUILTIN_TOOLS, _Device(), timezone=None, timeout_s=1)
     assert {t.name for t in tools} == config.BUILTIN_TOOL_NAMES
