@@ -29,6 +29,7 @@ from voiced.config.secrets import (
 )
 from voiced.config.sections import url_problem
 from voiced.config.settings import (
+    APIS,
     AUDIO_BACKENDS,
     BUILTIN_TOOL_NAMES,
     BUILTIN_TOOLS,
@@ -46,6 +47,8 @@ from voiced.config.settings import (
     HTTP_METHODS,
     LED_DRIVERS,
     LIVE,
+    LIVE_MODELS,
+    LIVE_VOICES,
     LOG_LEVELS,
     MAX_CONFIG_BYTES,
     MAX_DEPTH,
@@ -62,6 +65,7 @@ from voiced.config.settings import (
     ControlSettings,
     HttpToolSettings,
     LedSettings,
+    LiveApiSettings,
     Pattern,
     RealtimeSettings,
     RelaySettings,
@@ -74,12 +78,13 @@ from voiced.config.settings import (
 from voiced.config.transcripts import POSTGRES_PACKAGES, dsn_problem
 
 __all__ = [
-    'AUDIO_BACKENDS', 'AudioEndpointSettings', 'AudioSettings', 'BUILTIN_TOOLS',
+    'APIS', 'AUDIO_BACKENDS', 'AudioEndpointSettings', 'AudioSettings', 'BUILTIN_TOOLS',
     'BUILTIN_TOOL_NAMES', 'BUTTON_MODES', 'ButtonSettings', 'COLOR_ORDERS',
     'CONTROL_SOCKET_ENV', 'CREDENTIAL_ENV', 'CREDENTIAL_PREFIX', 'CREDENTIAL_RE',
     'ControlSettings', 'DEFAULT_CONFIG_PATH', 'DEFAULT_PATTERNS', 'EAGERNESS', 'ECHO_POLICIES',
     'EFFECTS', 'GPIO_KINDS', 'HEADER_NAME_RE', 'HTTP_METHODS', 'HttpToolSettings',
-    'INSTALLED_CREDENTIALS_DIR', 'LED_DRIVERS', 'LIVE', 'LOG_LEVELS', 'LedSettings',
+    'INSTALLED_CREDENTIALS_DIR', 'LED_DRIVERS', 'LIVE', 'LIVE_MODELS', 'LIVE_VOICES',
+    'LOG_LEVELS', 'LedSettings', 'LiveApiSettings',
     'MAX_CONFIG_BYTES', 'MAX_CREDENTIAL_BYTES', 'MAX_DEPTH', 'MAX_DIGITS', 'MAX_VALUES',
     'POSTGRES_PACKAGES', 'PULLS', 'Pattern', 'RealtimeSettings', 'RelaySettings', 'Reload',
     'SINKS', 'Secret', 'Settings', 'TOOL_NAME_RE', 'TURN_DETECTION_TYPES', 'ToolSettings',

@@ -53,6 +53,18 @@ ButtonMode = Literal["toggle", "push_to_talk"]
 BUTTON_MODES: Final[tuple[ButtonMode, ...]] = typing.get_args(ButtonMode)
 Pull = Literal["up", "down"]
 PULLS: Final[tuple[Pull, ...]] = typing.get_args(Pull)
+Api = Literal["realtime", "live"]
+APIS: Final[tuple[Api, ...]] = typing.get_args(Api)
+LiveModel = Literal["gpt-live-1", "gpt-live-1.1"]
+LIVE_MODELS: Final[tuple[LiveModel, ...]] = typing.get_args(LiveModel)
+# the SDK's built-in voice list (openai/types/live, 3.63); which ones each model
+# accepts is not known (docs/gpt-live-protocol.md, Q8)
+LiveVoice = Literal[
+    "alloy", "ash", "ballad", "beacon", "bossa", "cedar", "cinder", "coral", "delta", "echo",
+    "gleam", "marin", "meridian", "quartz", "ripple", "sage", "shida", "shimmer", "stone",
+    "tempo", "verse", "vesper", "willow",
+]
+LIVE_VOICES: Final[tuple[LiveVoice, ...]] = typing.get_args(LiveVoice)
 
 # Field metadata: a SIGHUP applies this setting without a restart. Every other setting
 # keeps its running value until the daemon restarts (reload_split). A section marked LIVE
@@ -120,9 +132,46 @@ class RelaySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveApiSettings:
+    """GPT-Live (``realtime.api: live``): where, which model, and when sessions close.
+
+    Read at each new session (a reload applies them from the next one).
+    """
+
+    url: str = "wss://api.openai.com/v1/live/sessions"
+    """OpenAI's Live endpoint, or ws://127.0.0.1:8765/v1/live/sessions for `voiced sim`."""
+    model: LiveModel = "gpt-live-1.1"
+    """gpt-live-1 or gpt-live-1.1 (better transcription, same price)."""
+    voice: LiveVoice = "marin"
+    """Output voice (fixed for a session)."""
+    quiet_close_s: float = 30.0
+    """Close the session this long after the last sign of conversation: it bills every
+    second it is open, silence included."""
+    ack_delay_ms: int = 600
+    """delegation.acknowledgement_delay_ms: a tool answering sooner pre-empts the
+    model's "let me check"."""
+    delegation_wait_ms: int = 1500
+    """Timeline to wait for the words a delegation is about before answering that no
+    tool matches (a delegation names no task)."""
+    prestart_ms: int = 2000
+    """Mic audio kept while a session starts, sent as a burst once it has (0: dropped;
+    whether a burst moves the service's timeline faster is not known, Q3)."""
+    interrupt_hold_ms: int = 1000
+    """After a button interrupt, reply audio is dropped until the track has been silent
+    this long (there is no truncate or cancel)."""
+    close_wait_s: float = 5.0
+    """After session.close, wait this long for session.closed before closing the socket."""
+
+
+@dataclass(frozen=True, slots=True)
 class RealtimeSettings:
     """The Realtime connection and the session it configures."""
 
+    api: Api = "realtime"
+    """realtime (the Realtime API, or a relay in front of it) or live (GPT-Live, see
+    ``live``); a restart applies a change."""
+    live: LiveApiSettings = field(default_factory=LiveApiSettings)
+    """GPT-Live's own settings (used with ``api: live``)."""
     url: str = field(default="wss://api.openai.com/v1/realtime", metadata=LIVE)
     """OpenAI's URL, a relay's URL, or ws://127.0.0.1:8765/v1/realtime for `voiced sim`."""
     model: str = field(default="gpt-realtime-2.1", metadata=LIVE)

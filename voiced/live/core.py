@@ -480,6 +480,10 @@ class LiveConversation:
         elif phase in ("connecting", "starting") and self.settings.prestart_ms > 0:
             self._keep(pcm if self._mic_on else self._silence(len(pcm)))
 
+    def on_audio_captured(self, pcm: bytes, now: float, speech: bool = False) -> None:
+        """The supervisor's name for a mic frame (:meth:`on_mic_frame`)."""
+        self.on_mic_frame(pcm, now, speech)
+
     # ------------------------------------------------------------- connection inputs
 
     def on_connection_up(self, now: float) -> None:

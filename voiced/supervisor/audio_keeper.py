@@ -18,8 +18,8 @@ from voiced import guard
 from voiced.audio import AudioSink, AudioSource
 from voiced.backoff import Backoff
 from voiced.config import AudioSettings
-from voiced.core.conversation import Conversation
 from voiced.errors import AudioDeviceError, ConfigError
+from voiced.supervisor.ports import Core
 
 logger = logging.getLogger("voiced.supervisor")  # the package logs as one
 
@@ -48,7 +48,7 @@ class AudioKeeper:
     """
 
     def __init__(self, source: AudioSource, sink: AudioSink, settings: AudioSettings,
-                 session: Conversation, feed: Callable[..., None], apply: Callable[[], None],
+                 session: Core, feed: Callable[..., None], apply: Callable[[], None],
                  on_frame: Callable[[bytes], None], now: Callable[[], float]) -> None:
         self.source = source
         self.sink = sink

@@ -20,6 +20,7 @@ from voiced.core.conversation import Conversation
 from voiced.core.policy import Policy, make_policy
 from voiced.core.speech_gate import ClientVad
 from voiced.errors import ConfigError
+from voiced.live.core import LiveConversation, LiveSettings
 from voiced.orb import OrbDriver
 from voiced.outbox import Outbox
 from voiced.sinks import build_sink
@@ -82,6 +83,28 @@ def build_conversation(settings: Settings,
     cid = (rt.relay.conversation_id if rt.relay and rt.relay.conversation_id
            else str(uuid.uuid4()))
     return Conversation(policy, conversation_id=cid, new_id=lambda: str(uuid.uuid4()))
+
+
+def build_live_settings(settings: Settings,
+                        tools: tuple[wire.FunctionToolParam, ...] = ()) -> LiveSettings:
+    """The GPT-Live core's settings (``realtime.api: live``)."""
+    rt, lv = settings.realtime, settings.realtime.live
+    return LiveSettings(
+        model=lv.model, voice=lv.voice, instructions=rt.instructions,
+        quiet_close_s=lv.quiet_close_s, ack_delay_ms=lv.ack_delay_ms, tools=tools,
+        delegation_wait_ms=lv.delegation_wait_ms, reseed_turns=rt.reseed_turns,
+        prestart_ms=lv.prestart_ms, half_duplex=settings.audio.echo == "half_duplex",
+        echo_tail_ms=settings.audio.echo_tail_ms, interrupt_hold_ms=lv.interrupt_hold_ms,
+        close_wait_s=lv.close_wait_s, reconnect_min_s=rt.reconnect_min_s,
+        reconnect_max_s=rt.reconnect_max_s, max_transcript_bytes=rt.max_transcript_bytes)
+
+
+def build_live_conversation(settings: Settings, tools: tuple[wire.FunctionToolParam, ...] = (),
+                            ) -> LiveConversation:
+    """The GPT-Live core, configured from the settings."""
+    return LiveConversation(build_live_settings(settings, tools),
+                            conversation_id=str(uuid.uuid4()),
+                            new_id=lambda: str(uuid.uuid4()))
 
 
 def build_vad(settings: Settings, policy: Policy) -> SpeechDetector | None:
