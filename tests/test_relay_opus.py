@@ -1,0 +1,232 @@
+"""Opus between a device and `voiced relay` (in-process, against `voiced sim` and a real
+PostgreSQL): the offer and its answers, a spoken exchange whose reply decodes sample for
+sample to what upstream sent, truncation, and hostile payloads (refused or concealed,
+never fatal)."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests import relay_rig
+from tests.relay_rig import (
+    QUESTION,
+    SILENCE_1S,
+    Client,
+    device_name,
+    eventually,
+    messages,
+    relay_in_process,
+)
+from voiced.audio import opus as opus_mod
+from voiced.audio.opus import OpusEncoder
+from voiced.audio.opus_stream import (
+    FRAME,
+    HEADER,
+    MAX_PACKETS,
+    AudioOffer,
+    StreamDecoder,
+    StreamEncoder,
+    pack,
+    parse_header,
+)
+from voiced.sim.server import SimOptions, SimServer
+
+pg = relay_rig.pg
+pytestmark = pytest.mark.skipif(not opus_mod.available(),
+                                reason="libopus0 is not installed (scripts/setup.sh)")
+DELTA = "response.output_audio.delta"
+
+
+async def opus_client(relay: Any, token: str, offer: str | None) -> Client:
+    return await Client.open(relay.url, token,
+                             headers={HEADER: offer} if offer else None)
+
+
+def answer(c: Client) -> str | None:
+    assert c.ws.response is not None
+    return c.ws.response.headers.get(HEADER)
+
+
+async def speak_opus(c: Client, enc: StreamEncoder, pcm: bytes) -> int:
+    """Stream ``pcm`` as 20 ms binary frames; the number of frames sent."""
+    n = 0
+    for i in range(0, len(pcm), FRAME * 2):
+        for payload in enc.push(pcm[i:i + FRAME * 2]):
+            await c.ws.send(payload)
+            n += 1
+    return n
+
+
+def decoded_replies(c: Client, pre_skip: int) -> dict[str, bytes]:
+    """Each reply item's audio, decoded as a device decodes it (a decoder per item)."""
+    out: dict[str, bytes] = {}
+    dec = StreamDecoder(pre_skip)
+    item = ""
+    for e in c.of(DELTA):
+        if e["item_id"] != item:
+            item, dec = e["item_id"], StreamDecoder(pre_skip)
+        out[item] = out.get(item, b"") + dec.feed(base64.b64decode(e["delta"]))
+        assert dec.bad_packets == 0
+    return out
+
+
+def upstream_replies(sim: SimServer, index: int = 0) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for e in sim.sessions[index].sent:
+        if e["type"] == DELTA:
+            out[e["item_id"]] = out.get(e["item_id"], b"") + base64.b64decode(e["delta"])
+    return out
+
+
+def corr(a: bytes, b: bytes, lag: int = 0) -> float:
+    x = np.frombuffer(a, "<i2").astype(np.float64)
+    y = np.frombuffer(b, "<i2").astype(np.float64)
+    n = min(len(x), len(y)) - 400
+    x, y = x[200:200 + n], y[200 + lag:200 + lag + n]
+    return float(np.dot(x, y) / np.sqrt(np.dot(x, x) * np.dot(y, y)))
+
+
+async def test_an_opus_device_is_heard_and_its_reply_decodes_to_upstreams_samples(
+        tmp_path: Path, pg: str) -> None:
+    async with SimServer(SimOptions(pace=4)) as sim, \
+            relay_in_process(tmp_path, sim.url, pg) as relay:
+        token = await relay.store.add_device(device_name())
+        plain = await Client.open(relay.url, token)
+        assert answer(plain) is None  # no offer, no answer: today's connection
+        await plain.close()
+
+        enc = StreamEncoder()
+        c = await opus_client(relay, token, AudioOffer(enc.pre_skip).header())
+        took = parse_header(answer(c))
+        assert took is not None and took.pre_skip == 156
+        cid = (await c.wait_for("conversation_created"))["conversation_id"]
+        sent = await speak_opus(c, enc, QUESTION + SILENCE_1S)
+        heard = (await c.wait_for(
+            "conversation.item.input_audio_transcription.completed"))["transcript"]
+        await c.wait_for("response.done")
+        # pocketsphinx's words shift with its adaptation and the VAD's cut (PCM16 alike:
+        # bench/opus_link_bench.py compares both in one run); the key word survives
+        assert "weather" in heard, heard
+        # upstream got the microphone's samples, less the codec delay still in flight
+        up = bytes(sim.sessions[1].appended)
+        assert len(up) == sent * FRAME * 2 - enc.pre_skip * 2
+        assert corr(QUESTION, up) > 0.8  # lined up: no delay left in the positions
+        assert corr(QUESTION, up) > corr(QUESTION, up, 156) + 0.3
+
+        # the reply: per item, exactly upstream's samples, lined up at lag 0
+        mine, theirs = decoded_replies(c, took.pre_skip), upstream_replies(sim, 1)
+        assert mine.keys() == theirs.keys() and mine
+        for item, pcm in theirs.items():
+            assert len(mine[item]) == len(pcm)
+            assert corr(pcm, mine[item]) > 0.8
+            assert corr(pcm, mine[item]) > corr(pcm, mine[item], took.pre_skip) + 0.3
+        # Opus deltas are a small fraction of the PCM16 ones
+        opus_chars = sum(len(e["delta"]) for e in c.of(DELTA))
+        pcm_chars = sum(len(e["delta"]) for e in sim.sessions[1].sent if e["type"] == DELTA)
+        assert opus_chars * 8 < pcm_chars
+
+        # a truncation at a position the device counted in decoded samples
+        (item,) = mine
+        heard_ms = len(mine[item]) // 2 // 24 // 2
+        await c.send({"type": "conversation.item.truncate", "item_id": item,
+                      "content_index": 0, "audio_end_ms": heard_ms})
+        await c.wait_for("conversation.item.truncated")
+        await eventually(lambda: any(r[3].get("heard_ms") == heard_ms
+                                     for r in messages(pg, cid) if r[1] == "assistant"))
+        await c.close()
+
+
+async def test_offers_the_relay_cannot_take_fall_back_to_pcm16(tmp_path: Path,
+                                                                pg: str) -> None:
+    async with SimServer(SimOptions(pace=4, transcript="hello")) as sim, \
+            relay_in_process(tmp_path, sim.url, pg) as relay:
+        token = await relay.store.add_device(device_name())
+        for offer in ("opus; rate=48000; frame_ms=20; pre_skip=156",
+                      "opus; rate=24000; frame_ms=40; pre_skip=156",
+                      "opus; rate=24000; frame_ms=20; pre_skip=99999",
+                      "opus; rate=24000; frame_ms=20; pre_skip=1; pre_skip=2",
+                      "opus; rate=24000; frame_ms=20", "vorbis", "x" * 300,
+                      "opus; rate=24000; frame_ms=20; pre_skip=156; extra=1"):
+            c = await opus_client(relay, token, offer)
+            assert answer(c) == "pcm16", offer
+            await c.wait_for("session.created")
+            await c.ws.send(b"\x00\x00\x01\x00")  # binary means nothing on PCM16
+            err = await c.wait_for("error")
+            assert "binary" in err["error"]["message"]
+            await c.speak(SILENCE_1S, b"")  # and PCM16 goes on as before
+            await c.close()
+
+
+async def test_hostile_payloads_are_refused_or_concealed_and_positions_hold(
+        tmp_path: Path, pg: str) -> None:
+    async with SimServer(SimOptions(pace=4, transcript="hello")) as sim, \
+            relay_in_process(tmp_path, sim.url, pg, limits={"bad_frames_burst": 40}) as relay:
+        token = await relay.store.add_device(device_name())
+        enc = StreamEncoder()
+        c = await opus_client(relay, token, AudioOffer(enc.pre_skip).header())
+        await c.wait_for("session.created")
+        good = enc.push(bytes(FRAME * 2))[0]
+        packet = good[3:]
+        malformed = [b"", b"\x02" + good[1:], b"\x01\x00", b"\x00\x00\x00",
+                     b"\x00\x05\x00" + b"x" * 1300, b"\x00\x00\x10ab",
+                     pack([packet] * (MAX_PACKETS + 1)), pack([packet], keep=FRAME + 1)]
+        for m in malformed:
+            await c.ws.send(m)
+        await c.wait(lambda: len(c.of("error")) == len(malformed))
+        assert {e["error"]["code"] for e in c.of("error")} == {"invalid_audio"}
+        # packets that parse but are not one 20 ms frame, or garbage: concealed
+        ten_ms = OpusEncoder(frame_ms=10).encode(bytes(480))
+        forty_ms = OpusEncoder(frame_ms=40).encode(bytes(1920))
+        bad = [pack([b"\xff" * 40]), pack([ten_ms]), pack([forty_ms]), pack([b"\x03"])]
+        for b in bad:
+            await c.ws.send(b)
+        await c.ws.send(good)
+        await c.ws.send(pack([packet, packet]))
+        bridge = next(iter(relay.bridges))
+        await eventually(lambda: len(sim.sessions[0].appended) ==
+                         (len(bad) + 3) * FRAME * 2 - enc.pre_skip * 2)
+        assert bridge.codec.bad_packets == len(bad)
+        assert bridge.codec.bad_payloads == len(malformed)
+        assert c.closed is None
+        await c.close()
+
+
+def test_the_header_round_trips_and_refuses_what_is_not_the_one_form() -> None:
+    assert parse_header(AudioOffer(156).header()) == AudioOffer(156)
+    assert parse_header("OPUS;rate=24000;frame_ms=20;pre_skip=0") == AudioOffer(0)
+    for bad in (None, "", "pcm16", "opus", "opus; rate=24000; frame_ms=20; pre_skip=-1",
+                "opus; rate=24000; frame_ms=20; pre_skip=1e3",
+                "opus; rate=24000; frame_ms=20; pre_skip=961"):
+        assert parse_header(bad) is None, bad
+
+
+def test_a_stream_decodes_to_exactly_what_was_pushed_in_any_pieces() -> None:
+    rng = np.random.default_rng(7)
+    x = (np.sin(np.arange(24_000 * 3) / 9) * 9000).astype("<i2").tobytes()
+    for run in range(3):
+        enc = StreamEncoder()
+        dec = StreamDecoder(enc.pre_skip)
+        out, i = b"", 0
+        while i < len(x):
+            n = int(rng.integers(1, 3000)) * 2
+            for p in enc.push(x[i:i + n]):
+                out += dec.feed(p)
+            i += n
+        end = enc.end()
+        assert end is not None
+        out += dec.feed(end)
+        assert len(out) == len(x), run
+        assert corr(x, out) > 0.9
+        # the decoder starts a new stream after END: a second one lines up as well
+        assert enc.end() is None
+    for p in enc.push(x[:9600]):
+        out = dec.feed(p)
+    end = enc.end()
+    assert end is not None and len(out + dec.feed(end)) >= 0
+    assert struct.unpack(">BH", end[:3])[0] == 1
