@@ -230,3 +230,29 @@ def test_a_stream_decodes_to_exactly_what_was_pushed_in_any_pieces() -> None:
     end = enc.end()
     assert end is not None and len(out + dec.feed(end)) >= 0
     assert struct.unpack(">BH", end[:3])[0] == 1
+
+
+@pytest.mark.timeout(120)
+async def test_the_daemon_talks_opus_through_voiced_relay(tmp_path: Path, pg: str) -> None:
+    from tests.relay_rig import add_device, relay_config, relay_process
+    from tests.test_relay_processes import device, exchange, new_conversation
+
+    async with SimServer(SimOptions(pace=4)) as sim:
+        cfg = relay_config(tmp_path, sim.url)
+        name = device_name()
+        token = await add_device(cfg, pg, name)
+        async with relay_process(cfg, pg, tmp_path / "relay.log") as relay:
+            cid = await new_conversation(relay.url, token)
+            async with device(tmp_path, relay.url, name, token, conversation_id=cid,
+                              audio_codec="opus") as (dcfg, proc):
+                records = await exchange(dcfg, tmp_path, 2)
+            assert proc.returncode == 0
+            assert "Traceback" not in relay.log()
+        log = (tmp_path / "device.log").read_text()
+        assert "the relay took Opus (its codec delay: 156 samples)" in log, log[-2000:]
+        assert [r["role"] for r in records] == ["user", "assistant"]
+        # the recogniser heard the microphone's words through device → relay → sim
+        assert "weather" in records[0]["text"], records[0]["text"]
+        assert [r[2] for r in messages(pg, cid)] == [r["text"] for r in records]
+        up = sim.sessions[-1]
+        assert len(up.appended) > 48_000  # seconds of decoded microphone audio

@@ -155,6 +155,9 @@ class RelaySettings:
     conversation_id: str | None = None
     """Sent as ?conversation_id=; None lets the relay create one. Read once, when the
     daemon starts its first conversation."""
+    audio_codec: str = field(default="pcm16", metadata=LIVE)
+    """pcm16 | opus: offer Opus to the relay (it may decline: then PCM16). Read at each
+    connection (voiced/opus_link.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,7 +743,9 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         agent_id = rs.str_("agent_id", "")
         if not rs.has("agent_id"):
             rs.bad("agent_id", "is required when realtime.relay is set")
-        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"))
+        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"),
+                              audio_codec=rs.str_("audio_codec", "pcm16",
+                                                  choices=("pcm16", "opus")))
         rs.finish()
     else:
         sec.raw("relay")

@@ -72,13 +72,15 @@ def build_url(s: RealtimeSettings, conversation_id: str | None) -> str:
 
 
 async def open_connection(url: str, api_key: str | None, *, timeout_s: float,
-                          user_agent: str, keepalive_s: float = 20.0) -> ClientConnection:
+                          user_agent: str, keepalive_s: float = 20.0,
+                          extra_headers: dict[str, str] | None = None) -> ClientConnection:
     """Open the WebSocket with bearer auth (GA: no ``OpenAI-Beta`` header).
 
     Raises:
         RealtimeError: classified by :func:`classify`.
     """
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers.update(extra_headers or {})  # opus: the relay audio offer
     try:
         return await _NoRedirects(
             url, additional_headers=headers, open_timeout=timeout_s,

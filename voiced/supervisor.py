@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from voiced import __version__, config, guard, wire
+from voiced import __version__, config, guard, opus_link, wire
 from voiced.audio import AudioSink, AudioSource
 from voiced.audio.volume import Volume
 from voiced.button import ButtonInput
@@ -89,6 +89,7 @@ class _Link:
 
     ws: ClientConnection
     queue: asyncio.Queue[wire.ClientEvent] = dataclasses.field(default_factory=asyncio.Queue)
+    codec: opus_link.LinkCodec | None = None  # opus: negotiated with a relay
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
 
     @property
@@ -599,10 +600,11 @@ class Supervisor:
         key = rt.api_key.reveal() if rt.api_key else None
         return await open_connection(url, key, timeout_s=rt.connect_timeout_s,
                                      user_agent=f"voiced/{__version__}",
-                                     keepalive_s=rt.keepalive_s)
+                                     keepalive_s=rt.keepalive_s,
+                                     extra_headers=opus_link.offer_headers(rt))
 
     def _start_link(self, ws: ClientConnection) -> _Link:
-        link = _Link(ws)
+        link = _Link(ws, codec=opus_link.negotiated(ws, self.settings.realtime))
         link.tasks += [asyncio.create_task(self._reader(link), name="realtime-read"),
                        asyncio.create_task(self._sender(link), name="realtime-send")]
         return link
@@ -717,6 +719,8 @@ class Supervisor:
 
     def _on_frame(self, frame: str | bytes, link: _Link) -> None:
         """One frame into the core (``_feed`` contains and applies what follows)."""
+        if link.codec is not None:  # opus: reply audio back to PCM16
+            frame = link.codec.incoming(frame)
         try:
             ev = wire.parse_server_event(frame)
         except wire.MalformedEvent as e:
@@ -743,12 +747,17 @@ class Supervisor:
             event = await link.queue.get()
             if debug:
                 logger.debug("send %s", guard.printable(wire.describe(event)))
-            try:
-                text = wire.encode(event)
-            except Exception as e:  # noqa: BLE001 - one event lost, not the connection
-                guard.note_fault("realtime send", e, logger)
-                continue
-            await link.ws.send(text)
+            # opus: microphone audio as binary payloads, a commit ends the stream
+            for out in link.codec.outgoing(event) if link.codec is not None else [event]:
+                if isinstance(out, bytes):
+                    await link.ws.send(out)
+                    continue
+                try:
+                    text = wire.encode(out)  # type: ignore[arg-type]
+                except Exception as e:  # noqa: BLE001 - one event lost, not the connection
+                    guard.note_fault("realtime send", e, logger)
+                    continue
+                await link.ws.send(text)
 
     async def _retire(self, link: _Link) -> None:
         """Close the session a rollover left, once what was queued for it is sent."""
