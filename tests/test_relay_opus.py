@@ -256,3 +256,32 @@ async def test_the_daemon_talks_opus_through_voiced_relay(tmp_path: Path, pg: st
         assert [r[2] for r in messages(pg, cid)] == [r["text"] for r in records]
         up = sim.sessions[-1]
         assert len(up.appended) > 48_000  # seconds of decoded microphone audio
+
+
+async def test_the_device_falls_back_to_pcm16_and_drops_bad_reply_audio(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.conftest import write_config
+    from voiced import config, opus_link
+    from voiced.realtime import open_connection
+
+    async with SimServer(SimOptions(pace=4)) as sim:  # a server that predates Opus
+        rt = config.load(write_config(tmp_path, sim.url, realtime={
+            "relay": {"agent_id": "home", "audio_codec": "opus"}}),
+            environ={"OPENAI_API_KEY": "k"}).realtime
+        headers = opus_link.offer_headers(rt)
+        assert parse_header(headers[HEADER]) == AudioOffer(156)
+        ws = await open_connection(sim.url, "k", timeout_s=5, user_agent="t",
+                                   extra_headers=headers)
+        with caplog.at_level("INFO"):
+            assert opus_link.negotiated(ws, rt) is None
+        assert "did not answer the Opus offer" in caplog.text
+        await ws.close()
+    link = opus_link.LinkCodec(AudioOffer(156))
+    for bad in (b"", b"\x07", b"\x00\x00\x00"):
+        frame = (
+            '{"type":"response.output_audio.delta","item_id":"i","response_id":"r",'
+            f'"content_index":0,"delta":"{base64.b64encode(bad).decode()}"}}')
+        out = link.incoming(frame)
+        assert isinstance(out, str) and '"delta":""' in out  # nothing played, no garbage
+    assert link.bad_payloads == 3
+    assert link.incoming('{"type":"response.done"}') == '{"type":"response.done"}'
