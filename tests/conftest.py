@@ -47,7 +47,8 @@ def _no_installed_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     from voiced import config
 
-    monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", Path("/nonexistent/credentials"))
+    monkeypatch.setattr(config.secrets, "INSTALLED_CREDENTIALS_DIR",
+                        Path("/nonexistent/credentials"))
     for var in ("CREDENTIALS_DIRECTORY", *config.CREDENTIAL_ENV.values(),
                 config.CONTROL_SOCKET_ENV):
         # recorded now, so that whatever the test does it is as before afterwards

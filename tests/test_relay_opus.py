@@ -262,7 +262,7 @@ async def test_the_device_falls_back_to_pcm16_and_drops_bad_reply_audio(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from tests.conftest import write_config
     from voiced import config, opus_link
-    from voiced.realtime import open_connection
+    from voiced.link import open_connection
 
     async with SimServer(SimOptions(pace=4)) as sim:  # a server that predates Opus
         rt = config.load(write_config(tmp_path, sim.url, realtime={
@@ -273,7 +273,7 @@ async def test_the_device_falls_back_to_pcm16_and_drops_bad_reply_audio(
         ws = await open_connection(sim.url, "k", timeout_s=5, user_agent="t",
                                    extra_headers=headers)
         with caplog.at_level("INFO"):
-            assert opus_link.negotiated(ws, rt) is None
+            assert opus_link.negotiated(ws) is None
         assert "did not answer the Opus offer" in caplog.text
         await ws.close()
     link = opus_link.LinkCodec(AudioOffer(156))

@@ -16,10 +16,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from voiced import config
-from voiced.session import State
+from voiced import config, guard
+from voiced.core.effects import State
 from voiced.sim.server import SimServer
-from voiced.supervisor import Supervisor
+from voiced.supervisor.daemon import Supervisor
 
 DEMO_TIMEOUT_S = 30.0
 DEMO_BUTTON_PIN = "17"
@@ -40,9 +40,7 @@ def demo_question() -> Path:
 
 async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
     """Run one spoken exchange; return 0 when it completed within the time limit."""
-    from voiced.__main__ import setup_logging
-
-    setup_logging(logging.DEBUG if debug else logging.WARNING)
+    guard.setup_logging(logging.DEBUG if debug else logging.WARNING)
     out = out_dir or Path(tempfile.mkdtemp(prefix="voiced-demo-"))
     out.mkdir(parents=True, exist_ok=True)
     reply_wav = out / "reply.wav"

@@ -4,7 +4,7 @@ Protocol: docs/architecture.md, "Opus" (shared parts: ``voiced/audio/opus_stream
 With ``realtime.relay.audio_codec: opus`` the device offers Opus at the handshake
 (:func:`offer_headers`); :func:`negotiated` reads the relay's answer and gives the link
 a :class:`LinkCodec`, or None for PCM16 (a relay that declined, or one that predates
-Opus and answered nothing). The link then passes what it sends through
+Opus and answered nothing). The :class:`~voiced.link.Link` then passes what it sends through
 :meth:`LinkCodec.outgoing` and what it receives through :meth:`LinkCodec.incoming`;
 everything else (the core, played positions, truncation, the rollover) keeps counting
 PCM16 samples, because decoded sample *k* is upstream's sample *k*.
@@ -17,12 +17,11 @@ import binascii
 import functools
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from websockets.asyncio.client import ClientConnection
 
-from voiced import guard
+from voiced import guard, wire
 from voiced.audio import opus
 from voiced.audio.opus_stream import (
     HEADER,
@@ -62,9 +61,13 @@ def offer_headers(rt: RealtimeSettings) -> dict[str, str]:
     return {HEADER: AudioOffer(_pre_skip()).header()} if wanted(rt) else {}
 
 
-def negotiated(ws: ClientConnection, rt: RealtimeSettings) -> LinkCodec | None:
-    """The link's codec after the handshake: None means PCM16, as without a relay."""
-    if not wanted(rt):
+def negotiated(ws: ClientConnection) -> LinkCodec | None:
+    """The link's codec after the handshake: None means PCM16, as without a relay.
+
+    Decided by what this handshake offered, not by the settings now (a reload between
+    the offer and here must not leave the two ends in different codecs).
+    """
+    if ws.request is None or HEADER not in ws.request.headers:
         return None
     raw = ws.response.headers.get(HEADER) if ws.response is not None else None
     answer = parse_header(raw)
@@ -91,7 +94,7 @@ class LinkCodec:
         """Reply packets concealed on this connection's current item."""
         return self._decoder.bad_packets
 
-    def outgoing(self, event: Mapping[str, Any]) -> list[Mapping[str, Any] | bytes]:
+    def outgoing(self, event: wire.ClientEvent) -> list[wire.ClientEvent | bytes]:
         """What to send for one client event: JSON events, and binary Opus payloads."""
         t = event.get("type")
         if t == "input_audio_buffer.append":

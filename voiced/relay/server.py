@@ -40,9 +40,9 @@ from voiced import __version__, guard
 from voiced.audio.opus_stream import HEADER as AUDIO_HEADER
 from voiced.audio.opus_stream import AudioOffer
 from voiced.errors import ConfigError
+from voiced.link import AUTH_CLOSE_CODE, REQUEST_SHAPE_CLOSE_CODE, classify
 from voiced.notify import Notifier
 from voiced.outbox import Outbox
-from voiced.realtime import AUTH_CLOSE_CODE, REQUEST_SHAPE_CLOSE_CODE, classify
 from voiced.relay import auth, codec
 from voiced.relay.config import Agent, RelaySettings
 from voiced.relay.ledger import SETUP_EVENT_ID, Ledger, Write, encode
