@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import struct
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +286,89 @@ async def test_the_device_falls_back_to_pcm16_and_drops_bad_reply_audio(
         assert isinstance(out, str) and '"delta":""' in out  # nothing played, no garbage
     assert link.bad_payloads == 3
     assert link.incoming('{"type":"response.done"}') == '{"type":"response.done"}'
+
+
+# ------------------------------------------------ the daemon's own truncations, in Opus
+
+
+def _lag(out: bytes, reply: bytes, n: int) -> int:
+    """Where in ``out`` (samples) the first ``n`` samples of ``reply`` lie best."""
+    x = np.frombuffer(out, "<i2").astype(np.float64)
+    y = np.frombuffer(reply, "<i2")[:n].astype(np.float64)
+    size = 1 << int(len(x) + len(y)).bit_length()
+    xc = np.fft.irfft(np.fft.rfft(x, size) * np.conj(np.fft.rfft(y, size)), size)
+    return int(np.argmax(xc[:len(x) - len(y) + 1]))
+
+
+@pytest.mark.parametrize("how", ["button", "voice"])
+async def test_the_daemons_own_truncation_in_opus_is_at_the_played_sample(
+        tmp_path: Path, pg: str, how: str) -> None:
+    """A button interrupt, or the user speaking over the reply (full duplex, upstream's
+    VAD): the speaker's count at the stop is the truncation's audio_end_ms upstream, the
+    device's heard_ms and the relay row's heard_ms, and the samples played are
+    upstream's first ones (the codec delay is not in the count: no shift)."""
+    from tests.conftest import QUESTION_WAV
+    from tests.test_relay_processes import new_conversation
+    from tests.test_supervisor import roles, running
+    from voiced.audio.filebackend import WavFileSink, WavFileSource
+    from voiced.core.effects import State
+
+    async with SimServer(SimOptions(pace=1)) as sim, \
+            relay_in_process(tmp_path, sim.url, pg) as relay:
+        token = await relay.store.add_device(device_name())
+        cid = await new_conversation(relay.url, token)
+        source = WavFileSource(QUESTION_WAV)
+        async with running(tmp_path, sim, source=source,
+                           environ={"OPENAI_API_KEY": token},
+                           realtime={"url": relay.url, "relay": {
+                               "agent_id": "home", "conversation_id": cid,
+                               "audio_codec": "opus"}},
+                           audio={"echo": "full_duplex" if how == "voice"
+                                  else "half_duplex"}) as h:
+            await h.wait(lambda: h.state == State.READY)
+            assert h.sup.connections.live is not None
+            assert h.sup.connections.live.codec is not None  # Opus was taken
+            speaker = h.sup.sink
+            assert isinstance(speaker, WavFileSink)
+            counts: list[dict[str, int]] = []
+            real_stop = speaker.stop
+
+            def stop() -> Any:
+                played = real_stop()
+                counts.append(dict(played))
+                return played
+
+            speaker.stop = stop  # type: ignore[method-assign]
+            h.sup._on_control("press")
+            await h.wait(lambda: h.state == State.SPEAKING)
+            await h.wait(lambda: max(speaker._played.values(), default=0) >= 12_000)
+            if how == "button":
+                h.sup._on_control("interrupt")
+            else:
+                source._pos = 0  # the user speaks again over the reply
+            await h.wait(lambda: bool(counts))
+            await h.wait(lambda: roles(h)[:2] == ["user", "assistant"])
+            up = sim.sessions[-1]
+            await eventually(lambda: any(e["type"] == "conversation.item.truncate"
+                                         for e in up.received))
+            truncate = next(e for e in up.received
+                            if e["type"] == "conversation.item.truncate")
+            played = counts[0][truncate["item_id"]]
+            md = h.records[1]["metadata"]
+            assert md["interrupted"] is True
+            assert truncate["audio_end_ms"] == md["heard_ms"] == round(played / 24)
+            assert md["heard_ms"] >= 500
+            await eventually(lambda: any(
+                r[1] == "assistant" and r[3].get("heard_ms") == md["heard_ms"]
+                for r in messages(pg, cid)))
+            reply = upstream_replies(sim, len(sim.sessions) - 1)[truncate["item_id"]]
+            assert len(reply) > 2 * played  # it really was cut
+    with wave.open(str(tmp_path / "out.wav"), "rb") as w:
+        out = w.readframes(w.getnframes())
+    # the played samples are upstream's first ones (found by cross-correlation), and
+    # the speaker went silent right where they end: a shift by the codec delay (156
+    # samples) either way would show as sound past that point or silence before it
+    at = _lag(out, reply, played)
+    assert corr(out[2 * at:2 * (at + played)], reply[:2 * played]) > 0.9
+    sound = np.flatnonzero(np.frombuffer(out[:2 * (at + played + FRAME)], "<i2"))
+    assert abs(int(sound[-1]) + 1 - (at + played)) <= 2, (int(sound[-1]) + 1, at + played)
