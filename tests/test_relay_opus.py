@@ -372,3 +372,78 @@ async def test_the_daemons_own_truncation_in_opus_is_at_the_played_sample(
     assert corr(out[2 * at:2 * (at + played)], reply[:2 * played]) > 0.9
     sound = np.flatnonzero(np.frombuffer(out[:2 * (at + played + FRAME)], "<i2"))
     assert abs(int(sound[-1]) + 1 - (at + played)) <= 2, (int(sound[-1]) + 1, at + played)
+
+
+async def test_the_hour_rollover_in_opus_keeps_every_sample_and_position(
+        tmp_path: Path, pg: str) -> None:
+    """An exchange, the session's 60 minutes running out (the sim's and the daemon's
+    clock is the test's), the next session through the relay in Opus too: every
+    microphone sample the daemon sent reached upstream (the retired link ends its Opus
+    stream; the live one holds only its encoder's in-flight samples), and an interrupt
+    in the new session truncates at the played sample."""
+    from tests.test_relay_processes import new_conversation
+    from tests.test_supervisor import roles, running
+    from voiced.audio.filebackend import WavFileSink
+    from voiced.core.effects import State
+    from voiced.opus_link import LinkCodec
+    from voiced.sim.server import ManualClock
+
+    clock = ManualClock()
+    margin = 300
+    async with SimServer(SimOptions(pace=2), clock=clock) as sim, \
+            relay_in_process(tmp_path, sim.url, pg) as relay:
+        token = await relay.store.add_device(device_name())
+        cid = await new_conversation(relay.url, token)
+        first = len(sim.sessions)
+        async with running(tmp_path, sim, wall_clock=clock.time,
+                           environ={"OPENAI_API_KEY": token},
+                           realtime={"url": relay.url, "rollover_margin_s": margin,
+                                     "relay": {"agent_id": "home", "conversation_id": cid,
+                                               "audio_codec": "opus"}}) as h:
+            await h.wait(lambda: h.state == State.READY)
+            h.sup._on_control("press")
+            await h.wait(lambda: roles(h) == ["user", "assistant"])
+            old = sim.sessions[-1]
+            clock.advance_to(old.expires_at - margin * 0.8)
+            await h.wait(lambda: len(sim.sessions) == first + 2 and old.ended_at is not None
+                         and h.sup.session.connected and h.sup.session.standby is None)
+            live = h.sup.connections.live
+            assert live is not None and isinstance(live.codec, LinkCodec)
+            assert not old.expired
+            # every sample sent reached a session, less only what the live encoder holds
+            await h.wait(lambda: h.sup.session.counters.appended_samples
+                         == sum(len(s.appended) for s in sim.sessions[first:]) // 2
+                         + live.codec.encoder.in_flight)
+            # an interrupt in the new session, at the played sample
+            speaker = h.sup.sink
+            assert isinstance(speaker, WavFileSink)
+            counts: list[dict[str, int]] = []
+            real_stop = speaker.stop
+
+            def stop() -> Any:
+                played = real_stop()
+                counts.append(dict(played))
+                return played
+
+            speaker.stop = stop  # type: ignore[method-assign]
+            if h.sup.session.mic_on:  # still listening for a follow-up: stop that first
+                h.sup._on_control("press")
+            assert h.state == State.READY
+            h.sup._on_control("press")
+            await h.wait(lambda: h.state == State.SPEAKING)
+            await h.wait(lambda: max(speaker._played.values(), default=0) >= 12_000)
+            h.sup._on_control("interrupt")
+            await h.wait(lambda: len(roles(h)) == 4)
+            new = sim.sessions[-1]
+            await eventually(lambda: any(e["type"] == "conversation.item.truncate"
+                                         for e in new.received))
+            truncate = next(e for e in new.received
+                            if e["type"] == "conversation.item.truncate")
+            played = counts[0][truncate["item_id"]]
+            md = h.records[3]["metadata"]
+            assert truncate["audio_end_ms"] == md["heard_ms"] == round(played / 24)
+            await eventually(lambda: any(
+                r[1] == "assistant" and r[3].get("heard_ms") == md["heard_ms"]
+                for r in messages(pg, cid)))
+            # the relay's rows are the daemon's records, in order, across the rollover
+            assert [r[2] for r in messages(pg, cid)] == [r["text"] for r in h.records]

@@ -175,6 +175,10 @@ class FrameCodec(Protocol):
         """A received frame as the core reads it."""
         ...
 
+    def flush(self) -> list[bytes]:
+        """What ends the audio the codec still holds (sent before a retired link closes)."""
+        ...
+
 
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 """Starts a task: the supervisor's puts it in its task group (``TaskGroup.create_task``)."""
@@ -208,6 +212,7 @@ class Link:
                  spawn: Spawn = create_task, codec: FrameCodec | None = None) -> None:
         self.ws = ws
         self.codec = codec  # opus: negotiated with a relay
+        self._sending = asyncio.Lock()  # held while one queued event's frames go out
         self.failure: RealtimeError | None = None
         self._spawn = spawn
         self.queue: asyncio.Queue[wire.ClientEvent] = asyncio.Queue()
@@ -247,6 +252,11 @@ class Link:
             if self.queue.empty():
                 break
             await asyncio.sleep(0.02)
+        if self.codec is not None:  # opus: the microphone's last samples, not lost
+            async with self._sending:  # after the frames of the last event taken
+                with contextlib.suppress(Exception):  # closing anyway
+                    for frame in self.codec.flush():
+                        await self.ws.send(frame)
         await self.aclose(reason)
 
     async def _read(self) -> None:
@@ -273,21 +283,28 @@ class Link:
             event = await self.queue.get()
             if debug:
                 logger.debug("send %s", guard.printable(wire.describe(event)))
-            try:
-                frames = self._frames(event)
-            except Exception as e:  # noqa: BLE001 - one event lost, not the connection
-                guard.note_fault("realtime send", e, logger)
-                continue
-            for frame in frames:
-                try:
-                    await self.ws.send(frame)
-                except ConnectionClosed:
-                    return  # the reader reports why
-                except Exception as e:  # noqa: BLE001 - the link is lost, not the daemon
-                    guard.note_fault("realtime send", e, logger)
-                    with contextlib.suppress(Exception):
-                        await self.ws.close(1011, "send failed")
+            async with self._sending:
+                if not await self._send_one(event):
                     return
+
+    async def _send_one(self, event: wire.ClientEvent) -> bool:
+        """Send one queued event's frames; False when the connection is gone."""
+        try:
+            frames = self._frames(event)
+        except Exception as e:  # noqa: BLE001 - one event lost, not the connection
+            guard.note_fault("realtime send", e, logger)
+            return True
+        for frame in frames:
+            try:
+                await self.ws.send(frame)
+            except ConnectionClosed:
+                return False  # the reader reports why
+            except Exception as e:  # noqa: BLE001 - the link is lost, not the daemon
+                guard.note_fault("realtime send", e, logger)
+                with contextlib.suppress(Exception):
+                    await self.ws.close(1011, "send failed")
+                return False
+        return True
 
     def _frames(self, event: wire.ClientEvent) -> list[str | bytes]:
         """The frames one queued event goes as: its JSON text, or what the codec makes."""

@@ -106,6 +106,11 @@ class LinkCodec:
             self.encoder.reset()
         return [event]
 
+    def flush(self) -> list[bytes]:
+        """The microphone stream's END (its last samples and the codec delay), if open."""
+        end = self.encoder.end()
+        return [end] if end is not None else []
+
     def incoming(self, frame: str | bytes) -> str | bytes:
         """A received frame, an Opus reply delta turned back into today's PCM16 one."""
         if not isinstance(frame, str) or "output_audio.delta" not in frame:

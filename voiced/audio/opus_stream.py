@@ -157,6 +157,11 @@ class StreamEncoder:
         """Whether a stream has audio not yet ended."""
         return self._real > 0
 
+    @property
+    def in_flight(self) -> int:
+        """Samples pushed that a decoder cannot have given out yet (until more or END)."""
+        return self._real - max(0, self._sent * FRAME - self.pre_skip)
+
     def push(self, pcm: bytes) -> list[bytes]:
         """The payloads for ``pcm``'s whole frames so far (none while under a frame).
 
@@ -181,9 +186,8 @@ class StreamEncoder:
         if not self.open:
             self.reset()
             return None
-        decoded_before = max(0, self._sent * FRAME - self.pre_skip)
+        keep = self.in_flight
         packets = self._enc.finish(self._pending)
-        keep = self._real - decoded_before
         self.reset()
         return pack(packets, keep)
 
