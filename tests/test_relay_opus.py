@@ -447,3 +447,71 @@ async def test_the_hour_rollover_in_opus_keeps_every_sample_and_position(
                 for r in messages(pg, cid)))
             # the relay's rows are the daemon's records, in order, across the rollover
             assert [r[2] for r in messages(pg, cid)] == [r["text"] for r in h.records]
+
+
+def _input_at(session: Any, t: str) -> int:
+    """Samples of input audio upstream had when the device's ``t`` event came."""
+    return int(next(e for e in session.received if e["type"] == t)["input_bytes"]) // 2
+
+
+@pytest.mark.parametrize("turns", ["none", "server_vad"])
+async def test_the_devices_own_commit_and_clear_end_its_opus_stream_exactly(
+        tmp_path: Path, pg: str, turns: str) -> None:
+    """Push to talk (turn_detection none): the device's commit comes after an END, so
+    upstream commits every sample the device sent. Server VAD, the mic switched off
+    mid-sentence: the device's clear resets both ends, so the next stream loses and
+    gains nothing (a side that did not reset would be 156 samples out)."""
+    from tests.test_relay_processes import new_conversation
+    from tests.test_supervisor import running
+    from voiced.core.effects import State
+    from voiced.opus_link import LinkCodec
+
+    async with SimServer(SimOptions(pace=4)) as sim, \
+            relay_in_process(tmp_path, sim.url, pg) as relay:
+        token = await relay.store.add_device(device_name())
+        cid = await new_conversation(relay.url, token)
+        async with running(tmp_path, sim, environ={"OPENAI_API_KEY": token},
+                           realtime={"url": relay.url, "turn_detection": {"type": turns},
+                                     "relay": {"agent_id": "home", "conversation_id": cid,
+                                               "audio_codec": "opus"}}) as h:
+            await h.wait(lambda: h.state == State.READY)
+            live = h.sup.connections.live
+            assert live is not None and live.codec is not None
+            up = sim.sessions[-1]
+            counters = h.sup.session.counters
+            if turns == "server_vad":
+                h.sup._on_control("press")
+                await h.wait(lambda: h.sup.session.uplink.speech_active)
+                h.sup._on_control("press")  # off mid-sentence: the half utterance dropped
+                before = counters.appended_samples
+                await eventually(lambda: any(e["type"] == "input_audio_buffer.clear"
+                                             for e in up.received))
+            h.sup._on_control("press")
+            await h.wait(lambda: counters.appended_samples >= len(QUESTION) // 2
+                         + (before if turns == "server_vad" else 0))
+            if turns == "none":
+                h.sup._on_control("press")  # the end of the turn: commit, respond
+                sent = counters.appended_samples
+                await eventually(lambda: any(e["type"] == "input_audio_buffer.commit"
+                                             for e in up.received))
+                assert _input_at(up, "input_audio_buffer.commit") == sent
+            else:
+                await eventually(lambda: any(e["type"] == "input_audio_buffer.committed"
+                                             for e in up.sent))
+                h.sup._on_control("interrupt")
+                await h.wait(lambda: not h.sup.session.mic_on or h.state == State.SPEAKING)
+                if h.sup.session.mic_on and h.state != State.SPEAKING:
+                    h.sup._on_control("press")
+                codec = live.codec
+                assert isinstance(codec, LinkCodec)
+                clear = _input_at(up, "input_audio_buffer.clear")
+                assert clear <= before  # the half utterance's tail went nowhere
+                await h.wait(lambda: len(up.appended) // 2 - clear
+                             + codec.encoder.in_flight == counters.appended_samples - before)
+            heard = await _user_transcript(h)
+            assert "weather" in heard, heard
+
+
+async def _user_transcript(h: Any) -> str:
+    await h.wait(lambda: any(r["role"] == "user" for r in h.records))
+    return str(next(r for r in h.records if r["role"] == "user")["text"])
