@@ -164,6 +164,39 @@ async def test_offers_the_relay_cannot_take_fall_back_to_pcm16(tmp_path: Path,
             await c.close()
 
 
+async def test_audio_opus_false_in_relay_yaml_declines_every_offer(tmp_path: Path,
+                                                                   pg: str) -> None:
+    async with SimServer(SimOptions(pace=4, transcript="hello")) as sim, \
+            relay_in_process(tmp_path, sim.url, pg, audio={"opus": False}) as relay:
+        assert relay.settings.audio.opus is False
+        token = await relay.store.add_device(device_name())
+        c = await opus_client(relay, token, AudioOffer(156).header())
+        assert answer(c) == "pcm16"  # heard, and declined
+        await c.wait_for("session.created")
+        assert next(iter(relay.bridges)).codec is None
+        await c.speak(SILENCE_1S, b"")  # PCM16 as before
+        await c.close()
+
+
+@pytest.mark.parametrize(("audio", "problem"), [
+    ({"opus": "no"}, "audio.opus: expected true or false, got a string"),
+    ({"opus": 0}, "audio.opus: expected true or false"),
+    ({"opus": None}, "audio.opus: expected true or false"),
+    ({"codec": "opus"}, "audio.codec: unknown key"),
+])
+def test_the_relays_audio_section_is_validated_strictly(tmp_path: Path, audio: Any,
+                                                         problem: str) -> None:
+    from voiced.errors import ConfigError
+    from voiced.relay import config as relay_config
+
+    cfg = relay_rig.relay_config(tmp_path, "ws://127.0.0.1:1/v1/realtime", audio=audio)
+    with pytest.raises(ConfigError) as e:
+        relay_config.load(cfg, environ={"VOICED_POSTGRES_DSN": "x"})
+    assert problem in str(e.value), str(e.value)
+    ok = relay_rig.relay_config(tmp_path, "ws://127.0.0.1:1/v1/realtime", name="ok.yaml")
+    assert relay_config.load(ok, environ={"VOICED_POSTGRES_DSN": "x"}).audio.opus is True
+
+
 async def test_hostile_payloads_are_refused_or_concealed_and_positions_hold(
         tmp_path: Path, pg: str) -> None:
     async with SimServer(SimOptions(pace=4, transcript="hello")) as sim, \

@@ -46,18 +46,20 @@ def relay_pre_skip() -> int:
     return StreamEncoder().pre_skip
 
 
-def offer_from(headers: Mapping[str, str]) -> tuple[AudioOffer | None, str | None]:
+def offer_from(headers: Mapping[str, str], *, enabled: bool = True
+               ) -> tuple[AudioOffer | None, str | None]:
     """The device's usable offer, and the answer header's value (None: send none).
 
     No header: PCM16 and no answer (as a relay that predates Opus). A header this relay
-    cannot take (another codec, rate, frame, a malformed value, or no libopus here):
-    ``pcm16``, so the device knows it was heard and declined.
+    cannot take (another codec, rate, frame, a malformed value, no libopus here, or
+    ``audio.opus: false`` in relay.yaml, ``enabled``): ``pcm16``, so the device knows it
+    was heard and declined.
     """
     value = headers.get(opus_stream.HEADER)
     if value is None:
         return None, None
     offer = opus_stream.parse_header(value)
-    if offer is None or not opus.available():
+    if offer is None or not enabled or not opus.available():
         return None, opus_stream.PCM16
     return offer, AudioOffer(relay_pre_skip()).header()
 

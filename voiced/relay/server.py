@@ -293,7 +293,8 @@ class RelayServer:
         except StoreUnavailable as e:
             raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's database is "
                           "unavailable", retry_after=5, log=str(e)) from None
-        audio, answer = codec.offer_from(req.headers)  # opus: taken or declined
+        audio, answer = codec.offer_from(  # opus: taken or declined
+            req.headers, enabled=self.settings.audio.opus)
         return Accepted(device=device.name, agent=agent, voice=voice, conversation_id=cid,
                         address=address, audio=audio, audio_answer=answer)
 
