@@ -41,11 +41,13 @@ pg = relay_rig.pg  # one PostgreSQL per module
 @contextlib.asynccontextmanager
 async def device(tmp_path: Path, url: str, name: str, token: str, *,
                  conversation_id: str | None, agent_id: str = "home",
-                 **overrides: Any) -> AsyncIterator[tuple[Path, asyncio.subprocess.Process]]:
+                 audio_codec: str = "pcm16", **overrides: Any
+                 ) -> AsyncIterator[tuple[Path, asyncio.subprocess.Process]]:
     """Today's `voiced run` (file audio, jsonl sink) pointed at a relay."""
     cfg = write_config(tmp_path, url, device_id=name, realtime={
         "url": url, "connect_timeout_s": 5,
-        "relay": {"agent_id": agent_id, "conversation_id": conversation_id}}, **overrides)
+        "relay": {"agent_id": agent_id, "conversation_id": conversation_id,
+                  "audio_codec": audio_codec}}, **overrides)
     log = (tmp_path / "device.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *voiced_cmd("run", "-c", str(cfg)), env=clean_env(OPENAI_API_KEY=token),

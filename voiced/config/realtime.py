@@ -10,6 +10,7 @@ from voiced.config.secrets import _credential, _missing_credential
 from voiced.config.sections import _is_loopback, _Section, url_problem
 from voiced.config.settings import (
     APIS,
+    AUDIO_CODECS,
     EAGERNESS,
     LIVE_MODELS,
     LIVE_VOICES,
@@ -73,7 +74,8 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         agent_id = rs.str_("agent_id", "")
         if not rs.has("agent_id"):
             rs.bad("agent_id", "is required when realtime.relay is set")
-        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"))
+        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"),
+                              audio_codec=rs.choice("audio_codec", "pcm16", AUDIO_CODECS))
         rs.finish()
         if api == "live":
             sec.bad("api", "live cannot go through realtime.relay (a relay speaks the "

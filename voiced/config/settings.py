@@ -37,6 +37,8 @@ TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CREDENTIAL_RE: Final = re.compile(r"\{credential:([a-z0-9_]+)\}")
 Eagerness = Literal["low", "medium", "high", "auto"]
 EAGERNESS: Final[tuple[Eagerness, ...]] = typing.get_args(Eagerness)
+AudioCodec = Literal["pcm16", "opus"]
+AUDIO_CODECS: Final[tuple[AudioCodec, ...]] = typing.get_args(AudioCodec)
 InputFileStart = Literal["on_mic", "at_start"]
 INPUT_FILE_STARTS: Final[tuple[InputFileStart, ...]] = typing.get_args(InputFileStart)
 AudioBackend = Literal["pyaudio", "file"]
@@ -129,6 +131,9 @@ class RelaySettings:
     conversation_id: str | None = None
     """Sent as ?conversation_id=; None lets the relay create one. Read once, when the
     daemon starts its first conversation."""
+    audio_codec: AudioCodec = field(default="pcm16", metadata=LIVE)  # opus:
+    """pcm16 | opus: offer Opus to the relay (it may decline: then PCM16). Read at each
+    connection (voiced/opus_link.py)."""
 
 
 @dataclass(frozen=True, slots=True)

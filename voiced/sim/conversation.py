@@ -153,6 +153,9 @@ class SimSession(Connection, Responder):
             return
         ev, event_id = decoded
         self.received.append({k: v for k, v in ev.items() if k != "audio"})
+        if ev["type"] in ("input_audio_buffer.commit", "input_audio_buffer.clear"):
+            # where in the input audio it came (tests line it up with what was sent)
+            self.received[-1]["input_bytes"] = len(self.appended)
         handler = _HANDLERS.get(ev["type"])
         if handler is None:
             self._error("invalid_value", f"Invalid value: '{ev['type']}'. Supported values "

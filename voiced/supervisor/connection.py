@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
 
-from voiced import __version__, guard, wire
+from voiced import __version__, guard, opus_link, wire
 from voiced.backoff import Backoff
 from voiced.config import RealtimeSettings
 from voiced.core.conversation import Conversation
@@ -159,7 +159,8 @@ class Connections:
         key = rt.api_key.reveal() if rt.api_key else None
         return await open_connection(url, key, timeout_s=rt.connect_timeout_s,
                                      user_agent=f"voiced/{__version__}",
-                                     keepalive_s=rt.keepalive_s)
+                                     keepalive_s=rt.keepalive_s,
+                                     extra_headers=opus_link.offer_headers(rt))  # opus:
 
     def _start_link(self, ws: ClientConnection) -> Link:
         link: Link
@@ -173,7 +174,8 @@ class Connections:
                 self._feed("realtime standby", self.session.on_standby_down,
                            f"closed {link.ws.close_code}", self._now())
 
-        link = Link(ws, on_frame, on_end, spawn=self.spawn)
+        link = Link(ws, on_frame, on_end, spawn=self.spawn,
+                    codec=opus_link.negotiated(ws))  # opus: the relay's answer
         link.start()
         return link
 
