@@ -32,7 +32,9 @@ def test_a_relay_gets_agent_voice_and_conversation_but_no_model() -> None:
     assert urlsplit(url).path == "/functions/v1/realtime"
     assert query(url) == [("tenant", "7"), ("agent_id", "agent 1"), ("voice", "cedar"),
                           ("conversation_id", "conv-live")]  # the running conversation
-    assert query(build_url(s, None))[-1] == ("conversation_id", "conv-cfg")
+    # none running (the relay has not named it yet): none sent, not the configured one,
+    # which names only the first conversation (issue 20, R1)
+    assert query(build_url(s, None))[-1] == ("voice", "cedar")
     bare = RealtimeSettings(url="wss://relay.example/rt", relay=RelaySettings(agent_id="a"))
     assert query(build_url(bare, None)) == [("agent_id", "a"), ("voice", "marin")]
 
@@ -55,5 +57,6 @@ async def test_the_daemon_gives_a_relay_its_conversation(tmp_path: Path) -> None
             req = sim.sessions[0].ws.request
             assert req is not None
             q = dict(query(req.path))
-            assert q == {"agent_id": "kitchen-agent", "voice": "cedar",
-                         "conversation_id": h.sup.status()["conversation_id"]}
+            # no id configured: none is sent, and the simulator (no relay) names none
+            assert q == {"agent_id": "kitchen-agent", "voice": "cedar"}
+            assert h.sup.status()["conversation_id"] is None

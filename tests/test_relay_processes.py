@@ -235,7 +235,6 @@ async def _relay_log_says(relay: Any, *needles: str) -> str:
     return str(relay.log())
 
 
-@pytest.mark.xfail(strict=True, reason=R1)
 @pytest.mark.timeout(120)
 async def test_r1_a_device_without_a_conversation_takes_the_one_voiced_relay_makes(
         tmp_path: Path, pg: str) -> None:
@@ -258,7 +257,6 @@ async def test_r1_a_device_without_a_conversation_takes_the_one_voiced_relay_mak
                                                   f"device_id = '{name}'")) == 2)
 
 
-@pytest.mark.xfail(strict=True, reason=R1)
 @pytest.mark.timeout(120)
 async def test_r1_against_a_seed_relay_the_transcripts_are_saved(tmp_path: Path,
                                                                  pg: str) -> None:
@@ -274,7 +272,6 @@ async def test_r1_against_a_seed_relay_the_transcripts_are_saved(tmp_path: Path,
         assert seed.lost == []
 
 
-@pytest.mark.xfail(strict=True, reason=R2)
 @pytest.mark.timeout(120)
 async def test_r2_a_seed_relays_instructions_survive_the_devices_update(
         tmp_path: Path, pg: str) -> None:
@@ -289,7 +286,6 @@ async def test_r2_a_seed_relays_instructions_survive_the_devices_update(
             assert live["audio"]["input"]["transcription"]["model"] == "whisper-1"
 
 
-@pytest.mark.xfail(strict=True, reason=R3)
 @pytest.mark.timeout(120)
 async def test_r3_the_device_waits_for_the_answer_to_its_own_session_update(
         tmp_path: Path, pg: str) -> None:
@@ -307,7 +303,6 @@ async def test_r3_the_device_waits_for_the_answer_to_its_own_session_update(
                 "first audio from the device"), seed.order
 
 
-@pytest.mark.xfail(strict=True, reason=R4)
 @pytest.mark.timeout(120)
 async def test_r4_records_carry_the_model_the_relay_chose(tmp_path: Path, pg: str) -> None:
     async with SimServer(SimOptions(pace=4, transcript="which model")) as sim:

@@ -10,6 +10,7 @@ from voiced.config.secrets import _credential, _missing_credential
 from voiced.config.sections import _is_loopback, _Section, url_problem
 from voiced.config.settings import (
     EAGERNESS,
+    SESSION_OWNERS,
     TURN_DETECTION_TYPES,
     VOICES,
     RealtimeSettings,
@@ -46,7 +47,9 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         agent_id = rs.str_("agent_id", "")
         if not rs.has("agent_id"):
             rs.bad("agent_id", "is required when realtime.relay is set")
-        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"))
+        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"),
+                              session_owner=rs.choice("session_owner", "relay",
+                                                      SESSION_OWNERS))
         rs.finish()
     else:
         sec.raw("relay")

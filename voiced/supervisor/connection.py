@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
@@ -32,6 +32,8 @@ logger = logging.getLogger("voiced.supervisor")  # the package logs as one
 
 _STABLE_S = 60.0  # a connection that lasted this long resets the backoff
 # close 4000 (request shape refused) answering this many set-ups in a row is final; the
+# behind a relay whose session answers, the wait for the device's own update (core/setup.py)
+RELAY_GRACE_S: Final = 30.0
 # very first set-up of the daemon's life needs only one (the config is wrong)
 _SHAPE_REFUSALS = 3
 
@@ -48,9 +50,8 @@ def build_url(s: RealtimeSettings, conversation_id: str | None) -> str:
     if s.relay is not None:
         query.append(("agent_id", s.relay.agent_id))
         query.append(("voice", s.voice))
-        cid = conversation_id or s.relay.conversation_id
-        if cid:
-            query.append(("conversation_id", cid))
+        if conversation_id:  # none: the relay makes the conversation and announces it
+            query.append(("conversation_id", conversation_id))
     else:
         query = [(k, v) for k, v in query if k != "model"] + [("model", s.model)]
     return urlunsplit(parts._replace(query=urlencode(query)))
@@ -209,6 +210,11 @@ class Connections:
         async def configure_deadline() -> None:
             nonlocal timed_out
             await asyncio.sleep(rt.connect_timeout_s)
+            if self.session.awaiting_relay:
+                # the session answers; a relay may hold the device's update a while
+                logger.info("the relay has not passed the device's session.update on yet; "
+                            "waiting up to %g s more", RELAY_GRACE_S)
+                await asyncio.sleep(RELAY_GRACE_S)
             if not self.session.connected:
                 timed_out = True
                 await link.ws.close(1000, "no session in time")
