@@ -60,3 +60,19 @@ async def test_the_daemon_gives_a_relay_its_conversation(tmp_path: Path) -> None
             # no id configured: none is sent, and the simulator (no relay) names none
             assert q == {"agent_id": "kitchen-agent", "voice": "cedar"}
             assert h.sup.status()["conversation_id"] is None
+
+
+def test_session_owner_is_the_relays_by_default_and_reaches_the_policy() -> None:
+    from voiced.config import parse
+    from voiced.supervisor.builders import build_policy
+
+    def policy_for(relay: dict[str, object] | None) -> tuple[bool, str]:
+        rt: dict[str, object] = {"url": "ws://127.0.0.1:9/v1/realtime"}
+        if relay is not None:
+            rt["relay"] = relay
+        p = build_policy(parse({"realtime": rt}, require_secrets=False))
+        return p.behind_relay, p.session_owner
+
+    assert policy_for(None) == (False, "device")
+    assert policy_for({"agent_id": "a"}) == (True, "relay")
+    assert policy_for({"agent_id": "a", "session_owner": "device"}) == (True, "device")
