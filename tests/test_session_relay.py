@@ -30,7 +30,7 @@ from tests.test_session import (
     speaking,
     user,
 )
-from voiced import wire
+from voiced import guard, wire
 from voiced.core.conversation import Conversation
 from voiced.core.effects import (
     Draft,
@@ -110,6 +110,7 @@ def test_a_draft_held_is_filed_when_the_record_has_not_come() -> None:
 
 def test_announced_twice_the_same_changes_nothing_another_is_adopted_for_what_follows(
         caplog: pytest.LogCaptureFixture) -> None:
+    guard.reset_for_tests()  # the warning is rate-limited across tests
     c = ready(relay())
     server(c, heard("one", item="u1"))
     assert server(c, wire.RelayConversationCreated("c-a")) == [
@@ -128,7 +129,6 @@ def test_announced_twice_the_same_changes_nothing_another_is_adopted_for_what_fo
 def test_an_id_with_control_characters_or_too_long_is_refused(
         bad: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="voiced.core")
-    from voiced import guard
     guard.reset_for_tests()
     c = ready(relay())
     server(c, heard("hello"))
