@@ -1,7 +1,7 @@
 """`voiced relay` as real processes: a real device (`voiced run`, file audio) through the
 relay to `voiced sim`; the token commands; config errors; two relays behind a TCP load
-balancer with one killed mid-reply. Then today's device against relays like the seed's:
-R1-R4 of issue 20, marked xfail(strict) until the device side is fixed.
+balancer with one killed mid-reply. Then the device against relays like the seed's:
+R1-R4 of issue 20.
 """
 
 from __future__ import annotations
@@ -218,16 +218,6 @@ async def test_a_relay_killed_mid_reply_the_other_carries_the_conversation_on(
 
 
 # ------------------------------------------------------------------ R1-R4 (device side)
-
-R1 = ("R1: with realtime.relay.conversation_id null the device invents an id and sends "
-      "it, so a relay never creates the conversation; the device fix sends none and "
-      "adopts the announced one")
-R2 = ("R2: the device's session.update overwrites the relay's instructions, transcription "
-      "and tools; the device fix lets the relay own them")
-R3 = ("R3: the device takes the relay's own session.updated as the answer to its update; "
-      "the device fix waits for the one after its own")
-R4 = ("R4: records carry model from the device config, though behind a relay the relay "
-      "chooses it; the device fix records the model the session reports")
 
 
 async def _relay_log_says(relay: Any, *needles: str) -> str:
