@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+import pytest
+
+from tests.seed_relay import SeedRelay
 from tests.test_supervisor import running
 from voiced.config import RealtimeSettings, RelaySettings
 from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
+from voiced.supervisor import connection
 from voiced.supervisor.connection import build_url
 
 
@@ -76,3 +81,28 @@ def test_session_owner_is_the_relays_by_default_and_reaches_the_policy() -> None
     assert policy_for(None) == (False, "device")
     assert policy_for({"agent_id": "a"}) == (True, "relay")
     assert policy_for({"agent_id": "a", "session_owner": "device"}) == (True, "device")
+
+
+async def test_a_relay_that_drops_the_fence_is_given_the_grace_then_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # a relay that forwards the device's session.update but not input_audio_buffer.clear:
+    # the session answers, the fence never does; the device waits connect_timeout_s plus
+    # the grace, then says why it reconnects (and never takes the session as configured)
+    monkeypatch.setattr(connection, "RELAY_GRACE_S", 0.5)
+    caplog.set_level(logging.INFO, logger="voiced")
+    async with SimServer(SimOptions(pace=4)) as sim, \
+            SeedRelay(sim.url, "postgresql://unused", swallow=frozenset(
+                {"input_audio_buffer.clear"})) as seed:
+        async with running(tmp_path, sim, realtime={
+                "url": seed.url, "connect_timeout_s": 1,
+                "relay": {"agent_id": "a", "conversation_id": None}}) as h:
+            await h.wait(lambda: any("did not pass on the device's session.update and its "
+                                     "input_audio_buffer.clear within 1.5 s" in m
+                                     for m in caplog.messages))
+            assert "waiting up to 0.5 s more" in caplog.text
+            assert h.sup.status()["connected"] is False
+            # upstream got the relay's own update and the device's, never the clear
+            received = [e["type"] for e in sim.sessions[0].received]
+            assert received.count("session.update") == 2
+            assert "input_audio_buffer.clear" not in received

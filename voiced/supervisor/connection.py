@@ -200,7 +200,7 @@ class Connections:
         self.live = link
         logger.info("connected to %s", url.split("?")[0])
         self._feed("realtime", self.session.on_connection_up)
-        timed_out = False
+        timed_out: str | None = None
 
         async def close_on_reconnect() -> None:
             await self._reconnect_now.wait()
@@ -210,13 +210,17 @@ class Connections:
         async def configure_deadline() -> None:
             nonlocal timed_out
             await asyncio.sleep(rt.connect_timeout_s)
+            why = f"no session.created/updated within {rt.connect_timeout_s:g} s"
             if self.session.awaiting_relay:
                 # the session answers; a relay may hold the device's update a while
                 logger.info("the relay has not passed the device's session.update on yet; "
                             "waiting up to %g s more", RELAY_GRACE_S)
                 await asyncio.sleep(RELAY_GRACE_S)
+                why = ("the relay did not pass on the device's session.update and its "
+                       "input_audio_buffer.clear within "
+                       f"{rt.connect_timeout_s + RELAY_GRACE_S:g} s")
             if not self.session.connected:
-                timed_out = True
+                timed_out = why
                 await link.ws.close(1000, "no session in time")
 
         helpers = [asyncio.create_task(close_on_reconnect(), name="realtime-reconnect"),
@@ -238,9 +242,8 @@ class Connections:
                 if old is not None:
                     await old.aclose()
             self.live = self.standby = None
-        if timed_out:
-            raise RealtimeError(f"no session.created/updated within {rt.connect_timeout_s:g} s",
-                                retryable=True)
+        if timed_out is not None:
+            raise RealtimeError(timed_out, retryable=True)
         if self._reconnect_now.is_set():
             return "reconnect requested"
         ws = current.ws
