@@ -946,3 +946,18 @@ def test_notices_and_unknown_events_change_nothing() -> None:
     assert server(c, lw.Info("data_channel_permissions", "m")) == []
     assert server(c, lw.Unhandled("session.updated", {})) == []
     assert server(c, lw.ContextAppended("thinking", 0, 0, "voiced_2")) == []
+
+
+def test_a_reply_still_playing_when_the_daemon_stops_is_recorded_not_lost() -> None:
+    c = open_session()
+    user(c, "What's the time", 600, 1200)
+    output(c, *[QUIET] * 14)
+    said(c, "It's noon.", 1400, 1800)
+    output(c, *[LOUD] * 4, *[QUIET] * 5)
+    frames(c, 190)  # the segment closes; its audio was queued, never reported played
+    c.take_effects()
+    c.on_stopping()
+    assert [e for e in fx(c) if isinstance(e, Record)] == [
+        record("assistant", "It's noon.", 1400, 1800, interrupted=True, heard_ms=0)]
+    c.on_stopping()  # a second call records nothing twice
+    assert [e for e in fx(c) if isinstance(e, Record)] == []

@@ -1,7 +1,7 @@
 """`voiced relay` as real processes: a real device (`voiced run`, file audio) through the
 relay to `voiced sim`; the token commands; config errors; two relays behind a TCP load
-balancer with one killed mid-reply. Then today's device against relays like the seed's:
-R1-R4 of issue 20, marked xfail(strict) until the device side is fixed.
+balancer with one killed mid-reply. Then the device against relays like the seed's:
+R1-R4 of issue 20.
 """
 
 from __future__ import annotations
@@ -226,23 +226,12 @@ async def test_a_relay_killed_mid_reply_the_other_carries_the_conversation_on(
 
 # ------------------------------------------------------------------ R1-R4 (device side)
 
-R1 = ("R1: with realtime.relay.conversation_id null the device invents an id and sends "
-      "it, so a relay never creates the conversation; the device fix sends none and "
-      "adopts the announced one")
-R2 = ("R2: the device's session.update overwrites the relay's instructions, transcription "
-      "and tools; the device fix lets the relay own them")
-R3 = ("R3: the device takes the relay's own session.updated as the answer to its update; "
-      "the device fix waits for the one after its own")
-R4 = ("R4: records carry model from the device config, though behind a relay the relay "
-      "chooses it; the device fix records the model the session reports")
-
 
 async def _relay_log_says(relay: Any, *needles: str) -> str:
     await eventually(lambda: any(n in relay.log() for n in needles), TIMEOUT)
     return str(relay.log())
 
 
-@pytest.mark.xfail(strict=True, reason=R1)
 @pytest.mark.timeout(120)
 async def test_r1_a_device_without_a_conversation_takes_the_one_voiced_relay_makes(
         tmp_path: Path, pg: str) -> None:
@@ -265,7 +254,6 @@ async def test_r1_a_device_without_a_conversation_takes_the_one_voiced_relay_mak
                                                   f"device_id = '{name}'")) == 2)
 
 
-@pytest.mark.xfail(strict=True, reason=R1)
 @pytest.mark.timeout(120)
 async def test_r1_against_a_seed_relay_the_transcripts_are_saved(tmp_path: Path,
                                                                  pg: str) -> None:
@@ -281,7 +269,6 @@ async def test_r1_against_a_seed_relay_the_transcripts_are_saved(tmp_path: Path,
         assert seed.lost == []
 
 
-@pytest.mark.xfail(strict=True, reason=R2)
 @pytest.mark.timeout(120)
 async def test_r2_a_seed_relays_instructions_survive_the_devices_update(
         tmp_path: Path, pg: str) -> None:
@@ -296,7 +283,6 @@ async def test_r2_a_seed_relays_instructions_survive_the_devices_update(
             assert live["audio"]["input"]["transcription"]["model"] == "whisper-1"
 
 
-@pytest.mark.xfail(strict=True, reason=R3)
 @pytest.mark.timeout(120)
 async def test_r3_the_device_waits_for_the_answer_to_its_own_session_update(
         tmp_path: Path, pg: str) -> None:
@@ -314,7 +300,6 @@ async def test_r3_the_device_waits_for_the_answer_to_its_own_session_update(
                 "first audio from the device"), seed.order
 
 
-@pytest.mark.xfail(strict=True, reason=R4)
 @pytest.mark.timeout(120)
 async def test_r4_records_carry_the_model_the_relay_chose(tmp_path: Path, pg: str) -> None:
     async with SimServer(SimOptions(pace=4, transcript="which model")) as sim:

@@ -14,6 +14,7 @@ from voiced.config.settings import (
     EAGERNESS,
     LIVE_MODELS,
     LIVE_VOICES,
+    SESSION_OWNERS,
     TURN_DETECTION_TYPES,
     VOICES,
     LiveApiSettings,
@@ -75,7 +76,9 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         if not rs.has("agent_id"):
             rs.bad("agent_id", "is required when realtime.relay is set")
         relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"),
-                              audio_codec=rs.choice("audio_codec", "pcm16", AUDIO_CODECS))
+                              audio_codec=rs.choice("audio_codec", "pcm16", AUDIO_CODECS),
+                              session_owner=rs.choice("session_owner", "relay",
+                                                      SESSION_OWNERS))
         rs.finish()
         if api == "live":
             sec.bad("api", "live cannot go through realtime.relay (a relay speaks the "

@@ -51,6 +51,8 @@ Sink = Literal["none", "jsonl", "webhook", "supabase", "postgres"]
 SINKS: Final[tuple[Sink, ...]] = typing.get_args(Sink)
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: Final[tuple[LogLevel, ...]] = typing.get_args(LogLevel)
+SessionOwner = Literal["device", "relay"]
+SESSION_OWNERS: Final[tuple[SessionOwner, ...]] = typing.get_args(SessionOwner)
 ButtonMode = Literal["toggle", "push_to_talk"]
 BUTTON_MODES: Final[tuple[ButtonMode, ...]] = typing.get_args(ButtonMode)
 Pull = Literal["up", "down"]
@@ -129,8 +131,14 @@ class RelaySettings:
     agent_id: str = field(metadata=LIVE)
     """Sent as ?agent_id= (a reload: from the next connection)."""
     conversation_id: str | None = None
-    """Sent as ?conversation_id=; None lets the relay create one. Read once, when the
-    daemon starts its first conversation."""
+    """Sent as ?conversation_id=; None sends none: the relay creates the conversation and
+    announces it (conversation_created), and the device adopts it. Read once, when the
+    daemon starts its first conversation; a long press always lets the relay make one."""
+    session_owner: SessionOwner = "relay"
+    """Who configures the session: relay (its instructions, tools, transcription, voice
+    and VAD stand; the device's session.update carries only the audio formats and, for
+    push to talk or client_vad, turn_detection null) or device (the device's
+    session.update carries its realtime settings, as without a relay)."""
     audio_codec: AudioCodec = field(default="pcm16", metadata=LIVE)  # opus:
     """pcm16 | opus: offer Opus to the relay (it may decline: then PCM16). Read at each
     connection (voiced/opus_link.py)."""

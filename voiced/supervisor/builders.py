@@ -67,7 +67,9 @@ def build_policy(settings: Settings,
         transcription=transcription, half_duplex=settings.audio.echo == "half_duplex",
         echo_tail_ms=settings.audio.echo_tail_ms,
         push_to_talk=settings.button is not None and settings.button.mode == "push_to_talk",
-        send_model=rt.relay is None, reseed_turns=rt.reseed_turns,
+        send_model=rt.relay is None, behind_relay=rt.relay is not None,
+        session_owner=rt.relay.session_owner if rt.relay else "device",
+        reseed_turns=rt.reseed_turns,
         rollover_margin_s=rt.rollover_margin_s, tools=tools,
         client_vad=ClientVad(pre_roll_ms=td.prefix_padding_ms, tail_ms=td.tail_ms,
                              silence_ms=td.silence_duration_ms,
@@ -80,8 +82,8 @@ def build_conversation(settings: Settings,
     """The session core, configured from the settings."""
     rt = settings.realtime
     policy = build_policy(settings, tools)
-    cid = (rt.relay.conversation_id if rt.relay and rt.relay.conversation_id
-           else str(uuid.uuid4()))
+    # behind a relay with no id configured the relay names the conversation (R1)
+    cid = rt.relay.conversation_id if rt.relay else str(uuid.uuid4())
     return Conversation(policy, conversation_id=cid, new_id=lambda: str(uuid.uuid4()))
 
 

@@ -309,6 +309,7 @@ class Supervisor:
         if self.button is not None:
             self.button.close()
         self.orb.close()
+        self._feed("stop", self.session.on_stopping)  # held transcripts reach the outbox
         closers = [self.control.aclose, self.source.aclose, self.sink.aclose]
         if self.outbox is not None:
             closers.append(self.outbox.aclose)  # pending records reach the disk
