@@ -866,12 +866,12 @@ def test_a_server_that_never_stops_cannot_grow_the_core() -> None:
         output(c, LOUD, *[QUIET] * 5)
         effects = said(c, "word " * 50, i * 3000, i * 3000 + 600)
         records += sum(isinstance(e, Record) for e in effects)
-    assert len(c._bursts) <= 128 and len(c._unrecorded) <= 16
+    assert len(c.track.bursts) <= 128 and len(c.records.unrecorded) <= 16
     assert records >= 1980  # recorded without playback reports once the bound is hit
     for i in range(2000):  # one endless utterance
         said(c, "word " * 50, 10**7 + i * 200, 10**7 + i * 200 + 200)
-    assert c._assembler.open["assistant"].size <= 1000
-    assert c._assembler.fragments_cut > 1900
+    assert c.records.assembler.open["assistant"].size <= 1000
+    assert c.records.assembler.fragments_cut > 1900
 
 
 def test_new_settings_apply_to_the_next_session() -> None:
