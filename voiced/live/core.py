@@ -56,7 +56,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from voiced import guard
-from voiced.core.effects import MicOpened, ShowState, State
+from voiced.core.effects import ShowState, State
 from voiced.core.history import History
 from voiced.live import wire as lw
 from voiced.live.delegation import Delegations
@@ -225,9 +225,9 @@ class LiveConversation:
         self._user(now)
         if self.track.speaking():
             self.track.interrupt()
-            self._set_mic(True, now)
+            self.sessions.set_mic(True, now)
         else:
-            self._set_mic(not self.mic_on, now)
+            self.sessions.set_mic(not self.mic_on, now)
         self._update()
 
     def on_talk_start(self, now: float) -> None:
@@ -235,13 +235,13 @@ class LiveConversation:
         self._user(now)
         if self.track.speaking():
             self.track.interrupt()
-        self._set_mic(True, now)
+        self.sessions.set_mic(True, now)
         self._update()
 
     def on_talk_end(self, now: float) -> None:
         """Push to talk: the button came up: mute (there is no end of turn to send)."""
         self._user(now)
-        self._set_mic(False, now)
+        self.sessions.set_mic(False, now)
         self._update()
 
     def on_interrupt(self, now: float) -> None:
@@ -270,7 +270,7 @@ class LiveConversation:
 
     def mute_mic(self) -> None:
         """A tool switched the microphone off (the button switches it on again)."""
-        self._set_mic(False, self.facts.clock)
+        self.sessions.set_mic(False, self.facts.clock)
         self._update()
 
     def end_conversation(self) -> None:
@@ -407,25 +407,6 @@ class LiveConversation:
         self.records.advance(now_ms)
         self.delegations.on_timeline(now_ms)
         self._update()
-
-    def _set_mic(self, on: bool, now: float) -> None:
-        f = self.facts
-        if on == f.mic_on:
-            return
-        f.mic_on = on
-        logger.info("microphone %s", "on" if on else "off")
-        if on:
-            self.out.emit(MicOpened())
-            if f.phase == "idle":
-                self.sessions.open(now, "the user started talking")
-            elif f.phase == "waiting":
-                self.sessions.open(now, "the user pressed the button")
-            elif f.phase in ("closing", "ended"):
-                self.sessions.reopen = True
-            elif f.phase == "open":
-                self.out.send(lw.mute(self.out.eid(), False))
-        elif f.phase == "open":
-            self.out.send(lw.mute(self.out.eid(), True))
 
     def _derive(self) -> tuple[State, str]:
         f = self.facts

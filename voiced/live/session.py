@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from voiced import guard
-from voiced.core.effects import Reconnect
+from voiced.core.effects import MicOpened, Reconnect
 from voiced.live import wire as lw
 from voiced.live.delegation import Delegations
 from voiced.live.facts import LiveFacts, Out
@@ -39,10 +39,10 @@ class Sessions:
         self.records = records
         self.delegations = delegations
         self._rand = rand
+        self._attempts = 0
         self.conn_up = False
         self._start_event: str | None = None
         self._retry_at = 0.0
-        self._attempts = 0
         self.reopen = False  # a press while the session closed: open a new one after
         self._disconnecting = False  # a Disconnect was emitted; on_connection_down follows
         # billing
@@ -227,6 +227,26 @@ class Sessions:
             self.end_session("refused", now)
 
     # ------------------------------------------------------------------ phases
+
+    def set_mic(self, on: bool, now: float) -> None:
+        """The user (or a tool) switched the mic: a session opens, or it is (un)muted."""
+        f = self.facts
+        if on == f.mic_on:
+            return
+        f.mic_on = on
+        logger.info("microphone %s", "on" if on else "off")
+        if on:
+            self.out.emit(MicOpened())
+            if f.phase == "idle":
+                self.open(now, "the user started talking")
+            elif f.phase == "waiting":
+                self.open(now, "the user pressed the button")
+            elif f.phase in ("closing", "ended"):
+                self.reopen = True
+            elif f.phase == "open":
+                self.out.send(lw.mute(self.out.eid(), False))
+        elif f.phase == "open":
+            self.out.send(lw.mute(self.out.eid(), True))
 
     def wanted(self, now: float) -> bool:
         """The conversation is active: a session lost now is worth a new one."""
