@@ -551,6 +551,27 @@ def test_a_drop_mid_conversation_reconnects_with_history() -> None:
     assert c.counters.reconnects == 2 and c.counters.sessions == 2
 
 
+def test_the_reconnect_backoff_is_the_shared_one_and_follows_new_settings() -> None:
+    # rand 0: backoff.Backoff's floor is half the base (the Live core used its own
+    # 0.75 floor before); the bounds in force at each attempt apply (SIGHUP)
+    c = LiveConversation(LiveSettings(reconnect_min_s=1.0, reconnect_max_s=8.0),
+                         conversation_id="conv-1", new_id=new_ids(), rand=lambda: 0.0)
+    c.on_devices_ready()
+    c.on_press(0.0)
+    c.on_connection_down("refused", 0.0)
+    c.take_effects()
+    c.on_tick(0.49, EXPIRES)
+    assert c.phase == "waiting"
+    c.on_tick(0.5, EXPIRES)
+    assert c.phase == "connecting"
+    c.set_settings(LiveSettings(reconnect_min_s=4.0, reconnect_max_s=4.0))
+    c.on_connection_down("refused", 1.0)  # second attempt: base min(4 * 2, 4) = 4 s
+    c.on_tick(2.99, EXPIRES)
+    assert c.phase == "waiting"
+    c.on_tick(3.0, EXPIRES)
+    assert c.phase == "connecting"
+
+
 def test_no_reconnect_once_the_conversation_went_quiet() -> None:
     c = open_session(quiet_close_s=30.0)
     c.on_connection_down("closed 1006", 20.0)

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from voiced import guard
+from voiced.backoff import Backoff
 from voiced.core.effects import MicOpened, Reconnect
 from voiced.live import wire as lw
 from voiced.live.delegation import Delegations
@@ -38,8 +39,7 @@ class Sessions:
         self.track = track
         self.records = records
         self.delegations = delegations
-        self._rand = rand
-        self._attempts = 0
+        self._backoff = Backoff(rand=rand)
         self.conn_up = False
         self._start_event: str | None = None
         self._retry_at = 0.0
@@ -100,10 +100,10 @@ class Sessions:
                 self.reopen = False
                 self.open(now, "the user started talking")
         elif self.wanted(now) and f.fatal is None:
-            s = f.settings
-            delay = min(s.reconnect_min_s * 2 ** self._attempts,
-                        s.reconnect_max_s) * (0.75 + 0.25 * self._rand())
-            self._attempts += 1
+            # the settings may have changed (SIGHUP) since the last attempt
+            self._backoff.min_s = f.settings.reconnect_min_s
+            self._backoff.max_s = f.settings.reconnect_max_s
+            delay = self._backoff.next()
             self._retry_at = now + delay
             logger.info("Live connection lost (%s): a new session in %.1f s",
                         guard.printable(reason, 100), delay)
@@ -156,7 +156,7 @@ class Sessions:
         f.model = ev.model or f.settings.model
         self._started_at = now
         self._usage_s = None
-        self._attempts = 0
+        self._backoff.reset()
         f.last_activity = now
         f.timeline = 0
         f.server_muted = False
