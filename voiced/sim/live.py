@@ -56,6 +56,7 @@ from websockets.exceptions import ConnectionClosed
 from voiced.sim import live_fields, voice
 from voiced.sim.connection import Connection
 from voiced.sim.fields import unknown_field
+from voiced.sim.live_resource import resource, updated_delegation
 from voiced.sim.responses import _SAY, ClientMistake, new_id, pieces
 from voiced.sim.toolargs import arguments_for
 from voiced.wire import SAMPLE_RATE
@@ -311,64 +312,10 @@ class LiveSession(Connection):
         """Check the configuration, resolve its defaults and start the session."""
         if self.session is not None:
             raise ClientMistake("session_already_started", "The session has already started.")
-        s = ev.get("session")
-        if not isinstance(s, dict):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'session'.", "session")
-        model = s.get("model")
-        if not isinstance(model, str) or not model:
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'session.model'.", "session.model")
-        audio = s.get("audio") or {}
-        fmt = audio.get("format")
-        if fmt is not None and fmt != {"type": "audio/pcm", "rate": SAMPLE_RATE}:
-            raise ClientMistake("invalid_value", "voiced sim serves audio/pcm at 24000 Hz only "
-                                "(the service also takes 16 kHz PCM and G.711).",
-                                "session.audio.format")
-        voice_name = (audio.get("output") or {}).get("voice", "marin")
-        if not (isinstance(voice_name, dict) and isinstance(voice_name.get("id"), str)
-                or voice_name in live_fields.VOICES):
-            raise ClientMistake("invalid_value", f"Invalid value: '{voice_name}'.",
-                                "session.audio.output.voice")
-        if "client" in s:
-            raise ClientMistake("invalid_value", "Client capabilities apply to WebRTC "
-                                "sessions, not a WebSocket.", "session.client")
-        if s.get("triggers"):
-            raise ClientMistake("invalid_value", "voiced sim does not simulate Decisions "
-                                "triggers.", "session.triggers")
-        delegation = s.get("delegation") or {"type": "client"}
-        self._check_delegation(delegation, "session.delegation")
-        history = s.get("input") or []
-        _check_history(history)
-        self.session = {
-            "id": new_id("live"), "expires_at": int(self.clock.time() + self.opts.max_session_s),
-            "model": model, "status": "active", "instructions": s.get("instructions") or "",
-            "audio": {"format": {"type": "audio/pcm", "rate": SAMPLE_RATE},
-                      "output": {"voice": voice_name}},
-            "delegation": delegation, "input": history,
-        }
-        for key in ("store", "safety_identifier"):
-            if key in s:
-                self.session[key] = s[key]
+        self.session = resource(ev, self.clock.time() + self.opts.max_session_s)
         self.emit({"type": "session.started", "session": self.session,
                    **({"client_event_id": event_id} if event_id is not None else {})})
         self._spawn(self._expire_later(self.session["expires_at"]))
-
-    def _check_delegation(self, delegation: Any, param: str) -> None:
-        kind = delegation.get("type") if isinstance(delegation, dict) else None
-        if kind == "decisions":
-            raise ClientMistake("invalid_value", "voiced sim does not simulate Decisions "
-                                "delegation.", f"{param}.type")
-        if kind not in ("client", "responses"):
-            raise ClientMistake("invalid_value", f"Invalid value: '{kind}'.", f"{param}.type")
-        delay = delegation.get("acknowledgement_delay_ms", 0)
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-            raise ClientMistake("invalid_value", "Invalid 'acknowledgement_delay_ms'.",
-                                f"{param}.acknowledgement_delay_ms")
-        if kind == "responses" and not isinstance(
-                (delegation.get("responses") or {}).get("model"), str):
-            raise ClientMistake("missing_required_parameter", "Missing required parameter: "
-                                f"'{param}.responses.model'.", f"{param}.responses.model")
 
     def on_update(self, ev: dict[str, Any], event_id: str | None) -> None:
         """Delegation settings and triggers only; the delegation type is fixed."""
@@ -377,21 +324,7 @@ class LiveSession(Connection):
         if not isinstance(s, dict):
             raise ClientMistake("missing_required_parameter",
                                 "Missing required parameter: 'session'.", "session")
-        if s.get("triggers"):
-            raise ClientMistake("invalid_value", "voiced sim does not simulate Decisions "
-                                "triggers.", "session.triggers")
-        if "delegation" in s:
-            new = s["delegation"]
-            if not isinstance(new, dict) or new.get("type") != self._delegation["type"]:
-                raise ClientMistake("immutable_field_update", "The delegation type cannot "
-                                    "change after the session started.",
-                                    "session.delegation.type")
-            merged = {**self._delegation, **{k: v for k, v in new.items() if k != "responses"}}
-            if isinstance(new.get("responses"), dict):
-                merged["responses"] = {**(self._delegation.get("responses") or {}),
-                                       **new["responses"]}
-            self._check_delegation(merged, "session.delegation")
-            self.session["delegation"] = merged
+        self.session["delegation"] = updated_delegation(self._delegation, s)
         self.emit({"type": "session.updated", "session": self.session,
                    **({"client_event_id": event_id} if event_id is not None else {})})
 
@@ -771,24 +704,6 @@ def _summary(event: dict[str, Any]) -> dict[str, Any]:
         return event
     pcm = base64.b64decode(event["delta"])
     return {"type": event["type"], "bytes": len(pcm), "loud": any(pcm)}
-
-
-def _check_history(history: Any) -> None:
-    """Text-only startup history: at most 128 messages, one text part each."""
-    if not isinstance(history, list) or len(history) > 128:
-        raise ClientMistake("invalid_value", "session.input holds at most 128 messages.",
-                            "session.input")
-    parts = {"developer": ("input_text",), "user": ("input_text",),
-             "assistant": ("output_text", "text")}
-    for i, item in enumerate(history):
-        role = item.get("role") if isinstance(item, dict) else None
-        content = item.get("content") if isinstance(item, dict) else None
-        if role not in parts or not isinstance(content, list) or len(content) != 1 or not (
-                isinstance(content[0], dict) and isinstance(content[0].get("text"), str)
-                and content[0].get("type", parts[role][0]) in parts[role]):
-            raise ClientMistake("invalid_value", "Each history message is a developer, user "
-                                "or assistant message with exactly one text part.",
-                                f"session.input[{i}]")
 
 
 _Handler = Callable[[LiveSession, dict[str, Any], "str | None"], None]
