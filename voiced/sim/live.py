@@ -47,7 +47,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -56,9 +56,9 @@ from websockets.exceptions import ConnectionClosed
 from voiced.sim import live_fields, voice
 from voiced.sim.connection import Connection
 from voiced.sim.fields import unknown_field
+from voiced.sim.live_backend import ResponsesBackend
 from voiced.sim.live_resource import resource, updated_delegation
 from voiced.sim.responses import _SAY, ClientMistake, new_id, pieces
-from voiced.sim.toolargs import arguments_for
 from voiced.wire import SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -134,16 +134,6 @@ class _Placement:
     delegation_id: str | None
 
 
-@dataclass
-class _Backend:
-    """Responses delegation: the backend's open function calls."""
-
-    calls: dict[str, str | None] = field(default_factory=dict)  # call_id → output
-    names: dict[str, str] = field(default_factory=dict)  # call_id → tool name
-    delegation: str | None = None  # the delegation the calls belong to
-    sequence: int = 0
-
-
 class LiveSession(Connection):
     """One client connection to ``/v1/live/sessions``; keeps what tests inspect."""
 
@@ -172,9 +162,9 @@ class LiveSession(Connection):
         self._words: deque[tuple[int, str, int, int]] = deque()  # (position, text, ms, ms)
         self._placements: list[_Placement] = []
         # client delegations commentary may answer (the newest 64; repeats continue one)
-        self._delegations: deque[str] = deque(maxlen=64)
+        self.delegations: deque[str] = deque(maxlen=64)
         self._acks: list[tuple[int, str]] = []  # (timeline due, delegation id)
-        self._backend = _Backend()
+        self.backend = ResponsesBackend(self)
         self._next_usage = USAGE_EVERY_MS * BYTES_PER_MS
         self._vad_buf = bytearray()
         self._vad_pos = 0
@@ -201,7 +191,8 @@ class LiveSession(Connection):
         return bool(self.speaker)
 
     @property
-    def _delegation(self) -> dict[str, Any]:
+    def delegation(self) -> dict[str, Any]:
+        """The session's delegation settings (client until it started)."""
         return (self.session or {}).get("delegation") or {"type": "client"}
 
     # ----------------------------------------------------------------- output
@@ -324,7 +315,7 @@ class LiveSession(Connection):
         if not isinstance(s, dict):
             raise ClientMistake("missing_required_parameter",
                                 "Missing required parameter: 'session'.", "session")
-        self.session["delegation"] = updated_delegation(self._delegation, s)
+        self.session["delegation"] = updated_delegation(self.delegation, s)
         self.emit({"type": "session.updated", "session": self.session,
                    **({"client_event_id": event_id} if event_id is not None else {})})
 
@@ -458,6 +449,10 @@ class LiveSession(Connection):
                                             (start + len(pcm)) // BYTES_PER_MS):
                 self._words.append((max(start, s * BYTES_PER_MS), piece, s, e))
 
+    def say_when_heard(self, text: str) -> None:
+        """Say what must be said (commentary, a backend's answer) once the user is quiet."""
+        self._spawn(self._speak(text, reply=True, wait=True))
+
     async def _speak(self, text: str, *, reply: bool, wait: bool = False) -> None:
         """Say ``text`` once it is synthesised.
 
@@ -500,10 +495,10 @@ class LiveSession(Connection):
     async def _respond(self, heard: str, at_ms: int) -> None:
         lowered = f" {re.sub(r'[^a-z0-9]+', ' ', heard.lower())} "
         asked = any(f" {w} " in lowered for w in self._delegate_words())
-        if self._delegation["type"] == "responses":
-            tool = self._named_tool(lowered)
+        if self.delegation["type"] == "responses":
+            tool = self.backend.named_tool(lowered)
             if tool is not None or asked:
-                self._delegate_to_backend(heard, at_ms, tool)
+                self.backend.delegate(heard, at_ms, tool)
                 return
         elif asked:
             self._delegate_to_client(at_ms)
@@ -512,19 +507,20 @@ class LiveSession(Connection):
         said = _SAY.search(instructions)
         await self._speak(said.group(1) if said else self.opts.reply(heard), reply=True)
 
-    def _delegated(self, at_ms: int, target: str, response_id: str | None = None) -> str:
+    def delegated(self, at_ms: int, target: str, response_id: str | None = None) -> str:
+        """Send ``session.delegation.created``; its acknowledgement is due after the delay."""
         delegation_id = new_id("item")
         body: dict[str, Any] = {"id": delegation_id, "type": "delegation", "target": target}
         if response_id is not None:
             body["response_id"] = response_id
         self.emit({"type": "session.delegation.created", "offset_ms": grid_floor(at_ms),
                    "delegation": body})
-        delay = self._delegation.get("acknowledgement_delay_ms") or 0
+        delay = self.delegation.get("acknowledgement_delay_ms") or 0
         self._acks.append((self.timeline + int(delay) * BYTES_PER_MS, delegation_id))
         return delegation_id
 
     def _delegate_to_client(self, at_ms: int) -> None:
-        self._delegations.append(self._delegated(at_ms, "client"))
+        self.delegations.append(self.delegated(at_ms, "client"))
 
     # ----------------------------------------------------------------- context appends
 
@@ -546,10 +542,10 @@ class LiveSession(Connection):
                                 "tokens.", "content")
         did = ev["delegation_id"]
         if did is not None:
-            if self._delegation["type"] == "responses":
+            if self.delegation["type"] == "responses":
                 raise ClientMistake("invalid_value", "A delegation_id is not accepted with "
                                     "Responses delegation.", "delegation_id")
-            if did not in self._delegations:
+            if did not in self.delegations:
                 raise ClientMistake("invalid_value", f"Unknown delegation_id '{did}'.",
                                     "delegation_id")
         if kind in ("commentary", "thinking"):
@@ -562,7 +558,7 @@ class LiveSession(Connection):
         self.emit({"type": f"session.{p.kind}.appended", "start_ms": at, "end_ms": at,
                    **({"client_event_id": p.event_id} if p.event_id is not None else {})})
         if p.kind == "commentary":
-            self._spawn(self._speak(p.content, reply=True, wait=True))
+            self.say_when_heard(p.content)
         elif p.kind == "instructions" and self.session is not None:
             self.session["instructions"] = f"{self.session['instructions']}\n{p.content}"
 
@@ -585,113 +581,13 @@ class LiveSession(Connection):
                    **({"client_event_id": event_id} if event_id is not None else {})})
         self._enqueue(pcm, "", reply=False, fixture=event_id or "")
 
-    # ----------------------------------------------------------------- Responses delegation
-
-    def _responses(self) -> dict[str, Any]:
-        return dict(self._delegation.get("responses") or {})
-
-    def _named_tool(self, lowered: str) -> dict[str, Any] | None:
-        tools: list[dict[str, Any]] = [t for t in self._responses().get("tools") or []
-                                        if isinstance(t, dict) and t.get("type") == "function"]
-        for tool in tools:
-            name = tool.get("name")
-            if isinstance(name, str) and (f" {name.lower()} " in lowered
-                                          or f" {name.lower().replace('_', ' ')} " in lowered):
-                return tool
-        return None
-
-    def _backend_event(self, delegation_id: str, event: dict[str, Any]) -> None:
-        self._backend.sequence += 1
-        self.emit({"type": "response.event", "delegation_id": delegation_id,
-                   "event": {**event, "sequence_number": self._backend.sequence}})
-
-    def _response(self, response_id: str, status: str) -> dict[str, Any]:
-        """A lifecycle snapshot: output, instructions and tools blanked, as the service's."""
-        backend = self._responses()
-        out: dict[str, Any] = {
-            "id": response_id, "object": "response", "created_at": int(self.clock.time()),
-            "status": status, "model": backend.get("model", ""), "output": [],
-            "parallel_tool_calls": bool(backend.get("parallel_tool_calls", False)),
-            "tool_choice": "auto", "tools": [], "instructions": None}
-        if status == "completed":
-            out["usage"] = {"input_tokens": 40, "output_tokens": 12, "total_tokens": 52,
-                            "input_tokens_details": {"cached_tokens": 0,
-                                                     "cache_write_tokens": 0},
-                            "output_tokens_details": {"reasoning_tokens": 0}}
-        return out
-
-    def _backend_response(self, delegation_id: str, items: list[dict[str, Any]],
-                          response_id: str | None = None) -> None:
-        response_id = response_id or new_id("resp")
-        self._backend_event(delegation_id, {"type": "response.created",
-                                            "response": self._response(response_id,
-                                                                       "in_progress")})
-        for i, item in enumerate(items):
-            self._backend_event(delegation_id, {"type": "response.output_item.done",
-                                                "output_index": i, "item": item})
-        self._backend_event(delegation_id, {"type": "response.completed",
-                                            "response": self._response(response_id,
-                                                                       "completed")})
-
-    def _backend_says(self, delegation_id: str, text: str,
-                      response_id: str | None = None) -> None:
-        self._backend_response(delegation_id, [{
-            "id": new_id("msg"), "type": "message", "role": "assistant",
-            "status": "completed",
-            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-            response_id)
-        self._spawn(self._speak(text, reply=True, wait=True))
-
-    def _delegate_to_backend(self, heard: str, at_ms: int, tool: dict[str, Any] | None) -> None:
-        response_id = new_id("resp")
-        delegation_id = self._delegated(at_ms, "responses", response_id)
-        if tool is None:
-            self._backend_says(delegation_id, self.opts.reply(heard), response_id)
-            return
-        name = str(tool["name"])
-        call_id = new_id("call")
-        args = self.opts.tool_arguments.get(name)
-        if args is None:
-            args = json.dumps(arguments_for(tool.get("parameters"), heard))
-        self._backend = _Backend(calls={call_id: None}, names={call_id: name},
-                                 delegation=delegation_id, sequence=self._backend.sequence)
-        self._backend_response(delegation_id, [{
-            "id": new_id("fc"), "type": "function_call", "call_id": call_id, "name": name,
-            "arguments": args, "status": "completed"}], response_id)
-
     def on_response_item(self, ev: dict[str, Any], event_id: str | None) -> None:
         """A function call's output for the backend (Responses delegation only)."""
-        self._need_backend(ev["type"])
-        item = ev.get("item")
-        if not isinstance(item, dict):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'item'.", "item")
-        if item.get("type") == "function_call_output":
-            call_id = item.get("call_id")
-            if call_id not in self._backend.calls:
-                raise ClientMistake("invalid_value", f"No open function call '{call_id}'.",
-                                    "item.call_id")
-            self._backend.calls[str(call_id)] = str(item.get("output", ""))
+        self.backend.on_item(ev)
 
     def on_response_create(self, ev: dict[str, Any], event_id: str | None) -> None:
         """Continue the backend once every open call has its output."""
-        self._need_backend(ev["type"])
-        calls = self._backend.calls
-        if not calls:
-            raise ClientMistake("invalid_value", "No open function calls to continue (what "
-                                "the service does then is not known; voiced sim refuses).")
-        if any(output is None for output in calls.values()):
-            raise ClientMistake("invalid_value", "Every open function call needs an output "
-                                "before response.create.")
-        text = " ".join(f"The {self._backend.names[c]} tool says: {out}"
-                        for c, out in calls.items())
-        delegation_id = self._backend.delegation or ""
-        self._backend = _Backend(sequence=self._backend.sequence)
-        self._backend_says(delegation_id, text)
-
-    def _need_backend(self, kind: str) -> None:
-        if self._delegation["type"] != "responses":
-            raise ClientMistake("invalid_value", f"{kind} requires Responses delegation.")
+        self.backend.on_create(ev)
 
     def on_decision(self, ev: dict[str, Any], event_id: str | None) -> None:
         """Decisions are not simulated: refused in so many words."""
