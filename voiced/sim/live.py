@@ -58,20 +58,14 @@ from voiced.sim.connection import Connection
 from voiced.sim.fields import unknown_field
 from voiced.sim.live_backend import ResponsesBackend
 from voiced.sim.live_resource import resource, updated_delegation
-from voiced.sim.responses import _SAY, ClientMistake, new_id, pieces
-from voiced.wire import SAMPLE_RATE
+from voiced.sim.live_track import BYTES_PER_MS, Track, grid_floor, timed_pieces
+from voiced.sim.responses import _SAY, ClientMistake, new_id
 
 if TYPE_CHECKING:
     from voiced.sim.server import SimServer
 
 logger = logging.getLogger(__name__)
 
-BYTES_PER_MS = SAMPLE_RATE * 2 // 1000
-FRAME_MS = 100
-"""Output audio per ``session.output_audio.delta``."""
-FRAME_BYTES = FRAME_MS * BYTES_PER_MS
-GRID_MS = 200
-"""Transcript fragments start and end on this grid, as the service's do."""
 USAGE_EVERY_MS = 15_000
 PLACE_AFTER_MS = 600
 """Timeline between a context append and its placement (the service: 0.6-1 s)."""
@@ -86,41 +80,9 @@ _MAX_UTTERANCE_MS = 30_000
 _DELEGATE = re.compile(r"^\s*delegate:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
-def grid_floor(ms: float) -> int:
-    """``ms`` down to the 200 ms grid."""
-    return int(ms // GRID_MS) * GRID_MS
-
-
-def timed_pieces(text: str, start_ms: int, end_ms: int) -> list[tuple[str, int, int]]:
-    """``text`` as word-aligned fragments spread over [start_ms, end_ms] on the grid.
-
-    Each fragment covers at least one 200 ms cell; fragments join back to ``text``.
-    """
-    start = grid_floor(start_ms)
-    cells = max(1, math.ceil((end_ms - start) / GRID_MS))
-    words = pieces(text, max(1, min(len(text.split()), cells)))
-    out = []
-    for i, piece in enumerate(words):
-        first = i * cells // len(words)
-        last = max(first + 1, (i + 1) * cells // len(words))
-        out.append((piece, start + first * GRID_MS, start + last * GRID_MS))
-    return out
-
-
 def _tokens(text: str) -> int:
     """A token estimate (about four characters each), for the 500-token append cap."""
     return math.ceil(len(text) / 4)
-
-
-@dataclass
-class _Speech:
-    """Something the model says, as a span of the output stream (byte positions)."""
-
-    start: int
-    end: int
-    reply: bool  # a reply (the drop fault may cut it halfway)
-    fixture: str | None = None  # a fixture's client event id ("" when it had none)
-    half_checked: bool = False
 
 
 @dataclass
@@ -150,16 +112,12 @@ class LiveSession(Connection):
         self.sent: list[dict[str, Any]] = []
         """Every event written, output audio as ``{"type", "bytes", "loud"}``."""
         self.heard: list[str] = []  # what the model recognised, utterance by utterance
-        self.said: list[str] = []  # what the model spoke, in order
         self.timeline = 0  # input audio bytes: the session's clock
-        self.out_pos = 0  # output audio bytes sent
-        self.speaker = bytearray()  # output audio queued (model speech, fixtures)
+        self.track = Track()  # the output stream: what the model (or a fixture) says
         self.muted = False
         self.closed = False
         self.ended_at: float | None = None
         self._opened = self.clock.time()
-        self._speeches: deque[_Speech] = deque()
-        self._words: deque[tuple[int, str, int, int]] = deque()  # (position, text, ms, ms)
         self._placements: list[_Placement] = []
         # client delegations commentary may answer (the newest 64; repeats continue one)
         self.delegations: deque[str] = deque(maxlen=64)
@@ -188,7 +146,12 @@ class LiveSession(Connection):
     @property
     def speaking(self) -> bool:
         """The model (or a fixture) has output audio queued."""
-        return bool(self.speaker)
+        return bool(self.track.speaker)
+
+    @property
+    def said(self) -> list[str]:
+        """What the model spoke, in order."""
+        return self.track.said
 
     @property
     def delegation(self) -> dict[str, Any]:
@@ -335,7 +298,7 @@ class LiveSession(Connection):
         if len(pcm) % 2:
             raise ClientMistake("invalid_value", "Invalid 'audio': PCM16 has an even number "
                                 "of bytes.", "audio")
-        fixture = any(s.fixture is not None for s in self._speeches)
+        fixture = self.track.fixture_playing()
         heard = bytes(len(pcm)) if self.muted or fixture else pcm  # muted: silence
         self.timeline += len(pcm)
         self._vad_buf += heard
@@ -365,9 +328,9 @@ class LiveSession(Connection):
             self._user_quiet.clear()
             self._utterance = bytearray(b"".join(self._prefix))
             self._silence = 0
-            if self._speaking_model():
+            if self.track.model_speaking():
                 logger.info("simulated model: the user talks over it; it stops")
-                self._stop_speaking()
+                self.track.stop()
             return
         self._utterance += chunk
         self._silence = 0 if loud else self._silence + 10
@@ -380,20 +343,11 @@ class LiveSession(Connection):
             self._prefix.clear()
             self._spawn(self._hear(pcm, start, end_ms - self._silence))
 
-    def _speaking_model(self) -> bool:
-        return any(s.fixture is None for s in self._speeches)
-
-    def _stop_speaking(self) -> None:
-        """The model stops itself: what it had queued is never said."""
-        self.speaker.clear()
-        self._speeches.clear()
-        self._words.clear()
-
     # ----------------------------------------------------------------- the timeline
 
     def _tick(self) -> None:
         """Everything due at the current input position, in order."""
-        while self.out_pos // BYTES_PER_MS <= self.input_ms and not self.closed:
+        while self.track.out_pos // BYTES_PER_MS <= self.input_ms and not self.closed:
             self._output_frame()
         for p in [p for p in self._placements if p.due <= self.timeline]:
             self._placements.remove(p)
@@ -410,44 +364,28 @@ class LiveSession(Connection):
             self.expire()
 
     def _output_frame(self) -> None:
-        chunk = bytes(self.speaker[:FRAME_BYTES])
-        del self.speaker[:FRAME_BYTES]
-        chunk += bytes(FRAME_BYTES - len(chunk))
-        self.out_pos += FRAME_BYTES
+        t = self.track
         self.emit({"type": "session.output_audio.delta",
-                   "delta": base64.b64encode(chunk).decode()})
-        while self._words and self._words[0][0] < self.out_pos:
-            _, text, start_ms, end_ms = self._words.popleft()
+                   "delta": base64.b64encode(t.frame()).decode()})
+        for text, start_ms, end_ms in t.words_out():
             self.emit({"type": "session.output_transcript.delta", "delta": text,
                        "start_ms": start_ms, "end_ms": end_ms})
-        while self._speeches:
-            speech = self._speeches[0]
+        while t.speeches:
+            speech = t.speeches[0]
             if speech.reply and not speech.half_checked and \
-                    self.out_pos >= (speech.start + speech.end) // 2:
+                    t.out_pos >= (speech.start + speech.end) // 2:
                 speech.half_checked = True
                 if self.server.take_drop():
                     logger.info("fault: dropping the connection mid-reply")
                     self.closed = True
                     self.abort()
                     return
-            if speech.end > self.out_pos:
+            if speech.end > t.out_pos:
                 break
-            self._speeches.popleft()
+            t.speeches.popleft()
             if speech.fixture is not None:
                 self.emit({"type": "session.output_audio.fixture.played",
                            **({"client_event_id": speech.fixture} if speech.fixture else {})})
-
-    def _enqueue(self, pcm: bytes, text: str, *, reply: bool,
-                 fixture: str | None = None) -> None:
-        """Queue speech (or a fixture) after what is queued, its words timed to its audio."""
-        start = self.out_pos + len(self.speaker)
-        self.speaker += pcm
-        self._speeches.append(_Speech(start, start + len(pcm), reply, fixture))
-        if text:
-            self.said.append(text)
-            for piece, s, e in timed_pieces(text, start // BYTES_PER_MS,
-                                            (start + len(pcm)) // BYTES_PER_MS):
-                self._words.append((max(start, s * BYTES_PER_MS), piece, s, e))
 
     def say_when_heard(self, text: str) -> None:
         """Say what must be said (commentary, a backend's answer) once the user is quiet."""
@@ -467,7 +405,7 @@ class LiveSession(Connection):
         if reply and self._speech_on is not None:
             logger.info("simulated model: the user is talking again; not answering yet")
             return
-        self._enqueue(pcm, text, reply=reply)
+        self.track.enqueue(pcm, text, reply=reply)
 
     # ----------------------------------------------------------------- the model
 
@@ -534,7 +472,7 @@ class LiveSession(Connection):
         if "delegation_id" not in ev:
             raise ClientMistake("missing_required_parameter",
                                 "Missing required parameter: 'delegation_id'.", "delegation_id")
-        if any(s.fixture is not None for s in self._speeches):
+        if self.track.fixture_playing():
             raise ClientMistake("fixture_active", "Context appends are rejected while an "
                                 "audio fixture plays.")
         if _tokens(content) > MAX_APPEND_TOKENS:
@@ -574,12 +512,12 @@ class LiveSession(Connection):
         if len(pcm) % 2 or not pcm or len(pcm) > MAX_FIXTURE_S * 1000 * BYTES_PER_MS:
             raise ClientMistake("invalid_value", f"A fixture is PCM16 at 24 kHz, at most "
                                 f"{MAX_FIXTURE_S} s.", "audio")
-        if any(s.fixture is not None for s in self._speeches):
+        if self.track.fixture_playing():
             raise ClientMistake("fixture_active", "A fixture is already playing.")
-        self._stop_speaking()
+        self.track.stop()
         self.emit({"type": "session.output_audio.fixture.playing",
                    **({"client_event_id": event_id} if event_id is not None else {})})
-        self._enqueue(pcm, "", reply=False, fixture=event_id or "")
+        self.track.enqueue(pcm, "", reply=False, fixture=event_id or "")
 
     def on_response_item(self, ev: dict[str, Any], event_id: str | None) -> None:
         """A function call's output for the backend (Responses delegation only)."""
