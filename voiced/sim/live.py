@@ -42,7 +42,6 @@ import binascii
 import json
 import logging
 import math
-import operator
 import re
 import time
 from collections import deque
@@ -57,6 +56,7 @@ from voiced.sim import live_fields, voice
 from voiced.sim.connection import Connection
 from voiced.sim.fields import unknown_field
 from voiced.sim.live_backend import ResponsesBackend
+from voiced.sim.live_ears import Ears
 from voiced.sim.live_resource import resource, updated_delegation
 from voiced.sim.live_track import BYTES_PER_MS, Track, grid_floor, timed_pieces
 from voiced.sim.responses import _SAY, ClientMistake, new_id
@@ -72,11 +72,6 @@ PLACE_AFTER_MS = 600
 MAX_APPEND_TOKENS = 500
 MAX_FIXTURE_S = 30
 ACKNOWLEDGEMENT = "Okay, one moment."
-_VAD_BYTES = 10 * BYTES_PER_MS
-_SPEECH_LEVEL = 10 ** (-40 / 20) * 32768  # RMS of -40 dBFS
-_PREFIX_MS = 300
-_SILENCE_MS = 500  # quiet after speech that ends the user's turn
-_MAX_UTTERANCE_MS = 30_000
 _DELEGATE = re.compile(r"^\s*delegate:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -124,14 +119,7 @@ class LiveSession(Connection):
         self._acks: list[tuple[int, str]] = []  # (timeline due, delegation id)
         self.backend = ResponsesBackend(self)
         self._next_usage = USAGE_EVERY_MS * BYTES_PER_MS
-        self._vad_buf = bytearray()
-        self._vad_pos = 0
-        self._prefix: deque[bytes] = deque(maxlen=_PREFIX_MS // 10)
-        self._speech_on: int | None = None  # ms where the user's speech started
-        self._silence = 0
-        self._utterance = bytearray()
-        self._user_quiet = asyncio.Event()  # set while the user is not talking
-        self._user_quiet.set()
+        self.ears = Ears()
         self._hearing = asyncio.Lock()  # utterances are answered one after the other
         faults = self.opts.expire_at_input_ms
         self._expire_at_ms = faults[self.index] if self.index < len(faults) else None
@@ -301,11 +289,12 @@ class LiveSession(Connection):
         fixture = self.track.fixture_playing()
         heard = bytes(len(pcm)) if self.muted or fixture else pcm  # muted: silence
         self.timeline += len(pcm)
-        self._vad_buf += heard
-        while len(self._vad_buf) >= _VAD_BYTES:
-            chunk = bytes(self._vad_buf[:_VAD_BYTES])
-            del self._vad_buf[:_VAD_BYTES]
-            self._vad(chunk)
+        started, utterances = self.ears.feed(heard)
+        if started and self.track.model_speaking():
+            logger.info("simulated model: the user talks over it; it stops")
+            self.track.stop()
+        for utterance in utterances:
+            self._spawn(self._hear(*utterance))
         self._tick()
 
     def on_mute(self, ev: dict[str, Any], event_id: str | None) -> None:
@@ -314,34 +303,6 @@ class LiveSession(Connection):
         self.emit({"type": "session.input_audio.muted" if self.muted
                    else "session.input_audio.unmuted",
                    **({"client_event_id": event_id} if event_id is not None else {})})
-
-    def _vad(self, chunk: bytes) -> None:
-        a = memoryview(chunk).cast("h")
-        loud = math.sqrt(sum(map(operator.mul, a, a)) / len(a)) > _SPEECH_LEVEL
-        pos_ms = self._vad_pos // BYTES_PER_MS
-        self._vad_pos += len(chunk)
-        if self._speech_on is None:
-            self._prefix.append(chunk)
-            if not loud:
-                return
-            self._speech_on = max(0, pos_ms - _PREFIX_MS)
-            self._user_quiet.clear()
-            self._utterance = bytearray(b"".join(self._prefix))
-            self._silence = 0
-            if self.track.model_speaking():
-                logger.info("simulated model: the user talks over it; it stops")
-                self.track.stop()
-            return
-        self._utterance += chunk
-        self._silence = 0 if loud else self._silence + 10
-        end_ms = pos_ms + 10
-        if self._silence >= _SILENCE_MS or end_ms - self._speech_on >= _MAX_UTTERANCE_MS:
-            start, self._speech_on = self._speech_on, None
-            self._user_quiet.set()
-            pcm = bytes(self._utterance)
-            self._utterance = bytearray()
-            self._prefix.clear()
-            self._spawn(self._hear(pcm, start, end_ms - self._silence))
 
     # ----------------------------------------------------------------- the timeline
 
@@ -399,10 +360,10 @@ class LiveSession(Connection):
         """
         pcm = await asyncio.to_thread(voice.speak, text)
         if wait:
-            await self._user_quiet.wait()
+            await self.ears.quiet.wait()
         if self.closed:
             return
-        if reply and self._speech_on is not None:
+        if reply and self.ears.speech_on is not None:
             logger.info("simulated model: the user is talking again; not answering yet")
             return
         self.track.enqueue(pcm, text, reply=reply)
