@@ -41,12 +41,9 @@ import base64
 import binascii
 import json
 import logging
-import math
 import re
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -56,9 +53,10 @@ from voiced.sim import live_fields, voice
 from voiced.sim.connection import Connection
 from voiced.sim.fields import unknown_field
 from voiced.sim.live_backend import ResponsesBackend
+from voiced.sim.live_context import Context
 from voiced.sim.live_ears import Ears
 from voiced.sim.live_resource import resource, updated_delegation
-from voiced.sim.live_track import BYTES_PER_MS, Track, grid_floor, timed_pieces
+from voiced.sim.live_track import BYTES_PER_MS, Track, timed_pieces
 from voiced.sim.responses import _SAY, ClientMistake, new_id
 
 if TYPE_CHECKING:
@@ -67,28 +65,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 USAGE_EVERY_MS = 15_000
-PLACE_AFTER_MS = 600
-"""Timeline between a context append and its placement (the service: 0.6-1 s)."""
-MAX_APPEND_TOKENS = 500
 MAX_FIXTURE_S = 30
 ACKNOWLEDGEMENT = "Okay, one moment."
 _DELEGATE = re.compile(r"^\s*delegate:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
-
-
-def _tokens(text: str) -> int:
-    """A token estimate (about four characters each), for the 500-token append cap."""
-    return math.ceil(len(text) / 4)
-
-
-@dataclass
-class _Placement:
-    """A context append waiting for the timeline to place it."""
-
-    due: int  # timeline bytes
-    kind: str
-    event_id: str | None
-    content: str
-    delegation_id: str | None
 
 
 class LiveSession(Connection):
@@ -113,10 +92,7 @@ class LiveSession(Connection):
         self.closed = False
         self.ended_at: float | None = None
         self._opened = self.clock.time()
-        self._placements: list[_Placement] = []
-        # client delegations commentary may answer (the newest 64; repeats continue one)
-        self.delegations: deque[str] = deque(maxlen=64)
-        self._acks: list[tuple[int, str]] = []  # (timeline due, delegation id)
+        self.context = Context(self)
         self.backend = ResponsesBackend(self)
         self._next_usage = USAGE_EVERY_MS * BYTES_PER_MS
         self.ears = Ears()
@@ -178,11 +154,10 @@ class LiveSession(Connection):
         if self.closed or self.session is None:
             return
         self.closed = True
-        for p in self._placements:
+        for p in self.context.unplaced():
             self._error("context_injection_incomplete",
                         f"The {p.kind} append was not placed on the timeline before the "
                         "session closed.", event_id=p.event_id)
-        self._placements.clear()
         self.emit({"type": "session.closed", "reason": reason, "usage": self._usage(),
                    "session": self.session,
                    **({"client_event_id": event_id} if event_id is not None else {})})
@@ -310,11 +285,7 @@ class LiveSession(Connection):
         """Everything due at the current input position, in order."""
         while self.track.out_pos // BYTES_PER_MS <= self.input_ms and not self.closed:
             self._output_frame()
-        for p in [p for p in self._placements if p.due <= self.timeline]:
-            self._placements.remove(p)
-            self._place(p)
-        for due, delegation_id in [a for a in self._acks if a[0] <= self.timeline]:
-            self._acks.remove((due, delegation_id))
+        for _ in range(self.context.place_due()):  # acknowledgements due
             self._spawn(self._speak(ACKNOWLEDGEMENT, reply=False))
         if self.timeline >= self._next_usage:
             self._next_usage += USAGE_EVERY_MS * BYTES_PER_MS
@@ -400,66 +371,15 @@ class LiveSession(Connection):
                 self.backend.delegate(heard, at_ms, tool)
                 return
         elif asked:
-            self._delegate_to_client(at_ms)
+            self.context.delegate_to_client(at_ms)
             return
         instructions = str((self.session or {}).get("instructions") or "")
         said = _SAY.search(instructions)
         await self._speak(said.group(1) if said else self.opts.reply(heard), reply=True)
 
-    def delegated(self, at_ms: int, target: str, response_id: str | None = None) -> str:
-        """Send ``session.delegation.created``; its acknowledgement is due after the delay."""
-        delegation_id = new_id("item")
-        body: dict[str, Any] = {"id": delegation_id, "type": "delegation", "target": target}
-        if response_id is not None:
-            body["response_id"] = response_id
-        self.emit({"type": "session.delegation.created", "offset_ms": grid_floor(at_ms),
-                   "delegation": body})
-        delay = self.delegation.get("acknowledgement_delay_ms") or 0
-        self._acks.append((self.timeline + int(delay) * BYTES_PER_MS, delegation_id))
-        return delegation_id
-
-    def _delegate_to_client(self, at_ms: int) -> None:
-        self.delegations.append(self.delegated(at_ms, "client"))
-
-    # ----------------------------------------------------------------- context appends
-
     def on_append_context(self, ev: dict[str, Any], event_id: str | None) -> None:
-        """Context appends (instructions, thinking, commentary): placed 600 ms of timeline later."""
-        kind = ev["type"].split(".")[1]
-        content = ev.get("content")
-        if not isinstance(content, str):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'content'.", "content")
-        if "delegation_id" not in ev:
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'delegation_id'.", "delegation_id")
-        if self.track.fixture_playing():
-            raise ClientMistake("fixture_active", "Context appends are rejected while an "
-                                "audio fixture plays.")
-        if _tokens(content) > MAX_APPEND_TOKENS:
-            raise ClientMistake("invalid_value", "Context append text must not exceed 500 "
-                                "tokens.", "content")
-        did = ev["delegation_id"]
-        if did is not None:
-            if self.delegation["type"] == "responses":
-                raise ClientMistake("invalid_value", "A delegation_id is not accepted with "
-                                    "Responses delegation.", "delegation_id")
-            if did not in self.delegations:
-                raise ClientMistake("invalid_value", f"Unknown delegation_id '{did}'.",
-                                    "delegation_id")
-        if kind in ("commentary", "thinking"):
-            self._acks.clear()  # cancels every pending automatic acknowledgement
-        self._placements.append(_Placement(self.timeline + PLACE_AFTER_MS * BYTES_PER_MS,
-                                           kind, event_id, content, did))
-
-    def _place(self, p: _Placement) -> None:
-        at = grid_floor(self.input_ms)
-        self.emit({"type": f"session.{p.kind}.appended", "start_ms": at, "end_ms": at,
-                   **({"client_event_id": p.event_id} if p.event_id is not None else {})})
-        if p.kind == "commentary":
-            self.say_when_heard(p.content)
-        elif p.kind == "instructions" and self.session is not None:
-            self.session["instructions"] = f"{self.session['instructions']}\n{p.content}"
+        """Context appends (instructions, thinking, commentary): placed 600 ms later."""
+        self.context.on_append(ev, event_id)
 
     # ----------------------------------------------------------------- fixtures
 

@@ -85,7 +85,7 @@ class ResponsesBackend:
     def delegate(self, heard: str, at_ms: int, tool: dict[str, Any] | None) -> None:
         """Delegate to the backend: a call of ``tool``, or an answer when none was named."""
         response_id = new_id("resp")
-        delegation_id = self.live.delegated(at_ms, "responses", response_id)
+        delegation_id = self.live.context.delegated(at_ms, "responses", response_id)
         if tool is None:
             self._says(delegation_id, self.live.opts.reply(heard), response_id)
             return
