@@ -32,6 +32,12 @@ What it does, after the protocol notes' list of what a faithful simulator must d
   ``expires_at`` ``session.closed`` with ``expired``.
 - Faults from :class:`~voiced.sim.server.SimServer`: a drop halfway through a reply,
   refused connections, expiry now, a stall, malformed and unknown frames.
+
+This connection runs the protocol flow; its parts are :mod:`~voiced.sim.live_resource`
+(what ``session.start``/``session.update`` may hold), :mod:`~voiced.sim.live_ears` (the
+input VAD), :mod:`~voiced.sim.live_track` (the output stream and its timed words),
+:mod:`~voiced.sim.live_context` (context appends, client delegations) and
+:mod:`~voiced.sim.live_backend` (Responses delegation).
 """
 
 from __future__ import annotations
