@@ -245,8 +245,7 @@ class LiveSession(Connection):
         assert self.session is not None
         s = ev.get("session")
         if not isinstance(s, dict):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'session'.", "session")
+            raise ClientMistake.missing("session")
         self.session["delegation"] = updated_delegation(self.delegation, s)
         self.emit({"type": "session.updated", "session": self.session,
                    **({"client_event_id": event_id} if event_id is not None else {})})

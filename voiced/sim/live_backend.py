@@ -105,8 +105,7 @@ class ResponsesBackend:
         self._need(ev["type"])
         item = ev.get("item")
         if not isinstance(item, dict):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'item'.", "item")
+            raise ClientMistake.missing("item")
         if item.get("type") == "function_call_output":
             call_id = item.get("call_id")
             if call_id not in self.calls:

@@ -89,11 +89,9 @@ class Context:
         kind = ev["type"].split(".")[1]
         content = ev.get("content")
         if not isinstance(content, str):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'content'.", "content")
+            raise ClientMistake.missing("content")
         if "delegation_id" not in ev:
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'delegation_id'.", "delegation_id")
+            raise ClientMistake.missing("delegation_id")
         if self.live.track.fixture_playing():
             raise ClientMistake("fixture_active", "Context appends are rejected while an "
                                 "audio fixture plays.")

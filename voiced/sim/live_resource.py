@@ -18,12 +18,10 @@ def resource(ev: dict[str, Any], expires_at: float) -> dict[str, Any]:
     """The session ``session.start`` asks for, checked, with its defaults resolved."""
     s = ev.get("session")
     if not isinstance(s, dict):
-        raise ClientMistake("missing_required_parameter",
-                            "Missing required parameter: 'session'.", "session")
+        raise ClientMistake.missing("session")
     model = s.get("model")
     if not isinstance(model, str) or not model:
-        raise ClientMistake("missing_required_parameter",
-                            "Missing required parameter: 'session.model'.", "session.model")
+        raise ClientMistake.missing("session.model")
     audio = s.get("audio") or {}
     fmt = audio.get("format")
     if fmt is not None and fmt != {"type": "audio/pcm", "rate": SAMPLE_RATE}:
@@ -72,8 +70,7 @@ def check_delegation(delegation: Any, param: str) -> None:
                             f"{param}.acknowledgement_delay_ms")
     if kind == "responses" and not isinstance(
             (delegation.get("responses") or {}).get("model"), str):
-        raise ClientMistake("missing_required_parameter", "Missing required parameter: "
-                            f"'{param}.responses.model'.", f"{param}.responses.model")
+        raise ClientMistake.missing(f"{param}.responses.model")
 
 
 def updated_delegation(current: dict[str, Any], s: dict[str, Any]) -> dict[str, Any]:
