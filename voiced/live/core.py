@@ -194,20 +194,8 @@ class LiveConversation:
     # ---------------------------------------------------------------- device inputs
 
     def on_stopping(self) -> None:
-        """The daemon stops: record the replies still waiting for playback (never lost).
-
-        Marked interrupted where part of them went unheard.
-        """
-        for seg, draft, session in list(self._unrecorded):
-            mine = [b for b in self._bursts if b.session == session]
-            heard = self._heard_ms(seg, mine)
-            self._unrecorded.remove((seg, draft, session))
-            self._record(seg, Transcript(
-                role=draft.role, text=draft.text, item_id=draft.item_id,
-                conversation_id=draft.conversation_id,
-                metadata={**draft.metadata, "heard_ms": heard,
-                          "interrupted": (self._interrupted(seg, session)
-                                          or heard < seg.end_ms - seg.start_ms)}))
+        """The daemon stops: the replies still waiting for playback are recorded now."""
+        self.records.release()
 
     def on_devices_ready(self) -> None:
         """The mic and speaker are open."""

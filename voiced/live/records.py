@@ -93,6 +93,21 @@ class Records:
                           "interrupted": self.track.interrupted(seg, session),
                           "heard_ms": self.track.heard_ms(seg, session)}))
 
+    def release(self) -> None:
+        """Record every assistant segment still waiting for playback (never lost).
+
+        The daemon stops; a record is marked interrupted where part of it went unheard.
+        """
+        for seg, draft, session in self.unrecorded:
+            heard = self.track.heard_ms(seg, session)
+            self._record(seg, Transcript(
+                role=draft.role, text=draft.text, item_id=draft.item_id,
+                conversation_id=draft.conversation_id,
+                metadata={**draft.metadata, "heard_ms": heard,
+                          "interrupted": (self.track.interrupted(seg, session)
+                                          or heard < seg.end_ms - seg.start_ms)}))
+        self.unrecorded.clear()
+
     def _transcript(self, seg: Segment) -> Transcript:
         """A segment of the current session and conversation as a record.
 
