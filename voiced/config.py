@@ -51,7 +51,7 @@ TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CREDENTIAL_RE: Final = re.compile(r"\{credential:([a-z0-9_]+)\}")
 EAGERNESS: Final = ("low", "medium", "high", "auto")
 AUDIO_BACKENDS: Final = ("pyaudio", "file")
-ECHO_POLICIES: Final = ("half_duplex", "full_duplex")
+ECHO_POLICIES: Final = ("half_duplex", "full_duplex", "aec")
 LED_DRIVERS: Final = ("none", "gpio", "apa102")
 SINKS: Final = ("none", "jsonl", "webhook", "supabase", "postgres")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
@@ -225,8 +225,10 @@ class AudioSettings:
     """The microphone."""
     output: AudioEndpointSettings = field(default_factory=AudioEndpointSettings)
     """The speaker."""
-    echo: Literal["half_duplex", "full_duplex"] = "half_duplex"
-    """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always."""
+    echo: Literal["half_duplex", "full_duplex", "aec"] = "half_duplex"
+    """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always
+    open (a headset, or a mic with hardware echo cancellation); aec: always open, with
+    software echo cancellation (speexdsp; back to half duplex while it is bypassed)."""
     echo_tail_ms: int = 300
     """half_duplex: how long the mic stays muted after playback ends."""
     frame_ms: int = 20
@@ -417,6 +419,41 @@ class ControlSettings:
     cannot use up the daemon's file descriptors."""
 
 
+# --- issue 22 (hands-free): the wake_word and earcons sections -----------------------
+@dataclass(frozen=True, slots=True)
+class WakeWordSettings:
+    """On-device wake word (extra ``voiced[wake]``): a detection opens the mic like a press."""
+
+    enabled: bool = False
+    models: tuple[str, ...] = ("okay_nabu",)
+    """Built-in pymicro-wakeword models: okay_nabu, hey_jarvis, alexa, hey_mycroft."""
+    threshold: float | None = None
+    """Probability cutoff for every model (None: each model's own, 0.85-0.97)."""
+    refractory_s: float = 2.0
+    """Audio after a detection in which nothing more is detected."""
+
+
+EARCON_EVENTS: Final = ("listening_started", "listening_stopped", "reconnected", "error",
+                        "new_conversation")
+
+
+@dataclass(frozen=True, slots=True)
+class EarconSettings:
+    """Short sounds for what the device just did, through the speaker."""
+
+    enabled: bool = False
+    gain: float = 0.5
+    """Loudness of every earcon, 0..1 of the loudest; scaled by the speaker volume too."""
+    events: tuple[tuple[str, float], ...] = tuple((e, 1.0) for e in EARCON_EVENTS)
+    """(event, gain 0..1) per event; 0 switches one event's earcon off."""
+
+    def gain_of(self, event: str) -> float:
+        """The configured gain of ``event`` (0 when off)."""
+        if not self.enabled:
+            return 0.0
+        return self.gain * dict(self.events).get(event, 0.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `voiced run` needs, validated."""
@@ -430,6 +467,8 @@ class Settings:
     transcripts: TranscriptSettings
     control: ControlSettings
     tools: ToolSettings = field(default_factory=ToolSettings)
+    wake_word: WakeWordSettings = field(default_factory=WakeWordSettings)  # issue 22
+    earcons: EarconSettings = field(default_factory=EarconSettings)  # issue 22
     log_level: str = field(default="info", metadata=LIVE)
     """debug, info, warning or error."""
     source_path: Path | None = None
@@ -1314,6 +1353,55 @@ def _tool_headers(hs: _Section, environ: Mapping[str, str]
     return (tuple(headers) if ok else None), used
 
 
+# --- issue 22 (hands-free): one validator per new section ------------------------------
+def _bool(sec: _Section, name: str, default: bool) -> bool:
+    v = sec.raw(name)
+    if v is _MISSING:
+        return default
+    if not isinstance(v, bool):
+        sec.bad(name, f"expected true or false, got {_kind(v)}")
+        return default
+    return v
+
+
+def _wake_word(sec: _Section) -> WakeWordSettings:
+    from voiced.audio.wakeword import BUILTIN_MODELS  # no numpy: names only
+
+    d = WakeWordSettings()
+    enabled = _bool(sec, "enabled", d.enabled)
+    models = d.models
+    raw = sec.raw("models")
+    if raw is not _MISSING:
+        if isinstance(raw, str):
+            raw = [raw]
+        if (not isinstance(raw, list) or not raw or len(raw) > len(BUILTIN_MODELS)
+                or not all(isinstance(m, str) for m in raw)):
+            sec.bad("models", f"expected a list of model names ({', '.join(BUILTIN_MODELS)})")
+        elif unknown := [m for m in raw if m not in BUILTIN_MODELS]:
+            sec.bad("models", f"unknown model {guard.printable(unknown[0])!r}; expected some of: "
+                    f"{', '.join(BUILTIN_MODELS)}")
+        else:
+            models = tuple(dict.fromkeys(raw))
+    threshold = None
+    if sec.raw("threshold") not in (_MISSING, None):
+        threshold = sec.num("threshold", 0.9, lo=0.01, hi=0.99)
+    s = WakeWordSettings(enabled=enabled, models=models, threshold=threshold,
+                         refractory_s=sec.num("refractory_s", d.refractory_s, lo=0, hi=60))
+    sec.finish()
+    return s
+
+
+def _earcons(sec: _Section) -> EarconSettings:
+    d = EarconSettings()
+    enabled = _bool(sec, "enabled", d.enabled)
+    gain = sec.num("gain", d.gain, lo=0, hi=1)
+    ev = sec.section("events")
+    events = tuple((name, ev.num(name, 1.0, lo=0, hi=1)) for name in EARCON_EVENTS)
+    ev.finish()
+    sec.finish()
+    return EarconSettings(enabled=enabled, gain=gain, events=events)
+
+
 def parse(data: object, *, environ: Mapping[str, str] | None = None,
           base_dir: Path | None = None, source_path: Path | None = None,
           require_secrets: bool = True) -> Settings:
@@ -1347,6 +1435,8 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
     leds = _leds(top.section("leds"))
     transcripts = _transcripts(top.section("transcripts"), base, env)
     tools = _tools(top.section("tools"), base, env)
+    wake_word = _wake_word(top.section("wake_word"))  # issue 22
+    earcons = _earcons(top.section("earcons"))  # issue 22
     ctl = top.section("control")
     dc = ControlSettings()
     sock = _path(ctl, "socket", base) or dc.socket
@@ -1365,6 +1455,7 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
         raise ConfigError(problems.items)
     return Settings(device_id=device_id, realtime=realtime, audio=audio, button=button,
                     leds=leds, transcripts=transcripts, control=control, tools=tools,
+                    wake_word=wake_word, earcons=earcons,  # issue 22
                     log_level=log_level, source_path=source_path,
                     warnings=tuple(problems.warnings))
 

@@ -34,6 +34,7 @@ from voiced.button import ButtonInput
 from voiced.config import Settings
 from voiced.control import ControlServer
 from voiced.errors import AudioDeviceError, ConfigError, RealtimeError
+from voiced.hands_free import HandsFree  # issue 22
 from voiced.hardware import build_button, build_orb
 from voiced.notify import Notifier
 from voiced.orb import Animator
@@ -207,6 +208,10 @@ class Supervisor:
         self._tool_tasks: dict[str, asyncio.Task[None]] = {}
         self.session = build_conversation(settings, self.toolbox.declarations())
         self.vad = self._build_vad(settings)
+        # issue 22: echo cancellation, wake word and earcons (voiced/hands_free.py)
+        self.hands = HandsFree(settings, self.session, press=lambda: self._on_gesture("press"),
+                               apply=lambda: self._apply(self.session.take_effects()),
+                               volume=lambda: self.volume.percent)
         self._started = time.monotonic()
         self.control = ControlServer(settings.control.socket, self._on_control,
                                      max_connections=settings.control.max_connections)
@@ -277,6 +282,7 @@ class Supervisor:
             self.button = build_button(self.settings, self._on_gesture, self._loop,
                                        self.pin_factory)
             self.sink.set_drained_callback(self._on_drained)
+            self.hands.install(self.source, self.sink, self._loop)  # issue 22
             try:
                 await self.source.start()
                 await self.sink.start()
@@ -437,6 +443,7 @@ class Supervisor:
             self._feed("mic", self._on_mic_frame, frame)
 
     def _on_mic_frame(self, frame: bytes) -> None:
+        frame = self.hands.mic_frame(frame)  # issue 22: wake word; earcons kept out
         speech = self.vad.is_speech(frame) if self.vad is not None else False
         self.session.on_audio_captured(frame, self._now(), speech)
 
@@ -518,6 +525,7 @@ class Supervisor:
             break
         self._audio_generation += 1
         self._audio_ok.set()
+        self.hands.devices_reopened()  # issue 22
         logger.info("audio devices open again after %d attempt(s)", attempts)
         self.session.on_device_restored()
         self._apply(self.session.take_effects())
@@ -866,6 +874,7 @@ class Supervisor:
         logger.info("state %s", text)
         self.notifier.status(text)
         self.orb.set_state(str(state))
+        self.hands.on_state(str(state), self.session.status())  # issue 22: earcons
         self.listener("state", state)
 
     def _record(self, eff: Record) -> None:
@@ -899,6 +908,7 @@ class Supervisor:
                 "records_written": self.records_written,
                 "device_faults": self.device_faults,
                 "audio_queued_ms": round(self.sink.queued_s * 1000),
+                **self.hands.status(),  # issue 22
                 "faults": dict(guard.faults)}
 
     def _on_gesture(self, gesture: str) -> None:
