@@ -85,6 +85,7 @@ class HandsFree:
         self.echo: EchoCanceller | None = None
         self.mix: SpeakerMix | None = None
         self.echo_mode: str = settings.audio.echo
+        self._bypassed = False  # the canceller is out of the way (on the loop's view)
         self._loop: asyncio.AbstractEventLoop | None = None
         # what the supervisor last showed
         self._state = "starting"
@@ -92,6 +93,7 @@ class HandsFree:
         self._connected = False
         self._was_connected = False
         self._conversation: str | None = None
+        self._quiet_reconnect = False
         self._gate_samples = 0  # half duplex: mic samples still replaced by silence
         self.detections: list[Detection] = []
         self.wake_presses = 0
@@ -134,6 +136,7 @@ class HandsFree:
 
     def on_bypass(self, on: bool, reason: str) -> None:
         """The canceller bypassed itself (``on``) or resumed: half duplex meanwhile."""
+        self._bypassed = on
         self.echo_mode = "aec bypassed (half duplex)" if on else "aec"
         logger.warning("%s: %s", reason, "half duplex until it resumes" if on
                        else "full duplex again")
@@ -144,7 +147,7 @@ class HandsFree:
 
     @property
     def _aec_working(self) -> bool:
-        return self.echo is not None and not self.echo.bypassed
+        return self.echo is not None and not self._bypassed
 
     # ------------------------------------------------------------------ mic
 
@@ -202,10 +205,13 @@ class HandsFree:
         conversation = status.get("conversation_id")
         if self._conversation is not None and conversation != self._conversation:
             self.play("new_conversation")
+            self._quiet_reconnect = True  # its own reconnect is no outage
         elif mic_on != self._mic_on:
             self.play("listening_started" if mic_on else "listening_stopped")
         if connected and not self._connected and self._was_connected:
-            self.play("reconnected")
+            if not self._quiet_reconnect:
+                self.play("reconnected")
+            self._quiet_reconnect = False
         if state == "error" and self._state != "error":
             self.play("error")
         self._was_connected |= connected
