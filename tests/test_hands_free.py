@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TIMEOUT, clean_env, voiced_cmd, write_config
+from tests.pulse import running_pulse
 from tests.test_e2e import ctl, read_jsonl, wait_for_status
 from voiced import config
 from voiced.audio import earcons
@@ -245,3 +246,64 @@ def _contains(signal_: np.ndarray, part: np.ndarray) -> bool:
     score = xc[:len(energy)][loud] / np.sqrt(energy[loud] * np.sum(part ** 2))
     return bool(score.size and np.max(score) > 0.9)
 
+
+
+async def test_run_wakes_on_a_spoken_wake_word_through_pulseaudio(tmp_path: Path) -> None:
+    """espeak-ng says other sentences, then "okay nabu", into the mic's null sink; the
+    daemon (pyaudio backend, the real detector) opens the mic on the wake word only, and
+    the listening-started earcon reaches the speaker's sink."""
+    pytest.importorskip("pymicro_wakeword")
+    from tests.room import espeak
+
+    other = np.concatenate([espeak("turn the lights on in the kitchen please"),
+                            np.zeros(12000, np.int16),
+                            espeak("what is the weather like tomorrow")])
+    wake = espeak("okay nabu")
+    for name, pcm in (("other", other), ("wake", wake)):
+        with wave.open(str(tmp_path / f"{name}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(24000)
+            w.writeframes(np.concatenate([pcm, np.zeros(12000, np.int16)]).tobytes())
+    with running_pulse(tmp_path) as pulse:
+        pulse.add_sink("spk", 24000)
+        pulse.add_sink("mic", 24000)
+        rec = await asyncio.create_subprocess_exec(
+            "parec", "-d", "spk.monitor", "--format=s16le", "--rate=24000", "--channels=1",
+            "--raw", env=pulse.env(), stdout=asyncio.subprocess.PIPE)
+        async with SimServer(SimOptions()) as sim:
+            cfg = write_config(tmp_path, sim.url, audio={
+                "backend": "pyaudio", "input": {"device": "pulse", "file": None},
+                "output": {"device": "pulse", "file": None}},
+                wake_word={"enabled": True, "models": ["okay_nabu"]},
+                earcons={"enabled": True, "gain": 0.6})
+            env = pulse.env(PULSE_SINK="spk", PULSE_SOURCE="mic.monitor")
+            proc = await asyncio.create_subprocess_exec(
+                *voiced_cmd("run", "-c", str(cfg)), env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            seen: list[str] = []
+            try:
+                await wait_for_status(cfg, lambda s: s["state"] == "ready", seen)
+                play = await asyncio.create_subprocess_exec(
+                    "paplay", "-d", "mic", str(tmp_path / "other.wav"), env=pulse.env())
+                await asyncio.wait_for(play.wait(), TIMEOUT * 2)
+                st = await ctl(cfg, "status")
+                assert st["mic"] == "off" and st["wake_word"]["detections"] == 0
+                play = await asyncio.create_subprocess_exec(
+                    "paplay", "-d", "mic", str(tmp_path / "wake.wav"), env=pulse.env())
+                await asyncio.wait_for(play.wait(), TIMEOUT * 2)
+                st = await wait_for_status(cfg, lambda s: s["mic"] == "on", seen)
+                assert st["wake_word"]["detections"] == 1
+                assert st["earcons_played"].get("listening_started") == 1
+                await asyncio.sleep(0.6)  # the earcon reaches the sink
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+                rec.terminate()
+                heard = (await asyncio.wait_for(rec.communicate(), TIMEOUT))[0]
+        assert proc.returncode == 0, err.decode()[-3000:]
+        assert "wake word 'Okay Nabu' heard" in err.decode()
+        got = np.frombuffer(heard[:len(heard) // 2 * 2], "<i2").astype(np.float64)
+        e = np.frombuffer(earcons.render("listening_started", 0.6), "<i2").astype(np.float64)
+        assert _contains(got, e), "the earcon did not reach the speaker's sink"
