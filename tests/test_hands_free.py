@@ -269,8 +269,9 @@ async def test_run_wakes_on_a_spoken_wake_word_through_pulseaudio(tmp_path: Path
         pulse.add_sink("spk", 24000)
         pulse.add_sink("mic", 24000)
         rec = await asyncio.create_subprocess_exec(
-            "parec", "-d", "spk.monitor", "--format=s16le", "--rate=24000", "--channels=1",
-            "--raw", env=pulse.env(), stdout=asyncio.subprocess.PIPE)
+            "parec", "-d", "spk.monitor", "--latency-msec=50", "--format=s16le",
+            "--rate=24000", "--channels=1", "--raw", env=pulse.env(),
+            stdout=asyncio.subprocess.PIPE)
         async with SimServer(SimOptions()) as sim:
             cfg = write_config(tmp_path, sim.url, audio={
                 "backend": "pyaudio", "input": {"device": "pulse", "file": None},
@@ -295,15 +296,21 @@ async def test_run_wakes_on_a_spoken_wake_word_through_pulseaudio(tmp_path: Path
                 st = await wait_for_status(cfg, lambda s: s["mic"] == "on", seen)
                 assert st["wake_word"]["detections"] == 1
                 assert st["earcons_played"].get("listening_started") == 1
-                await asyncio.sleep(0.6)  # the earcon reaches the sink
+                e = np.frombuffer(earcons.render("listening_started", 0.6),
+                                  "<i2").astype(np.float64)
+                heard = bytearray()
+                assert rec.stdout is not None
+
+                async def until_heard() -> None:  # parec hands its buffer over late
+                    while not _contains(np.frombuffer(heard[:len(heard) // 2 * 2], "<i2")
+                                        .astype(np.float64), e):
+                        heard.extend(await rec.stdout.read(48000))  # type: ignore[union-attr]
+                await asyncio.wait_for(until_heard(), TIMEOUT)
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
                 _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
                 rec.terminate()
-                heard = (await asyncio.wait_for(rec.communicate(), TIMEOUT))[0]
+                await asyncio.wait_for(rec.communicate(), TIMEOUT)
         assert proc.returncode == 0, err.decode()[-3000:]
         assert "wake word 'Okay Nabu' heard" in err.decode()
-        got = np.frombuffer(heard[:len(heard) // 2 * 2], "<i2").astype(np.float64)
-        e = np.frombuffer(earcons.render("listening_started", 0.6), "<i2").astype(np.float64)
-        assert _contains(got, e), "the earcon did not reach the speaker's sink"
