@@ -102,24 +102,30 @@ class _SpeexAec:
                 lib.speex_preprocess_ctl(self._pre, request, ctypes.byref(v))
             lib.speex_preprocess_ctl(self._pre, _PRE_SET_ECHO_STATE, self._echo)
         self._out = (ctypes.c_int16 * frame)()
+        # reading the impulse response uses the state's scratch buffers, which the
+        # cancellation writes too: a status request (the loop) must not run beside a block
+        self._lock = threading.Lock()
 
     def run(self, mic: bytes, ref: bytes) -> bytes:
-        self._lib.speex_echo_cancellation(self._echo, mic, ref, self._out)
-        if self._pre is not None:
-            self._lib.speex_preprocess_run(self._pre, self._out)
-        return bytes(self._out)
+        with self._lock:
+            self._lib.speex_echo_cancellation(self._echo, mic, ref, self._out)
+            if self._pre is not None:
+                self._lib.speex_preprocess_run(self._pre, self._out)
+            return bytes(self._out)
 
     def impulse_response(self) -> list[int]:
-        size = ctypes.c_int(0)
-        self._lib.speex_echo_ctl(self._echo, _ECHO_GET_IMPULSE_RESPONSE_SIZE,
-                                 ctypes.byref(size))
-        taps = (ctypes.c_int32 * max(0, size.value))()
-        if size.value:
-            self._lib.speex_echo_ctl(self._echo, _ECHO_GET_IMPULSE_RESPONSE, taps)
-        return list(taps)
+        with self._lock:
+            size = ctypes.c_int(0)
+            self._lib.speex_echo_ctl(self._echo, _ECHO_GET_IMPULSE_RESPONSE_SIZE,
+                                     ctypes.byref(size))
+            taps = (ctypes.c_int32 * max(0, size.value))()
+            if size.value:
+                self._lib.speex_echo_ctl(self._echo, _ECHO_GET_IMPULSE_RESPONSE, taps)
+            return list(taps)
 
     def reset(self) -> None:
-        self._lib.speex_echo_state_reset(self._echo)
+        with self._lock:
+            self._lib.speex_echo_state_reset(self._echo)
 
     def __del__(self) -> None:
         echo, self._echo = getattr(self, "_echo", None), None
