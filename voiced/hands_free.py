@@ -225,6 +225,10 @@ class HandsFree:
         out: dict[str, Any] = {"echo": self.echo_mode}
         if self.echo is not None:
             out["aec_cost_ms"] = round(self.echo.mean_cost_s() * 1000, 3)
+            # where the adapted filter found the echo, behind the speaker's position: on
+            # a device, how much of the tail the speaker's buffering and the room use
+            out["aec_echo_delay_ms"] = round(self.echo.echo_delay_ms(), 1)
+            out["aec_realigned"] = self.echo.realigned
         if self.detector is not None:
             out["wake_word"] = {"models": list(self.detector.models),
                                 "detections": self.wake_presses}
