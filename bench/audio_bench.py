@@ -343,7 +343,7 @@ pa.terminate()
 
 def bare_import_rss(extra: str = "") -> float:
     """Peak RSS of an interpreter that only imports what ``voiced run`` imports."""
-    code = ("import voiced.__main__, voiced.supervisor, voiced.audio.pyaudio_backend, os, re"
+    code = ("import voiced.__main__, voiced.supervisor.daemon, voiced.audio.pyaudio_backend, os, re"
             f"{extra}; s = open(f'/proc/{{os.getpid()}}/status').read(); "
             "print(int(re.search(r'VmHWM:\\s+(\\d+)', s).group(1)) / 1024)")
     p = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,

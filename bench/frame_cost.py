@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.test_session import configured  # noqa: E402
 from voiced import wire  # noqa: E402
-from voiced.session import Send  # noqa: E402
+from voiced.core.effects import Send  # noqa: E402
 
 FRAME = os.urandom(960)  # 20 ms of 24 kHz PCM16
 

@@ -23,7 +23,10 @@ sys.path.insert(0, str(REPO))
 from tests.speech import speech_with_pauses  # noqa: E402
 from voiced import wire  # noqa: E402
 from voiced.audio.vad import SpeechDetector  # noqa: E402
-from voiced.session import ClientVad, Conversation, Send, make_policy  # noqa: E402
+from voiced.core.conversation import Conversation  # noqa: E402
+from voiced.core.effects import Send  # noqa: E402
+from voiced.core.policy import make_policy  # noqa: E402
+from voiced.core.speech_gate import ClientVad  # noqa: E402
 
 FRAME_BYTES = wire.SAMPLE_RATE // 50 * 2  # 20 ms
 

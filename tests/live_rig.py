@@ -24,10 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from voiced import wire
-from voiced.live import wire as lw
-from voiced.live.core import Disconnect, LiveConversation
-from voiced.outbox import Outcome, Sink, record_problem
-from voiced.session import (
+from voiced.core.effects import (
     CallTool,
     CancelTool,
     Draft,
@@ -39,6 +36,9 @@ from voiced.session import (
     ShowState,
     StopPlayback,
 )
+from voiced.live import wire as lw
+from voiced.live.core import Disconnect, LiveConversation
+from voiced.outbox import Outcome, Sink, record_problem
 from voiced.tools import Toolbox
 from voiced.transcripts import make_record
 

@@ -11,7 +11,7 @@ from tests.conftest import TIMEOUT
 from tests.speech import question_24k, speech_with_pauses
 from tests.test_supervisor import roles, running
 from voiced.audio.vad import SpeechDetector
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
 from voiced.wire import SAMPLE_RATE
 

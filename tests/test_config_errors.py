@@ -252,7 +252,7 @@ def installed_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     creds.mkdir(mode=0o700)
     (creds / "openai_api_key").write_text(SECRET + "\n")
     (creds / "webhook_token").write_text("")  # install.sh makes every file, empty
-    monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", creds)
+    monkeypatch.setattr(config.secrets, "INSTALLED_CREDENTIALS_DIR", creds)
     for var in ("CREDENTIALS_DIRECTORY", "OPENAI_API_KEY", config.CONTROL_SOCKET_ENV):
         monkeypatch.delenv(var, raising=False)
     return creds
@@ -280,7 +280,7 @@ def test_check_config_reads_the_installed_credentials_directory(
     # a directory this user may not read (not root) is skipped, and the key is missing
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     monkeypatch.delenv("OPENAI_API_KEY")
-    monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", tmp_path / "nonexistent")
+    monkeypatch.setattr(config.secrets, "INSTALLED_CREDENTIALS_DIR", tmp_path / "nonexistent")
     assert cli.main(["check-config", "-c", str(cfg)]) == 78
     assert "config error: credentials.openai_api_key: missing" in capsys.readouterr().err
 
@@ -313,7 +313,7 @@ def test_ctl_needs_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     (a user in the voiced group) still reaches the daemon."""
     from voiced import __main__ as cli
 
-    monkeypatch.setattr(config, "INSTALLED_CREDENTIALS_DIR", tmp_path / "nonexistent")
+    monkeypatch.setattr(config.secrets, "INSTALLED_CREDENTIALS_DIR", tmp_path / "nonexistent")
     for var in ("CREDENTIALS_DIRECTORY", "OPENAI_API_KEY", config.CONTROL_SOCKET_ENV):
         monkeypatch.delenv(var, raising=False)
     cfg = tmp_path / "voiced.yaml"

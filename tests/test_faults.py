@@ -13,11 +13,11 @@ import pytest
 
 from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env, voiced_cmd, write_config
 from tests.test_supervisor import Harness, roles, running
-from voiced import supervisor
 from voiced.audio.filebackend import WavFileSource
+from voiced.core.effects import State
 from voiced.errors import AudioDeviceError
-from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
+from voiced.supervisor import audio_keeper as supervisor
 
 # quick retries; the keepalive stays at its default except where a test needs a dead peer
 # noticed quickly: a 0.3 s pong deadline is missed by a loaded machine (the simulator and

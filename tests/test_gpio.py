@@ -20,13 +20,13 @@ from voiced import config
 from voiced.audio.filebackend import read_wav_as_wire
 from voiced.button import ButtonInput
 from voiced.config import DEFAULT_PATTERNS, ButtonSettings, LedSettings
+from voiced.core.effects import State
 from voiced.errors import ConfigError
-from voiced.hardware import build_button, build_orb
 from voiced.orb import Animator, Pixel, render
 from voiced.orb.apa102 import Apa102Orb, encode_frame
 from voiced.orb.gpio import GpioOrb
-from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
+from voiced.supervisor.builders import build_button, build_orb
 
 
 def pwm_factory() -> MockFactory:
@@ -216,7 +216,7 @@ def test_no_pin_library_with_lgpio_installed_names_its_working_directory(
 
     from gpiozero.exc import BadPinFactory
 
-    from voiced import hardware
+    from voiced.supervisor import builders as hardware
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: importlib.machinery
@@ -530,7 +530,7 @@ async def test_a_physical_press_starts_listening_and_the_orb_follows(tmp_path: P
 async def test_push_to_talk_from_button_mode_is_manual_turns(tmp_path: Path) -> None:
     """button.mode: push_to_talk makes the session's turns manual (no server VAD): hold,
     speak, release commits the words and asks for the reply."""
-    from voiced.supervisor import build_policy
+    from voiced.supervisor.builders import build_policy
 
     assert build_policy(mock_settings(tmp_path, button={"pin": "17", "mode": "push_to_talk"})
                         ).turn_detection is None

@@ -21,7 +21,6 @@ from voiced.audio import earcons
 from voiced.audio.pipeline import SpeakerMix, mix_pcm16
 from voiced.audio.wakeword import Detection
 from voiced.hands_free import HandsFree
-from voiced.session import Policy
 from voiced.sim.server import SimOptions, SimServer
 
 
@@ -31,14 +30,13 @@ def settings(**over: Any) -> config.Settings:
 
 
 class FakeSession:
+    """The core's half duplex switch, as the supervisor hands it over."""
+
     def __init__(self) -> None:
-        self.policy = Policy(model="m", voice="v", instructions="", turn_detection=None,
-                             transcription={"model": "t"}, half_duplex=False)
         self.policies: list[bool] = []
 
-    def set_policy(self, policy: Policy) -> None:
-        self.policy = policy
-        self.policies.append(policy.half_duplex)
+    def half_duplex(self, on: bool) -> None:
+        self.policies.append(on)
 
 
 class ScriptedDetector:
@@ -68,8 +66,8 @@ def hands(detector: ScriptedDetector | None = None, presses: list[int] | None = 
           **over: Any) -> tuple[HandsFree, FakeSession]:
     sess = FakeSession()
     presses = presses if presses is not None else []
-    h = HandsFree(settings(**over), sess, press=lambda: presses.append(1), apply=lambda: None,
-                  volume=lambda: 100, detector=detector)
+    h = HandsFree(settings(**over), sess.half_duplex, press=lambda: presses.append(1),
+                  apply=lambda: None, volume=lambda: 100, detector=detector)
     return h, sess
 
 

@@ -26,7 +26,7 @@ from tests.test_appliance import daemon, log_text
 from tests.test_e2e import ctl, wait_for_status
 from tests.test_supervisor import running
 from voiced import guard
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
 
 # ------------------------------------------------------------------ early signals

@@ -35,7 +35,7 @@ from tests.test_supervisor import Harness, running
 from voiced import guard
 from voiced.config import Secret, Settings
 from voiced.control import request
-from voiced.session import State
+from voiced.core.effects import State
 
 FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.2, "connect_timeout_s": 3}
 
@@ -483,7 +483,7 @@ async def test_an_unexpected_error_while_handling_server_data_is_contained(
     here, as none is known) is counted in `faults`, the frame or effect is dropped, and
     the conversation goes on on the same connection."""
     from voiced import wire
-    from voiced.session import Conversation
+    from voiced.core.conversation import Conversation
 
     real_event = Conversation.on_server_event
     real_encode = wire.encode

@@ -10,7 +10,7 @@ import pytest
 from tests.backends import FlakyWebhook
 from tests.test_supervisor import roles, running
 from voiced import config
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
 
 GERMAN = "Wie spät ist es? Grüße aus München – bitte antworte kurz."

@@ -17,9 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.live_types import strict_client_event
-from voiced.live import wire as lw
-from voiced.live.core import Disconnect, LiveConversation, LiveSettings
-from voiced.session import (
+from voiced.core.effects import (
     CallTool,
     CancelTool,
     Draft,
@@ -31,8 +29,10 @@ from voiced.session import (
     ShowState,
     State,
     StopPlayback,
-    Transcript,
 )
+from voiced.live import wire as lw
+from voiced.live.core import Disconnect, LiveConversation, LiveSettings
+from voiced.transcripts import Transcript
 
 FRAME = bytes(range(256)) * 3 + bytes(192)  # 20 ms of "speech" (960 bytes, not silent)
 ZERO = bytes(960)

@@ -15,8 +15,8 @@ from typing import Any
 from tests.conftest import QUESTION_WAV
 from tests.live_rig import Rig
 from voiced.audio.filebackend import read_wav_as_wire
+from voiced.core.effects import State
 from voiced.live.core import LiveConversation, LiveSettings
-from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
 from voiced.sinks.jsonl import JsonlSink
 from voiced.tools import Tool, Toolbox

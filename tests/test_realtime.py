@@ -8,7 +8,7 @@ from websockets.frames import Close
 
 from tests.hostile import HostileServer
 from voiced.errors import RealtimeError
-from voiced.realtime import classify, open_connection
+from voiced.link import classify, open_connection
 
 KEY = "sk-test-REALTIME-secret-key"
 

@@ -7,9 +7,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from tests.test_supervisor import running
 from voiced.config import RealtimeSettings, RelaySettings
-from voiced.realtime import build_url
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
+from voiced.supervisor.connection import build_url
 
 
 def query(url: str) -> list[tuple[str, str]]:

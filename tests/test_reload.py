@@ -16,12 +16,12 @@ from tests.conftest import QUESTION_WAV
 from tests.test_supervisor import running
 from voiced import config
 from voiced.config import Pattern
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import SimOptions, SimServer
-from voiced.supervisor import build_policy
+from voiced.supervisor.builders import build_policy
 
 # the declared set, spelt out: a key moving in or out of it is a decision, made here and
-# in config.py together (README "Configuration reload")
+# in voiced/config/settings.py together (docs/architecture.md, "systemd")
 LIVE = ["realtime.url", "realtime.model", "realtime.voice", "realtime.instructions",
         "realtime.relay.agent_id", "realtime.turn_detection", "realtime.transcription",
         "realtime.connect_timeout_s", "realtime.keepalive_s", "realtime.reseed_turns",

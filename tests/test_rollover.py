@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.conftest import TIMEOUT
 from tests.test_supervisor import roles, running
-from voiced.session import State
+from voiced.core.effects import State
 from voiced.sim.server import ManualClock, SimOptions, SimServer, SimSession
 
 
@@ -123,7 +123,7 @@ async def test_a_refused_next_session_leaves_the_live_one_alone(
             assert h.sup.session.connected and len(sim.sessions) == 1
             assert sim.sessions[0].ended_at is None
             sim.refuse_connections = False
-            h.sup.session._standby_retry_at = 0.0  # skip the 10 s retry pause
+            h.sup.session.rollover.retry_at = 0.0  # skip the 10 s retry pause
             await h.wait(lambda: len(sim.sessions) == 2
                          and sim.sessions[0].ended_at is not None)
             assert State.CONNECTING not in h.states[h.states.index(State.READY):]

@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 
 from voiced import wire
-from voiced.session import (
+from voiced.core.conversation import Conversation
+from voiced.core.effects import (
     CloseStandby,
-    Conversation,
     Draft,
     Effect,
     MicOpened,
     OpenStandby,
     Play,
-    Policy,
     Reconnect,
     Record,
     Send,
@@ -32,9 +31,9 @@ from voiced.session import (
     State,
     StopPlayback,
     SwitchToStandby,
-    Transcript,
-    make_policy,
 )
+from voiced.core.policy import Policy, make_policy
+from voiced.transcripts import Transcript
 
 RATE = wire.SAMPLE_RATE
 EXPIRES = 1_767_225_600.0
@@ -314,7 +313,7 @@ def test_session_update_omits_model_behind_a_relay() -> None:
 
 def test_session_updated_logs_effective_output_format(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = fresh()
     c.on_devices_ready()
     c.on_connection_up()
@@ -327,7 +326,7 @@ def test_session_updated_logs_effective_output_format(
 
 def test_session_updated_tolerates_odd_audio_field(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = fresh()
     c.on_devices_ready()
     c.on_connection_up()
@@ -728,7 +727,7 @@ def test_response_done_for_another_response_keeps_the_active_one() -> None:
 
 def test_speech_started_while_speaking_interrupts_without_cancel(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = configured(half_duplex=False)
     c.on_press(0.0)
     c.take_effects()
@@ -817,7 +816,7 @@ def test_manual_mic_off_commits_and_requests_a_response() -> None:
 
 
 def test_manual_mic_off_too_short_clears(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = configured(turn_type="none")
     c.on_press(0.0)
     c.take_effects()
@@ -1028,7 +1027,7 @@ def test_a_reply_cut_by_a_dropped_connection_is_recorded_with_its_words_so_far()
     fx(c)
     c.on_playback_drained(2.0)
     assert fx(c) == [assistant("Sunny and warm, with", heard_ms=300)]
-    assert c._items == {}
+    assert c.replies.items == {}
 
 
 def test_a_reply_with_no_words_at_all_is_forgotten_once_played() -> None:
@@ -1038,7 +1037,7 @@ def test_a_reply_with_no_words_at_all_is_forgotten_once_played() -> None:
     fx(c)
     c.on_playback_drained(2.0)
     assert [e for e in fx(c) if isinstance(e, Record)] == []
-    assert c._items == {}
+    assert c.replies.items == {}
 
 
 def test_transcript_deltas_give_way_to_the_done() -> None:
@@ -1092,7 +1091,7 @@ def test_response_done_with_no_audio() -> None:
 
 
 def test_response_done_not_completed_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = configured()
     c.on_press(0.0)
     c.take_effects()
@@ -1114,7 +1113,7 @@ def test_text_only_item_recorded_when_response_done() -> None:
 
 def test_item_without_transcript_is_given_up_at_response_done(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="voiced.session")
+    caplog.set_level(logging.INFO, logger="voiced.core")
     c = configured()
     speaking(c, samples(100))
     server(c, audio_done())
@@ -1200,7 +1199,7 @@ def test_unhandled_and_informational_events_ignored() -> None:
 
 
 def test_quiet_error_only_counted(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="voiced.session")
+    caplog.set_level(logging.DEBUG, logger="voiced.core")
     c = configured()
     caplog.clear()
     assert server(c, error("response_cancel_not_active")) == []
@@ -1210,7 +1209,7 @@ def test_quiet_error_only_counted(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_quiet_error_names_the_client_event(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="voiced.session")
+    caplog.set_level(logging.DEBUG, logger="voiced.core")
     c = configured()
     speaking(c)
     c.on_interrupt(1.0)

@@ -34,9 +34,9 @@ from tests.test_session import (
     words,
 )
 from voiced import wire
-from voiced.session import (
+from voiced.core.conversation import Conversation
+from voiced.core.effects import (
     CallTool,
-    Conversation,
     Draft,
     OpenStandby,
     Play,
@@ -91,7 +91,7 @@ def test_a_lone_surrogate_never_reaches_a_record_or_the_history() -> None:
     assert record.transcript.text == "half \ufffd"
     c.take_effects()
     server(c, heard("user \udc00"))  # a wire event built without the parser's repair
-    assert all("\ud800" > ch or ch > "\udfff" for _, text in c._history for ch in text)
+    assert all("\ud800" > ch or ch > "\udfff" for _, text in c.history.turns for ch in text)
 
 
 # ------------------------------------------------------------------ finding 6: bounds
@@ -117,7 +117,7 @@ def test_tiny_deltas_are_compacted() -> None:
     speaking(c, samples(100))
     for _ in range(10_000):
         server(c, words("a"))
-    assert len(c._items["item_a"].partial) <= 65
+    assert len(c.replies.items["item_a"].partial) <= 65
     assert c.transcript_bytes() == 10_000
 
 
@@ -219,7 +219,7 @@ def test_too_many_tool_calls_at_once_are_answered_not_run() -> None:
                                                 "{}"), 0.0)
         started += [e for e in c.take_effects() if isinstance(e, CallTool)]
     assert len(started) == 16
-    assert len(c._calls) == 16
+    assert len(c.calls.calls) == 16
 
 
 # ------------------------------------------------------------------ finding 13, low items
@@ -323,11 +323,11 @@ def _step(c: Conversation, kind: str, arg: Any, now: float) -> None:
 
 
 def _check(c: Conversation, effects: list[Any]) -> None:
-    assert len(c._items) <= MAX_ITEMS
-    assert all(it.partial_bytes <= MAX_BYTES for it in c._items.values())
+    assert len(c.replies.items) <= MAX_ITEMS
+    assert all(it.partial_bytes <= MAX_BYTES for it in c.replies.items.values())
     assert c.transcript_bytes() <= MAX_ITEMS * MAX_BYTES
-    assert len(c._discarded) <= 256 and len(c._finished) <= 256
-    assert sum(call.output is None for call in c._calls.values()) <= 16
+    assert len(c.replies.discarded) <= 256 and len(c.replies.finished) <= 256
+    assert sum(call.output is None for call in c.calls.calls.values()) <= 16
     assert isinstance(c.state, State)
     json.dumps(c.status())
     for e in effects:

@@ -23,7 +23,7 @@ from tests.test_session import (
     speaking,
 )
 from voiced import wire
-from voiced.session import (
+from voiced.core.effects import (
     CallTool,
     CancelTool,
     Reconnect,
@@ -172,7 +172,7 @@ def test_mute_and_end_conversation_tools() -> None:
 
 
 def vad(**kw: Any) -> Any:
-    from voiced.session import ClientVad
+    from voiced.core.speech_gate import ClientVad
 
     c = configured(turn_type="client_vad",
                    client_vad=ClientVad(pre_roll_ms=100, tail_ms=100, silence_ms=300,

@@ -17,9 +17,11 @@ import yaml
 from tests.conftest import QUESTION_WAV, TIMEOUT
 from voiced import config
 from voiced.audio.filebackend import WavFileSink, WavFileSource, read_wav_as_wire
-from voiced.session import State
+from voiced.core.effects import State
+from voiced.link import Link
 from voiced.sim.server import SimOptions, SimServer
-from voiced.supervisor import Supervisor, build_audio
+from voiced.supervisor.builders import build_audio
+from voiced.supervisor.daemon import Supervisor
 
 
 class Harness:
@@ -302,3 +304,34 @@ async def test_file_speaker_queue_holds_at_most_max_queued_s(tmp_path: Path) -> 
         assert sink.queued_s <= 1.0
     finally:
         await sink.aclose()
+
+
+async def test_a_failure_no_link_task_contained_ends_the_daemon(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The links' readers and senders run in the daemon's task group: a failure none of
+    them contained ends ``run()`` (systemd restarts the service) instead of leaving a
+    daemon whose sender is gone. Before, the sender was a task of its own and the daemon
+    ran on, deaf to it."""
+
+    async def broken_sender(self: Link) -> None:
+        raise RuntimeError("a bug in the sender")
+
+    monkeypatch.setattr(Link, "_send", broken_sender)
+    async with SimServer(SimOptions(pace=4)) as sim:
+        settings = config.parse({
+            "device_id": "t",
+            "realtime": {"url": sim.url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3},
+            "audio": {"backend": "file", "input": {"file": str(QUESTION_WAV)},
+                      "output": {"file": str(tmp_path / "out.wav")}},
+            "control": {"socket": str(tmp_path / "ctl.sock")},
+        }, environ={})
+        sup = Supervisor(settings, source=WavFileSource(QUESTION_WAV),
+                         sink=WavFileSink(tmp_path / "out.wav"))
+        task = asyncio.create_task(sup.run())
+        try:
+            with pytest.raises(BaseExceptionGroup) as caught:
+                await asyncio.wait_for(task, TIMEOUT)
+        finally:
+            sup.request_stop()
+        bugs = caught.value.subgroup(lambda e: isinstance(e, RuntimeError))
+        assert bugs is not None and [str(e) for e in bugs.exceptions] == ["a bug in the sender"]

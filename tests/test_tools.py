@@ -20,10 +20,10 @@ from aiohttp import web
 from tests.conftest import QUESTION_WAV, TIMEOUT
 from tests.test_supervisor import Harness, roles, running
 from voiced import config
+from voiced.core.effects import State
 from voiced.errors import ConfigError
-from voiced.session import State
 from voiced.sim.server import SimOptions, SimServer
-from voiced.supervisor import Supervisor
+from voiced.supervisor.daemon import Supervisor
 from voiced.tools import Tool, Toolbox, ToolError
 from voiced.tools.builtin import builtin_tools
 from voiced.tools.http import http_tool
@@ -263,7 +263,7 @@ class _Device:
 
 
 def test_config_reserves_exactly_the_builtin_tool_names() -> None:
-    """config.py keeps its own copy of the names (it must not import the tools package);
+    """voiced.config keeps its own copy of the names (it must not import the tools package);
     an HTTP tool may take none of them, and a renamed built-in must be renamed there."""
     tools = builtin_tools(config.BUILTIN_TOOLS, _Device(), timezone=None, timeout_s=1)
     assert {t.name for t in tools} == config.BUILTIN_TOOL_NAMES

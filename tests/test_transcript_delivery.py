@@ -21,12 +21,11 @@ from tests.conftest import QUESTION_WAV, TIMEOUT
 from voiced import config
 from voiced.config import Secret
 from voiced.outbox import Outbox, Outcome, Result
-from voiced.session import Transcript
 from voiced.sinks.http import SupabaseSink, WebhookSink
 from voiced.sinks.jsonl import JsonlSink
 from voiced.sinks.postgres import PostgresSink
-from voiced.supervisor import Supervisor
-from voiced.transcripts import make_record
+from voiced.supervisor.daemon import Supervisor
+from voiced.transcripts import Transcript, make_record
 
 CONVERSATION = str(uuid.UUID(int=1))
 

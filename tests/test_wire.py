@@ -15,7 +15,9 @@ from openai.types.realtime import RealtimeClientEvent
 from pydantic import Field, TypeAdapter
 
 from voiced import wire
-from voiced.session import Conversation, Send, make_policy
+from voiced.core.conversation import Conversation
+from voiced.core.effects import Send
+from voiced.core.policy import make_policy
 
 _CLIENT_MEMBERS = get_args(get_args(RealtimeClientEvent)[0])
 GA_CLIENT: TypeAdapter[Any] = TypeAdapter(
@@ -281,7 +283,7 @@ _scalars = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(ma
 _json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
                      | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
 _events = st.fixed_dictionaries(
-    {"type": st.sampled_from([*wire._PARSERS, "x.unknown"])},
+    {"type": st.sampled_from([*wire.server._PARSERS, "x.unknown"])},
     optional={k: _json | _ids for k in (
         "item_id", "response_id", "call_id", "name", "arguments", "delta", "transcript",
         "content_index", "audio_start_ms", "audio_end_ms", "conversation_id", "error",

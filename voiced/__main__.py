@@ -52,17 +52,10 @@ logger = logging.getLogger("voiced")
 
 
 def setup_logging(level: str | int) -> None:
-    """Log to stderr for journald: level and logger name, no timestamps."""
+    """Log to stderr for journald (:func:`voiced.guard.setup_logging`)."""
     from voiced import guard
 
-    handler = logging.StreamHandler(sys.stderr)
-    # one line per record, controls escaped, secrets redacted (voiced.guard)
-    handler.setFormatter(guard.SafeFormatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level if isinstance(level, int) else level.upper())
-    # websockets logs every connection at INFO and every frame at DEBUG: too chatty
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    guard.setup_logging(level)
 
 
 def config_path(arg: str | None) -> Path:
@@ -80,9 +73,9 @@ def use_installed_credentials() -> None:
     read it. Set in the process's environment, so a SIGHUP reload reads the same place.
     Set but empty, it means none (the tests use that).
     """
-    from voiced import config
+    from voiced.config import secrets
 
-    installed = config.INSTALLED_CREDENTIALS_DIR
+    installed = secrets.INSTALLED_CREDENTIALS_DIR
     if "CREDENTIALS_DIRECTORY" not in os.environ and installed.is_dir() \
             and os.access(installed, os.R_OK | os.X_OK):
         os.environ["CREDENTIALS_DIRECTORY"] = str(installed)
@@ -103,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(logging.DEBUG if args.debug else settings.log_level)
     for key, message in settings.warnings:
         logger.warning("%s: %s", key, message)
-    from voiced.supervisor import Supervisor
+    from voiced.supervisor.daemon import Supervisor
     from voiced.threads import limit_malloc_arenas, name_this_thread
 
     limit_malloc_arenas()  # before any thread starts: a long-running daemon's RSS stays flat
@@ -211,9 +204,9 @@ def cmd_test_leds(args: argparse.Namespace) -> int:
     """`voiced test-leds`: show every orb state in turn, printing its name."""
     import asyncio
 
-    from voiced.hardware import build_orb
+    from voiced.core.effects import State
     from voiced.orb import Animator
-    from voiced.session import State
+    from voiced.supervisor.builders import build_orb
 
     s = _load(args)
     setup_logging(logging.DEBUG if args.debug else logging.WARNING)
@@ -242,7 +235,7 @@ def cmd_test_button(args: argparse.Namespace) -> int:
     """`voiced test-button`: print each gesture as it is detected."""
     import asyncio
 
-    from voiced.hardware import build_button
+    from voiced.supervisor.builders import build_button
 
     s = _load(args)
     setup_logging(logging.DEBUG if args.debug else logging.WARNING)
@@ -287,7 +280,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from voiced.demo import run_demo
 
     return asyncio.run(run_demo(out_dir=Path(args.out) if args.out else None,
-                                debug=args.debug))
+                                debug=args.debug, api=args.api))
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -303,7 +296,7 @@ def cmd_test_audio(args: argparse.Namespace) -> int:
 
     from voiced.audio.tools import test_audio
     from voiced.errors import AudioDeviceError
-    from voiced.supervisor import build_audio
+    from voiced.supervisor.builders import build_audio
 
     settings = _load(args)
     setup_logging(logging.DEBUG if args.debug else logging.WARNING)
@@ -381,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_sim)
     demo = sub.add_parser("demo", help="a spoken exchange with no hardware, key or network")
     demo.add_argument("--out", help="directory for the demo's files (default: a temp dir)")
+    demo.add_argument("--api", choices=("realtime", "live"), default="realtime",
+                      help="the backend: the Realtime API (default) or GPT-Live")
     demo.add_argument("--debug", action="store_true")
     demo.set_defaults(func=cmd_demo)
     from voiced.relay.cli import add_parser as add_relay_parser

@@ -4,7 +4,8 @@ VoicedError
 ├── ConfigError          (ValueError)   bad YAML, bad value, missing secret; exit 78
 ├── AudioDeviceError     (OSError)      a mic or speaker cannot be opened or failed
 ├── RealtimeError        (ConnectionError)  connection failed; .retryable decides
-└── BackendError         (OSError)      a transcript sink refused or failed
+└── BackendError         (OSError)      a relay store failure (relay/store.py derives its
+                                         errors from it; the device's sinks return Results)
 """
 
 from __future__ import annotations
@@ -40,4 +41,4 @@ class RealtimeError(VoicedError, ConnectionError):
 
 
 class BackendError(VoicedError, OSError):
-    """A transcript sink refused a record or could not be reached."""
+    """A backend store failed (the relay's store errors derive from it)."""

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import stat
+import sys
 import threading
 import time
 from collections import Counter
@@ -246,3 +247,19 @@ def read_small_file(path: str | os.PathLike[str], limit: int, *,
         return data, st
     finally:
         os.close(fd)
+
+
+def setup_logging(level: str | int) -> None:
+    """Log to stderr for journald: level and logger name, no timestamps.
+
+    Here, not in ``voiced.__main__``, so that ``voiced.demo`` and the relay's command can
+    set it up without importing the command line module (no import cycle).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    # one line per record, controls escaped, secrets redacted
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    # websockets logs every connection at INFO and every frame at DEBUG: too chatty
+    logging.getLogger("websockets").setLevel(logging.WARNING)

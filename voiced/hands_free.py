@@ -1,9 +1,9 @@
 """Hands-free (issue 22): echo cancellation, the wake word and earcons, wired together.
 
-The supervisor owns one ``HandsFree`` and tells it a few things through marked call
-sites (``# issue 22``): after it builds the devices (``install``), each mic frame
-(``mic_frame``), each state it shows (``on_state``) and its status (``status``). Every
-decision lives here:
+The supervisor owns one ``HandsFree`` and tells it a few things: after it builds the
+devices (``install``), after the audio keeper reopened them (``devices_reopened``), each
+mic frame (``mic_frame``), each state it shows (``on_state``); its ``status`` goes into
+the supervisor's. Every decision lives here:
 
 - ``audio.echo: aec``: an ``EchoCanceller`` between the devices (audio/pipeline.py);
   while it bypasses itself (it cannot keep up) the core is switched to half duplex, and
@@ -25,7 +25,6 @@ decision lives here:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -65,19 +64,19 @@ class HandsFree:
 
     Args:
         settings: the daemon's settings.
-        session: the conversation core (its policy is switched to half duplex while the
-            canceller is bypassed).
+        half_duplex: switches the conversation core's half duplex on or off (on while
+            the canceller is bypassed).
         press: what a detection does (the supervisor's short press).
         apply: applies the core's pending effects (after a policy switch).
         volume: the speaker volume in percent, for the earcons' loudness.
         detector: the wake-word detector (None: built from the settings).
     """
 
-    def __init__(self, settings: Settings, session: Any, *, press: Callable[[], None],
-                 apply: Callable[[], None], volume: Callable[[], int],
-                 detector: WakeWordDetector | None = None) -> None:
+    def __init__(self, settings: Settings, half_duplex: Callable[[bool], None], *,
+                 press: Callable[[], None], apply: Callable[[], None],
+                 volume: Callable[[], int], detector: WakeWordDetector | None = None) -> None:
         self.settings = settings
-        self.session = session
+        self._half_duplex = half_duplex
         self._press = press
         self._apply = apply
         self._volume = volume
@@ -140,10 +139,8 @@ class HandsFree:
         self.echo_mode = "aec bypassed (half duplex)" if on else "aec"
         logger.warning("%s: %s", reason, "half duplex until it resumes" if on
                        else "full duplex again")
-        policy = self.session.policy
-        if policy.half_duplex != on:
-            self.session.set_policy(dataclasses.replace(policy, half_duplex=on))
-            self._apply()
+        self._half_duplex(on)
+        self._apply()
 
     @property
     def _aec_working(self) -> bool:

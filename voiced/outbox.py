@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from voiced import guard
+from voiced.backoff import Backoff
 from voiced.threads import name_this_thread
 
 logger = logging.getLogger(__name__)
@@ -189,9 +190,7 @@ class Outbox:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.max_drafts = max_drafts
-        self.retry_min_s = retry_min_s
-        self.retry_max_s = retry_max_s
-        self.rand = rand
+        self._retry = Backoff(retry_min_s, retry_max_s, rand)  # failed deliveries in a row
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox",
                                       initializer=name_this_thread,
                                       initargs=("voiced-outbox",))
@@ -203,7 +202,6 @@ class Outbox:
         """Set while nothing is pending (the demo and tests wait on it)."""
         self._seq = 0
         self._disk_error_logged = False
-        self._attempts = 0  # failed deliveries in a row (the backoff)
         self._first_failure_logged = False
         self._current: Path | None = None  # the record out for delivery
         self._faults: tuple[Path | None, int] = (None, 0)  # faults in a row, by record
@@ -241,6 +239,11 @@ class Outbox:
         pending = self.pending
         if pending:
             logger.info("outbox: %d transcript record(s) waiting from before", pending)
+
+    @property
+    def retry_max_s(self) -> float:
+        """The longest wait between delivery attempts."""
+        return self._retry.max_s
 
     @property
     def pending(self) -> int:
@@ -548,9 +551,9 @@ class Outbox:
         if result.outcome is Outcome.DELIVERED:
             await loop.run_in_executor(self._io, self._remove, path)
             self.delivered += 1
-            if self._attempts:
+            if self._retry.attempts:
                 logger.info("outbox: %s reachable again; delivering", self.sink.name)
-            self._attempts = 0
+            self._retry.reset()
             self._first_failure_logged = False
             self._faults = (None, 0)
             return 0.0
@@ -558,18 +561,12 @@ class Outbox:
             self.rejected += 1
             await self._reject(path, record["id"], result.reason)
             return 0.0
-        delay = self._backoff()
+        delay = self._retry.next()
         log = logger.debug if self._first_failure_logged else logger.warning
         self._first_failure_logged = True
         log("outbox: %s: %s; %d record(s) waiting, retrying in %.0f s", self.sink.name,
             guard.printable(result.reason, 300), self.pending, delay)
         return delay
-
-    def _backoff(self) -> float:
-        """The next wait: jittered exponential, capped at ``retry_max_s``."""
-        base = min(self.retry_max_s, self.retry_min_s * 2 ** min(self._attempts, 20))
-        self._attempts += 1
-        return float(base * (0.5 + 0.5 * self.rand()))
 
     async def _reject(self, path: Path, record_id: str, reason: str) -> None:
         dest = self.dir / "rejected" / path.name
@@ -595,7 +592,7 @@ class Outbox:
                 self._to_reject = (path, f"delivering it failed {count} times: "
                                          f"{type(exc).__name__}: {guard.printable(exc, 200)}")
                 return
-        self._delay = self._backoff()
+        self._delay = self._retry.next()
 
     async def aclose(self) -> None:
         """Let pending writes reach disk, then release the sink and the worker thread.

@@ -1,21 +1,32 @@
-"""Transcript records (contract §4).
+"""Transcript records (contract §4): the utterance, its record, its id.
 
 A record's ``id`` is a UUID derived from ``device_id`` + the Realtime ``item_id``, so a
-retry can never create a duplicate at a backend.
+retry can never create a duplicate at a backend. Pure and shared: the core makes
+:class:`Transcript` values, the supervisor and the relay turn them into records.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
-
-from voiced.session import Transcript
 
 logger = logging.getLogger(__name__)
 
 RECORD_NAMESPACE: Final = uuid.UUID("6f1c1d2e-5a0b-4c8e-9d61-7a0f3c2b9e10")
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """One user or assistant utterance, to become a transcript record."""
+
+    role: str
+    text: str
+    item_id: str
+    conversation_id: str
+    metadata: dict[str, Any]
 
 
 def record_id(device_id: str, item_id: str) -> str:

@@ -1,6 +1,6 @@
-"""The GPT-Live conversation core: a sans-I/O state machine beside :mod:`voiced.session`.
+"""The GPT-Live conversation core: a sans-I/O state machine beside :mod:`voiced.core`.
 
-Same style as :class:`voiced.session.Conversation`: inputs are ``on_*`` calls given the
+Same style as :class:`voiced.core.conversation.Conversation`: inputs are ``on_*`` calls given the
 current monotonic time, outputs are effects drained with :meth:`LiveConversation.take_effects`
 (the *same* effect classes, so the supervisor applies them the same way), and the state
 people see is derived from a few facts after every input. Nothing here awaits, sleeps,
@@ -54,10 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
 from voiced import guard, wire
-from voiced.live import intents
-from voiced.live import wire as lw
-from voiced.live.transcripts import Assembler, Segment
-from voiced.session import (
+from voiced.core.effects import (
     CallTool,
     CancelTool,
     Draft,
@@ -69,8 +66,11 @@ from voiced.session import (
     ShowState,
     State,
     StopPlayback,
-    Transcript,
 )
+from voiced.live import intents
+from voiced.live import wire as lw
+from voiced.live.transcripts import Assembler, Segment
+from voiced.transcripts import Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -479,6 +479,10 @@ class LiveConversation:
                 self._on_timeline()
         elif phase in ("connecting", "starting") and self.settings.prestart_ms > 0:
             self._keep(pcm if self._mic_on else self._silence(len(pcm)))
+
+    def on_audio_captured(self, pcm: bytes, now: float, speech: bool = False) -> None:
+        """The supervisor's name for a mic frame (:meth:`on_mic_frame`)."""
+        self.on_mic_frame(pcm, now, speech)
 
     # ------------------------------------------------------------- connection inputs
 

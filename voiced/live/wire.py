@@ -29,16 +29,16 @@ from voiced import guard
 from voiced.wire import (
     SAMPLE_RATE,
     MalformedEvent,
-    _expiry,
-    _i,
-    _id,
-    _message,
-    _obj,
-    _opt_id,
-    _pcm,
-    _s,
+    error_message,
+    expiry,
     load_frame,
+    opt_id,
     pcm_ms,
+    req_id,
+    req_int,
+    req_obj,
+    req_pcm,
+    req_str,
     valid_text,
 )
 
@@ -333,7 +333,7 @@ ServerEvent = (SessionStarted | InputMuted | OutputAudio | TranscriptDelta | Del
 
 
 def _ms(d: dict[str, Any], key: str) -> int:
-    v = _i(d, key)
+    v = req_int(d, key)
     if not 0 <= v <= MAX_TIMELINE_MS:
         raise MalformedEvent(f"{d.get('type')}: {key} {v} is not a timeline position")
     return v
@@ -348,7 +348,7 @@ def _interval(d: dict[str, Any]) -> tuple[int, int]:
 
 def _word(d: dict[str, Any], key: str, limit: int = 64) -> str:
     """A short token (a reason, a target), cut to ``limit`` (logged through printable)."""
-    return _s(d, key)[:limit]
+    return req_str(d, key)[:limit]
 
 
 def _seconds(value: object) -> float | None:
@@ -368,34 +368,34 @@ def _usage(d: dict[str, Any]) -> float | None:
 
 
 def _started(d: dict[str, Any]) -> SessionStarted:
-    s = _obj(d, "session")
+    s = req_obj(d, "session")
     model = s.get("model")
-    return SessionStarted(session_id=_id(s, "id"),
-                          expires_at=_expiry(s.get("expires_at"), "session.started"),
+    return SessionStarted(session_id=req_id(s, "id"),
+                          expires_at=expiry(s.get("expires_at"), "session.started"),
                           model=guard.printable(model, 100) if isinstance(model, str) else None,
-                          client_event_id=_opt_id(d, "client_event_id"))
+                          client_event_id=opt_id(d, "client_event_id"))
 
 
 def _transcript(role: Literal["user", "assistant"]) -> Any:
     def parse(d: dict[str, Any]) -> TranscriptDelta:
         start, end = _interval(d)
-        return TranscriptDelta(role=role, event_id=_id(d, "event_id"), delta=_s(d, "delta"),
+        return TranscriptDelta(role=role, event_id=req_id(d, "event_id"), delta=req_str(d, "delta"),
                                start_ms=start, end_ms=end)
     return parse
 
 
 def _delegation(d: dict[str, Any]) -> DelegationCreated:
-    dg = _obj(d, "delegation")
-    return DelegationCreated(delegation_id=_id(dg, "id"), target=_word(dg, "target"),
+    dg = req_obj(d, "delegation")
+    return DelegationCreated(delegation_id=req_id(dg, "id"), target=_word(dg, "target"),
                              offset_ms=_ms(d, "offset_ms"),
-                             response_id=_opt_id(dg, "response_id"))
+                             response_id=opt_id(dg, "response_id"))
 
 
 def _appended(kind: str) -> Any:
     def parse(d: dict[str, Any]) -> ContextAppended:
         start, end = _interval(d)
         return ContextAppended(kind=kind, start_ms=start, end_ms=end,
-                               client_event_id=_opt_id(d, "client_event_id"))
+                               client_event_id=opt_id(d, "client_event_id"))
     return parse
 
 
@@ -408,24 +408,24 @@ def _usage_updated(d: dict[str, Any]) -> UsageUpdated:
 def _closed(d: dict[str, Any]) -> SessionClosed:
     # a bad usage figure must not cost the close itself: the session is over either way
     return SessionClosed(reason=_word(d, "reason", 40), seconds=_usage(d),
-                         client_event_id=_opt_id(d, "client_event_id"))
+                         client_event_id=opt_id(d, "client_event_id"))
 
 
 def _error(d: dict[str, Any]) -> ServerError:
-    e = _obj(d, "error")
+    e = req_obj(d, "error")
     kind = e.get("type")
     return ServerError(type=kind[:64] if isinstance(kind, str) and kind else "unknown",
-                       code=_opt_id(e, "code"), message=_message(e.get("message")),
-                       param=_opt_id(e, "param"),
-                       client_event_id=_opt_id(e, "client_event_id")
-                       or _opt_id(d, "client_event_id"))
+                       code=opt_id(e, "code"), message=error_message(e.get("message")),
+                       param=opt_id(e, "param"),
+                       client_event_id=opt_id(e, "client_event_id")
+                       or opt_id(d, "client_event_id"))
 
 
 _PARSERS: Final[dict[str, Any]] = {
     "session.started": _started,
-    "session.input_audio.muted": lambda d: InputMuted(True, _opt_id(d, "client_event_id")),
-    "session.input_audio.unmuted": lambda d: InputMuted(False, _opt_id(d, "client_event_id")),
-    "session.output_audio.delta": lambda d: OutputAudio(pcm=_pcm(d)),
+    "session.input_audio.muted": lambda d: InputMuted(True, opt_id(d, "client_event_id")),
+    "session.input_audio.unmuted": lambda d: InputMuted(False, opt_id(d, "client_event_id")),
+    "session.output_audio.delta": lambda d: OutputAudio(pcm=req_pcm(d)),
     "session.input_transcript.delta": _transcript("user"),
     "session.output_transcript.delta": _transcript("assistant"),
     "session.delegation.created": _delegation,
@@ -435,7 +435,7 @@ _PARSERS: Final[dict[str, Any]] = {
     "session.usage.updated": _usage_updated,
     "session.closed": _closed,
     "error": _error,
-    "info": lambda d: Info(code=_word(d, "code", 100), message=_message(d.get("message"))),
+    "info": lambda d: Info(code=_word(d, "code", 100), message=error_message(d.get("message"))),
 }
 # a transcript delta's text keeps its surrogate halves: the core joins deltas first
 _RAW_DELTA_TYPES: Final = frozenset({"session.input_transcript.delta",

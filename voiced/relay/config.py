@@ -19,20 +19,17 @@ from pathlib import Path
 from typing import Any, Final
 
 from voiced.config import (
-    _MISSING,
+    EAGERNESS,
+    LOG_LEVELS,
     TOOL_NAME_RE,
     VOICES,
     Secret,
-    _is_loopback,
-    _kind,
-    _missing_credential,
-    _path,
-    _Problems,
-    _Section,
-    _ws_url,
     read_credential,
     read_yaml,
 )
+from voiced.config.realtime import _ws_url
+from voiced.config.secrets import _missing_credential
+from voiced.config.sections import _MISSING, _is_loopback, _kind, _path, _Problems, _Section
 from voiced.errors import ConfigError
 
 DEFAULT_RELAY_CONFIG: Final = "/etc/voiced/relay.yaml"
@@ -45,10 +42,9 @@ AGENT_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 DEVICE_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PATH_RE: Final = re.compile(r"^/[A-Za-z0-9_./-]{0,200}$")
 RELAY_TURN_TYPES: Final = ("server_vad", "semantic_vad", "none")
-EAGERNESS: Final = ("low", "medium", "high", "auto")
+
 DEVICE_MAY_SET: Final = ("voice", "turn_detection", "tools")
 """What an agent may let a device change in its own session.update (the allow-list)."""
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True, slots=True)

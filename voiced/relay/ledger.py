@@ -25,8 +25,7 @@ from typing import Any, Final
 
 from voiced import guard, wire
 from voiced.relay.config import Agent
-from voiced.session import Transcript
-from voiced.transcripts import make_record, record_id
+from voiced.transcripts import Transcript, make_record, record_id
 
 logger = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from websockets.typing import Subprotocol
 
 from voiced import __version__, guard
 from voiced.errors import ConfigError
+from voiced.link import AUTH_CLOSE_CODE, REQUEST_SHAPE_CLOSE_CODE, classify
 from voiced.notify import Notifier
 from voiced.outbox import Outbox
-from voiced.realtime import AUTH_CLOSE_CODE, REQUEST_SHAPE_CLOSE_CODE, classify
 from voiced.relay import auth
 from voiced.relay.config import Agent, RelaySettings
 from voiced.relay.ledger import SETUP_EVENT_ID, Ledger, Write, encode

@@ -1,7 +1,9 @@
-"""The Realtime WebSocket adapter: URL, handshake, backoff, and failure classification.
+"""A Realtime connection link: open, reader, sender, keepalive, retire, classify.
 
-It knows nothing about the conversation: the supervisor feeds what arrives into the
-session core and sends what the core asks for.
+One module for every WebSocket connection voiced makes to a Realtime server: the
+device's live and standby sessions (:class:`Link`) and, for opening and classifying, the
+relay's upstream. It knows nothing about the conversation: what arrives goes to the
+``on_frame`` callback, and what is put on the queue is sent in order by one task.
 
 What a failure says is built from status codes, close codes and our own words, never
 from a handshake exception's text: websockets quotes the offending header in it, and
@@ -11,11 +13,12 @@ is server text, so it goes through ``guard.printable``.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -26,9 +29,10 @@ from websockets.exceptions import (
     InvalidURI,
 )
 
-from voiced import guard
-from voiced.config import RealtimeSettings
+from voiced import guard, wire
 from voiced.errors import RealtimeError
+
+logger = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES: Final = 16 * 1024 * 1024  # the API's own limit is 15 MiB per event
 AUTH_CLOSE_CODE: Final = 3000  # invalid_api_key, missing bearer
@@ -51,24 +55,6 @@ class _NoRedirects(connect):
     def process_redirect(self, exc: Exception) -> Exception | str:
         """Never a URL to follow: the 3xx surfaces as the InvalidStatus it is."""
         return exc
-
-
-def build_url(s: RealtimeSettings, conversation_id: str | None) -> str:
-    """The URL to open: ``?model=`` for OpenAI, the relay's query when a relay is set.
-
-    Query parameters already in ``realtime.url`` are kept.
-    """
-    parts = urlsplit(s.url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if s.relay is not None:
-        query.append(("agent_id", s.relay.agent_id))
-        query.append(("voice", s.voice))
-        cid = conversation_id or s.relay.conversation_id
-        if cid:
-            query.append(("conversation_id", cid))
-    else:
-        query = [(k, v) for k, v in query if k != "model"] + [("model", s.model)]
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 async def open_connection(url: str, api_key: str | None, *, timeout_s: float,
@@ -173,25 +159,109 @@ def _origin(location: str | None) -> str:
     return guard.printable(f"{parts.scheme or '?'}://{host}{port}", 120)
 
 
-@dataclass
-class Backoff:
-    """Jittered exponential reconnect delays.
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
+"""Starts a task: the supervisor's puts it in its task group (``TaskGroup.create_task``)."""
 
-    Each delay is drawn uniformly from [base/2, base] where base doubles from
-    ``min_s`` up to ``max_s``; :meth:`reset` after a connection proved stable.
+
+def create_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A :data:`Spawn` outside any task group (a link used on its own)."""
+    return asyncio.create_task(coro, name=name)
+
+
+class Link:
+    """One connection: its socket, its send queue, its reader and its sender.
+
+    The reader hands every frame to ``on_frame`` and ends with the connection, keeping
+    the classified :class:`~voiced.errors.RealtimeError` in :attr:`failure` (it never
+    raises it: a task group's task that raised would end the daemon); ``on_end`` runs
+    when it ends, however. The sender sends what :meth:`send` queued, in order, and ends
+    quietly when the connection does.
+
+    Args:
+        ws: the open connection (:func:`open_connection`).
+        on_frame: called with each frame received, on the event loop.
+        on_end: called once the reader has ended.
+        spawn: starts the reader and the sender (the supervisor's task group).
     """
 
-    min_s: float = 0.5
-    max_s: float = 30.0
-    rand: Callable[[], float] = random.random
-    attempts: int = 0
+    def __init__(self, ws: ClientConnection, on_frame: Callable[[str | bytes], None],
+                 on_end: Callable[[], None] | None = None,
+                 spawn: Spawn = create_task) -> None:
+        self.ws = ws
+        self.failure: RealtimeError | None = None
+        self._spawn = spawn
+        self.queue: asyncio.Queue[wire.ClientEvent] = asyncio.Queue()
+        self.tasks: list[asyncio.Task[None]] = []
+        self._on_frame = on_frame
+        self._on_end = on_end
 
-    def next(self) -> float:
-        """The delay before the next attempt."""
-        base = min(self.max_s, self.min_s * (2 ** min(self.attempts, 30)))
-        self.attempts += 1
-        return float(base * (0.5 + 0.5 * self.rand()))
+    def start(self) -> None:
+        """Start the reader and the sender."""
+        self.tasks += [self._spawn(self._read(), "realtime-read"),
+                       self._spawn(self._send(), "realtime-send")]
 
-    def reset(self) -> None:
-        """Start again from the shortest delay."""
-        self.attempts = 0
+    @property
+    def reader(self) -> asyncio.Task[None]:
+        """The reader task: it ends when the connection does."""
+        return self.tasks[0]
+
+    def raise_failure(self) -> None:
+        """Raise why the connection ended (classified), if it failed."""
+        if self.failure is not None:
+            raise self.failure
+
+    def send(self, event: wire.ClientEvent) -> None:
+        """Queue a client event; the sender sends it after those queued before."""
+        self.queue.put_nowait(event)
+
+    async def aclose(self, reason: str = "") -> None:
+        """Close the connection (1000) and wait for the reader and the sender to end."""
+        await self.ws.close(1000, reason)
+        for task in self.tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def retire(self, reason: str) -> None:
+        """Close the connection once what was queued for it is sent."""
+        for _ in range(50):
+            if self.queue.empty():
+                break
+            await asyncio.sleep(0.02)
+        await self.aclose(reason)
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                self._on_frame(frame)
+        except ConnectionClosed as e:
+            self.failure = classify(e)
+            self.failure.__cause__ = e
+        except Exception as e:  # noqa: BLE001 - the connection is lost, not the daemon
+            guard.note_fault("realtime read", e, logger)
+            self.failure = RealtimeError(f"unexpected error reading ({type(e).__name__})",
+                                         retryable=True)
+            self.failure.__cause__ = e
+        finally:
+            if self._on_end is not None:
+                self._on_end()
+
+    async def _send(self) -> None:
+        debug = logger.isEnabledFor(logging.DEBUG)
+        while True:
+            event = await self.queue.get()
+            if debug:
+                logger.debug("send %s", guard.printable(wire.describe(event)))
+            try:
+                text = wire.encode(event)
+            except Exception as e:  # noqa: BLE001 - one event lost, not the connection
+                guard.note_fault("realtime send", e, logger)
+                continue
+            try:
+                await self.ws.send(text)
+            except ConnectionClosed:
+                return  # the reader reports why
+            except Exception as e:  # noqa: BLE001 - the link is lost, not the daemon
+                guard.note_fault("realtime send", e, logger)
+                with contextlib.suppress(Exception):
+                    await self.ws.close(1011, "send failed")
+                return

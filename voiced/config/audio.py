@@ -1,0 +1,74 @@
+"""The ``audio:`` section's validator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from voiced.config.sections import _MISSING, _kind, _path, _Section
+from voiced.config.settings import (
+    AUDIO_BACKENDS,
+    ECHO_POLICIES,
+    INPUT_FILE_STARTS,
+    AudioEndpointSettings,
+    AudioSettings,
+)
+
+
+def _endpoint(sec: _Section, backend: str, base: Path, *, is_input: bool) -> AudioEndpointSettings:
+    raw_dev = sec.raw("device")
+    device: str | int = "default"
+    if raw_dev is _MISSING or raw_dev is None:
+        pass
+    elif isinstance(raw_dev, bool) or not isinstance(raw_dev, str | int):
+        sec.bad("device", f"expected a device name, index or 'default', got {_kind(raw_dev)}")
+    elif isinstance(raw_dev, int) and raw_dev < 0:
+        sec.bad("device", f"device index {raw_dev} is negative")
+    else:
+        device = raw_dev
+    path = _path(sec, "file", base)
+    rate_hz: int | None = None
+    if sec.has("rate_hz") and sec.data.get("rate_hz") is not None:
+        rate_hz = sec.int_("rate_hz", 48000, lo=8000, hi=192000)
+    else:
+        sec.raw("rate_hz")
+    channel: int | None = None
+    if is_input:
+        if sec.has("channel") and sec.data.get("channel") is not None:
+            channel = sec.int_("channel", 0, lo=0, hi=31)
+        else:
+            sec.raw("channel")
+    if backend == "file":
+        if path is None:
+            sec.bad("file", "is required when audio.backend is file")
+        elif is_input and not path.is_file():
+            sec.bad("file", f"{path} does not exist")
+        elif not is_input and not path.parent.is_dir():
+            sec.bad("file", f"directory {path.parent} does not exist")
+    sec.finish()
+    return AudioEndpointSettings(device=device, file=path, channel=channel, rate_hz=rate_hz)
+
+
+def _audio(sec: _Section, base: Path) -> AudioSettings:
+    d = AudioSettings()
+    backend = sec.choice("backend", d.backend, AUDIO_BACKENDS)
+    s = AudioSettings(
+        backend=backend,
+        input=_endpoint(sec.section("input"), backend, base, is_input=True),
+        output=_endpoint(sec.section("output"), backend, base, is_input=False),
+        echo=sec.choice("echo", d.echo, ECHO_POLICIES),
+        echo_tail_ms=sec.int_("echo_tail_ms", d.echo_tail_ms, lo=0, hi=5000),
+        frame_ms=sec.int_("frame_ms", d.frame_ms, lo=10, hi=100),
+        input_file_starts=sec.choice("input_file_starts", d.input_file_starts,
+                                     INPUT_FILE_STARTS),
+        jitter_ms=sec.int_("jitter_ms", d.jitter_ms, lo=0, hi=1000),
+        period_ms=sec.int_("period_ms", d.period_ms, lo=5, hi=100),
+        reopen_s=sec.num("reopen_s", d.reopen_s, lo=0.05, hi=300),
+        reopen_max_s=sec.num("reopen_max_s", d.reopen_max_s, lo=0.05, hi=3600),
+        max_queued_s=sec.num("max_queued_s", d.max_queued_s, lo=1, hi=3600),
+    )
+    if s.reopen_max_s < s.reopen_s:
+        sec.bad("reopen_max_s", f"{s.reopen_max_s:g} is less than reopen_s ({s.reopen_s:g})")
+    if s.frame_ms % 10:
+        sec.bad("frame_ms", f"{s.frame_ms} is not a multiple of 10")
+    sec.finish()
+    return s
