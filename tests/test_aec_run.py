@@ -147,9 +147,11 @@ class Room:
 
     def close(self) -> None:
         self._stop.set()
-        for p in (self.rec, self.play):
-            p.terminate()
+        # the recorder first: its end of stream ends the thread, which may be writing to
+        # the player (stopping both at once broke that pipe now and then)
+        self.rec.terminate()
         self.thread.join(TIMEOUT)
+        self.play.terminate()
         for p in (self.rec, self.play):
             try:
                 p.wait(TIMEOUT)
@@ -194,11 +196,14 @@ def received(sim: SimServer, etype: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.xfail(strict=True, reason=(
-    "measured through voiced run on this rig: the echo reaches the canceller 520-580 ms "
-    "behind the speaker's reported position (its tail is 200 ms), and a fresh filter "
-    "needs ~1.5 s of reply even when the delay is within reach: the simulator's VAD "
-    "starts a turn on the echo alone 0.6-1.4 s into the first reply. Strict: it fails "
-    "once the figures hold, the signal to make aec the default (issue 22)"))
+    "measured through voiced run on this rig: the echo reaches the canceller 470-690 ms "
+    "behind the speaker's reported position (the rig's own parec -> pacat leg is ~20 ms "
+    "beside its 40 ms room: the rest is the daemon's ALSA-pulse path); the bulk delay "
+    "estimate finds it (score ~1.0) and the convergence gate holds the mic silent until "
+    "the filter's echo loss reaches 30 dB, but the delay moves within a run (470 -> 540 "
+    "ms) and after a pause, and the simulator's VAD (one 10 ms frame over -40 dBFS) "
+    "still starts a turn on the residual echo in most runs. Strict: it fails once the "
+    "figures hold, the signal to make aec the default (issue 22)"))
 async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
         tmp_path: Path) -> None:
     """ERLE, the VAD on the echo alone, the VAD on the user over the echo, and the
@@ -297,6 +302,10 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     a, b = r1 + int(CONVERGED_S * SAMPLE_RATE), r1_end
     residual = up[a + shift + 480:b + shift + 480]  # the suppressor's block of delay
     erle = erle_db(echo[a:b], residual)
+    # not the convergence gate's silence: the filter's own output is measured
+    blocks = residual[:len(residual) // CHUNK * CHUNK].reshape(-1, CHUNK)
+    gated = int(np.sum(np.all(blocks == 0, axis=1)))
+    print(f"all-zero 20 ms blocks in the ERLE window: {gated} of {len(blocks)}")
     level = 20 * np.log10(max(float(np.sqrt(np.mean(residual ** 2))), 1e-9) / 32768)
     print(f"ERLE {erle:.1f} dB over {(b - a) / SAMPLE_RATE:.1f} s (residual {level:.1f} "
           f"dBFS RMS)")
@@ -324,6 +333,6 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     print(f"truncate audio_end_ms {truncate['audio_end_ms']}, the sink played "
           f"{played_ms:.0f} ms of reply 2")
 
-    assert erle >= 25.0
+    assert erle >= 25.0 and gated <= len(blocks) // 20
     assert -10 <= vad_ms <= 300
     assert abs(truncate["audio_end_ms"] - played_ms) <= TRUNCATE_TOLERANCE_MS

@@ -208,7 +208,8 @@ async def test_run_plays_every_event_earcon_into_the_speaker_and_none_to_the_ser
             st = await wait_for_status(
                 cfg, lambda s: s.get("earcons_played", {}).get("new_conversation") == 1
                 and s["connected"], seen)
-            await asyncio.sleep(0.5)  # the last earcon reaches the WAV
+            # the last earcon handed to the WAV (a fixed sleep was too short when busy)
+            await wait_for_status(cfg, lambda s: not s["earcon_pending"], seen)
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

@@ -96,6 +96,7 @@ class HandsFree:
         self._gate_samples = 0  # half duplex: mic samples still replaced by silence
         self.detections: list[Detection] = []
         self.wake_presses = 0
+        self.gated_frames = 0  # mic frames silenced until the canceller converged
         self.earcons_played: dict[str, int] = {}
 
     # ------------------------------------------------------------------ devices
@@ -153,6 +154,13 @@ class HandsFree:
 
         In half duplex it comes back as silence while an earcon plays, and a tail after.
         """
+        if (self.echo_mode == "aec" and self.echo is not None and not self.echo.converged
+                and self.echo.echo_possible):
+            # the convergence gate: until the filter cancels the echo (its delay found,
+            # its echo loss there), silence in its place, so the server's VAD and the
+            # wake word never hear the reply; the uplink's timeline stays whole
+            self.gated_frames += 1
+            frame = bytes(len(frame))
         speaking = self._state == "speaking"
         playing = self.mix is not None and self.mix.playing
         if self.detector is not None and not playing:
@@ -226,8 +234,13 @@ class HandsFree:
             # a device, how much of the tail the speaker's buffering and the room use
             out["aec_echo_delay_ms"] = round(self.echo.echo_delay_ms(), 1)
             out["aec_realigned"] = self.echo.realigned
+            out["aec_bulk_ms"] = self.echo.bulk * 1000 // SAMPLE_RATE
+            out["aec_converged"] = self.echo.converged
+            out["aec_erle_db"] = round(self.echo.erle_db(), 1)
+            out["aec_gated_frames"] = self.gated_frames
         if self.detector is not None:
             out["wake_word"] = {"models": list(self.detector.models),
                                 "detections": self.wake_presses}
         out["earcons_played"] = dict(self.earcons_played)
+        out["earcon_pending"] = self.mix is not None and self.mix.playing  # not yet handed
         return out

@@ -133,4 +133,7 @@ class EchoFilter:
 def build_echo(frame_ms: int, on_bypass: Callable[[bool, str], None]) -> EchoCanceller:
     """The canceller for ``audio.echo: aec``, on the daemon's mic frames."""
     block = 20 if frame_ms % 20 == 0 else 10
-    return EchoCanceller(frame_ms=block, tail_ms=200, on_bypass=on_bypass)
+    # the bulk delay is estimated (up to 1 s, voiced/audio/delay.py): device buffering
+    # put the echo 520 ms behind the speaker's reported position through PulseAudio
+    return EchoCanceller(frame_ms=block, tail_ms=200, on_bypass=on_bypass,
+                         max_delay_ms=1000)
