@@ -43,7 +43,7 @@ InputFileStart = Literal["on_mic", "at_start"]
 INPUT_FILE_STARTS: Final[tuple[InputFileStart, ...]] = typing.get_args(InputFileStart)
 AudioBackend = Literal["pyaudio", "file"]
 AUDIO_BACKENDS: Final[tuple[AudioBackend, ...]] = typing.get_args(AudioBackend)
-EchoPolicy = Literal["half_duplex", "full_duplex"]
+EchoPolicy = Literal["half_duplex", "full_duplex", "aec"]
 ECHO_POLICIES: Final[tuple[EchoPolicy, ...]] = typing.get_args(EchoPolicy)
 LedDriver = Literal["none", "gpio", "apa102"]
 LED_DRIVERS: Final[tuple[LedDriver, ...]] = typing.get_args(LedDriver)
@@ -250,7 +250,9 @@ class AudioSettings:
     output: AudioEndpointSettings = field(default_factory=AudioEndpointSettings)
     """The speaker."""
     echo: EchoPolicy = "half_duplex"
-    """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always."""
+    """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always
+    open (a headset, or a mic with hardware echo cancellation); aec: always open, with
+    software echo cancellation (speexdsp; back to half duplex while it is bypassed)."""
     echo_tail_ms: int = 300
     """half_duplex: how long the mic stays muted after playback ends."""
     frame_ms: int = 20
@@ -445,6 +447,43 @@ class ControlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WakeWordSettings:
+    """On-device wake word (extra ``voiced[wake]``): a detection opens the mic like a press."""
+
+    enabled: bool = False
+    models: tuple[str, ...] = ("okay_nabu",)
+    """Built-in pymicro-wakeword models: okay_nabu, hey_jarvis, alexa, hey_mycroft."""
+    threshold: float | None = None
+    """Probability cutoff for every model (None: each model's own, 0.85-0.97)."""
+    refractory_s: float = 2.0
+    """Audio after a detection in which nothing more is detected."""
+
+
+EarconEvent = Literal["listening_started", "listening_stopped", "reconnected", "error",
+                      "new_conversation"]
+EARCON_EVENTS: Final[tuple[EarconEvent, ...]] = typing.get_args(EarconEvent)
+
+
+@dataclass(frozen=True, slots=True)
+class EarconSettings:
+    """Short sounds for what the device just did, through the speaker."""
+
+    enabled: bool = False
+    gain: float = 0.5
+    """Loudness of every earcon, 0..1 of the loudest; scaled by the speaker volume too."""
+    events: tuple[tuple[EarconEvent, float], ...] = tuple((e, 1.0) for e in EARCON_EVENTS)
+    """(event, gain 0..1) per event; 0 switches one event's earcon off."""
+
+    def gain_of(self, event: str) -> float:
+        """The configured gain of ``event`` (0 when off)."""
+        if self.enabled:
+            for name, gain in self.events:
+                if name == event:
+                    return self.gain * gain
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `voiced run` needs, validated."""
 
@@ -457,6 +496,8 @@ class Settings:
     transcripts: TranscriptSettings
     control: ControlSettings
     tools: ToolSettings = field(default_factory=ToolSettings)
+    wake_word: WakeWordSettings = field(default_factory=WakeWordSettings)
+    earcons: EarconSettings = field(default_factory=EarconSettings)
     log_level: LogLevel = field(default="info", metadata=LIVE)
     """debug, info, warning or error."""
     source_path: Path | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -49,6 +50,7 @@ from voiced.core.effects import (
     SwitchToStandby,
 )
 from voiced.errors import AudioDeviceError, ConfigError
+from voiced.hands_free import HandsFree
 from voiced.link import Link, Spawn
 from voiced.live.core import Disconnect
 from voiced.notify import Notifier
@@ -126,21 +128,30 @@ class Supervisor:
         self.session: Core
         self.connections: Connections | LiveConnections
         self.vad: SpeechDetector | None = None
+        half_duplex: Callable[[bool], None]  # the canceller's bypass switches it
         if settings.realtime.api == "live":  # GPT-Live: its own core and connection
             live = build_live_conversation(settings, self.toolbox.declarations())
             self.session = self.tools.session = live
             self.connections = LiveConnections(lambda: self.settings.realtime, live,
                                                self._feed, self._now, self.notifier)
+            half_duplex = lambda on: live.set_settings(  # noqa: E731
+                dataclasses.replace(live.settings, half_duplex=on))
         else:
             conv = build_conversation(settings, self.toolbox.declarations())
             self.session = self.tools.session = conv
             self.vad = build_vad(settings, conv.policy)
             self.connections = Connections(lambda: self.settings.realtime, conv,
                                            self._feed, self._now, self.notifier)
+            half_duplex = lambda on: conv.set_policy(  # noqa: E731
+                dataclasses.replace(conv.policy, half_duplex=on))
+        # echo cancellation, wake word and earcons (voiced/hands_free.py)
+        self.hands = HandsFree(settings, half_duplex, press=lambda: self._on_gesture("press"),
+                               apply=self._apply_core, volume=lambda: self.volume.percent)
         self.control = ControlServer(settings.control.socket, self._on_control,
                                      max_connections=settings.control.max_connections)
         self.audio = AudioKeeper(self.source, self.sink, settings.audio, self.session,
-                                 self._feed, self._apply_core, self._on_mic_frame, self._now)
+                                 self._feed, self._apply_core, self._on_mic_frame, self._now,
+                                 reopened=self.hands.devices_reopened)
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.records_written = 0
@@ -216,6 +227,7 @@ class Supervisor:
             self.button = build_button(self.settings, self._on_gesture, self._loop,
                                        self.pin_factory)
             self.sink.set_drained_callback(self._on_drained)
+            self.hands.install(self.source, self.sink, self._loop)  # before they start
             try:
                 await self.source.start()
                 await self.sink.start()
@@ -324,6 +336,7 @@ class Supervisor:
     # ------------------------------------------------------------------ pumps
 
     def _on_mic_frame(self, frame: bytes) -> None:
+        frame = self.hands.mic_frame(frame)  # the wake word hears it; earcons kept out
         speech = self.vad.is_speech(frame) if self.vad is not None else False
         self.session.on_audio_captured(frame, self._now(), speech)
 
@@ -408,6 +421,7 @@ class Supervisor:
         logger.info("state %s", text)
         self.notifier.status(text)
         self.orb.set_state(str(state))
+        self.hands.on_state(str(state), self.session.status())  # earcons
         self.listener("state", state)
 
     def _record(self, eff: Record) -> None:
