@@ -171,3 +171,34 @@ def test_the_speaker_stops_when_idle_and_starts_on_reply_audio_without_a_click(
     assert out[sound].tobytes() == b"".join(replies)
     first_end = sound[len(replies[0]) // 2 - 1]
     assert sound[len(replies[0]) // 2] > first_end + 1, "no silence between the replies"
+
+
+MARGIN = """
+import asyncio, json, sys
+from voiced.audio.pyaudio_backend import PyAudioSink
+from voiced.config import AudioEndpointSettings
+async def main():
+    sink = PyAudioSink(AudioEndpointSettings(device="usbmic", rate_hz=24000),
+                       start_margin_ms=int(sys.argv[1]), jitter_ms=400)
+    drained = asyncio.Event()
+    sink.set_drained_callback(drained.set)
+    await sink.start()
+    sink.play(bytes(range(1, 201)) * 48, "item_0")  # 200 ms: half the jitter buffer
+    sink.play(bytes(range(1, 201)) * 48, "item_0")  # all of it, at once
+    await asyncio.wait_for(drained.wait(), 10)
+    await sink.aclose()
+    print(json.dumps(list(sink.start_latencies)))
+asyncio.run(main())
+"""
+
+
+def test_a_reply_starts_no_sooner_than_the_start_margin(tmp_path: Path) -> None:
+    """A reply whose first audio fills the jitter buffer at once still waits the margin
+    (a lower bound: a slow machine only waits longer), so audio that keeps coming at
+    real-time pace finds that much queued; the bench counts the gaps it saves."""
+    home = alsa_home(tmp_path)
+    p = subprocess.run([sys.executable, "-c", MARGIN, "300"], env=clean_env(HOME=str(home)),
+                       capture_output=True, text=True, timeout=TIMEOUT * 2, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (latency,) = json.loads(p.stdout.strip().splitlines()[-1])
+    assert latency >= 0.3

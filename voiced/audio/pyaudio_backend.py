@@ -391,16 +391,23 @@ class PyAudioSink:
             48 kHz stereo is 23 MB); :meth:`play` refuses what would go beyond.
         idle_s: the stream stops this long after the last audio was handed out (or a
             stop), and starts again on the next :meth:`play`; None: it runs for good.
+        start_margin_ms: a reply (or audio after a drain) starts to play this long after
+            its first audio came at the earliest, even when ``jitter_ms`` of it is queued
+            at once: audio that keeps arriving at real-time pace then always finds this
+            much still queued (without it, a first 100 ms chunk started at once and the
+            next, a little late, found the buffer dry: a gap).
     """
 
     def __init__(self, settings: AudioEndpointSettings, *, period_ms: int = 20,
                  jitter_ms: int = 80, max_queued_s: float = 120.0,
-                 idle_s: float | None = 2.0) -> None:
+                 idle_s: float | None = 2.0, start_margin_ms: int = 60) -> None:
         self.settings = settings
         self.period_ms = period_ms
         self.jitter_ms = jitter_ms
         self.max_queued_s = max_queued_s
         self.idle_s = idle_s
+        self.start_margin_ms = start_margin_ms
+        self._prime_since = 0.0  # when the audio now priming came (monotonic)
         # the stream is stopped while idle (issue 21): _running is the wish (the loop's),
         # _started what the worker thread last did; _control orders starts, stops, closes
         self._running = False
@@ -425,7 +432,6 @@ class PyAudioSink:
         self.start_latencies: deque[float] = deque(maxlen=100)
         self._latency_frames = 0
         self._priming = True
-        self._prime_waited = 0
         self._conv: FromWire | None = None
         self._on_drained: Callable[[], None] = lambda: None
         self.device: DeviceInfo | None = None
@@ -465,6 +471,9 @@ class PyAudioSink:
         period = self.rate * self.period_ms // 1000
         frame_b = BYTES_PER_SAMPLE * channels
         name_thread = thread_namer("voiced-speaker")
+        jitter_bytes = self.rate * self.jitter_ms // 1000 * frame_b
+        jitter_s = self.jitter_ms / 1000
+        margin_s = min(self.start_margin_ms, self.jitter_ms) / 1000
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[bytes, int]:
@@ -475,9 +484,11 @@ class PyAudioSink:
             drained = False
             with self._lock:
                 if self._priming and self._queue:
-                    self._prime_waited += frame_count
-                    if (self._queued_bytes >= self.rate * self.jitter_ms // 1000 * frame_b
-                            or self._prime_waited >= self.rate * self.jitter_ms // 1000):
+                    # by time, not by frames asked: a stream just started asks for
+                    # several periods at once to fill the device
+                    waited = time.monotonic() - self._prime_since
+                    if ((self._queued_bytes >= jitter_bytes and waited >= margin_s)
+                            or waited >= jitter_s):
                         self._priming = False
                 if not self._priming:
                     had = bool(self._queue)
@@ -499,7 +510,6 @@ class PyAudioSink:
                         # dry: tell the loop, and buffer jitter_ms again before resuming
                         drained = True
                         self._priming = True
-                        self._prime_waited = 0
             if len(out) < want:
                 out += bytes(want - len(out))
             if drained:
@@ -528,7 +538,6 @@ class PyAudioSink:
         self._queued_bytes = 0
         self._handed.clear()
         self._priming = True
-        self._prime_waited = 0
 
     def _drained(self) -> None:
         with self._lock:
@@ -613,6 +622,8 @@ class PyAudioSink:
             self._last_item = item_id
         data = conv.convert(pcm)
         with self._lock:
+            if self._priming and not self._queue:
+                self._prime_since = time.monotonic()
             if tail and self._queue and self._queue[-1][0] == previous:
                 self._queue.append([previous, tail, 0])
                 self._queued_bytes += len(tail)
