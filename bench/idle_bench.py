@@ -121,7 +121,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         try:
-            return request(self.dir / "ctl.sock", "status")
+            return dict(request(self.dir / "ctl.sock", "status")["status"])
         except (OSError, ValueError):
             return {}
 
