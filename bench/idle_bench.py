@@ -138,7 +138,11 @@ class Daemon:
             time.sleep(idle_s)
             t0 = time.monotonic()
             request(self.dir / "ctl.sock", "press")
-            line = self.sim.stdout.readline()  # blocks: the simulator prints each burst
+            line = ""
+            while not line.startswith("burst "):  # the simulator prints each burst
+                line = self.sim.stdout.readline()
+                if not line:
+                    raise SystemExit("the simulator ended")
             out.append(float(line.split()[1]) - t0)
             time.sleep(0.3)
             request(self.dir / "ctl.sock", "press")
