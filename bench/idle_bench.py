@@ -70,6 +70,7 @@ async def on_append(self, ev):
     last[0] = now
     await orig(self, ev)
 conversation.SimSession.on_append = on_append
+conversation._HANDLERS["input_audio_buffer.append"] = on_append
 sys.exit(main(["sim", "--port", sys.argv[1]]))
 """
 
