@@ -94,3 +94,20 @@ def user_transcript(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# Modules whose tests take longest (the kill -9 test alone is over two minutes of real
+# daemons): run first, so that under pytest-xdist (scripts/test.sh) they start at once and
+# the other workers fill in around them, instead of one of them finishing alone at the end.
+# Whole modules move, in their own order, so module fixtures and test order within a module
+# stay as they were.
+LONGEST_FIRST = ("test_crash_recovery.py", "test_relay_processes.py", "test_aec_pulse.py",
+                 "test_wakeword.py", "test_appliance.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: every module keeps its own order

@@ -69,13 +69,14 @@ class Client:
     @classmethod
     async def open(cls, url: str, token: str | None, *, agent_id: str = "home",
                    voice: str | None = None, conversation_id: str | None = None,
-                   subprotocol_token: bool = False, **kw: Any) -> Client:
+                   subprotocol_token: bool = False, headers: dict[str, str] | None = None,
+                   **kw: Any) -> Client:
         query: dict[str, str] = {"agent_id": agent_id}
         if voice:
             query["voice"] = voice
         if conversation_id:
             query["conversation_id"] = conversation_id
-        headers = {}
+        headers = dict(headers or {})
         protocols = None
         if token and subprotocol_token:
             protocols = ["voiced-relay", f"voiced-token.{token}"]

@@ -42,6 +42,7 @@ def espeak(text: str, voice: str = "en-us", speed: int = 165) -> np.ndarray:
         rate = w.getframerate()
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
     out: np.ndarray = soxr.resample(pcm, rate, SAMPLE_RATE).astype(np.int16)
+    out.flags.writeable = False  # cached and shared between tests: nobody may change it
     return out
 
 

@@ -15,7 +15,8 @@ What the seed did, and nothing more (the device must work against relays like it
 
 ``hold_device_update`` makes it hold the device's first session.update until the device
 sends audio or ``release_s`` passes (the R3 test uses it to see which session.updated a
-device takes as the answer to its update).
+device takes as the answer to its update). ``swallow`` names device event types it
+does not forward (a relay that drops what it does not know).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ SEED_INSTRUCTIONS = "SEED RELAY INSTRUCTIONS"
 
 class SeedRelay:
     def __init__(self, upstream_url: str, dsn: str, *, model: str = "gpt-realtime-2.1",
-                 hold_device_update: bool = False, release_s: float = 10.0) -> None:
+                 hold_device_update: bool = False, release_s: float = 10.0,
+                 swallow: frozenset[str] = frozenset()) -> None:
         self.upstream_url = upstream_url
         self.dsn = dsn
         self.model = model
         self.hold_device_update = hold_device_update
         self.release_s = release_s
+        self.swallow = swallow
         self.queries: list[dict[str, list[str]]] = []
         self.order: list[str] = []  # what happened, in order (R3)
         self.lost: list[str] = []  # rows it could not save
@@ -131,6 +134,8 @@ class SeedRelay:
                     self.order.append("first audio from the device")
                 if t == "session.update" and self.hold_device_update and holding is None:
                     holding = asyncio.create_task(held_update(frame))
+                    continue
+                if t in self.swallow:
                     continue
                 if holding is not None and not holding.done():
                     await holding  # keep the device's order

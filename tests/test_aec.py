@@ -199,7 +199,7 @@ def test_the_reference_waits_out_a_stalled_speaker_and_follows_a_faster_one() ->
     for k in range(40, 60):  # it resumes where it stopped; the mic is 5 blocks on
         block((k + 1) * f, (k + 1) * f)
     assert aec._ref_pos == 60 * f and aec.realigned == 0  # no margin left, in step
-    moved_at = []
+    moved_at: list[int] = []
     for k in range(60, 120):  # from now on 4 blocks more than expected
         block((k + 5) * f, (k + 5) * f)
         moved_at += [k] * (aec.realigned - len(moved_at))

@@ -440,7 +440,7 @@ def test_installer_into_a_scratch_root_twice_then_uninstall(tmp_path: Path) -> N
         if f.is_file() and not f.is_symlink():
             assert str(root) not in f.read_text(errors="replace"), f
     assert 'VIRTUAL_ENV="/opt/voiced/venv"' in (venv / "bin/activate").read_text()
-    pyc = next(venv.glob("lib/python3*/site-packages/voiced/__pycache__/config.*.pyc"))
+    pyc = next(venv.glob("lib/python3*/site-packages/voiced/config/__pycache__/settings.*.pyc"))
     code = marshal.loads(pyc.read_bytes()[16:])
     assert code.co_filename.startswith("/opt/voiced/venv/lib/"), code.co_filename
     # runnable from here only through its interpreter (its shebang names the image's path)

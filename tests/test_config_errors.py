@@ -50,6 +50,9 @@ BAD: list[tuple[str, str, str]] = [
     ("reconnect-max-below-min", BASE.replace(
         "realtime: {", "realtime: {reconnect_min_s: 5, reconnect_max_s: 1, "),
      "realtime.reconnect_max_s"),
+    ("unknown-session-owner", BASE.replace(
+        "realtime: {", "realtime: {relay: {agent_id: a, session_owner: both}, "),
+     "realtime.relay.session_owner"),
     ("unknown-audio-backend", BASE.replace("backend: file", "backend: jack"),
      "audio.backend"),
     ("missing-input-wav", BASE.replace(str(QUESTION_WAV), "/nonexistent/q.wav"),

@@ -47,10 +47,31 @@ async def ctl(cfg: Path, command: str) -> dict[str, Any]:
     return json.loads(out) if command == "status" else {"state": out.decode().strip()}
 
 
+async def status(cfg: Path) -> dict[str, Any]:
+    """The daemon's status for a poll, asked in this process over the control socket.
+
+    Waiting loops ask many times a second: a `voiced ctl` child for each (an interpreter
+    with coverage) kept a core busy and slowed every other test. `ctl()` still runs the
+    command line wherever a test acts or asserts on its answer. Shaped like `ctl()`'s:
+    ``{"error": ...}`` while the daemon does not answer.
+    """
+    from voiced.config import load
+    from voiced.control import request
+
+    path = load(cfg, require_secrets=False).control.socket
+    try:
+        reply = await asyncio.to_thread(request, path, "status", timeout_s=TIMEOUT)
+    except (OSError, ValueError) as e:
+        return {"error": str(e)}
+    status: dict[str, Any] = reply["status"] if reply.get("ok") else {
+        "error": reply.get("error")}
+    return status
+
+
 async def wait_for_status(cfg: Path, pred: Any, seen: list[str]) -> dict[str, Any]:
     async def poll() -> dict[str, Any]:
         while True:
-            st = await ctl(cfg, "status")
+            st = await status(cfg)
             if "state" in st and (not seen or seen[-1] != st["state"]):
                 seen.append(st["state"])
             if "state" in st and pred(st):

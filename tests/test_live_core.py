@@ -551,6 +551,27 @@ def test_a_drop_mid_conversation_reconnects_with_history() -> None:
     assert c.counters.reconnects == 2 and c.counters.sessions == 2
 
 
+def test_the_reconnect_backoff_is_the_shared_one_and_follows_new_settings() -> None:
+    # rand 0: backoff.Backoff's floor is half the base (the Live core used its own
+    # 0.75 floor before); the bounds in force at each attempt apply (SIGHUP)
+    c = LiveConversation(LiveSettings(reconnect_min_s=1.0, reconnect_max_s=8.0),
+                         conversation_id="conv-1", new_id=new_ids(), rand=lambda: 0.0)
+    c.on_devices_ready()
+    c.on_press(0.0)
+    c.on_connection_down("refused", 0.0)
+    c.take_effects()
+    c.on_tick(0.49, EXPIRES)
+    assert c.phase == "waiting"
+    c.on_tick(0.5, EXPIRES)
+    assert c.phase == "connecting"
+    c.set_settings(LiveSettings(reconnect_min_s=4.0, reconnect_max_s=4.0))
+    c.on_connection_down("refused", 1.0)  # second attempt: base min(4 * 2, 4) = 4 s
+    c.on_tick(2.99, EXPIRES)
+    assert c.phase == "waiting"
+    c.on_tick(3.0, EXPIRES)
+    assert c.phase == "connecting"
+
+
 def test_no_reconnect_once_the_conversation_went_quiet() -> None:
     c = open_session(quiet_close_s=30.0)
     c.on_connection_down("closed 1006", 20.0)
@@ -866,12 +887,12 @@ def test_a_server_that_never_stops_cannot_grow_the_core() -> None:
         output(c, LOUD, *[QUIET] * 5)
         effects = said(c, "word " * 50, i * 3000, i * 3000 + 600)
         records += sum(isinstance(e, Record) for e in effects)
-    assert len(c._bursts) <= 128 and len(c._unrecorded) <= 16
+    assert len(c.track.bursts) <= 128 and len(c.records.unrecorded) <= 16
     assert records >= 1980  # recorded without playback reports once the bound is hit
     for i in range(2000):  # one endless utterance
         said(c, "word " * 50, 10**7 + i * 200, 10**7 + i * 200 + 200)
-    assert c._assembler.open["assistant"].size <= 1000
-    assert c._assembler.fragments_cut > 1900
+    assert c.records.assembler.open["assistant"].size <= 1000
+    assert c.records.assembler.fragments_cut > 1900
 
 
 def test_new_settings_apply_to_the_next_session() -> None:
@@ -946,3 +967,18 @@ def test_notices_and_unknown_events_change_nothing() -> None:
     assert server(c, lw.Info("data_channel_permissions", "m")) == []
     assert server(c, lw.Unhandled("session.updated", {})) == []
     assert server(c, lw.ContextAppended("thinking", 0, 0, "voiced_2")) == []
+
+
+def test_a_reply_still_playing_when_the_daemon_stops_is_recorded_not_lost() -> None:
+    c = open_session()
+    user(c, "What's the time", 600, 1200)
+    output(c, *[QUIET] * 14)
+    said(c, "It's noon.", 1400, 1800)
+    output(c, *[LOUD] * 4, *[QUIET] * 5)
+    frames(c, 190)  # the segment closes; its audio was queued, never reported played
+    c.take_effects()
+    c.on_stopping()
+    assert [e for e in fx(c) if isinstance(e, Record)] == [
+        record("assistant", "It's noon.", 1400, 1800, interrupted=True, heard_ms=0)]
+    c.on_stopping()  # a second call records nothing twice
+    assert [e for e in fx(c) if isinstance(e, Record)] == []

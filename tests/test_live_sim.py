@@ -26,7 +26,7 @@ from tests.test_sim_schema import _compare, alternatives, kind_of
 from voiced.audio.filebackend import read_wav_as_wire
 from voiced.sim import live_fields
 from voiced.sim.fields import unknown_field
-from voiced.sim.live import GRID_MS, timed_pieces
+from voiced.sim.live_track import GRID_MS, timed_pieces
 from voiced.sim.server import SimOptions, SimServer
 
 SPEECH = read_wav_as_wire(QUESTION_WAV)

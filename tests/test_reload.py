@@ -23,7 +23,8 @@ from voiced.supervisor.builders import build_policy
 # the declared set, spelt out: a key moving in or out of it is a decision, made here and
 # in voiced/config/settings.py together (docs/architecture.md, "systemd")
 LIVE = ["realtime.url", "realtime.model", "realtime.voice", "realtime.instructions",
-        "realtime.relay.agent_id", "realtime.turn_detection", "realtime.transcription",
+        "realtime.relay.agent_id", "realtime.relay.audio_codec",
+        "realtime.turn_detection", "realtime.transcription",
         "realtime.connect_timeout_s", "realtime.keepalive_s", "realtime.reseed_turns",
         "realtime.rollover_margin_s", "realtime.reconnect_min_s", "realtime.reconnect_max_s",
         "realtime.api_key", "leds.patterns", "log_level"]
@@ -61,7 +62,8 @@ def every_key_changed(tmp_path: Path) -> dict[str, Any]:
     raw = base(tmp_path)
     raw["realtime"] = {
         "url": "ws://127.0.0.2:9/v1/other", "model": "gpt-realtime-mini", "voice": "ash",
-        "instructions": "Be terse.", "relay": {"agent_id": "a2", "conversation_id": "c2"},
+        "instructions": "Be terse.", "relay": {"agent_id": "a2", "conversation_id": "c2",
+                                                        "audio_codec": "opus"},
         "turn_detection": {"type": "semantic_vad", "eagerness": "low"},
         "transcription": {"language": "de"}, "connect_timeout_s": 3, "keepalive_s": 7,
         "reseed_turns": 2, "rollover_margin_s": 120, "reconnect_min_s": 1,

@@ -280,7 +280,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from voiced.demo import run_demo
 
     return asyncio.run(run_demo(out_dir=Path(args.out) if args.out else None,
-                                debug=args.debug))
+                                debug=args.debug, api=args.api))
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -374,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_sim)
     demo = sub.add_parser("demo", help="a spoken exchange with no hardware, key or network")
     demo.add_argument("--out", help="directory for the demo's files (default: a temp dir)")
+    demo.add_argument("--api", choices=("realtime", "live"), default="realtime",
+                      help="the backend: the Realtime API (default) or GPT-Live")
     demo.add_argument("--debug", action="store_true")
     demo.set_defaults(func=cmd_demo)
     from voiced.relay.cli import add_parser as add_relay_parser

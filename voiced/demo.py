@@ -38,8 +38,13 @@ def demo_question() -> Path:
     return Path(str(resources.files("voiced") / "data" / "question.wav"))
 
 
-async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
-    """Run one spoken exchange; return 0 when it completed within the time limit."""
+async def run_demo(out_dir: Path | None = None, *, debug: bool = False,
+                   api: str = "realtime") -> int:
+    """Run one spoken exchange; return 0 when it completed within the time limit.
+
+    ``api``: ``realtime`` (the simulator's Realtime endpoint) or ``live`` (its GPT-Live
+    endpoint: the session opens at the press and is closed at the end).
+    """
     guard.setup_logging(logging.DEBUG if debug else logging.WARNING)
     out = out_dir or Path(tempfile.mkdtemp(prefix="voiced-demo-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -48,7 +53,7 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
     async with SimServer() as sim:
         settings = config.parse({
             "device_id": "demo",
-            "realtime": {"url": sim.url},
+            "realtime": {"url": sim.url, "api": api, "live": {"url": sim.live_url}},
             "audio": {"backend": "file", "input": {"file": str(demo_question())},
                       "output": {"file": str(reply_wav)}},
             "transcripts": {"sink": "jsonl", "jsonl": {"path": str(transcripts)},
@@ -56,13 +61,16 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
             "control": {"socket": str(out / "control.sock")},
             "button": {"pin": DEMO_BUTTON_PIN},
             "leds": {"driver": "gpio", "kind": "rgb", "pins": list(DEMO_LED_PINS)},
-        }, environ={})
+        }, environ={"OPENAI_API_KEY": "sk-sim-demo"} if api == "live" else {})
+        # (the simulator's Live endpoint wants a bearer, any one: the service's refusal
+        # of a missing key is not known, so it refuses at the upgrade)
         # NOTE: gpiozero's mock pins stand in for the button and an RGB LED
         from gpiozero.pins.mock import MockFactory, MockPWMPin
 
         pins = MockFactory(pin_class=MockPWMPin)
         button_pin = pins.pin(int(DEMO_BUTTON_PIN))
-        print(f"voiced demo: simulator at {sim.url}; the mic is {demo_question().name}")
+        print(f"voiced demo: simulator at {sim.live_url if api == 'live' else sim.url} "
+              f"({api}); the mic is {demo_question().name}")
         done = asyncio.Event()
         seen: dict[str, Any] = {"pressed": False, "assistant": False, "state": None}
         sup: Supervisor
@@ -85,6 +93,10 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
                 print(f"{who:>9}: {data['text']}", flush=True)
                 if data["role"] == "assistant":
                     seen["assistant"] = True
+                    # a Live assistant record waits for its audio to play out, so the
+                    # state may already be back at listening
+                    if seen["state"] in (State.LISTENING, State.READY):
+                        done.set()
 
         presses: list[asyncio.Future[None]] = []
         sup = Supervisor(settings, listener=listen, pin_factory=pins)
@@ -94,6 +106,10 @@ async def run_demo(out_dir: Path | None = None, *, debug: bool = False) -> int:
             # the transcripts go through the outbox: let it deliver before stopping
             if sup.outbox is not None:
                 await asyncio.wait_for(sup.outbox.idle.wait(), 5)
+            if api == "live":
+                st = sup.status()
+                print(f"voiced demo: {st['sessions']} Live session(s), "
+                      f"{st['billed_minutes']} minute(s) billed", flush=True)
         except TimeoutError:
             print(f"voiced demo: no complete exchange within {DEMO_TIMEOUT_S:.0f} s",
                   file=sys.stderr)

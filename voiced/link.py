@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -58,13 +58,15 @@ class _NoRedirects(connect):
 
 
 async def open_connection(url: str, api_key: str | None, *, timeout_s: float,
-                          user_agent: str, keepalive_s: float = 20.0) -> ClientConnection:
+                          user_agent: str, keepalive_s: float = 20.0,
+                          extra_headers: dict[str, str] | None = None) -> ClientConnection:
     """Open the WebSocket with bearer auth (GA: no ``OpenAI-Beta`` header).
 
     Raises:
         RealtimeError: classified by :func:`classify`.
     """
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers.update(extra_headers or {})  # opus: the relay audio offer
     try:
         return await _NoRedirects(
             url, additional_headers=headers, open_timeout=timeout_s,
@@ -159,6 +161,25 @@ def _origin(location: str | None) -> str:
     return guard.printable(f"{parts.scheme or '?'}://{host}{port}", 120)
 
 
+class FrameCodec(Protocol):
+    """What a link passes its frames through (``voiced/opus_link.py``: Opus with a relay).
+
+    A link without one sends and reads the Realtime API's JSON events as they are.
+    """
+
+    def outgoing(self, event: wire.ClientEvent) -> list[wire.ClientEvent | bytes]:
+        """What to send for one queued client event (bytes: a binary frame)."""
+        ...
+
+    def incoming(self, frame: str | bytes) -> str | bytes:
+        """A received frame as the core reads it."""
+        ...
+
+    def flush(self) -> list[bytes]:
+        """What ends the audio the codec still holds (sent before a retired link closes)."""
+        ...
+
+
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 """Starts a task: the supervisor's puts it in its task group (``TaskGroup.create_task``)."""
 
@@ -182,12 +203,16 @@ class Link:
         on_frame: called with each frame received, on the event loop.
         on_end: called once the reader has ended.
         spawn: starts the reader and the sender (the supervisor's task group).
+        codec: what this connection's frames pass through (negotiated at its
+            handshake); None: the JSON events as they are.
     """
 
     def __init__(self, ws: ClientConnection, on_frame: Callable[[str | bytes], None],
                  on_end: Callable[[], None] | None = None,
-                 spawn: Spawn = create_task) -> None:
+                 spawn: Spawn = create_task, codec: FrameCodec | None = None) -> None:
         self.ws = ws
+        self.codec = codec  # opus: negotiated with a relay
+        self._sending = asyncio.Lock()  # held while one queued event's frames go out
         self.failure: RealtimeError | None = None
         self._spawn = spawn
         self.queue: asyncio.Queue[wire.ClientEvent] = asyncio.Queue()
@@ -227,11 +252,18 @@ class Link:
             if self.queue.empty():
                 break
             await asyncio.sleep(0.02)
+        if self.codec is not None:  # opus: the microphone's last samples, not lost
+            async with self._sending:  # after the frames of the last event taken
+                with contextlib.suppress(Exception):  # closing anyway
+                    for frame in self.codec.flush():
+                        await self.ws.send(frame)
         await self.aclose(reason)
 
     async def _read(self) -> None:
         try:
             async for frame in self.ws:
+                if self.codec is not None:  # opus: reply audio back to PCM16
+                    frame = self.codec.incoming(frame)
                 self._on_frame(frame)
         except ConnectionClosed as e:
             self.failure = classify(e)
@@ -251,17 +283,33 @@ class Link:
             event = await self.queue.get()
             if debug:
                 logger.debug("send %s", guard.printable(wire.describe(event)))
+            async with self._sending:
+                if not await self._send_one(event):
+                    return
+
+    async def _send_one(self, event: wire.ClientEvent) -> bool:
+        """Send one queued event's frames; False when the connection is gone."""
+        try:
+            frames = self._frames(event)
+        except Exception as e:  # noqa: BLE001 - one event lost, not the connection
+            guard.note_fault("realtime send", e, logger)
+            return True
+        for frame in frames:
             try:
-                text = wire.encode(event)
-            except Exception as e:  # noqa: BLE001 - one event lost, not the connection
-                guard.note_fault("realtime send", e, logger)
-                continue
-            try:
-                await self.ws.send(text)
+                await self.ws.send(frame)
             except ConnectionClosed:
-                return  # the reader reports why
+                return False  # the reader reports why
             except Exception as e:  # noqa: BLE001 - the link is lost, not the daemon
                 guard.note_fault("realtime send", e, logger)
                 with contextlib.suppress(Exception):
                     await self.ws.close(1011, "send failed")
-                return
+                return False
+        return True
+
+    def _frames(self, event: wire.ClientEvent) -> list[str | bytes]:
+        """The frames one queued event goes as: its JSON text, or what the codec makes."""
+        if self.codec is None:
+            return [wire.encode(event)]
+        # opus: microphone audio as binary payloads, a commit ends the stream
+        return [out if isinstance(out, bytes) else wire.encode(out)
+                for out in self.codec.outgoing(event)]

@@ -26,11 +26,13 @@ import collections
 import ctypes
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from voiced.audio.delay import DelayEstimator, envelope
 from voiced.audio.native import declare, load_library, loads
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
@@ -48,6 +50,12 @@ _PRE_SET_ECHO_STATE: Final = 24
 
 _ALIGN_WINDOW: Final = 25  # mic frames whose position disagreement is weighed together
 _JUMP_S: Final = 0.5  # a disagreement this large is a new timeline, not drift
+_ESTIMATE_EVERY_S: Final = 0.5  # audio between two bulk delay estimates
+_MARGIN_MS: Final = 50  # the echo is put this far into the tail: estimate error either way
+_MOVE_MS: Final = 30  # a new estimate this far from the current one moves the reference
+_CONVERGED_ERLE_DB: Final = 30.0  # the filter's echo loss that opens the gate
+_ERLE_SMOOTH: Final = 0.1  # per block with speaker sound
+_RESUME_S: Final = 0.5  # speaker sound after this much quiet is checked for convergence
 
 FRAME_MS: Final = (10, 20)
 """Frame lengths the canceller runs on (speex's block; 20 ms halves the per-frame calls)."""
@@ -102,24 +110,30 @@ class _SpeexAec:
                 lib.speex_preprocess_ctl(self._pre, request, ctypes.byref(v))
             lib.speex_preprocess_ctl(self._pre, _PRE_SET_ECHO_STATE, self._echo)
         self._out = (ctypes.c_int16 * frame)()
+        # reading the impulse response uses the state's scratch buffers, which the
+        # cancellation writes too: a status request (the loop) must not run beside a block
+        self._lock = threading.Lock()
 
     def run(self, mic: bytes, ref: bytes) -> bytes:
-        self._lib.speex_echo_cancellation(self._echo, mic, ref, self._out)
-        if self._pre is not None:
-            self._lib.speex_preprocess_run(self._pre, self._out)
-        return bytes(self._out)
+        with self._lock:
+            self._lib.speex_echo_cancellation(self._echo, mic, ref, self._out)
+            if self._pre is not None:
+                self._lib.speex_preprocess_run(self._pre, self._out)
+            return bytes(self._out)
 
     def impulse_response(self) -> list[int]:
-        size = ctypes.c_int(0)
-        self._lib.speex_echo_ctl(self._echo, _ECHO_GET_IMPULSE_RESPONSE_SIZE,
-                                 ctypes.byref(size))
-        taps = (ctypes.c_int32 * max(0, size.value))()
-        if size.value:
-            self._lib.speex_echo_ctl(self._echo, _ECHO_GET_IMPULSE_RESPONSE, taps)
-        return list(taps)
+        with self._lock:
+            size = ctypes.c_int(0)
+            self._lib.speex_echo_ctl(self._echo, _ECHO_GET_IMPULSE_RESPONSE_SIZE,
+                                     ctypes.byref(size))
+            taps = (ctypes.c_int32 * max(0, size.value))()
+            if size.value:
+                self._lib.speex_echo_ctl(self._echo, _ECHO_GET_IMPULSE_RESPONSE, taps)
+            return list(taps)
 
     def reset(self) -> None:
-        self._lib.speex_echo_state_reset(self._echo)
+        with self._lock:
+            self._lib.speex_echo_state_reset(self._echo)
 
     def __del__(self) -> None:
         echo, self._echo = getattr(self, "_echo", None), None
@@ -201,6 +215,8 @@ class EchoCanceller:
         on_bypass: called with ``(True, reason)`` when the bypass engages and
             ``(False, reason)`` when it is lifted; on the thread that calls ``process``.
         clock: seconds, for the per-block cost (tests inject one).
+        max_delay_ms: the longest bulk delay looked for (0: none; the reference stays at
+            the reported position less ``latency_ms``).
 
     ``played`` may be called from the speaker's thread while ``process`` runs on another.
     """
@@ -208,7 +224,8 @@ class EchoCanceller:
     def __init__(self, *, frame_ms: int = 20, tail_ms: int = 200, latency_ms: int = 0,
                  suppress: bool = True, budget: float = 0.5, window: int = 50,
                  retry_s: float = 30.0, on_bypass: Callable[[bool, str], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 max_delay_ms: int = 0) -> None:
         if frame_ms not in FRAME_MS:
             raise ValueError(f"frame_ms must be one of {FRAME_MS}, not {frame_ms}")
         if not 20 <= tail_ms <= 1000:
@@ -234,8 +251,23 @@ class EchoCanceller:
         self._on_bypass = on_bypass
         self._clock = clock
         self._lock = threading.Lock()
-        # the speaker's last 2 s beside the tail: the reference never falls out of it
-        self._far = _FarRing(self.tail + 2 * SAMPLE_RATE + self._latency)
+        self._estimator = (DelayEstimator(max_delay_ms=max_delay_ms) if max_delay_ms > 0
+                           else None)
+        self._estimate_frames = int(_ESTIMATE_EVERY_S * 1000 / frame_ms)
+        self._until_estimate = self._estimate_frames
+        self.bulk = 0
+        """Samples the reference is held back by (the bulk delay found, less a margin)."""
+        self.bulk_found = max_delay_ms == 0
+        self._moves = 0  # consecutive estimates asking for the same move
+        self._erle_in = self._erle_out = 0.0
+        self.converged = False
+        """The filter cancels the echo: the delay is found and the echo loss is there."""
+        self._max_delay = SAMPLE_RATE * max(0, max_delay_ms) // 1000
+        self._quiet = 1 << 30  # reference samples since the last with speaker sound
+        # the speaker's last 2 s beside the tail and the bulk: the reference never falls
+        # out of it
+        self._far = _FarRing(self.tail + 2 * SAMPLE_RATE + self._latency
+                             + SAMPLE_RATE * max(0, max_delay_ms) // 1000)
         self._ref_pos: int | None = None  # the reference sample paired with the next mic
         self._offsets: collections.deque[int] = collections.deque(maxlen=_ALIGN_WINDOW)
         self._behind = 0  # samples the reference was behind the latest report
@@ -256,6 +288,8 @@ class EchoCanceller:
             raise ValueError(f"position must be >= 0, not {position}")
         with self._lock:
             self._far.write(pcm, position)
+            if self._estimator is not None:
+                self._estimator.far(pcm, position)
 
     def process(self, mic: bytes, played: int) -> bytes:
         """The mic frame ``mic`` without the echo.
@@ -271,11 +305,50 @@ class EchoCanceller:
         blocks = len(mic) // self.frame_bytes
         with self._lock:
             refs = self._references(blocks, played)
+            if self._estimator is not None and refs:
+                assert self._ref_pos is not None
+                # the mic audio against the speaker's timeline without the bulk shift
+                self._estimator.near(mic, self._ref_pos - blocks * self.frame + self.bulk)
+                self._until_estimate -= blocks
+                if self._until_estimate <= 0:
+                    self._until_estimate = self._estimate_frames
+                    self._realign(self._estimator.estimate())
         out = []
         for i, ref in enumerate(refs):
             block = mic[i * self.frame_bytes:(i + 1) * self.frame_bytes]
             out.append(self._block(block, ref))
         return b"".join(out)
+
+    def _realign(self, delay: int | None) -> None:
+        """Hold the reference back by a new bulk ``delay`` (hold the lock).
+
+        A move is made when two estimates in a row agree on it (one odd estimate, say
+        over the user's voice, moves nothing); the filter starts afresh then, since its
+        whole echo path moved.
+        """
+        if delay is None:
+            self._moves = 0
+            return
+        margin = SAMPLE_RATE * _MARGIN_MS // 1000
+        bulk = max(0, delay - margin)
+        if self.bulk_found and abs(bulk - self.bulk) < SAMPLE_RATE * _MOVE_MS // 1000:
+            self._moves = 0
+            return
+        self._moves += 1
+        if self._moves < 2 and self.bulk_found:
+            return
+        assert self._ref_pos is not None
+        self._ref_pos -= bulk - self.bulk
+        self._offsets.clear()
+        self.bulk = bulk
+        self.bulk_found = True
+        self._moves = 0
+        self.realigned += 1
+        self.converged = False
+        self._erle_in = self._erle_out = 0.0
+        self._aec.reset()
+        logger.info("echo delay %d ms: the reference held back %d ms",
+                    delay * 1000 // SAMPLE_RATE, bulk * 1000 // SAMPLE_RATE)
 
     def _references(self, blocks: int, played: int) -> list[bytes]:
         """Speaker samples for the next ``blocks`` mic blocks (hold the lock).
@@ -295,7 +368,7 @@ class EchoCanceller:
         when the position jumps by more than ``_JUMP_S`` (a restarted speaker).
         """
         n = blocks * self.frame
-        target = played - self._latency - n
+        target = played - self._latency - self.bulk - n
         if self._ref_pos is None:
             self._ref_pos = target - self.frame
         else:
@@ -334,6 +407,16 @@ class EchoCanceller:
         t0 = self._clock()
         out = self._aec.run(mic, ref)
         cost = self._clock() - t0
+        if envelope(ref) >= 100:
+            if self._quiet >= SAMPLE_RATE * _RESUME_S and self.converged:
+                # the speaker sounds again after a pause: whether the filter still fits
+                # (the echo path may have moved meanwhile) is measured again, gated
+                self.converged = False
+                self._erle_in = self._erle_out = 0.0
+            self._quiet = 0
+        else:
+            self._quiet += self.frame
+        self._track_erle(mic, ref, out)
         self.frames += 1
         if len(self._costs) == self._costs.maxlen:
             self._cost_sum -= self._costs[0]
@@ -343,6 +426,29 @@ class EchoCanceller:
                 and self._cost_sum / len(self._costs) > self._budget_s):
             self._engage_bypass(self._cost_sum / len(self._costs))
         return out
+
+    def _track_erle(self, mic: bytes, ref: bytes, out: bytes) -> None:
+        """The echo loss over blocks with speaker sound: the convergence gate's measure."""
+        if envelope(ref) < 100:
+            return
+        a = _ERLE_SMOOTH
+        self._erle_in += a * (envelope(mic) - self._erle_in)
+        self._erle_out += a * (envelope(out) - self._erle_out)
+        if (self.bulk_found and not self.converged and self._erle_in > 0
+                and self.erle_db() >= _CONVERGED_ERLE_DB):
+            self.converged = True
+            logger.info("echo cancellation converged (%.0f dB)", self.erle_db())
+
+    @property
+    def echo_possible(self) -> bool:
+        """Speaker sound was referenced recently enough that its echo may still come."""
+        return self._quiet < self.tail + (0 if self.bulk_found else self._max_delay)
+
+    def erle_db(self) -> float:
+        """The smoothed echo return loss enhancement while the speaker sounds (0 before)."""
+        if self._erle_in <= 0:
+            return 0.0
+        return 20 * math.log10(self._erle_in / max(self._erle_out, 1e-3))
 
     def _engage_bypass(self, mean_s: float) -> None:
         self.bypassed = True
@@ -378,7 +484,7 @@ class EchoCanceller:
         if not taps or not any(taps):
             return 0.0
         peak = max(range(len(taps)), key=lambda i: abs(taps[i]))
-        return (peak + self._behind) * 1000 / SAMPLE_RATE
+        return (peak + self._behind + self.bulk) * 1000 / SAMPLE_RATE
 
     def reset(self) -> None:
         """Forget the filter, the speaker history, the alignment and any bypass.
@@ -389,6 +495,12 @@ class EchoCanceller:
             self._far = _FarRing(self._far.size)
             self._ref_pos = None
             self._offsets.clear()
+            if self._estimator is not None:
+                self._estimator.reset()
+                self.bulk, self.bulk_found = 0, False
+            self._until_estimate = self._estimate_frames
+            self.converged = False
+            self._erle_in = self._erle_out = 0.0
         self._aec.reset()
         self._costs.clear()
         self._cost_sum = 0.0

@@ -135,6 +135,7 @@ class WavFileSink:
         self._task: asyncio.Task[None] | None = None
         self._on_drained: Callable[[], None] = lambda: None
         self.samples_written = 0
+        self.output_filter: Callable[[bytes], bytes] | None = None  # issue 22: earcons
 
     def set_drained_callback(self, callback: Callable[[], None]) -> None:
         """Set what to call (on the loop) when the queue runs empty after playing."""
@@ -214,6 +215,8 @@ class WavFileSink:
         if len(out) < want:
             out += bytes(want - len(out))
         assert self._wav is not None
+        if self.output_filter is not None:  # issue 22
+            out = bytearray(self.output_filter(bytes(out)))
         self._wav.writeframes(bytes(out))
         self.samples_written += self._frame_samples
         if had_audio and not self._queue:

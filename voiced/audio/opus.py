@@ -87,6 +87,14 @@ def available() -> bool:
     return loads(_lib)
 
 
+def packet_samples(packet: bytes) -> int:
+    """Samples at 24 kHz a packet decodes to (its TOC and frame count), -1 if malformed."""
+    if not packet or len(packet) > MAX_PACKET:
+        return -1
+    n = _lib().opus_packet_get_nb_samples(packet, len(packet), SAMPLE_RATE)
+    return int(n) if n > 0 else -1
+
+
 class OpusEncoder:
     """24 kHz mono PCM16 frames in, one Opus packet per frame out.
 

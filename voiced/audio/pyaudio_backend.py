@@ -221,6 +221,9 @@ class PyAudioSource:
         self.rate = 0
         self.dropped_frames = 0
         self.overflows = 0
+        # issue 22: the echo canceller, on PortAudio's thread as each frame is read (the
+        # speaker's position is read then); voiced/audio/pipeline.py installs it
+        self.frame_filter: Callable[[bytes], bytes] | None = None
 
     async def start(self) -> None:
         """Select and open the device (24 kHz if it can, else its best rate)."""
@@ -265,6 +268,8 @@ class PyAudioSource:
                 self.overflows += 1
             if in_data:
                 frames = framer.push(conv.convert(in_data))
+                if frames and self.frame_filter is not None:  # issue 22
+                    frames = [self.frame_filter(f) for f in frames]
                 if frames:
                     loop.call_soon_threadsafe(self._deliver, frames, generation)
             return None, pyaudio.paContinue
@@ -437,6 +442,9 @@ class PyAudioSink:
         self.device: DeviceInfo | None = None
         self.rate = SAMPLE_RATE
         self.channels = 1
+        # issue 22: earcons mixed in and the echo canceller's reference taken, on
+        # PortAudio's thread, from what each period really hands the device
+        self.output_filter: Callable[[bytes], bytes] | None = None
 
     def set_drained_callback(self, callback: Callable[[], None]) -> None:
         """Called on the loop when everything queued has been handed to the device."""
@@ -514,6 +522,8 @@ class PyAudioSink:
                 out += bytes(want - len(out))
             if drained:
                 loop.call_soon_threadsafe(self._drained)
+            if self.output_filter is not None:  # issue 22
+                return self.output_filter(bytes(out)), pyaudio.paContinue
             return bytes(out), pyaudio.paContinue
 
         run = self.idle_s is None  # else the first play() starts it
@@ -559,6 +569,21 @@ class PyAudioSink:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._idle_timer = loop.call_later(self.idle_s, self._go_idle)
+
+    def keep_awake(self, seconds: float) -> None:
+        """Run the stream for at least ``seconds`` more (on the loop).
+
+        For audio mixed in beside the queue (earcons, voiced/audio/pipeline.py): it never
+        passes through :meth:`play`, so nothing else would start a stream stopped while
+        idle.
+        """
+        loop = self._loop
+        if self.idle_s is None or loop is None:
+            return
+        self._set_running(True)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = loop.call_later(seconds + self.idle_s, self._go_idle)
 
     def _go_idle(self) -> None:
         self._idle_timer = None

@@ -102,13 +102,7 @@ def _leds(sec: _Section) -> LedSettings:
     kind = sec.choice("kind", d.kind, GPIO_KINDS)
     power_raw = sec.raw("power_pin")
     power = None if power_raw in (_MISSING, None) else _pin(sec, "power_pin", power_raw)
-    active_raw = sec.raw("active_high")
-    active_high = d.active_high
-    if active_raw is not _MISSING:
-        if isinstance(active_raw, bool):
-            active_high = active_raw
-        else:
-            sec.bad("active_high", f"expected true or false, got {_kind(active_raw)}")
+    active_high = sec.bool_("active_high", d.active_high)
     s = LedSettings(
         driver=driver, patterns=patterns,
         fps=sec.int_("fps", d.fps, lo=1, hi=30), kind=kind,

@@ -17,6 +17,7 @@ import yaml
 
 from voiced import guard
 from voiced.config.audio import _audio
+from voiced.config.hands_free import _earcons, _wake_word
 from voiced.config.hardware import _button, _leds
 from voiced.config.realtime import _realtime
 from voiced.config.sections import _path, _Problems, _Section
@@ -68,6 +69,8 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
     leds = _leds(top.section("leds"))
     transcripts = _transcripts(top.section("transcripts"), base, env)
     tools = _tools(top.section("tools"), base, env)
+    wake_word = _wake_word(top.section("wake_word"))
+    earcons = _earcons(top.section("earcons"))
     ctl = top.section("control")
     dc = ControlSettings()
     sock = _path(ctl, "socket", base) or dc.socket
@@ -86,6 +89,7 @@ def parse(data: object, *, environ: Mapping[str, str] | None = None,
         raise ConfigError(problems.items)
     return Settings(device_id=device_id, realtime=realtime, audio=audio, button=button,
                     leds=leds, transcripts=transcripts, control=control, tools=tools,
+                    wake_word=wake_word, earcons=earcons,
                     log_level=log_level, source_path=source_path,
                     warnings=tuple(problems.warnings))
 

@@ -9,9 +9,15 @@ from urllib.parse import SplitResult, urlsplit
 from voiced.config.secrets import _credential, _missing_credential
 from voiced.config.sections import _is_loopback, _Section, url_problem
 from voiced.config.settings import (
+    APIS,
+    AUDIO_CODECS,
     EAGERNESS,
+    LIVE_MODELS,
+    LIVE_VOICES,
+    SESSION_OWNERS,
     TURN_DETECTION_TYPES,
     VOICES,
+    LiveApiSettings,
     RealtimeSettings,
     RelaySettings,
     TranscriptionSettings,
@@ -31,8 +37,31 @@ def _ws_url(sec: _Section, default: str, *,
     return url, urlsplit(url)
 
 
+def _live(sec: _Section) -> tuple[LiveApiSettings, SplitResult | None]:
+    """``realtime.live``: GPT-Live's own settings; the URL's parts, None if bad."""
+    d = LiveApiSettings()
+    url, parts = _ws_url(sec, d.url)
+    if parts is not None and not parts.path.rstrip("/").endswith("/live/sessions"):
+        sec.bad("url", f"{parts.path or '/'} is not a GPT-Live path (…/v1/live/sessions)")
+    live = LiveApiSettings(
+        url=url, model=sec.choice("model", d.model, LIVE_MODELS),
+        voice=sec.choice("voice", d.voice, LIVE_VOICES),
+        quiet_close_s=sec.num("quiet_close_s", d.quiet_close_s, lo=5, hi=3600),
+        ack_delay_ms=sec.int_("ack_delay_ms", d.ack_delay_ms, lo=0, hi=10_000),
+        delegation_wait_ms=sec.int_("delegation_wait_ms", d.delegation_wait_ms,
+                                    lo=0, hi=30_000),
+        prestart_ms=sec.int_("prestart_ms", d.prestart_ms, lo=0, hi=10_000),
+        interrupt_hold_ms=sec.int_("interrupt_hold_ms", d.interrupt_hold_ms,
+                                   lo=100, hi=10_000),
+        close_wait_s=sec.num("close_wait_s", d.close_wait_s, lo=0.5, hi=60))
+    sec.finish()
+    return live, parts
+
+
 def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     d = RealtimeSettings()
+    api = sec.choice("api", d.api, APIS)
+    live, live_parts = _live(sec.section("live"))
     url, parts = _ws_url(sec, d.url)
     model = sec.str_("model", d.model)
     if "preview" in model:
@@ -46,8 +75,14 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         agent_id = rs.str_("agent_id", "")
         if not rs.has("agent_id"):
             rs.bad("agent_id", "is required when realtime.relay is set")
-        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"))
+        relay = RelaySettings(agent_id=agent_id, conversation_id=rs.opt_str("conversation_id"),
+                              audio_codec=rs.choice("audio_codec", "pcm16", AUDIO_CODECS),
+                              session_owner=rs.choice("session_owner", "relay",
+                                                      SESSION_OWNERS))
         rs.finish()
+        if api == "live":
+            sec.bad("api", "live cannot go through realtime.relay (a relay speaks the "
+                           "Realtime API); remove the relay or use api: realtime")
     else:
         sec.raw("relay")
 
@@ -98,6 +133,8 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
     max_pending_items = sec.int_("max_pending_items", d.max_pending_items, lo=4, hi=10_000)
 
     api_key = _credential(sec, "openai_api_key", environ)
+    if api == "live":  # the key goes where the sessions are opened
+        parts = live_parts
     if (api_key is None and parts is not None
             and not sec.problems.has("credentials.openai_api_key")
             and parts.hostname and not _is_loopback(parts.hostname)):
@@ -107,6 +144,7 @@ def _realtime(sec: _Section, environ: Mapping[str, str]) -> RealtimeSettings:
         )
     sec.finish()
     return RealtimeSettings(
+        api=api, live=live,
         url=url, model=model, voice=voice, instructions=instructions, relay=relay,
         turn_detection=turn, transcription=transcription, connect_timeout_s=connect_timeout_s,
         reseed_turns=reseed_turns, rollover_margin_s=rollover_margin_s, keepalive_s=keepalive_s,

@@ -105,6 +105,15 @@ class _Section:
             return default
         return float(v)
 
+    def bool_(self, name: str, default: bool) -> bool:
+        v = self.raw(name)
+        if v is _MISSING:
+            return default
+        if not isinstance(v, bool):
+            self.bad(name, f"expected true or false, got {_kind(v)}")
+            return default
+        return v
+
     def int_(self, name: str, default: int, *, lo: int, hi: int) -> int:
         v = self.raw(name)
         if v is _MISSING:

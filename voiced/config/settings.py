@@ -37,11 +37,13 @@ TOOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CREDENTIAL_RE: Final = re.compile(r"\{credential:([a-z0-9_]+)\}")
 Eagerness = Literal["low", "medium", "high", "auto"]
 EAGERNESS: Final[tuple[Eagerness, ...]] = typing.get_args(Eagerness)
+AudioCodec = Literal["pcm16", "opus"]
+AUDIO_CODECS: Final[tuple[AudioCodec, ...]] = typing.get_args(AudioCodec)
 InputFileStart = Literal["on_mic", "at_start"]
 INPUT_FILE_STARTS: Final[tuple[InputFileStart, ...]] = typing.get_args(InputFileStart)
 AudioBackend = Literal["pyaudio", "file"]
 AUDIO_BACKENDS: Final[tuple[AudioBackend, ...]] = typing.get_args(AudioBackend)
-EchoPolicy = Literal["half_duplex", "full_duplex"]
+EchoPolicy = Literal["half_duplex", "full_duplex", "aec"]
 ECHO_POLICIES: Final[tuple[EchoPolicy, ...]] = typing.get_args(EchoPolicy)
 LedDriver = Literal["none", "gpio", "apa102"]
 LED_DRIVERS: Final[tuple[LedDriver, ...]] = typing.get_args(LedDriver)
@@ -49,10 +51,24 @@ Sink = Literal["none", "jsonl", "webhook", "supabase", "postgres"]
 SINKS: Final[tuple[Sink, ...]] = typing.get_args(Sink)
 LogLevel = Literal["debug", "info", "warning", "error"]
 LOG_LEVELS: Final[tuple[LogLevel, ...]] = typing.get_args(LogLevel)
+SessionOwner = Literal["device", "relay"]
+SESSION_OWNERS: Final[tuple[SessionOwner, ...]] = typing.get_args(SessionOwner)
 ButtonMode = Literal["toggle", "push_to_talk"]
 BUTTON_MODES: Final[tuple[ButtonMode, ...]] = typing.get_args(ButtonMode)
 Pull = Literal["up", "down"]
 PULLS: Final[tuple[Pull, ...]] = typing.get_args(Pull)
+Api = Literal["realtime", "live"]
+APIS: Final[tuple[Api, ...]] = typing.get_args(Api)
+LiveModel = Literal["gpt-live-1", "gpt-live-1.1"]
+LIVE_MODELS: Final[tuple[LiveModel, ...]] = typing.get_args(LiveModel)
+# the SDK's built-in voice list (openai/types/live, 3.63); which ones each model
+# accepts is not known (docs/gpt-live-protocol.md, Q8)
+LiveVoice = Literal[
+    "alloy", "ash", "ballad", "beacon", "bossa", "cedar", "cinder", "coral", "delta", "echo",
+    "gleam", "marin", "meridian", "quartz", "ripple", "sage", "shida", "shimmer", "stone",
+    "tempo", "verse", "vesper", "willow",
+]
+LIVE_VOICES: Final[tuple[LiveVoice, ...]] = typing.get_args(LiveVoice)
 
 # Field metadata: a SIGHUP applies this setting without a restart. Every other setting
 # keeps its running value until the daemon restarts (reload_split). A section marked LIVE
@@ -115,14 +131,60 @@ class RelaySettings:
     agent_id: str = field(metadata=LIVE)
     """Sent as ?agent_id= (a reload: from the next connection)."""
     conversation_id: str | None = None
-    """Sent as ?conversation_id=; None lets the relay create one. Read once, when the
-    daemon starts its first conversation."""
+    """Sent as ?conversation_id=; None sends none: the relay creates the conversation and
+    announces it (conversation_created), and the device adopts it. Read once, when the
+    daemon starts its first conversation; a long press always lets the relay make one."""
+    session_owner: SessionOwner = "relay"
+    """Who configures the session: relay (its instructions, tools, transcription, voice
+    and VAD stand; the device's session.update carries only the audio formats and, for
+    push to talk or client_vad, turn_detection null) or device (the device's
+    session.update carries its realtime settings, as without a relay)."""
+    audio_codec: AudioCodec = field(default="pcm16", metadata=LIVE)  # opus:
+    """pcm16 | opus: offer Opus to the relay (it may decline: then PCM16). Read at each
+    connection (voiced/opus_link.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveApiSettings:
+    """GPT-Live (``realtime.api: live``): where, which model, and when sessions close.
+
+    Read at each new session (a reload applies them from the next one).
+    """
+
+    url: str = "wss://api.openai.com/v1/live/sessions"
+    """OpenAI's Live endpoint, or ws://127.0.0.1:8765/v1/live/sessions for `voiced sim`."""
+    model: LiveModel = "gpt-live-1.1"
+    """gpt-live-1 or gpt-live-1.1 (better transcription, same price)."""
+    voice: LiveVoice = "marin"
+    """Output voice (fixed for a session)."""
+    quiet_close_s: float = 30.0
+    """Close the session this long after the last sign of conversation: it bills every
+    second it is open, silence included."""
+    ack_delay_ms: int = 600
+    """delegation.acknowledgement_delay_ms: a tool answering sooner pre-empts the
+    model's "let me check"."""
+    delegation_wait_ms: int = 1500
+    """Timeline to wait for the words a delegation is about before answering that no
+    tool matches (a delegation names no task)."""
+    prestart_ms: int = 2000
+    """Mic audio kept while a session starts, sent as a burst once it has (0: dropped;
+    whether a burst moves the service's timeline faster is not known, Q3)."""
+    interrupt_hold_ms: int = 1000
+    """After a button interrupt, reply audio is dropped until the track has been silent
+    this long (there is no truncate or cancel)."""
+    close_wait_s: float = 5.0
+    """After session.close, wait this long for session.closed before closing the socket."""
 
 
 @dataclass(frozen=True, slots=True)
 class RealtimeSettings:
     """The Realtime connection and the session it configures."""
 
+    api: Api = "realtime"
+    """realtime (the Realtime API, or a relay in front of it) or live (GPT-Live, see
+    ``live``); a restart applies a change."""
+    live: LiveApiSettings = field(default_factory=LiveApiSettings)
+    """GPT-Live's own settings (used with ``api: live``)."""
     url: str = field(default="wss://api.openai.com/v1/realtime", metadata=LIVE)
     """OpenAI's URL, a relay's URL, or ws://127.0.0.1:8765/v1/realtime for `voiced sim`."""
     model: str = field(default="gpt-realtime-2.1", metadata=LIVE)
@@ -188,7 +250,9 @@ class AudioSettings:
     output: AudioEndpointSettings = field(default_factory=AudioEndpointSettings)
     """The speaker."""
     echo: EchoPolicy = "half_duplex"
-    """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always."""
+    """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always
+    open (a headset, or a mic with hardware echo cancellation); aec: always open, with
+    software echo cancellation (speexdsp; back to half duplex while it is bypassed)."""
     echo_tail_ms: int = 300
     """half_duplex: how long the mic stays muted after playback ends."""
     frame_ms: int = 20
@@ -383,6 +447,43 @@ class ControlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WakeWordSettings:
+    """On-device wake word (extra ``voiced[wake]``): a detection opens the mic like a press."""
+
+    enabled: bool = False
+    models: tuple[str, ...] = ("okay_nabu",)
+    """Built-in pymicro-wakeword models: okay_nabu, hey_jarvis, alexa, hey_mycroft."""
+    threshold: float | None = None
+    """Probability cutoff for every model (None: each model's own, 0.85-0.97)."""
+    refractory_s: float = 2.0
+    """Audio after a detection in which nothing more is detected."""
+
+
+EarconEvent = Literal["listening_started", "listening_stopped", "reconnected", "error",
+                      "new_conversation"]
+EARCON_EVENTS: Final[tuple[EarconEvent, ...]] = typing.get_args(EarconEvent)
+
+
+@dataclass(frozen=True, slots=True)
+class EarconSettings:
+    """Short sounds for what the device just did, through the speaker."""
+
+    enabled: bool = False
+    gain: float = 0.5
+    """Loudness of every earcon, 0..1 of the loudest; scaled by the speaker volume too."""
+    events: tuple[tuple[EarconEvent, float], ...] = tuple((e, 1.0) for e in EARCON_EVENTS)
+    """(event, gain 0..1) per event; 0 switches one event's earcon off."""
+
+    def gain_of(self, event: str) -> float:
+        """The configured gain of ``event`` (0 when off)."""
+        if self.enabled:
+            for name, gain in self.events:
+                if name == event:
+                    return self.gain * gain
+        return 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything `voiced run` needs, validated."""
 
@@ -395,6 +496,8 @@ class Settings:
     transcripts: TranscriptSettings
     control: ControlSettings
     tools: ToolSettings = field(default_factory=ToolSettings)
+    wake_word: WakeWordSettings = field(default_factory=WakeWordSettings)
+    earcons: EarconSettings = field(default_factory=EarconSettings)
     log_level: LogLevel = field(default="info", metadata=LIVE)
     """debug, info, warning or error."""
     source_path: Path | None = None

@@ -31,10 +31,12 @@ from voiced.core.calls import Calls
 from voiced.core.effects import Effect, MicOpened, Reconnect, ShowState, State
 from voiced.core.emitter import Emitter
 from voiced.core.facts import Counters, Facts
+from voiced.core.filing import Filing
 from voiced.core.history import History
-from voiced.core.policy import Policy, session_update
+from voiced.core.policy import Policy
 from voiced.core.replies import Replies
 from voiced.core.rollover import FATAL_ERRORS, Progress, Rollover
+from voiced.core.setup import Setup
 from voiced.core.uplink import Uplink
 
 logger = logging.getLogger("voiced.core")
@@ -50,15 +52,18 @@ class Conversation:
 
     Args:
         policy: behaviour switches from the configuration.
-        conversation_id: the id transcripts carry until a long press starts a new one.
+        conversation_id: the id transcripts carry until a long press starts a new one;
+            None (behind a relay only) lets the relay name the conversation.
         new_id: makes a fresh conversation id (a UUID in production, a counter in tests).
     """
 
-    def __init__(self, policy: Policy, *, conversation_id: str,
+    def __init__(self, policy: Policy, *, conversation_id: str | None,
                  new_id: Callable[[], str]) -> None:
-        self._new_id = new_id
-        self.facts = Facts(policy=policy, conversation_id=conversation_id)
         self.out = Emitter()
+        self.filing = Filing(self.out, conversation_id, new_id,
+                             relay_names=policy.behind_relay)
+        self.facts = Facts(policy=policy, filing=self.filing)
+        self.setup = Setup()
         self.history = History()
         self.replies = Replies(self.facts, self.out, self.history)
         self.uplink = Uplink(self.facts, self.out, self.history)
@@ -83,9 +88,9 @@ class Conversation:
         return self.facts.policy
 
     @property
-    def conversation_id(self) -> str:
-        """The id transcripts carry."""
-        return self.facts.conversation_id
+    def conversation_id(self) -> str | None:
+        """The conversation's id (sent to a relay); None until a relay names it."""
+        return self.filing.current
 
     @property
     def counters(self) -> Counters:
@@ -116,6 +121,14 @@ class Conversation:
     def connected(self) -> bool:
         """Whether a configured Realtime session is live."""
         return self.facts.configured
+
+    @property
+    def awaiting_relay(self) -> bool:
+        """The session answers, but the relay has not yet passed the device's update on.
+
+        The supervisor then gives the set-up longer than ``connect_timeout_s``.
+        """
+        return not self.facts.configured and self.setup.waits_for_fence
 
     @property
     def standby(self) -> Progress | None:
@@ -188,6 +201,7 @@ class Conversation:
         self.facts.session_no += 1
         self._connected = True
         self.facts.configured = False
+        self.setup.begin(self.facts.policy)
         self._conn_detail = "waiting for session.created"
         self._update()
 
@@ -208,6 +222,10 @@ class Conversation:
         self.replies.discarded.clear()  # their late events cannot come on another connection
         self.rollover.close("the live session ended")
         self._update()
+
+    def on_stopping(self) -> None:
+        """The daemon stops: transcripts waiting for the relay's name are filed now."""
+        self.filing.release()
 
     def on_tick(self, now: float, wall: float) -> None:
         """About once a second; ``wall`` is epoch seconds, to compare with expires_at.
@@ -235,6 +253,9 @@ class Conversation:
     def on_standby_event(self, ev: wire.ServerEvent, now: float) -> None:
         """An event on the standby connection: configure and re-seed it, then switch."""
         if self.rollover.standby is None:
+            return
+        if isinstance(ev, wire.RelayConversationCreated):
+            self.filing.adopt(ev.conversation_id)  # it opened without an id: none was known
             return
         if self.rollover.on_event(ev, now):
             self._maybe_switch()
@@ -301,10 +322,11 @@ class Conversation:
         self._set_mic(False)
         # what is left of the old conversation closes with its connection (Reconnect);
         # until then its interrupted response stays discarded
-        self.facts.conversation_id = self._new_id()
+        self.filing.next_conversation()
         self.history.clear()
         self.uplink.forget_uncommitted()
-        logger.info("starting a new conversation %s", self.conversation_id)
+        logger.info("starting a new conversation %s", self.conversation_id
+                    or "(the relay names it)")
         self.out.emit(Reconnect("new conversation"))
         self._update()
 
@@ -419,14 +441,20 @@ class Conversation:
             case wire.SessionCreated():
                 self.rollover.expires_at = self.rollover.plausible_expiry(ev.expires_at)
                 self._conn_detail = "configuring session"
-                self.out.send(session_update(f.policy, self.out.eid()))
+                self.setup.on_created(ev, f.policy, self.out)
+                f.session_model = self.setup.model
                 if self.history:
                     logger.info("re-seeding the new session with %d earlier turn(s)",
                                 len(self.history))
                 for role, text in self.history:
                     self.out.send(wire.text_item(self.out.eid(), role, text))
             case wire.SessionUpdated():
-                self._on_session_updated(ev)
+                if self.setup.on_updated(ev):
+                    self._on_configured()
+                f.session_model = self.setup.model
+            case wire.BufferCleared():
+                if self.setup.on_cleared():
+                    self._on_configured()
             case wire.SpeechStarted():
                 self.uplink.speech_active = True
                 self.calls.cancel("the user spoke again")
@@ -462,9 +490,7 @@ class Conversation:
             case wire.ServerError():
                 self._on_error(ev)
             case wire.RelayConversationCreated():
-                logger.info("relay created conversation %s",
-                            guard.printable(ev.conversation_id, 100))
-                f.conversation_id = ev.conversation_id
+                self.filing.adopt(ev.conversation_id)
             case _:  # wire.Unhandled, the only type left
                 logger.debug("ignoring server event %s", guard.printable(ev.type, 100))
         self._update()
@@ -487,12 +513,13 @@ class Conversation:
         self.calls.cancel("interrupted")
         self.replies.interrupt(cancel=cancel)
 
-    def _on_session_updated(self, ev: wire.SessionUpdated) -> None:
+    def _on_configured(self) -> None:
+        """The session answered the device's session.update (core/setup.py)."""
         if self.facts.configured:
             return  # a later session.update (none today) changes nothing here
         self.facts.configured = True
         self._conn_detail = "connected"
-        audio = ev.session.get("audio")
+        audio = (self.setup.updated or {}).get("audio")
         fmt = audio.get("output", {}).get("format") if isinstance(audio, dict) else None
         logger.info("session configured (output format %s)", guard.printable(fmt, 200))
         self.uplink.replay_backlog(mic_on=self._mic_on)
@@ -521,6 +548,8 @@ class Conversation:
         self.counters.server_errors += 1
         about = self.out.about(ev.event_id)
         where = f" (in reply to {about} {ev.event_id})" if about else ""
+        if self.setup.on_error(ev):  # the refused fence still says where the updates end
+            self._on_configured()
         if ev.code in _QUIET_ERRORS:
             logger.debug("server: %s%s", ev.code, where)
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from voiced.core.filing import Filing
 from voiced.core.policy import Policy
 
 
@@ -36,8 +37,10 @@ class Facts:
     """The shared facts of one conversation (mutable; owned by the conversation)."""
 
     policy: Policy
-    conversation_id: str
-    """The id transcripts carry until a long press starts a new one."""
+    filing: Filing
+    """The conversations' ids; every transcript is filed through it."""
+    session_model: str | None = None
+    """The model the live session reports (behind a relay, the relay's choice)."""
     configured: bool = False
     """A Realtime session is live and configured (session.updated came)."""
     session_no: int = 0
@@ -55,3 +58,8 @@ class Facts:
     mute_until: float = 0.0
     """Half duplex: the mic stays muted until then (the echo tail after playback)."""
     counters: Counters = field(default_factory=Counters)
+
+    @property
+    def model(self) -> str:
+        """The model records name: the session's, else the configured one."""
+        return self.session_model or self.policy.model

@@ -40,7 +40,8 @@ class Item:
     """Playback bookkeeping for one assistant audio item."""
 
     response_id: str
-    conversation_id: str  # fixed when the item appears: a long press must not re-file it
+    conversation: int  # Filing.number when the item appears: a long press must not re-file it
+    model: str  # the model of the session that made it
     content_index: int = 0
     received: int = 0  # samples received from the server
     played: int | None = None  # samples the device consumed, once known
@@ -315,7 +316,7 @@ class Replies:
                                    guard.printable(oldest, 100))
                 self._force_close(oldest)
             item = self.items[item_id] = Item(response_id=response_id,
-                                              conversation_id=f.conversation_id,
+                                              conversation=f.filing.number, model=f.model,
                                               content_index=content_index,
                                               session=f.session_no)
         item.last_event = f.clock
@@ -383,16 +384,17 @@ class Replies:
         if not item.finished:
             if not item.drafted:  # the words are known; how much was heard is not yet
                 item.drafted = True
-                self.out.emit(Draft(self._assistant(item_id, item, None)))
+                self.facts.filing.file(item.conversation,
+                                       Draft(self._assistant(item_id, item, None)))
             return
         item.recorded = True
         f = self.facts
-        if item.conversation_id == f.conversation_id:
+        if item.conversation == f.filing.number:
             self.history.remember("assistant", item.transcript, f.policy.reseed_turns)
         heard_ms = round((item.played or 0) * 1000 / wire.SAMPLE_RATE)
         logger.info("assistant: %s%s", guard.printable(item.transcript, _LOG_TEXT),
                     f" [interrupted after {heard_ms} ms]" if item.interrupted else "")
-        self.out.emit(Record(self._assistant(item_id, item, heard_ms)))
+        f.filing.file(item.conversation, Record(self._assistant(item_id, item, heard_ms)))
         # forget finished items so a days-long conversation does not grow memory
         for done_id in [k for k, v in self.items.items() if v.recorded]:
             self._forget(done_id)
@@ -403,8 +405,8 @@ class Replies:
         p = self.facts.policy
         return Transcript(
             role="assistant", text=item.transcript, item_id=item_id,
-            conversation_id=item.conversation_id,
-            metadata={"voice": p.voice, "model": p.model,
+            conversation_id="",  # Filing sets it
+            metadata={"voice": p.voice, "model": item.model,
                       "item_id": item_id, "response_id": item.response_id,
                       "interrupted": item.interrupted if heard_ms is not None else None,
                       "heard_ms": heard_ms})

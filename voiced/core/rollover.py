@@ -17,7 +17,7 @@ from voiced.core.effects import CloseStandby, OpenStandby, SwitchToStandby
 from voiced.core.emitter import Emitter
 from voiced.core.facts import Facts
 from voiced.core.history import History
-from voiced.core.policy import session_update
+from voiced.core.setup import Setup
 
 logger = logging.getLogger("voiced.core")
 
@@ -41,6 +41,7 @@ class Rollover:
         self.retry_at = 0.0  # no standby is opened before this (after a failure)
         self.wall: float | None = None  # the last wall time a tick gave
         self._standby_expires: float | None = None
+        self._setup = Setup()  # the standby's
         self._seeded = 0  # History.count when the standby was re-seeded
 
     def tick(self, now: float) -> bool:
@@ -72,6 +73,7 @@ class Rollover:
         """The standby connection is open; its ``session.created`` is awaited."""
         if self.standby == "opening":
             self.standby = "configuring"
+            self._setup.begin(self.facts.policy)
 
     def on_down(self, reason: str, now: float) -> None:
         """The standby connection failed or closed before the switch; retried later."""
@@ -89,18 +91,22 @@ class Rollover:
         match ev:
             case wire.SessionCreated():
                 self._standby_expires = self.plausible_expiry(ev.expires_at)
-                self.out.send(session_update(self.facts.policy, self.out.eid()),
-                              standby=True)
+                self._setup.on_created(ev, self.facts.policy, self.out, standby=True)
                 for role, text in self.history:
                     self.out.send(wire.text_item(self.out.eid(), role, text), standby=True)
                 self._seeded = self.history.count
-            case wire.SessionUpdated():
-                if self.standby != "ready":
+            case wire.SessionUpdated() | wire.BufferCleared():
+                done = (self._setup.on_updated(ev) if isinstance(ev, wire.SessionUpdated)
+                        else self._setup.on_cleared())
+                if done and self.standby != "ready":
                     self.standby = "ready"
                     logger.info("next session ready (%d turn(s) of context)",
                                 len(self.history))
                     return True
             case wire.ServerError():
+                if self._setup.on_error(ev) and self.standby != "ready":
+                    self.standby = "ready"  # a relay refused the fence: the set-up is over
+                    return True
                 self.facts.counters.server_errors += 1
                 logger.warning("next session: server error %s: %s",
                                guard.printable(ev.code or ev.type, 100),
@@ -118,6 +124,7 @@ class Rollover:
         self.out.emit(SwitchToStandby())
         self.standby = None
         self.expires_at = self._standby_expires
+        self.facts.session_model = self._setup.model
         # turns that ended while the standby was being prepared
         for role, text in self.history.since(self._seeded):
             self.out.send(wire.text_item(self.out.eid(), role, text))

@@ -193,9 +193,9 @@ class Uplink:
         f = self.facts
         logger.info("user: %s", guard.printable(text, _LOG_TEXT))
         self.history.remember("user", text, f.policy.reseed_turns)
-        self.out.emit(Record(Transcript(
-            role="user", text=text, item_id=ev.item_id, conversation_id=f.conversation_id,
-            metadata={"input_method": "realtime_voice", "model": f.policy.model,
+        f.filing.file(f.filing.number, Record(Transcript(
+            role="user", text=text, item_id=ev.item_id, conversation_id="",
+            metadata={"input_method": "realtime_voice", "model": f.model,
                       "item_id": ev.item_id})))
 
     def on_transcription_failed(self, ev: wire.InputTranscriptionFailed) -> None:

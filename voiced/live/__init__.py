@@ -1,5 +1,5 @@
-"""GPT-Live, the second backend: its wire types, its pure conversation core, its helpers.
+"""GPT-Live, the second backend: its wire types, its pure conversation core and its parts.
 
-Nothing here is wired into the daemon yet (docs/architecture.md, "GPT-Live backend"):
-``realtime.api: live`` comes with the supervisor's wiring on the split tree.
+``realtime.api: live`` wires it into the daemon (docs/architecture.md, "GPT-Live
+backend"); :mod:`voiced.live.core` composes the parts and is what the supervisor builds.
 """

@@ -156,6 +156,15 @@ class WebSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioSettings:
+    """What devices' audio may travel as (issue 24)."""
+
+    opus: bool = True
+    """Take a device's Opus offer (``Voiced-Audio``); false answers ``pcm16`` to every
+    offer, so devices send base64 PCM16 as without Opus (``voiced/relay/codec.py``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RelaySettings:
     """Everything `voiced relay` needs, validated."""
 
@@ -166,6 +175,7 @@ class RelaySettings:
     limits: LimitSettings
     agents: tuple[Agent, ...] = ()
     web: WebSettings = WebSettings()
+    audio: AudioSettings = AudioSettings()
     log_level: str = "info"
     source_path: Path | None = None
 
@@ -449,6 +459,18 @@ def _web(sec: _Section, server: ServerSettings, agents: list[Agent]) -> WebSetti
     return WebSettings(path=path, agent_id=agent_id)
 
 
+def _audio(sec: _Section) -> AudioSettings:
+    d = AudioSettings()
+    opus = sec.raw("opus")
+    if opus is _MISSING:
+        opus = d.opus
+    elif not isinstance(opus, bool):  # strictly: "no" or 0 is a mistake, not a switch
+        sec.bad("opus", f"expected true or false, got {_kind(opus)}")
+        opus = d.opus
+    sec.finish()
+    return AudioSettings(opus=opus)
+
+
 def parse(data: object, *, environ: Mapping[str, str], base_dir: Path | None = None,
           source_path: Path | None = None, require_secrets: bool = True) -> RelaySettings:
     """Validate a parsed relay.yaml into :class:`RelaySettings`.
@@ -488,6 +510,7 @@ def parse(data: object, *, environ: Mapping[str, str], base_dir: Path | None = N
                     ids.add(agent.id)
                     agents.append(agent)
     web = _web(top.section("web"), server, agents)
+    audio = _audio(top.section("audio"))
     top.finish()
     if not require_secrets:
         problems.items = [(k, m) for k, m in problems.items if not k.startswith("credentials.")
@@ -495,7 +518,8 @@ def parse(data: object, *, environ: Mapping[str, str], base_dir: Path | None = N
     if problems.items:
         raise ConfigError(problems.items)
     return RelaySettings(server=server, upstream=upstream, database=database, spool=spool,
-                         limits=limits, agents=tuple(agents), web=web, log_level=log_level,
+                         limits=limits, agents=tuple(agents), web=web, audio=audio,
+                         log_level=log_level,
                          source_path=source_path)
 
 

@@ -37,11 +37,13 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from voiced import __version__, guard
+from voiced.audio.opus_stream import HEADER as AUDIO_HEADER
+from voiced.audio.opus_stream import AudioOffer
 from voiced.errors import ConfigError
 from voiced.link import AUTH_CLOSE_CODE, REQUEST_SHAPE_CLOSE_CODE, classify
 from voiced.notify import Notifier
 from voiced.outbox import Outbox
-from voiced.relay import auth
+from voiced.relay import auth, codec
 from voiced.relay.config import Agent, RelaySettings
 from voiced.relay.ledger import SETUP_EVENT_ID, Ledger, Write, encode
 from voiced.relay.refusals import Refused, agent_for
@@ -76,6 +78,10 @@ class Accepted:
     conversation_id: str | None
     """None: the device gave none; the bridge creates one."""
     address: str
+    audio: AudioOffer | None = None
+    """The device's Opus offer, taken (None: PCM16)."""
+    audio_answer: str | None = None
+    """The ``Voiced-Audio`` answer header (None: the device offered nothing)."""
 
 
 class _Close(Exception):
@@ -150,6 +156,7 @@ class RelayServer:
             self._server = await serve(
                 self._handle, s.host, s.port, process_request=self._process_request,
                 select_subprotocol=self._select_subprotocol, origins=origins,
+                process_response=self._process_response,
                 compression=None, max_size=self.settings.limits.max_frame_bytes,
                 max_queue=MAX_QUEUE, open_timeout=s.handshake_timeout_s,
                 ping_interval=20, ping_timeout=20, close_timeout=5, ssl=tls,
@@ -227,6 +234,13 @@ class RelayServer:
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="voiced-relay"'
             return resp
 
+    def _process_response(self, conn: ServerConnection, req: Request,
+                          resp: Response) -> None:
+        # opus: the answer to the device's Voiced-Audio offer, on the 101
+        acc = self._accepted.get(conn)
+        if acc is not None and acc.audio_answer is not None and resp.status_code == 101:
+            resp.headers[AUDIO_HEADER] = acc.audio_answer
+
     async def check(self, conn: ServerConnection, req: Request) -> Accepted:
         """Everything the handshake checks, in order; raises :class:`Refused`."""
         now = self.clock()
@@ -279,8 +293,10 @@ class RelayServer:
         except StoreUnavailable as e:
             raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "the relay's database is "
                           "unavailable", retry_after=5, log=str(e)) from None
+        audio, answer = codec.offer_from(  # opus: taken or declined
+            req.headers, enabled=self.settings.audio.opus)
         return Accepted(device=device.name, agent=agent, voice=voice, conversation_id=cid,
-                        address=address)
+                        address=address, audio=audio, audio_answer=answer)
 
     # ---------------------------------------------------------------- connections
 
@@ -359,6 +375,7 @@ class Bridge:
         self.ignored_logged: set[str] = set()
         self.upstream: ClientConnection | None = None
         self._created = ""  # session.created as the device gets it
+        self.codec = codec.RelayCodec(acc.audio) if acc.audio is not None else None
 
     def __repr__(self) -> str:
         return f"Bridge({self.acc.device}, {self.cid})"
@@ -381,6 +398,10 @@ class Bridge:
         finally:
             if self.upstream is not None:
                 await self.upstream.close()
+            if self.codec is not None and (self.codec.bad_packets or self.codec.bad_payloads):
+                logger.info("device %s: Opus: %d bad packet(s) concealed, %d malformed "
+                            "payload(s) refused", self.acc.device, self.codec.bad_packets,
+                            self.codec.bad_payloads)
 
     async def _open_upstream(self) -> None:
         up = self.relay.settings.upstream
@@ -494,6 +515,15 @@ class Bridge:
             now = self.relay.clock()
             if not self.frames.take(now):
                 raise _Close(CLOSE_POLICY, "too many frames")
+            if self.codec is not None and isinstance(frame, bytes):  # opus: mic audio
+                pcm_append, refusal = self.codec.from_device(frame)
+                if refusal is not None:
+                    if not self.bad_frames.take(now):
+                        raise _Close(CLOSE_POLICY, "too many refused frames")
+                    await self.conn.send(refusal)
+                if pcm_append is None:
+                    continue
+                frame = pcm_append
             v = self.ledger.from_device(frame)
             if v.refusal is not None:
                 if not self.bad_frames.take(now):
@@ -506,6 +536,8 @@ class Bridge:
                     logger.info("device %s: ignoring relay-owned %s (agent %s)",
                                 self.acc.device, guard.printable(part, 80), self.acc.agent.id)
             assert v.upstream is not None
+            if self.codec is not None:  # opus: a commit or clear ends the device's stream
+                self.codec.after_device_event(v.upstream)
             try:
                 await self.upstream.send(v.upstream)
             except ConnectionClosed:
@@ -552,7 +584,11 @@ class Bridge:
                            guard.printable(v.malformed))
         if v.writes:
             await self.relay.persist(v.writes)
-        await self.conn.send(frame)
+        if self.codec is None:
+            await self.conn.send(frame)
+            return
+        for out in self.codec.to_device(d["type"], frame, d):  # opus: replies encoded
+            await self.conn.send(out)
 
     def _upstream_closed(self, e: ConnectionClosed | None) -> _Close:
         rcvd = e.rcvd if e is not None else (self.upstream.protocol.close_rcvd

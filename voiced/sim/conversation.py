@@ -153,6 +153,9 @@ class SimSession(Connection, Responder):
             return
         ev, event_id = decoded
         self.received.append({k: v for k, v in ev.items() if k != "audio"})
+        if ev["type"] in ("input_audio_buffer.commit", "input_audio_buffer.clear"):
+            # where in the input audio it came (tests line it up with what was sent)
+            self.received[-1]["input_bytes"] = len(self.appended)
         handler = _HANDLERS.get(ev["type"])
         if handler is None:
             self._error("invalid_value", f"Invalid value: '{ev['type']}'. Supported values "
@@ -180,11 +183,9 @@ class SimSession(Connection, Responder):
         """Merge the update into the session and echo the effective config."""
         s = ev.get("session")
         if not isinstance(s, dict):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'session'.", "session")
+            raise ClientMistake.missing("session")
         if "type" not in s:
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'session.type'.", "session.type")
+            raise ClientMistake.missing("session.type")
         if s["type"] != "realtime":
             raise ClientMistake("invalid_value", "voiced sim serves realtime sessions only "
                                 "(transcription sessions are not simulated).", "session.type")
@@ -402,8 +403,7 @@ class SimSession(Connection, Responder):
         """Add a client-made item (context re-seeding, tool outputs)."""
         item = ev.get("item")
         if not isinstance(item, dict) or "type" not in item:
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'item'.", "item")
+            raise ClientMistake.missing("item")
         after: str | None | bool = False
         if "previous_item_id" in ev:
             after = ev["previous_item_id"]

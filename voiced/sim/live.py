@@ -32,6 +32,12 @@ What it does, after the protocol notes' list of what a faithful simulator must d
   ``expires_at`` ``session.closed`` with ``expired``.
 - Faults from :class:`~voiced.sim.server.SimServer`: a drop halfway through a reply,
   refused connections, expiry now, a stall, malformed and unknown frames.
+
+This connection runs the protocol flow; its parts are :mod:`~voiced.sim.live_resource`
+(what ``session.start``/``session.update`` may hold), :mod:`~voiced.sim.live_ears` (the
+input VAD), :mod:`~voiced.sim.live_track` (the output stream and its timed words),
+:mod:`~voiced.sim.live_context` (context appends, client delegations) and
+:mod:`~voiced.sim.live_backend` (Responses delegation).
 """
 
 from __future__ import annotations
@@ -41,13 +47,9 @@ import base64
 import binascii
 import json
 import logging
-import math
-import operator
 import re
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
@@ -56,91 +58,22 @@ from websockets.exceptions import ConnectionClosed
 from voiced.sim import live_fields, voice
 from voiced.sim.connection import Connection
 from voiced.sim.fields import unknown_field
-from voiced.sim.responses import _SAY, ClientMistake, new_id, pieces
-from voiced.sim.toolargs import arguments_for
-from voiced.wire import SAMPLE_RATE
+from voiced.sim.live_backend import ResponsesBackend
+from voiced.sim.live_context import Context
+from voiced.sim.live_ears import Ears
+from voiced.sim.live_resource import resource, updated_delegation
+from voiced.sim.live_track import BYTES_PER_MS, Track, timed_pieces
+from voiced.sim.responses import _SAY, ClientMistake, new_id
 
 if TYPE_CHECKING:
     from voiced.sim.server import SimServer
 
 logger = logging.getLogger(__name__)
 
-BYTES_PER_MS = SAMPLE_RATE * 2 // 1000
-FRAME_MS = 100
-"""Output audio per ``session.output_audio.delta``."""
-FRAME_BYTES = FRAME_MS * BYTES_PER_MS
-GRID_MS = 200
-"""Transcript fragments start and end on this grid, as the service's do."""
 USAGE_EVERY_MS = 15_000
-PLACE_AFTER_MS = 600
-"""Timeline between a context append and its placement (the service: 0.6-1 s)."""
-MAX_APPEND_TOKENS = 500
 MAX_FIXTURE_S = 30
 ACKNOWLEDGEMENT = "Okay, one moment."
-_VAD_BYTES = 10 * BYTES_PER_MS
-_SPEECH_LEVEL = 10 ** (-40 / 20) * 32768  # RMS of -40 dBFS
-_PREFIX_MS = 300
-_SILENCE_MS = 500  # quiet after speech that ends the user's turn
-_MAX_UTTERANCE_MS = 30_000
 _DELEGATE = re.compile(r"^\s*delegate:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
-
-
-def grid_floor(ms: float) -> int:
-    """``ms`` down to the 200 ms grid."""
-    return int(ms // GRID_MS) * GRID_MS
-
-
-def timed_pieces(text: str, start_ms: int, end_ms: int) -> list[tuple[str, int, int]]:
-    """``text`` as word-aligned fragments spread over [start_ms, end_ms] on the grid.
-
-    Each fragment covers at least one 200 ms cell; fragments join back to ``text``.
-    """
-    start = grid_floor(start_ms)
-    cells = max(1, math.ceil((end_ms - start) / GRID_MS))
-    words = pieces(text, max(1, min(len(text.split()), cells)))
-    out = []
-    for i, piece in enumerate(words):
-        first = i * cells // len(words)
-        last = max(first + 1, (i + 1) * cells // len(words))
-        out.append((piece, start + first * GRID_MS, start + last * GRID_MS))
-    return out
-
-
-def _tokens(text: str) -> int:
-    """A token estimate (about four characters each), for the 500-token append cap."""
-    return math.ceil(len(text) / 4)
-
-
-@dataclass
-class _Speech:
-    """Something the model says, as a span of the output stream (byte positions)."""
-
-    start: int
-    end: int
-    reply: bool  # a reply (the drop fault may cut it halfway)
-    fixture: str | None = None  # a fixture's client event id ("" when it had none)
-    half_checked: bool = False
-
-
-@dataclass
-class _Placement:
-    """A context append waiting for the timeline to place it."""
-
-    due: int  # timeline bytes
-    kind: str
-    event_id: str | None
-    content: str
-    delegation_id: str | None
-
-
-@dataclass
-class _Backend:
-    """Responses delegation: the backend's open function calls."""
-
-    calls: dict[str, str | None] = field(default_factory=dict)  # call_id → output
-    names: dict[str, str] = field(default_factory=dict)  # call_id → tool name
-    delegation: str | None = None  # the delegation the calls belong to
-    sequence: int = 0
 
 
 class LiveSession(Connection):
@@ -159,30 +92,16 @@ class LiveSession(Connection):
         self.sent: list[dict[str, Any]] = []
         """Every event written, output audio as ``{"type", "bytes", "loud"}``."""
         self.heard: list[str] = []  # what the model recognised, utterance by utterance
-        self.said: list[str] = []  # what the model spoke, in order
         self.timeline = 0  # input audio bytes: the session's clock
-        self.out_pos = 0  # output audio bytes sent
-        self.speaker = bytearray()  # output audio queued (model speech, fixtures)
+        self.track = Track()  # the output stream: what the model (or a fixture) says
         self.muted = False
         self.closed = False
         self.ended_at: float | None = None
         self._opened = self.clock.time()
-        self._speeches: deque[_Speech] = deque()
-        self._words: deque[tuple[int, str, int, int]] = deque()  # (position, text, ms, ms)
-        self._placements: list[_Placement] = []
-        # client delegations commentary may answer (the newest 64; repeats continue one)
-        self._delegations: deque[str] = deque(maxlen=64)
-        self._acks: list[tuple[int, str]] = []  # (timeline due, delegation id)
-        self._backend = _Backend()
+        self.context = Context(self)
+        self.backend = ResponsesBackend(self)
         self._next_usage = USAGE_EVERY_MS * BYTES_PER_MS
-        self._vad_buf = bytearray()
-        self._vad_pos = 0
-        self._prefix: deque[bytes] = deque(maxlen=_PREFIX_MS // 10)
-        self._speech_on: int | None = None  # ms where the user's speech started
-        self._silence = 0
-        self._utterance = bytearray()
-        self._user_quiet = asyncio.Event()  # set while the user is not talking
-        self._user_quiet.set()
+        self.ears = Ears()
         self._hearing = asyncio.Lock()  # utterances are answered one after the other
         faults = self.opts.expire_at_input_ms
         self._expire_at_ms = faults[self.index] if self.index < len(faults) else None
@@ -197,10 +116,16 @@ class LiveSession(Connection):
     @property
     def speaking(self) -> bool:
         """The model (or a fixture) has output audio queued."""
-        return bool(self.speaker)
+        return bool(self.track.speaker)
 
     @property
-    def _delegation(self) -> dict[str, Any]:
+    def said(self) -> list[str]:
+        """What the model spoke, in order."""
+        return self.track.said
+
+    @property
+    def delegation(self) -> dict[str, Any]:
+        """The session's delegation settings (client until it started)."""
         return (self.session or {}).get("delegation") or {"type": "client"}
 
     # ----------------------------------------------------------------- output
@@ -235,11 +160,10 @@ class LiveSession(Connection):
         if self.closed or self.session is None:
             return
         self.closed = True
-        for p in self._placements:
+        for p in self.context.unplaced():
             self._error("context_injection_incomplete",
                         f"The {p.kind} append was not placed on the timeline before the "
                         "session closed.", event_id=p.event_id)
-        self._placements.clear()
         self.emit({"type": "session.closed", "reason": reason, "usage": self._usage(),
                    "session": self.session,
                    **({"client_event_id": event_id} if event_id is not None else {})})
@@ -311,87 +235,18 @@ class LiveSession(Connection):
         """Check the configuration, resolve its defaults and start the session."""
         if self.session is not None:
             raise ClientMistake("session_already_started", "The session has already started.")
-        s = ev.get("session")
-        if not isinstance(s, dict):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'session'.", "session")
-        model = s.get("model")
-        if not isinstance(model, str) or not model:
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'session.model'.", "session.model")
-        audio = s.get("audio") or {}
-        fmt = audio.get("format")
-        if fmt is not None and fmt != {"type": "audio/pcm", "rate": SAMPLE_RATE}:
-            raise ClientMistake("invalid_value", "voiced sim serves audio/pcm at 24000 Hz only "
-                                "(the service also takes 16 kHz PCM and G.711).",
-                                "session.audio.format")
-        voice_name = (audio.get("output") or {}).get("voice", "marin")
-        if not (isinstance(voice_name, dict) and isinstance(voice_name.get("id"), str)
-                or voice_name in live_fields.VOICES):
-            raise ClientMistake("invalid_value", f"Invalid value: '{voice_name}'.",
-                                "session.audio.output.voice")
-        if "client" in s:
-            raise ClientMistake("invalid_value", "Client capabilities apply to WebRTC "
-                                "sessions, not a WebSocket.", "session.client")
-        if s.get("triggers"):
-            raise ClientMistake("invalid_value", "voiced sim does not simulate Decisions "
-                                "triggers.", "session.triggers")
-        delegation = s.get("delegation") or {"type": "client"}
-        self._check_delegation(delegation, "session.delegation")
-        history = s.get("input") or []
-        _check_history(history)
-        self.session = {
-            "id": new_id("live"), "expires_at": int(self.clock.time() + self.opts.max_session_s),
-            "model": model, "status": "active", "instructions": s.get("instructions") or "",
-            "audio": {"format": {"type": "audio/pcm", "rate": SAMPLE_RATE},
-                      "output": {"voice": voice_name}},
-            "delegation": delegation, "input": history,
-        }
-        for key in ("store", "safety_identifier"):
-            if key in s:
-                self.session[key] = s[key]
+        self.session = resource(ev, self.clock.time() + self.opts.max_session_s)
         self.emit({"type": "session.started", "session": self.session,
                    **({"client_event_id": event_id} if event_id is not None else {})})
         self._spawn(self._expire_later(self.session["expires_at"]))
-
-    def _check_delegation(self, delegation: Any, param: str) -> None:
-        kind = delegation.get("type") if isinstance(delegation, dict) else None
-        if kind == "decisions":
-            raise ClientMistake("invalid_value", "voiced sim does not simulate Decisions "
-                                "delegation.", f"{param}.type")
-        if kind not in ("client", "responses"):
-            raise ClientMistake("invalid_value", f"Invalid value: '{kind}'.", f"{param}.type")
-        delay = delegation.get("acknowledgement_delay_ms", 0)
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-            raise ClientMistake("invalid_value", "Invalid 'acknowledgement_delay_ms'.",
-                                f"{param}.acknowledgement_delay_ms")
-        if kind == "responses" and not isinstance(
-                (delegation.get("responses") or {}).get("model"), str):
-            raise ClientMistake("missing_required_parameter", "Missing required parameter: "
-                                f"'{param}.responses.model'.", f"{param}.responses.model")
 
     def on_update(self, ev: dict[str, Any], event_id: str | None) -> None:
         """Delegation settings and triggers only; the delegation type is fixed."""
         assert self.session is not None
         s = ev.get("session")
         if not isinstance(s, dict):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'session'.", "session")
-        if s.get("triggers"):
-            raise ClientMistake("invalid_value", "voiced sim does not simulate Decisions "
-                                "triggers.", "session.triggers")
-        if "delegation" in s:
-            new = s["delegation"]
-            if not isinstance(new, dict) or new.get("type") != self._delegation["type"]:
-                raise ClientMistake("immutable_field_update", "The delegation type cannot "
-                                    "change after the session started.",
-                                    "session.delegation.type")
-            merged = {**self._delegation, **{k: v for k, v in new.items() if k != "responses"}}
-            if isinstance(new.get("responses"), dict):
-                merged["responses"] = {**(self._delegation.get("responses") or {}),
-                                       **new["responses"]}
-            self._check_delegation(merged, "session.delegation")
-            self.session["delegation"] = merged
+            raise ClientMistake.missing("session")
+        self.session["delegation"] = updated_delegation(self.delegation, s)
         self.emit({"type": "session.updated", "session": self.session,
                    **({"client_event_id": event_id} if event_id is not None else {})})
 
@@ -411,14 +266,15 @@ class LiveSession(Connection):
         if len(pcm) % 2:
             raise ClientMistake("invalid_value", "Invalid 'audio': PCM16 has an even number "
                                 "of bytes.", "audio")
-        fixture = any(s.fixture is not None for s in self._speeches)
+        fixture = self.track.fixture_playing()
         heard = bytes(len(pcm)) if self.muted or fixture else pcm  # muted: silence
         self.timeline += len(pcm)
-        self._vad_buf += heard
-        while len(self._vad_buf) >= _VAD_BYTES:
-            chunk = bytes(self._vad_buf[:_VAD_BYTES])
-            del self._vad_buf[:_VAD_BYTES]
-            self._vad(chunk)
+        started, utterances = self.ears.feed(heard)
+        if started and self.track.model_speaking():
+            logger.info("simulated model: the user talks over it; it stops")
+            self.track.stop()
+        for utterance in utterances:
+            self._spawn(self._hear(*utterance))
         self._tick()
 
     def on_mute(self, ev: dict[str, Any], event_id: str | None) -> None:
@@ -428,54 +284,13 @@ class LiveSession(Connection):
                    else "session.input_audio.unmuted",
                    **({"client_event_id": event_id} if event_id is not None else {})})
 
-    def _vad(self, chunk: bytes) -> None:
-        a = memoryview(chunk).cast("h")
-        loud = math.sqrt(sum(map(operator.mul, a, a)) / len(a)) > _SPEECH_LEVEL
-        pos_ms = self._vad_pos // BYTES_PER_MS
-        self._vad_pos += len(chunk)
-        if self._speech_on is None:
-            self._prefix.append(chunk)
-            if not loud:
-                return
-            self._speech_on = max(0, pos_ms - _PREFIX_MS)
-            self._user_quiet.clear()
-            self._utterance = bytearray(b"".join(self._prefix))
-            self._silence = 0
-            if self._speaking_model():
-                logger.info("simulated model: the user talks over it; it stops")
-                self._stop_speaking()
-            return
-        self._utterance += chunk
-        self._silence = 0 if loud else self._silence + 10
-        end_ms = pos_ms + 10
-        if self._silence >= _SILENCE_MS or end_ms - self._speech_on >= _MAX_UTTERANCE_MS:
-            start, self._speech_on = self._speech_on, None
-            self._user_quiet.set()
-            pcm = bytes(self._utterance)
-            self._utterance = bytearray()
-            self._prefix.clear()
-            self._spawn(self._hear(pcm, start, end_ms - self._silence))
-
-    def _speaking_model(self) -> bool:
-        return any(s.fixture is None for s in self._speeches)
-
-    def _stop_speaking(self) -> None:
-        """The model stops itself: what it had queued is never said."""
-        self.speaker.clear()
-        self._speeches.clear()
-        self._words.clear()
-
     # ----------------------------------------------------------------- the timeline
 
     def _tick(self) -> None:
         """Everything due at the current input position, in order."""
-        while self.out_pos // BYTES_PER_MS <= self.input_ms and not self.closed:
+        while self.track.out_pos // BYTES_PER_MS <= self.input_ms and not self.closed:
             self._output_frame()
-        for p in [p for p in self._placements if p.due <= self.timeline]:
-            self._placements.remove(p)
-            self._place(p)
-        for due, delegation_id in [a for a in self._acks if a[0] <= self.timeline]:
-            self._acks.remove((due, delegation_id))
+        for _ in range(self.context.place_due()):  # acknowledgements due
             self._spawn(self._speak(ACKNOWLEDGEMENT, reply=False))
         if self.timeline >= self._next_usage:
             self._next_usage += USAGE_EVERY_MS * BYTES_PER_MS
@@ -486,44 +301,32 @@ class LiveSession(Connection):
             self.expire()
 
     def _output_frame(self) -> None:
-        chunk = bytes(self.speaker[:FRAME_BYTES])
-        del self.speaker[:FRAME_BYTES]
-        chunk += bytes(FRAME_BYTES - len(chunk))
-        self.out_pos += FRAME_BYTES
+        t = self.track
         self.emit({"type": "session.output_audio.delta",
-                   "delta": base64.b64encode(chunk).decode()})
-        while self._words and self._words[0][0] < self.out_pos:
-            _, text, start_ms, end_ms = self._words.popleft()
+                   "delta": base64.b64encode(t.frame()).decode()})
+        for text, start_ms, end_ms in t.words_out():
             self.emit({"type": "session.output_transcript.delta", "delta": text,
                        "start_ms": start_ms, "end_ms": end_ms})
-        while self._speeches:
-            speech = self._speeches[0]
+        while t.speeches:
+            speech = t.speeches[0]
             if speech.reply and not speech.half_checked and \
-                    self.out_pos >= (speech.start + speech.end) // 2:
+                    t.out_pos >= (speech.start + speech.end) // 2:
                 speech.half_checked = True
                 if self.server.take_drop():
                     logger.info("fault: dropping the connection mid-reply")
                     self.closed = True
                     self.abort()
                     return
-            if speech.end > self.out_pos:
+            if speech.end > t.out_pos:
                 break
-            self._speeches.popleft()
+            t.speeches.popleft()
             if speech.fixture is not None:
                 self.emit({"type": "session.output_audio.fixture.played",
                            **({"client_event_id": speech.fixture} if speech.fixture else {})})
 
-    def _enqueue(self, pcm: bytes, text: str, *, reply: bool,
-                 fixture: str | None = None) -> None:
-        """Queue speech (or a fixture) after what is queued, its words timed to its audio."""
-        start = self.out_pos + len(self.speaker)
-        self.speaker += pcm
-        self._speeches.append(_Speech(start, start + len(pcm), reply, fixture))
-        if text:
-            self.said.append(text)
-            for piece, s, e in timed_pieces(text, start // BYTES_PER_MS,
-                                            (start + len(pcm)) // BYTES_PER_MS):
-                self._words.append((max(start, s * BYTES_PER_MS), piece, s, e))
+    def say_when_heard(self, text: str) -> None:
+        """Say what must be said (commentary, a backend's answer) once the user is quiet."""
+        self._spawn(self._speak(text, reply=True, wait=True))
 
     async def _speak(self, text: str, *, reply: bool, wait: bool = False) -> None:
         """Say ``text`` once it is synthesised.
@@ -533,13 +336,13 @@ class LiveSession(Connection):
         """
         pcm = await asyncio.to_thread(voice.speak, text)
         if wait:
-            await self._user_quiet.wait()
+            await self.ears.quiet.wait()
         if self.closed:
             return
-        if reply and self._speech_on is not None:
+        if reply and self.ears.speech_on is not None:
             logger.info("simulated model: the user is talking again; not answering yet")
             return
-        self._enqueue(pcm, text, reply=reply)
+        self.track.enqueue(pcm, text, reply=reply)
 
     # ----------------------------------------------------------------- the model
 
@@ -567,71 +370,21 @@ class LiveSession(Connection):
     async def _respond(self, heard: str, at_ms: int) -> None:
         lowered = f" {re.sub(r'[^a-z0-9]+', ' ', heard.lower())} "
         asked = any(f" {w} " in lowered for w in self._delegate_words())
-        if self._delegation["type"] == "responses":
-            tool = self._named_tool(lowered)
+        if self.delegation["type"] == "responses":
+            tool = self.backend.named_tool(lowered)
             if tool is not None or asked:
-                self._delegate_to_backend(heard, at_ms, tool)
+                self.backend.delegate(heard, at_ms, tool)
                 return
         elif asked:
-            self._delegate_to_client(at_ms)
+            self.context.delegate_to_client(at_ms)
             return
         instructions = str((self.session or {}).get("instructions") or "")
         said = _SAY.search(instructions)
         await self._speak(said.group(1) if said else self.opts.reply(heard), reply=True)
 
-    def _delegated(self, at_ms: int, target: str, response_id: str | None = None) -> str:
-        delegation_id = new_id("item")
-        body: dict[str, Any] = {"id": delegation_id, "type": "delegation", "target": target}
-        if response_id is not None:
-            body["response_id"] = response_id
-        self.emit({"type": "session.delegation.created", "offset_ms": grid_floor(at_ms),
-                   "delegation": body})
-        delay = self._delegation.get("acknowledgement_delay_ms") or 0
-        self._acks.append((self.timeline + int(delay) * BYTES_PER_MS, delegation_id))
-        return delegation_id
-
-    def _delegate_to_client(self, at_ms: int) -> None:
-        self._delegations.append(self._delegated(at_ms, "client"))
-
-    # ----------------------------------------------------------------- context appends
-
     def on_append_context(self, ev: dict[str, Any], event_id: str | None) -> None:
-        """Context appends (instructions, thinking, commentary): placed 600 ms of timeline later."""
-        kind = ev["type"].split(".")[1]
-        content = ev.get("content")
-        if not isinstance(content, str):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'content'.", "content")
-        if "delegation_id" not in ev:
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'delegation_id'.", "delegation_id")
-        if any(s.fixture is not None for s in self._speeches):
-            raise ClientMistake("fixture_active", "Context appends are rejected while an "
-                                "audio fixture plays.")
-        if _tokens(content) > MAX_APPEND_TOKENS:
-            raise ClientMistake("invalid_value", "Context append text must not exceed 500 "
-                                "tokens.", "content")
-        did = ev["delegation_id"]
-        if did is not None:
-            if self._delegation["type"] == "responses":
-                raise ClientMistake("invalid_value", "A delegation_id is not accepted with "
-                                    "Responses delegation.", "delegation_id")
-            if did not in self._delegations:
-                raise ClientMistake("invalid_value", f"Unknown delegation_id '{did}'.",
-                                    "delegation_id")
-        if kind in ("commentary", "thinking"):
-            self._acks.clear()  # cancels every pending automatic acknowledgement
-        self._placements.append(_Placement(self.timeline + PLACE_AFTER_MS * BYTES_PER_MS,
-                                           kind, event_id, content, did))
-
-    def _place(self, p: _Placement) -> None:
-        at = grid_floor(self.input_ms)
-        self.emit({"type": f"session.{p.kind}.appended", "start_ms": at, "end_ms": at,
-                   **({"client_event_id": p.event_id} if p.event_id is not None else {})})
-        if p.kind == "commentary":
-            self._spawn(self._speak(p.content, reply=True, wait=True))
-        elif p.kind == "instructions" and self.session is not None:
-            self.session["instructions"] = f"{self.session['instructions']}\n{p.content}"
+        """Context appends (instructions, thinking, commentary): placed 600 ms later."""
+        self.context.on_append(ev, event_id)
 
     # ----------------------------------------------------------------- fixtures
 
@@ -645,120 +398,20 @@ class LiveSession(Connection):
         if len(pcm) % 2 or not pcm or len(pcm) > MAX_FIXTURE_S * 1000 * BYTES_PER_MS:
             raise ClientMistake("invalid_value", f"A fixture is PCM16 at 24 kHz, at most "
                                 f"{MAX_FIXTURE_S} s.", "audio")
-        if any(s.fixture is not None for s in self._speeches):
+        if self.track.fixture_playing():
             raise ClientMistake("fixture_active", "A fixture is already playing.")
-        self._stop_speaking()
+        self.track.stop()
         self.emit({"type": "session.output_audio.fixture.playing",
                    **({"client_event_id": event_id} if event_id is not None else {})})
-        self._enqueue(pcm, "", reply=False, fixture=event_id or "")
-
-    # ----------------------------------------------------------------- Responses delegation
-
-    def _responses(self) -> dict[str, Any]:
-        return dict(self._delegation.get("responses") or {})
-
-    def _named_tool(self, lowered: str) -> dict[str, Any] | None:
-        tools: list[dict[str, Any]] = [t for t in self._responses().get("tools") or []
-                                        if isinstance(t, dict) and t.get("type") == "function"]
-        for tool in tools:
-            name = tool.get("name")
-            if isinstance(name, str) and (f" {name.lower()} " in lowered
-                                          or f" {name.lower().replace('_', ' ')} " in lowered):
-                return tool
-        return None
-
-    def _backend_event(self, delegation_id: str, event: dict[str, Any]) -> None:
-        self._backend.sequence += 1
-        self.emit({"type": "response.event", "delegation_id": delegation_id,
-                   "event": {**event, "sequence_number": self._backend.sequence}})
-
-    def _response(self, response_id: str, status: str) -> dict[str, Any]:
-        """A lifecycle snapshot: output, instructions and tools blanked, as the service's."""
-        backend = self._responses()
-        out: dict[str, Any] = {
-            "id": response_id, "object": "response", "created_at": int(self.clock.time()),
-            "status": status, "model": backend.get("model", ""), "output": [],
-            "parallel_tool_calls": bool(backend.get("parallel_tool_calls", False)),
-            "tool_choice": "auto", "tools": [], "instructions": None}
-        if status == "completed":
-            out["usage"] = {"input_tokens": 40, "output_tokens": 12, "total_tokens": 52,
-                            "input_tokens_details": {"cached_tokens": 0,
-                                                     "cache_write_tokens": 0},
-                            "output_tokens_details": {"reasoning_tokens": 0}}
-        return out
-
-    def _backend_response(self, delegation_id: str, items: list[dict[str, Any]],
-                          response_id: str | None = None) -> None:
-        response_id = response_id or new_id("resp")
-        self._backend_event(delegation_id, {"type": "response.created",
-                                            "response": self._response(response_id,
-                                                                       "in_progress")})
-        for i, item in enumerate(items):
-            self._backend_event(delegation_id, {"type": "response.output_item.done",
-                                                "output_index": i, "item": item})
-        self._backend_event(delegation_id, {"type": "response.completed",
-                                            "response": self._response(response_id,
-                                                                       "completed")})
-
-    def _backend_says(self, delegation_id: str, text: str,
-                      response_id: str | None = None) -> None:
-        self._backend_response(delegation_id, [{
-            "id": new_id("msg"), "type": "message", "role": "assistant",
-            "status": "completed",
-            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-            response_id)
-        self._spawn(self._speak(text, reply=True, wait=True))
-
-    def _delegate_to_backend(self, heard: str, at_ms: int, tool: dict[str, Any] | None) -> None:
-        response_id = new_id("resp")
-        delegation_id = self._delegated(at_ms, "responses", response_id)
-        if tool is None:
-            self._backend_says(delegation_id, self.opts.reply(heard), response_id)
-            return
-        name = str(tool["name"])
-        call_id = new_id("call")
-        args = self.opts.tool_arguments.get(name)
-        if args is None:
-            args = json.dumps(arguments_for(tool.get("parameters"), heard))
-        self._backend = _Backend(calls={call_id: None}, names={call_id: name},
-                                 delegation=delegation_id, sequence=self._backend.sequence)
-        self._backend_response(delegation_id, [{
-            "id": new_id("fc"), "type": "function_call", "call_id": call_id, "name": name,
-            "arguments": args, "status": "completed"}], response_id)
+        self.track.enqueue(pcm, "", reply=False, fixture=event_id or "")
 
     def on_response_item(self, ev: dict[str, Any], event_id: str | None) -> None:
         """A function call's output for the backend (Responses delegation only)."""
-        self._need_backend(ev["type"])
-        item = ev.get("item")
-        if not isinstance(item, dict):
-            raise ClientMistake("missing_required_parameter",
-                                "Missing required parameter: 'item'.", "item")
-        if item.get("type") == "function_call_output":
-            call_id = item.get("call_id")
-            if call_id not in self._backend.calls:
-                raise ClientMistake("invalid_value", f"No open function call '{call_id}'.",
-                                    "item.call_id")
-            self._backend.calls[str(call_id)] = str(item.get("output", ""))
+        self.backend.on_item(ev)
 
     def on_response_create(self, ev: dict[str, Any], event_id: str | None) -> None:
         """Continue the backend once every open call has its output."""
-        self._need_backend(ev["type"])
-        calls = self._backend.calls
-        if not calls:
-            raise ClientMistake("invalid_value", "No open function calls to continue (what "
-                                "the service does then is not known; voiced sim refuses).")
-        if any(output is None for output in calls.values()):
-            raise ClientMistake("invalid_value", "Every open function call needs an output "
-                                "before response.create.")
-        text = " ".join(f"The {self._backend.names[c]} tool says: {out}"
-                        for c, out in calls.items())
-        delegation_id = self._backend.delegation or ""
-        self._backend = _Backend(sequence=self._backend.sequence)
-        self._backend_says(delegation_id, text)
-
-    def _need_backend(self, kind: str) -> None:
-        if self._delegation["type"] != "responses":
-            raise ClientMistake("invalid_value", f"{kind} requires Responses delegation.")
+        self.backend.on_create(ev)
 
     def on_decision(self, ev: dict[str, Any], event_id: str | None) -> None:
         """Decisions are not simulated: refused in so many words."""
@@ -771,24 +424,6 @@ def _summary(event: dict[str, Any]) -> dict[str, Any]:
         return event
     pcm = base64.b64decode(event["delta"])
     return {"type": event["type"], "bytes": len(pcm), "loud": any(pcm)}
-
-
-def _check_history(history: Any) -> None:
-    """Text-only startup history: at most 128 messages, one text part each."""
-    if not isinstance(history, list) or len(history) > 128:
-        raise ClientMistake("invalid_value", "session.input holds at most 128 messages.",
-                            "session.input")
-    parts = {"developer": ("input_text",), "user": ("input_text",),
-             "assistant": ("output_text", "text")}
-    for i, item in enumerate(history):
-        role = item.get("role") if isinstance(item, dict) else None
-        content = item.get("content") if isinstance(item, dict) else None
-        if role not in parts or not isinstance(content, list) or len(content) != 1 or not (
-                isinstance(content[0], dict) and isinstance(content[0].get("text"), str)
-                and content[0].get("type", parts[role][0]) in parts[role]):
-            raise ClientMistake("invalid_value", "Each history message is a developer, user "
-                                "or assistant message with exactly one text part.",
-                                f"session.input[{i}]")
 
 
 _Handler = Callable[[LiveSession, dict[str, Any], "str | None"], None]

@@ -60,6 +60,12 @@ class ClientMistake(Exception):
         super().__init__(message)
         self.code, self.message, self.param, self.etype = code, message, param, etype
 
+    @classmethod
+    def missing(cls, param: str) -> ClientMistake:
+        """A required parameter is absent (``param`` is its dotted path)."""
+        return cls("missing_required_parameter", f"Missing required parameter: '{param}'.",
+                   param)
+
 
 @dataclass
 class Turn:

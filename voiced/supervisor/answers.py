@@ -33,6 +33,7 @@ def status(sup: Supervisor) -> dict[str, Any]:
             "records_written": sup.records_written,
             "device_faults": sup.device_faults,
             "audio_queued_ms": round(sup.sink.queued_s * 1000),
+            **sup.hands.status(),  # echo, the canceller's figures, wake word, earcons
             "faults": dict(guard.faults)}
 
 

@@ -18,8 +18,8 @@ from voiced import guard
 from voiced.audio import AudioSink, AudioSource
 from voiced.backoff import Backoff
 from voiced.config import AudioSettings
-from voiced.core.conversation import Conversation
 from voiced.errors import AudioDeviceError, ConfigError
+from voiced.supervisor.ports import Core
 
 logger = logging.getLogger("voiced.supervisor")  # the package logs as one
 
@@ -45,11 +45,13 @@ class AudioKeeper:
         apply: applies the effects the core has produced (the supervisor's).
         on_frame: what to do with one mic frame (the VAD, then the core).
         now: the loop's monotonic clock.
+        reopened: told once both devices are open again (a new echo path).
     """
 
     def __init__(self, source: AudioSource, sink: AudioSink, settings: AudioSettings,
-                 session: Conversation, feed: Callable[..., None], apply: Callable[[], None],
-                 on_frame: Callable[[bytes], None], now: Callable[[], float]) -> None:
+                 session: Core, feed: Callable[..., None], apply: Callable[[], None],
+                 on_frame: Callable[[bytes], None], now: Callable[[], float], *,
+                 reopened: Callable[[], None] = lambda: None) -> None:
         self.source = source
         self.sink = sink
         self.settings = settings
@@ -58,6 +60,7 @@ class AudioKeeper:
         self._apply = apply
         self._on_frame = on_frame
         self._now = now
+        self._reopened = reopened
         self.ok = asyncio.Event()
         self.ok.set()
         self._generation = 0  # bumped on every reopen; stale errors are ignored
@@ -138,6 +141,7 @@ class AudioKeeper:
             break
         self._generation += 1
         self.ok.set()
+        self._reopened()
         logger.info("audio devices open again after %d attempt(s)", backoff.attempts)
         self.session.on_device_restored()
         self._apply()

@@ -20,6 +20,7 @@ from voiced.core.conversation import Conversation
 from voiced.core.policy import Policy, make_policy
 from voiced.core.speech_gate import ClientVad
 from voiced.errors import ConfigError
+from voiced.live.core import LiveConversation, LiveSettings
 from voiced.orb import OrbDriver
 from voiced.outbox import Outbox
 from voiced.sinks import build_sink
@@ -66,7 +67,9 @@ def build_policy(settings: Settings,
         transcription=transcription, half_duplex=settings.audio.echo == "half_duplex",
         echo_tail_ms=settings.audio.echo_tail_ms,
         push_to_talk=settings.button is not None and settings.button.mode == "push_to_talk",
-        send_model=rt.relay is None, reseed_turns=rt.reseed_turns,
+        send_model=rt.relay is None, behind_relay=rt.relay is not None,
+        session_owner=rt.relay.session_owner if rt.relay else "device",
+        reseed_turns=rt.reseed_turns,
         rollover_margin_s=rt.rollover_margin_s, tools=tools,
         client_vad=ClientVad(pre_roll_ms=td.prefix_padding_ms, tail_ms=td.tail_ms,
                              silence_ms=td.silence_duration_ms,
@@ -79,9 +82,31 @@ def build_conversation(settings: Settings,
     """The session core, configured from the settings."""
     rt = settings.realtime
     policy = build_policy(settings, tools)
-    cid = (rt.relay.conversation_id if rt.relay and rt.relay.conversation_id
-           else str(uuid.uuid4()))
+    # behind a relay with no id configured the relay names the conversation (R1)
+    cid = rt.relay.conversation_id if rt.relay else str(uuid.uuid4())
     return Conversation(policy, conversation_id=cid, new_id=lambda: str(uuid.uuid4()))
+
+
+def build_live_settings(settings: Settings,
+                        tools: tuple[wire.FunctionToolParam, ...] = ()) -> LiveSettings:
+    """The GPT-Live core's settings (``realtime.api: live``)."""
+    rt, lv = settings.realtime, settings.realtime.live
+    return LiveSettings(
+        model=lv.model, voice=lv.voice, instructions=rt.instructions,
+        quiet_close_s=lv.quiet_close_s, ack_delay_ms=lv.ack_delay_ms, tools=tools,
+        delegation_wait_ms=lv.delegation_wait_ms, reseed_turns=rt.reseed_turns,
+        prestart_ms=lv.prestart_ms, half_duplex=settings.audio.echo == "half_duplex",
+        echo_tail_ms=settings.audio.echo_tail_ms, interrupt_hold_ms=lv.interrupt_hold_ms,
+        close_wait_s=lv.close_wait_s, reconnect_min_s=rt.reconnect_min_s,
+        reconnect_max_s=rt.reconnect_max_s, max_transcript_bytes=rt.max_transcript_bytes)
+
+
+def build_live_conversation(settings: Settings, tools: tuple[wire.FunctionToolParam, ...] = (),
+                            ) -> LiveConversation:
+    """The GPT-Live core, configured from the settings."""
+    return LiveConversation(build_live_settings(settings, tools),
+                            conversation_id=str(uuid.uuid4()),
+                            new_id=lambda: str(uuid.uuid4()))
 
 
 def build_vad(settings: Settings, policy: Policy) -> SpeechDetector | None:

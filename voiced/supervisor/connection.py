@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
 
-from voiced import __version__, guard, wire
+from voiced import __version__, guard, opus_link, wire
 from voiced.backoff import Backoff
 from voiced.config import RealtimeSettings
 from voiced.core.conversation import Conversation
@@ -32,6 +32,8 @@ logger = logging.getLogger("voiced.supervisor")  # the package logs as one
 
 _STABLE_S = 60.0  # a connection that lasted this long resets the backoff
 # close 4000 (request shape refused) answering this many set-ups in a row is final; the
+# behind a relay whose session answers, the wait for the device's own update (core/setup.py)
+RELAY_GRACE_S: Final = 30.0
 # very first set-up of the daemon's life needs only one (the config is wrong)
 _SHAPE_REFUSALS = 3
 
@@ -48,9 +50,8 @@ def build_url(s: RealtimeSettings, conversation_id: str | None) -> str:
     if s.relay is not None:
         query.append(("agent_id", s.relay.agent_id))
         query.append(("voice", s.voice))
-        cid = conversation_id or s.relay.conversation_id
-        if cid:
-            query.append(("conversation_id", cid))
+        if conversation_id:  # none: the relay makes the conversation and announces it
+            query.append(("conversation_id", conversation_id))
     else:
         query = [(k, v) for k, v in query if k != "model"] + [("model", s.model)]
     return urlunsplit(parts._replace(query=urlencode(query)))
@@ -159,7 +160,8 @@ class Connections:
         key = rt.api_key.reveal() if rt.api_key else None
         return await open_connection(url, key, timeout_s=rt.connect_timeout_s,
                                      user_agent=f"voiced/{__version__}",
-                                     keepalive_s=rt.keepalive_s)
+                                     keepalive_s=rt.keepalive_s,
+                                     extra_headers=opus_link.offer_headers(rt))  # opus:
 
     def _start_link(self, ws: ClientConnection) -> Link:
         link: Link
@@ -173,7 +175,8 @@ class Connections:
                 self._feed("realtime standby", self.session.on_standby_down,
                            f"closed {link.ws.close_code}", self._now())
 
-        link = Link(ws, on_frame, on_end, spawn=self.spawn)
+        link = Link(ws, on_frame, on_end, spawn=self.spawn,
+                    codec=opus_link.negotiated(ws))  # opus: the relay's answer
         link.start()
         return link
 
@@ -199,7 +202,7 @@ class Connections:
         self.live = link
         logger.info("connected to %s", url.split("?")[0])
         self._feed("realtime", self.session.on_connection_up)
-        timed_out = False
+        timed_out: str | None = None
 
         async def close_on_reconnect() -> None:
             await self._reconnect_now.wait()
@@ -209,8 +212,17 @@ class Connections:
         async def configure_deadline() -> None:
             nonlocal timed_out
             await asyncio.sleep(rt.connect_timeout_s)
+            why = f"no session.created/updated within {rt.connect_timeout_s:g} s"
+            if self.session.awaiting_relay:
+                # the session answers; a relay may hold the device's update a while
+                logger.info("the relay has not passed the device's session.update on yet; "
+                            "waiting up to %g s more", RELAY_GRACE_S)
+                await asyncio.sleep(RELAY_GRACE_S)
+                why = ("the relay did not pass on the device's session.update and its "
+                       "input_audio_buffer.clear within "
+                       f"{rt.connect_timeout_s + RELAY_GRACE_S:g} s")
             if not self.session.connected:
-                timed_out = True
+                timed_out = why
                 await link.ws.close(1000, "no session in time")
 
         helpers = [asyncio.create_task(close_on_reconnect(), name="realtime-reconnect"),
@@ -232,9 +244,8 @@ class Connections:
                 if old is not None:
                     await old.aclose()
             self.live = self.standby = None
-        if timed_out:
-            raise RealtimeError(f"no session.created/updated within {rt.connect_timeout_s:g} s",
-                                retryable=True)
+        if timed_out is not None:
+            raise RealtimeError(timed_out, retryable=True)
         if self._reconnect_now.is_set():
             return "reconnect requested"
         ws = current.ws

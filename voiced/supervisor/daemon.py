@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -49,7 +50,9 @@ from voiced.core.effects import (
     SwitchToStandby,
 )
 from voiced.errors import AudioDeviceError, ConfigError
+from voiced.hands_free import HandsFree
 from voiced.link import Link, Spawn
+from voiced.live.core import Disconnect
 from voiced.notify import Notifier
 from voiced.orb import Animator
 from voiced.supervisor import answers, reload
@@ -58,12 +61,15 @@ from voiced.supervisor.builders import (
     build_audio,
     build_button,
     build_conversation,
+    build_live_conversation,
     build_orb,
     build_outbox,
     build_toolbox,
     build_vad,
 )
 from voiced.supervisor.connection import Connections
+from voiced.supervisor.live_connection import LiveConnections
+from voiced.supervisor.ports import Core
 from voiced.supervisor.tool_runner import ToolRunner
 from voiced.transcripts import make_record
 
@@ -90,13 +96,16 @@ class Supervisor:
         pin_factory: gpiozero pin factory for the button and LEDs (None: gpiozero's
             default, which honours GPIOZERO_PIN_FACTORY).
         spi: the SPI seam for an APA102 ring (None: spidev).
+        clock: the monotonic clock the core is given (None: the event loop's; tests
+            move their own to reach a quiet close or an expiry).
     """
 
     def __init__(self, settings: Settings, *, source: AudioSource | None = None,
                  sink: AudioSink | None = None, notifier: Notifier | None = None,
                  wall_clock: Callable[[], float] = time.time,
                  listener: Callable[[str, Any], None] | None = None,
-                 pin_factory: Any = None, spi: Any = None) -> None:
+                 pin_factory: Any = None, spi: Any = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.settings = settings
         if source is None or sink is None:
             source, sink = build_audio(settings)
@@ -107,27 +116,47 @@ class Supervisor:
         self.listener = listener or (lambda kind, data: None)
         self.pin_factory = pin_factory
         self.spi = spi
+        self._clock_fn = clock
         self.button: ButtonInput | None = None
         self.orb = Animator(None, settings.leds.patterns, fps=settings.leds.fps)
         tl = settings.tools
         self.volume = Volume(tl.volume_file or settings.transcripts.outbox_dir.parent / "volume")
         self.outbox = build_outbox(settings)
         self.tools = ToolRunner(self._feed, self._apply_core, self._now, self.volume,
-                                lambda: self.settings.realtime.url, self.outbox)
+                                self._server_url, self.outbox)
         self.toolbox = self.tools.toolbox = build_toolbox(settings, self.tools)
-        self.session = self.tools.session = build_conversation(
-            settings, self.toolbox.declarations())
-        self.vad: SpeechDetector | None = build_vad(settings, self.session.policy)
+        self.session: Core
+        self.connections: Connections | LiveConnections
+        self.vad: SpeechDetector | None = None
+        half_duplex: Callable[[bool], None]  # the canceller's bypass switches it
+        if settings.realtime.api == "live":  # GPT-Live: its own core and connection
+            live = build_live_conversation(settings, self.toolbox.declarations())
+            self.session = self.tools.session = live
+            self.connections = LiveConnections(lambda: self.settings.realtime, live,
+                                               self._feed, self._now, self.notifier)
+            half_duplex = lambda on: live.set_settings(  # noqa: E731
+                dataclasses.replace(live.settings, half_duplex=on))
+        else:
+            conv = build_conversation(settings, self.toolbox.declarations())
+            self.session = self.tools.session = conv
+            self.vad = build_vad(settings, conv.policy)
+            self.connections = Connections(lambda: self.settings.realtime, conv,
+                                           self._feed, self._now, self.notifier)
+            half_duplex = lambda on: conv.set_policy(  # noqa: E731
+                dataclasses.replace(conv.policy, half_duplex=on))
+        # echo cancellation, wake word and earcons (voiced/hands_free.py)
+        self.hands = HandsFree(settings, half_duplex, press=lambda: self._on_gesture("press"),
+                               apply=self._apply_core, volume=lambda: self.volume.percent)
         self.control = ControlServer(settings.control.socket, self._on_control,
                                      max_connections=settings.control.max_connections)
-        self.connections = Connections(lambda: self.settings.realtime, self.session,
-                                       self._feed, self._now, self.notifier)
         self.audio = AudioKeeper(self.source, self.sink, settings.audio, self.session,
-                                 self._feed, self._apply_core, self._on_mic_frame, self._now)
+                                 self._feed, self._apply_core, self._on_mic_frame, self._now,
+                                 reopened=self.hands.devices_reopened)
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.records_written = 0
-        self._keep_mic_open = False
+        # a wake word listens while the mic is off: its stream keeps running (issue 21/22)
+        self._keep_mic_open = self.hands.detector is not None
         self._capturing: bool | None = None  # what the source was last told
 
     # the parts, as the tests reach them
@@ -173,8 +202,14 @@ class Supervisor:
         self._stop.set()
 
     def _now(self) -> float:
+        if self._clock_fn is not None:
+            return self._clock_fn()
         assert self._loop is not None
         return self._loop.time()
+
+    def _server_url(self) -> str:
+        rt = self.settings.realtime
+        return rt.live.url if rt.api == "live" else rt.url
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT or :meth:`request_stop`; return the exit status."""
@@ -195,6 +230,7 @@ class Supervisor:
             self.button = build_button(self.settings, self._on_gesture, self._loop,
                                        self.pin_factory)
             self.sink.set_drained_callback(self._on_drained)
+            self.hands.install(self.source, self.sink, self._loop)  # before they start
             try:
                 await self.source.start()
                 await self.sink.start()
@@ -288,6 +324,7 @@ class Supervisor:
         if self.button is not None:
             self.button.close()
         self.orb.close()
+        self._feed("stop", self.session.on_stopping)  # held transcripts reach the outbox
         closers = [self.control.aclose, self.source.aclose, self.sink.aclose]
         if self.outbox is not None:
             closers.append(self.outbox.aclose)  # pending records reach the disk
@@ -302,6 +339,7 @@ class Supervisor:
     # ------------------------------------------------------------------ pumps
 
     def _on_mic_frame(self, frame: bytes) -> None:
+        frame = self.hands.mic_frame(frame)  # the wake word hears it; earcons kept out
         speech = self.vad.is_speech(frame) if self.vad is not None else False
         self.session.on_audio_captured(frame, self._now(), speech)
 
@@ -356,14 +394,14 @@ class Supervisor:
             self._capturing = want
             self.source.set_capturing(want)
 
-    def _apply(self, effects: list[Effect]) -> None:
+    def _apply(self, effects: list[Effect | Disconnect]) -> None:
         for eff in effects:
             # one effect that fails (a bug) must not cost the others, or the daemon
             with guard.contain(f"effect {type(eff).__name__}", logger):
                 self._apply_one(eff)
         self._sync_mic()  # after the effects: MicOpened's file source starts first
 
-    def _apply_one(self, eff: Effect) -> None:
+    def _apply_one(self, eff: Effect | Disconnect) -> None:
         match eff:
             case Send():
                 self.connections.send(eff.event, standby=eff.standby)
@@ -394,18 +432,21 @@ class Supervisor:
                 self.tools.call(eff)
             case CancelTool():
                 self.tools.cancel(eff.call_id)
-            case OpenStandby():
+            case OpenStandby() if isinstance(self.connections, Connections):
                 self.connections.open_standby()
-            case SwitchToStandby():
+            case SwitchToStandby() if isinstance(self.connections, Connections):
                 self.connections.switch()
-            case CloseStandby():
+            case CloseStandby() if isinstance(self.connections, Connections):
                 self.connections.close_standby(eff.reason)
+            case Disconnect() if isinstance(self.connections, LiveConnections):
+                self.connections.disconnect(eff.reason)
 
     def _show(self, state: State, detail: str) -> None:
         text = str(state) if detail == str(state) else f"{state}: {detail}"
         logger.info("state %s", text)
         self.notifier.status(text)
         self.orb.set_state(str(state))
+        self.hands.on_state(str(state), self.session.status())  # earcons
         self.listener("state", state)
 
     def _record(self, eff: Record) -> None:

@@ -14,8 +14,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from voiced import config, guard
+from voiced.core.conversation import Conversation
 from voiced.errors import ConfigError
-from voiced.supervisor.builders import build_policy, build_vad
+from voiced.live.core import LiveConversation
+from voiced.supervisor.builders import build_live_settings, build_policy, build_vad
 
 if TYPE_CHECKING:
     from voiced.supervisor.daemon import Supervisor
@@ -51,9 +53,13 @@ def _reload(sup: Supervisor) -> str:
         logger.warning("%s: %s", key, message)
     plan = config.reload_split(sup.settings, new)
     sup.settings = plan.settings
-    sup.session.set_policy(build_policy(sup.settings, sup.toolbox.declarations()))
+    tools = sup.toolbox.declarations()
+    if isinstance(sup.session, LiveConversation):  # from its next session
+        sup.session.set_settings(build_live_settings(sup.settings, tools))
+    elif isinstance(sup.session, Conversation):
+        sup.session.set_policy(build_policy(sup.settings, tools))
+        sup.vad = build_vad(sup.settings, sup.session.policy)
     sup._apply(sup.session.take_effects())
-    sup.vad = build_vad(sup.settings, sup.session.policy)
     sup.orb.set_patterns(sup.settings.leds.patterns)
     logging.getLogger().setLevel(sup.settings.log_level.upper())
     if plan.live:

@@ -15,10 +15,10 @@ from typing import Any
 
 from voiced import __version__, guard
 from voiced.audio.volume import Volume
-from voiced.core.conversation import Conversation
 from voiced.core.effects import CallTool
 from voiced.link import Spawn, create_task
 from voiced.outbox import Outbox
+from voiced.supervisor.ports import Core
 from voiced.tools import Toolbox
 from voiced.tools.builtin import network_status, system_uptime_s
 
@@ -40,7 +40,7 @@ class ToolRunner:
         outbox: the transcript outbox, if any (``device_status`` reports its backlog).
     """
 
-    session: Conversation
+    session: Core
     toolbox: Toolbox
 
     def __init__(self, feed: Callable[..., None],

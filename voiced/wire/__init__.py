@@ -77,6 +77,7 @@ from voiced.wire.server import (
     AudioDone,
     AudioTranscriptDelta,
     AudioTranscriptDone,
+    BufferCleared,
     BufferCommitted,
     FunctionCallDone,
     InputTranscriptionCompleted,
@@ -97,7 +98,8 @@ from voiced.wire.server import (
 
 __all__ = [
     'AudioDelta', 'AudioDone', 'AudioFormatParam', 'AudioInputParam', 'AudioOutputParam',
-    'AudioTranscriptDelta', 'AudioTranscriptDone', 'BYTES_PER_SAMPLE', 'BufferCommitted',
+    'AudioTranscriptDelta', 'AudioTranscriptDone', 'BYTES_PER_SAMPLE', 'BufferCleared',
+    'BufferCommitted',
     'ClientEvent', 'ConversationItemCreateParam', 'ConversationItemTruncateParam',
     'FunctionCallDone', 'FunctionCallOutputItemParam', 'FunctionToolParam',
     'InputAudioBufferAppendParam', 'InputAudioBufferClearParam', 'InputAudioBufferCommitParam',

@@ -43,15 +43,15 @@ class AudioInputParam(TypedDict):
     """GA ``audio.input``."""
 
     format: AudioFormatParam
-    transcription: TranscriptionParam
-    turn_detection: TurnDetectionParam | None
+    transcription: NotRequired[TranscriptionParam]
+    turn_detection: NotRequired[TurnDetectionParam | None]
 
 
 class AudioOutputParam(TypedDict):
     """GA ``audio.output``."""
 
     format: AudioFormatParam
-    voice: str
+    voice: NotRequired[str]
 
 
 class SessionAudioParam(TypedDict):
@@ -75,7 +75,7 @@ class SessionParam(TypedDict):
 
     type: Literal["realtime"]
     model: NotRequired[str]
-    instructions: str
+    instructions: NotRequired[str]
     output_modalities: list[str]
     audio: SessionAudioParam
     tools: NotRequired[list[FunctionToolParam]]

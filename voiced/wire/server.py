@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -23,6 +25,10 @@ from voiced.wire.frames import (
     load_frame,
 )
 
+logger = logging.getLogger("voiced.wire")
+# a model name: letters, digits and . _ : - (gpt-realtime-2025-08-28, ft:...), not too long
+_MODEL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}")
+
 
 @dataclass(frozen=True, slots=True)
 class SessionCreated:
@@ -30,13 +36,24 @@ class SessionCreated:
 
     session_id: str | None
     expires_at: float | None
+    model: str | None = None
+    """``session.model``, when it is a plausible model name (see :func:`session_model`)."""
 
 
 @dataclass(frozen=True, slots=True)
 class SessionUpdated:
-    """``session.updated``: the effective configuration (raw)."""
+    """``session.updated``: the effective configuration (raw) and the model it names."""
 
     session: dict[str, Any]
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BufferCleared:
+    """``input_audio_buffer.cleared``: the answer to ``input_audio_buffer.clear``.
+
+    It echoes no client event id; the core uses it as a fence (core/setup.py).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +209,34 @@ ServerEvent = (
     SessionCreated | SessionUpdated | SpeechStarted | SpeechStopped | BufferCommitted
     | InputTranscriptionCompleted | InputTranscriptionFailed | ResponseCreated | ResponseDone
     | AudioDelta | AudioDone | AudioTranscriptDone | AudioTranscriptDelta | ItemTruncated
-    | FunctionCallDone
+    | FunctionCallDone | BufferCleared
     | ServerError | RelayConversationCreated | Unhandled
 )
 
 
+def session_model(session: dict[str, Any]) -> str | None:
+    """``session.model`` if it is a plausible model name, else None.
+
+    Records carry it (behind a relay the relay chooses the model), so it must be short
+    printable ASCII; anything else is ignored rather than the whole event refused.
+    """
+    model = session.get("model")
+    if isinstance(model, str) and _MODEL_RE.fullmatch(model):
+        return model
+    if model is not None and guard.should_log("wire:session-model") is not None:
+        logger.warning("ignoring an implausible session.model %s", guard.printable(model, 80))
+    return None
+
+
 def _session_created(d: dict[str, Any]) -> SessionCreated:
     s = req_obj(d, "session")
-    return SessionCreated(session_id=opt_id(s, "id"), expires_at=expiry(s.get("expires_at")))
+    return SessionCreated(session_id=opt_id(s, "id"), expires_at=expiry(s.get("expires_at")),
+                          model=session_model(s))
+
+
+def _session_updated(d: dict[str, Any]) -> SessionUpdated:
+    s = req_obj(d, "session")
+    return SessionUpdated(session=s, model=session_model(s))
 
 
 def _audio_delta(d: dict[str, Any]) -> AudioDelta:
@@ -268,7 +305,8 @@ Parser = Callable[[dict[str, Any]], ServerEvent]
 
 _PARSERS: Final[dict[str, Parser]] = {
     "session.created": _session_created,
-    "session.updated": lambda d: SessionUpdated(session=req_obj(d, "session")),
+    "session.updated": _session_updated,
+    "input_audio_buffer.cleared": lambda d: BufferCleared(),
     "input_audio_buffer.speech_started": lambda d: SpeechStarted(
         audio_start_ms=req_int(d, "audio_start_ms", 0), item_id=req_id(d, "item_id")),
     "input_audio_buffer.speech_stopped": lambda d: SpeechStopped(

@@ -1,0 +1,315 @@
+"""Hands-free in `voiced run` (issue 22): earcons, the wake word and the echo canceller's
+wiring, through the daemon as a subprocess against the simulator, and through the real
+PortAudio stack on PulseAudio null sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import TIMEOUT, clean_env, voiced_cmd, write_config
+from tests.pulse import running_pulse
+from tests.test_e2e import ctl, read_jsonl, wait_for_status
+from voiced import config
+from voiced.audio import earcons
+from voiced.audio.pipeline import SpeakerMix, mix_pcm16
+from voiced.audio.wakeword import Detection
+from voiced.hands_free import HandsFree
+from voiced.sim.server import SimOptions, SimServer
+
+
+def settings(**over: Any) -> config.Settings:
+    return config.parse({"realtime": {"url": "ws://127.0.0.1:9"}, **over},
+                        require_secrets=False)
+
+
+class FakeSession:
+    """The core's half duplex switch, as the supervisor hands it over."""
+
+    def __init__(self) -> None:
+        self.policies: list[bool] = []
+
+    def half_duplex(self, on: bool) -> None:
+        self.policies.append(on)
+
+
+class ScriptedDetector:
+    """A ``WakeWordDetector`` the test controls: a frame whose first sample is 1234 is a
+    wake word; 1 s of audio fed after a detection is its refractory period."""
+
+    rate = 24_000
+    models = ("test",)
+
+    def __init__(self) -> None:
+        self.fed = 0
+        self._quiet = 0
+
+    def feed(self, pcm: bytes) -> list[Detection]:
+        self.fed += 1
+        self._quiet -= len(pcm) // 2
+        if pcm[:2] == (1234).to_bytes(2, "little", signed=True) and self._quiet <= 0:
+            self._quiet = 24_000
+            return [Detection("test", "Test", 0.9, self.fed * 20.0)]
+        return []
+
+    def reset(self) -> None:
+        self._quiet = 0
+
+
+def hands(detector: ScriptedDetector | None = None, presses: list[int] | None = None,
+          **over: Any) -> tuple[HandsFree, FakeSession]:
+    sess = FakeSession()
+    presses = presses if presses is not None else []
+    h = HandsFree(settings(**over), sess.half_duplex, press=lambda: presses.append(1),
+                  apply=lambda: None, volume=lambda: 100, detector=detector)
+    return h, sess
+
+
+def frame(first: int = 0) -> bytes:
+    return first.to_bytes(2, "little", signed=True) + bytes(958)
+
+
+async def test_a_wake_word_presses_only_when_not_listening_and_pauses_while_speaking() -> None:
+    det = ScriptedDetector()
+    presses: list[int] = []
+    h, _ = hands(det, presses)
+
+    class Sink:
+        output_filter: Any = None
+
+    h.install(object(), Sink(), asyncio.get_running_loop())
+    h.on_state("ready", {"mic": "off", "connected": True, "conversation_id": "c"})
+    h.mic_frame(frame(1234))
+    await asyncio.sleep(0)
+    assert presses == [1]  # mic off: a detection opens it like a press
+    h.on_state("listening", {"mic": "on", "connected": True, "conversation_id": "c"})
+    for _ in range(60):  # past the refractory period
+        h.mic_frame(frame())
+    h.mic_frame(frame(1234))
+    await asyncio.sleep(0)
+    assert presses == [1]  # listening already: a press would close the mic
+    h.on_state("speaking", {"mic": "on", "connected": True, "conversation_id": "c"})
+    fed = det.fed
+    h.mic_frame(frame(1234))
+    await asyncio.sleep(0)
+    assert det.fed == fed and presses == [1]  # half duplex: paused while it speaks
+    assert len(h.detections) == 1
+
+
+async def test_with_aec_the_wake_word_hears_over_the_reply_and_a_bypass_is_half_duplex(
+        ) -> None:
+    pytest.importorskip("voiced.audio.aec").available() or pytest.skip("no libspeexdsp")
+    det = ScriptedDetector()
+    presses: list[int] = []
+    h, sess = hands(det, presses, audio={"echo": "aec"})
+
+    class Dev:
+        frame_filter: Any = None
+        output_filter: Any = None
+
+    dev = Dev()
+    h.install(dev, dev, asyncio.get_running_loop())
+    assert h.echo is not None and dev.frame_filter is not None
+    h.on_state("speaking", {"mic": "on", "connected": True, "conversation_id": "c"})
+    h.mic_frame(frame(1234))
+    await asyncio.sleep(0)
+    assert presses == [1]  # barge in by wake word over the reply
+    h.on_bypass(True, "too slow")
+    assert sess.policies == [True] and h.status()["echo"].startswith("aec bypassed")
+    fed = det.fed
+    h.mic_frame(frame(1234))
+    assert det.fed == fed  # bypassed: no better than half duplex, so paused
+    h.on_bypass(False, "resumed")
+    assert sess.policies == [True, False] and h.status()["echo"] == "aec"
+
+
+async def test_each_event_plays_its_earcon_at_gain_times_volume_and_off_switches() -> None:
+    h, _ = hands(earcons={"enabled": True, "gain": 0.8, "events": {"error": 0}})
+
+    class Sink:
+        output_filter: Any = None
+
+    sink = Sink()
+    h.install(object(), sink, asyncio.get_running_loop())
+    h._volume = lambda: 50
+    h.on_state("connecting", {"mic": "off", "connected": False, "conversation_id": "a"})
+    h.on_state("ready", {"mic": "off", "connected": True, "conversation_id": "a"})
+    assert h.earcons_played == {}  # the first connection is no reconnect
+    h.on_state("listening", {"mic": "on", "connected": True, "conversation_id": "a"})
+    out = sink.output_filter(bytes(24000))  # a second of the speaker's silence
+    want = earcons.render("listening_started", round(0.8 * 0.25, 2))
+    assert out.startswith(want) and not any(out[len(want):])
+    h.on_state("ready", {"mic": "off", "connected": True, "conversation_id": "a"})
+    h.on_state("connecting", {"mic": "off", "connected": False, "conversation_id": "a"})
+    h.on_state("ready", {"mic": "off", "connected": True, "conversation_id": "a"})
+    h.on_state("error", {"mic": "off", "connected": False, "conversation_id": "a"})
+    h.on_state("connecting", {"mic": "off", "connected": False, "conversation_id": "b"})
+    h.on_state("ready", {"mic": "off", "connected": True, "conversation_id": "b"})
+    assert h.earcons_played == {"listening_started": 1, "listening_stopped": 1,
+                                "reconnected": 1, "new_conversation": 1}  # error: off
+    off, _ = hands()
+    off.install(object(), Sink(), asyncio.get_running_loop())
+    off.on_state("listening", {"mic": "on", "connected": True, "conversation_id": "a"})
+    assert off.earcons_played == {}  # earcons.enabled defaults to false
+
+
+async def test_half_duplex_keeps_an_earcon_out_of_the_uplink_even_through_the_room() -> None:
+    h, _ = hands(earcons={"enabled": True}, audio={"echo_tail_ms": 100})
+
+    class Sink:
+        output_filter: Any = None
+
+    sink = Sink()
+    h.install(object(), sink, asyncio.get_running_loop())
+    h.on_state("listening", {"mic": "on", "connected": True, "conversation_id": "a"})
+    loud = frame(9000)
+    assert h.mic_frame(loud) == bytes(960)  # the earcon is queued: the mic hears it
+    while sink.output_filter.playing:
+        sink.output_filter(bytes(960))
+    tail = [h.mic_frame(loud) for _ in range(8)]
+    assert tail[:5] == [bytes(960)] * 5 and tail[5] == loud  # 100 ms tail, then open
+
+
+def test_mixing_clips_and_keeps_the_rest() -> None:
+    a = np.array([30000, -30000, 5, 7], "<i2").tobytes()
+    b = np.array([10000, -10000], "<i2").tobytes()
+    assert np.frombuffer(mix_pcm16(a, b), "<i2").tolist() == [32767, -32768, 5, 7]
+    mix = SpeakerMix(object())
+    mix.add(earcons.render("error", 1.0))
+    assert mix.playing and mix.earcon_samples == len(earcons.render("error", 1.0)) // 2
+
+
+async def test_run_plays_every_event_earcon_into_the_speaker_and_none_to_the_server(
+        tmp_path: Path) -> None:
+    async with SimServer(SimOptions()) as sim:
+        cfg = write_config(tmp_path, sim.url, earcons={"enabled": True, "gain": 0.6})
+        proc = await asyncio.create_subprocess_exec(
+            *voiced_cmd("run", "-c", str(cfg)), env=clean_env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        seen: list[str] = []
+        try:
+            await wait_for_status(cfg, lambda s: s["state"] == "ready", seen)
+            await ctl(cfg, "press")  # listening started; the question plays into the mic
+            await wait_for_status(  # the reply was heard and the mic listens again
+                cfg, lambda s: len(read_jsonl(tmp_path / "t.jsonl")) >= 2
+                and s["state"] == "listening", seen)
+            await ctl(cfg, "press")  # listening stopped
+            await wait_for_status(cfg, lambda s: s["mic"] == "off", seen)
+            sim.drop_connections()  # an outage; reconnected
+            await wait_for_status(
+                cfg, lambda s: s.get("earcons_played", {}).get("reconnected") == 1, seen)
+            await ctl(cfg, "long-press")  # new conversation
+            st = await wait_for_status(
+                cfg, lambda s: s.get("earcons_played", {}).get("new_conversation") == 1
+                and s["connected"], seen)
+            # the last earcon handed to the WAV (a fixed sleep was too short when busy)
+            await wait_for_status(cfg, lambda s: not s["earcon_pending"], seen)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+        assert proc.returncode == 0, err.decode()
+        assert st["earcons_played"] == {"listening_started": 1, "listening_stopped": 1,
+                                        "reconnected": 1, "new_conversation": 1}
+        with wave.open(str(tmp_path / "out.wav"), "rb") as w:
+            out = w.readframes(w.getnframes())
+        at = {}
+        for name in ("listening_started", "listening_stopped", "reconnected",
+                     "new_conversation"):
+            pcm = earcons.render(name, 0.6)
+            at[name] = out.find(pcm)
+            assert at[name] >= 0, f"{name} is not in the speaker's output"
+        assert at["listening_started"] < at["listening_stopped"] < at["reconnected"] \
+            < at["new_conversation"]
+        # nothing of any earcon went up: no appended audio correlates with one
+        up = np.frombuffer(b"".join(bytes(s.appended) for s in sim.sessions), "<i2")
+        for name in earcons.EARCONS:
+            e = np.frombuffer(earcons.render(name, 1.0), "<i2").astype(np.float64)
+            assert not _contains(up.astype(np.float64), e), name
+
+
+def _contains(signal_: np.ndarray, part: np.ndarray) -> bool:
+    """Whether ``part`` occurs in ``signal_`` at any scale (normalized correlation > 0.9)."""
+    if len(signal_) < len(part):
+        return False
+    n = len(signal_) + len(part)
+    xc = np.fft.irfft(np.fft.rfft(signal_, n) * np.conj(np.fft.rfft(part, n)), n)
+    energy = np.convolve(signal_ ** 2, np.ones(len(part)), "valid")
+    loud = energy > 100.0 ** 2 * len(part)  # silence correlates with nothing
+    score = xc[:len(energy)][loud] / np.sqrt(energy[loud] * np.sum(part ** 2))
+    return bool(score.size and np.max(score) > 0.9)
+
+
+
+async def test_run_wakes_on_a_spoken_wake_word_through_pulseaudio(tmp_path: Path) -> None:
+    """espeak-ng says other sentences, then "okay nabu", into the mic's null sink; the
+    daemon (pyaudio backend, the real detector) opens the mic on the wake word only, and
+    the listening-started earcon reaches the speaker's sink."""
+    pytest.importorskip("pymicro_wakeword")
+    from tests.room import espeak
+
+    other = np.concatenate([espeak("turn the lights on in the kitchen please"),
+                            np.zeros(12000, np.int16),
+                            espeak("what is the weather like tomorrow")])
+    wake = espeak("okay nabu")
+    for name, pcm in (("other", other), ("wake", wake)):
+        with wave.open(str(tmp_path / f"{name}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(24000)
+            w.writeframes(np.concatenate([pcm, np.zeros(12000, np.int16)]).tobytes())
+    with running_pulse(tmp_path) as pulse:
+        pulse.add_sink("spk", 24000)
+        pulse.add_sink("mic", 24000)
+        rec = await asyncio.create_subprocess_exec(
+            "parec", "-d", "spk.monitor", "--latency-msec=50", "--format=s16le",
+            "--rate=24000", "--channels=1", "--raw", env=pulse.env(),
+            stdout=asyncio.subprocess.PIPE)
+        async with SimServer(SimOptions()) as sim:
+            cfg = write_config(tmp_path, sim.url, audio={
+                "backend": "pyaudio", "input": {"device": "pulse", "file": None},
+                "output": {"device": "pulse", "file": None}},
+                wake_word={"enabled": True, "models": ["okay_nabu"]},
+                earcons={"enabled": True, "gain": 0.6})
+            env = pulse.env(PULSE_SINK="spk", PULSE_SOURCE="mic.monitor")
+            proc = await asyncio.create_subprocess_exec(
+                *voiced_cmd("run", "-c", str(cfg)), env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            seen: list[str] = []
+            try:
+                await wait_for_status(cfg, lambda s: s["state"] == "ready", seen)
+                play = await asyncio.create_subprocess_exec(
+                    "paplay", "-d", "mic", str(tmp_path / "other.wav"), env=pulse.env())
+                await asyncio.wait_for(play.wait(), TIMEOUT * 2)
+                st = await ctl(cfg, "status")
+                assert st["mic"] == "off" and st["wake_word"]["detections"] == 0
+                play = await asyncio.create_subprocess_exec(
+                    "paplay", "-d", "mic", str(tmp_path / "wake.wav"), env=pulse.env())
+                await asyncio.wait_for(play.wait(), TIMEOUT * 2)
+                st = await wait_for_status(cfg, lambda s: s["mic"] == "on", seen)
+                assert st["wake_word"]["detections"] == 1
+                assert st["earcons_played"].get("listening_started") == 1
+                e = np.frombuffer(earcons.render("listening_started", 0.6),
+                                  "<i2").astype(np.float64)
+                heard = bytearray()
+                assert rec.stdout is not None
+
+                async def until_heard() -> None:  # parec hands its buffer over late
+                    while not _contains(np.frombuffer(heard[:len(heard) // 2 * 2], "<i2")
+                                        .astype(np.float64), e):
+                        heard.extend(await rec.stdout.read(48000))  # type: ignore[union-attr]
+                await asyncio.wait_for(until_heard(), TIMEOUT)
+            finally:
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+                rec.terminate()
+                await asyncio.wait_for(rec.communicate(), TIMEOUT)
+        assert proc.returncode == 0, err.decode()[-3000:]
+        assert "wake word 'Okay Nabu' heard" in err.decode()

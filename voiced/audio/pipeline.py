@@ -1,0 +1,143 @@
+"""The speaker and mic paths around the devices: earcons mixed in, echo cancelled.
+
+Both hooks run on the devices' own threads (PortAudio's callbacks), where the timing is
+true: ``SpeakerMix`` is a sink's ``output_filter`` and sees exactly what each period
+hands the device; it mixes pending earcons into it (so they play through the same sink
+as replies, are part of the echo canceller's reference, and never pass the mic path),
+then gives the result to the echo canceller with its position. ``EchoFilter`` is a
+source's ``frame_filter`` and cleans each mic frame with the speaker's position at the
+moment the frame was read.
+
+Nothing here blocks or allocates much per period: a lock held for a few slices, and a
+mix of earcon samples in plain Python only while one plays.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from voiced import guard
+from voiced.audio.aec import EchoCanceller
+from voiced.audio.convert import FromWire, ToWire
+from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+
+def mix_pcm16(base: bytes, add: bytes) -> bytes:
+    """``base`` with ``add`` summed onto its start, clipped to 16 bits (PCM16 LE)."""
+    n = min(len(base), len(add)) // BYTES_PER_SAMPLE
+    if not n:
+        return base
+    a = array.array("h", base[:n * BYTES_PER_SAMPLE])
+    b = array.array("h", add[:n * BYTES_PER_SAMPLE])
+    if sys.byteorder == "big":
+        a.byteswap()
+        b.byteswap()
+    out = array.array("h", (max(-32768, min(32767, x + y)) for x, y in zip(a, b,
+                                                                          strict=True)))
+    if sys.byteorder == "big":
+        out.byteswap()
+    return out.tobytes() + base[n * BYTES_PER_SAMPLE:]
+
+
+class SpeakerMix:
+    """A sink's ``output_filter``: earcons mixed in, the echo canceller's reference out.
+
+    Args:
+        sink: the speaker (its ``rate`` and ``channels``; 24 kHz mono when it has none).
+        echo: the echo canceller that gets what is played, or None.
+    """
+
+    def __init__(self, sink: Any, echo: EchoCanceller | None = None) -> None:
+        self._sink = sink
+        self.echo = echo
+        self._lock = threading.Lock()
+        self._overlay = bytearray()  # earcon audio in the device's format, not yet played
+        self._format: tuple[int, int] = (0, 0)
+        self._to_wire: ToWire | None = None
+        self.position = 0
+        """24 kHz samples handed to the device so far, silence included (the echo
+        canceller's timeline: the mic reads it when each frame is captured)."""
+        self.earcon_samples = 0
+        """24 kHz earcon samples queued so far (tests, status)."""
+
+    def _device_format(self) -> tuple[int, int]:
+        return (int(getattr(self._sink, "rate", SAMPLE_RATE)),
+                int(getattr(self._sink, "channels", 1)))
+
+    def add(self, pcm: bytes) -> None:
+        """Play 24 kHz PCM16 mono over whatever else plays (on the loop; never blocks)."""
+        rate, channels = self._device_format()
+        conv = FromWire(rate, channels)
+        data = conv.convert(pcm) + conv.convert(b"", last=True)
+        with self._lock:
+            # at most 2 s pending: a burst of events must not pile sounds up
+            room = rate * channels * BYTES_PER_SAMPLE * 2 - len(self._overlay)
+            self._overlay += data[:max(0, room)]
+        self.earcon_samples += len(pcm) // BYTES_PER_SAMPLE
+        # a speaker stopped while idle (issue 21) must run while the earcon plays
+        keep_awake = getattr(self._sink, "keep_awake", None)
+        if keep_awake is not None:
+            keep_awake(len(self._overlay) / (rate * channels * BYTES_PER_SAMPLE))
+
+    @property
+    def playing(self) -> bool:
+        """Earcon audio is still waiting to be handed to the device."""
+        return bool(self._overlay)
+
+    def clear(self) -> None:
+        """Drop the earcon audio not played yet (a device reopened)."""
+        with self._lock:
+            self._overlay.clear()
+
+    def __call__(self, out: bytes) -> bytes:
+        """One period for the device (PortAudio's thread): mixed, and given to the AEC."""
+        if self._overlay:
+            with self._lock:
+                take = bytes(self._overlay[:len(out)])
+                del self._overlay[:len(out)]
+            out = mix_pcm16(out, take)
+        if self.echo is not None:
+            with guard.contain("echo reference", logger):
+                fmt = self._device_format()
+                if fmt != self._format or self._to_wire is None:
+                    self._format = fmt
+                    self._to_wire = ToWire(*fmt)
+                wire = self._to_wire.convert(out)
+                if wire:
+                    self.echo.played(wire, self.position)
+                    self.position += len(wire) // BYTES_PER_SAMPLE
+        return out
+
+
+class EchoFilter:
+    """A source's ``frame_filter``: each mic frame without the speaker's echo.
+
+    A frame the canceller refuses (a length it cannot take) or an unexpected fault
+    passes unchanged: the mic must never go silent because of the canceller.
+    """
+
+    def __init__(self, echo: EchoCanceller, mix: SpeakerMix) -> None:
+        self.echo = echo
+        self.mix = mix
+
+    def __call__(self, frame: bytes) -> bytes:
+        """The cleaned frame (PortAudio's mic thread)."""
+        with guard.contain("echo cancellation", logger):
+            return self.echo.process(frame, self.mix.position)
+        return frame
+
+
+def build_echo(frame_ms: int, on_bypass: Callable[[bool, str], None]) -> EchoCanceller:
+    """The canceller for ``audio.echo: aec``, on the daemon's mic frames."""
+    block = 20 if frame_ms % 20 == 0 else 10
+    # the bulk delay is estimated (up to 1 s, voiced/audio/delay.py): device buffering
+    # put the echo 520 ms behind the speaker's reported position through PulseAudio
+    return EchoCanceller(frame_ms=block, tail_ms=200, on_bypass=on_bypass,
+                         max_delay_ms=1000)
