@@ -33,6 +33,14 @@ class AudioSource(Protocol):
     def mic_opened(self) -> None:
         """The user switched the mic on (a file source may start its WAV here)."""
 
+    def set_capturing(self, on: bool) -> None:
+        """Run the device (True) or stop it, open, while nothing needs the mic (False).
+
+        Never blocks. While stopped, :meth:`read` waits and no silence counts as a
+        fault; a device that cannot start again makes :meth:`read` raise
+        ``AudioDeviceError``.
+        """
+
     async def aclose(self) -> None:
         """Close the device; safe to call twice."""
 

@@ -87,6 +87,9 @@ class WavFileSource:
         if self.starts_on_mic:
             self._pos = 0
 
+    def set_capturing(self, on: bool) -> None:
+        """Nothing to do: a WAV costs nothing while it is not read."""
+
     async def read(self) -> bytes:
         """Wait until the next frame is due, then return it (silence after the end)."""
         loop = asyncio.get_running_loop()

@@ -81,6 +81,10 @@ class SpeakerMix:
             room = rate * channels * BYTES_PER_SAMPLE * 2 - len(self._overlay)
             self._overlay += data[:max(0, room)]
         self.earcon_samples += len(pcm) // BYTES_PER_SAMPLE
+        # a speaker stopped while idle (issue 21) must run while the earcon plays
+        keep_awake = getattr(self._sink, "keep_awake", None)
+        if keep_awake is not None:
+            keep_awake(len(self._overlay) / (rate * channels * BYTES_PER_SAMPLE))
 
     @property
     def playing(self) -> bool:

@@ -213,6 +213,10 @@ class PyAudioSource:
         self._generation = 0
         self._last_callback = 0.0
         self._last_drop_warning = -_WARN_EVERY_S
+        # set_capturing(): whether the stream should run; stopped, it costs nothing
+        self._capture = True
+        self._control = threading.Lock()  # one start, stop or close of the stream at a time
+        self._failed: str | None = None  # a restart that failed, for read() to raise
         self.device: DeviceInfo | None = None
         self.rate = 0
         self.dropped_frames = 0
@@ -271,11 +275,13 @@ class PyAudioSource:
             return None, pyaudio.paContinue
 
         try:
-            self._stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
-                                   input=True, input_device_index=dev.index,
-                                   # one callback per frame: framing waits that long anyway
-                                   frames_per_buffer=rate * self.frame_ms // 1000,
-                                   stream_callback=callback)
+            with self._control:
+                self._failed = None
+                self._stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
+                                       input=True, input_device_index=dev.index,
+                                       # one callback per frame: framing waits that long
+                                       frames_per_buffer=rate * self.frame_ms // 1000,
+                                       stream_callback=callback, start=self._capture)
         except OSError as e:
             raise AudioDeviceError(_explain_open_error(e, dev, "input")) from e
         self._last_callback = time.monotonic()
@@ -283,8 +289,8 @@ class PyAudioSource:
                     rate, channels, "" if rate == SAMPLE_RATE else ", resampled to 24 kHz")
 
     def _deliver(self, frames: list[bytes], generation: int) -> None:
-        if generation != self._generation:
-            return  # from a stream closed since: that audio is gone with it
+        if generation != self._generation or not self._capture:
+            return  # from a stream closed or stopped since: that audio is gone with it
         self._last_callback = time.monotonic()
         for f in frames:
             if len(self._frames) == self._frames.maxlen:
@@ -298,7 +304,49 @@ class PyAudioSource:
         self._arrived.set()
 
     def mic_opened(self) -> None:
-        """Nothing to do: a real mic is always capturing."""
+        """Nothing to do: :meth:`set_capturing` runs the stream."""
+
+    @property
+    def capturing(self) -> bool:
+        """Whether the stream is meant to run (:meth:`set_capturing`)."""
+        return self._capture
+
+    def set_capturing(self, on: bool) -> None:
+        """Run the stream, or stop it without closing it (on the loop; never blocks).
+
+        Stopped, no callback reaches Python (issue 21: idle at zero) and :meth:`read`
+        waits without taking the silence for a fault. Starting a stopped stream is one
+        Pa_StartStream on a worker thread, not a new PortAudio instance: the first frame
+        follows one period later. A restart that fails shows as :meth:`read` raising
+        ``AudioDeviceError``, the way a mic that fails while running does.
+        """
+        if on == self._capture:
+            return
+        self._capture = on
+        self._frames.clear()
+        self._last_callback = time.monotonic()  # the silence check counts from here
+        loop = self._loop
+        if loop is not None and self._stream is not None:
+            loop.run_in_executor(None, self._apply_capture, loop)
+        self._arrived.set()
+
+    def _apply_capture(self, loop: asyncio.AbstractEventLoop) -> None:
+        # NOTE: a worker thread: Pa_StartStream/Pa_StopStream block for a period or so.
+        # It reads the wish when it runs, so quick on/off/on requests end as the last one.
+        with self._control:
+            stream, want = self._stream, self._capture
+            if stream is None:
+                return
+            try:
+                if want:
+                    stream.start_stream()
+                else:
+                    stream.stop_stream()
+            except OSError as e:
+                name = self.device.name if self.device else "?"
+                verb = "start" if want else "stop"
+                self._failed = f"microphone \"{name}\" cannot {verb}: {e}"
+                loop.call_soon_threadsafe(self._arrived.set)
 
     async def read(self) -> bytes:
         """The next frame.
@@ -309,8 +357,15 @@ class PyAudioSource:
         while not self._frames:
             if self._stream is None:
                 raise AudioDeviceError("microphone is closed")
+            if self._failed is not None:
+                why, self._failed = self._failed, None
+                raise AudioDeviceError(why)
+            if not self._capture:
+                await self._arrived.wait()  # stopped on purpose: its silence is no fault
+                continue
             await self._arrived.wait(_MIC_SILENCE_S)
-            if not self._frames and time.monotonic() - self._last_callback >= _MIC_SILENCE_S:
+            if (not self._frames and self._capture
+                    and time.monotonic() - self._last_callback >= _MIC_SILENCE_S):
                 name = self.device.name if self.device else "?"
                 raise AudioDeviceError(f"microphone \"{name}\" delivers no audio "
                                        "(unplugged or failed)")
@@ -322,8 +377,9 @@ class PyAudioSource:
 
     def _close(self) -> None:
         self._generation += 1
-        _release(self._stream, self._pa, "microphone")
-        self._stream = self._pa = None
+        with self._control:
+            _release(self._stream, self._pa, "microphone")
+            self._stream = self._pa = None
         self._frames.clear()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._arrived.set)  # a waiting read() sees it
@@ -338,14 +394,32 @@ class PyAudioSink:
         jitter_ms: audio buffered before a reply starts to play (absorbs network jitter).
         max_queued_s: audio queued at most (at the device's rate and channels: 120 s at
             48 kHz stereo is 23 MB); :meth:`play` refuses what would go beyond.
+        idle_s: the stream stops this long after the last audio was handed out (or a
+            stop), and starts again on the next :meth:`play`; None: it runs for good.
+        start_margin_ms: a reply (or audio after a drain) starts to play this long after
+            its first audio came at the earliest, even when ``jitter_ms`` of it is queued
+            at once: audio that keeps arriving at real-time pace then always finds this
+            much still queued (without it, a first 100 ms chunk started at once and the
+            next, a little late, found the buffer dry: a gap).
     """
 
     def __init__(self, settings: AudioEndpointSettings, *, period_ms: int = 20,
-                 jitter_ms: int = 80, max_queued_s: float = 120.0) -> None:
+                 jitter_ms: int = 80, max_queued_s: float = 120.0,
+                 idle_s: float | None = 2.0, start_margin_ms: int = 60) -> None:
         self.settings = settings
         self.period_ms = period_ms
         self.jitter_ms = jitter_ms
         self.max_queued_s = max_queued_s
+        self.idle_s = idle_s
+        self.start_margin_ms = start_margin_ms
+        self._prime_since = 0.0  # when the audio now priming came (monotonic)
+        # the stream is stopped while idle (issue 21): _running is the wish (the loop's),
+        # _started what the worker thread last did; _control orders starts, stops, closes
+        self._running = False
+        self._started = False
+        self._control = threading.Lock()
+        self._failed: str | None = None  # a restart that failed, for check() to raise
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._pa: Any = None
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -363,7 +437,6 @@ class PyAudioSink:
         self.start_latencies: deque[float] = deque(maxlen=100)
         self._latency_frames = 0
         self._priming = True
-        self._prime_waited = 0
         self._conv: FromWire | None = None
         self._on_drained: Callable[[], None] = lambda: None
         self.device: DeviceInfo | None = None
@@ -406,6 +479,9 @@ class PyAudioSink:
         period = self.rate * self.period_ms // 1000
         frame_b = BYTES_PER_SAMPLE * channels
         name_thread = thread_namer("voiced-speaker")
+        jitter_bytes = self.rate * self.jitter_ms // 1000 * frame_b
+        jitter_s = self.jitter_ms / 1000
+        margin_s = min(self.start_margin_ms, self.jitter_ms) / 1000
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[bytes, int]:
@@ -416,9 +492,11 @@ class PyAudioSink:
             drained = False
             with self._lock:
                 if self._priming and self._queue:
-                    self._prime_waited += frame_count
-                    if (self._queued_bytes >= self.rate * self.jitter_ms // 1000 * frame_b
-                            or self._prime_waited >= self.rate * self.jitter_ms // 1000):
+                    # by time, not by frames asked: a stream just started asks for
+                    # several periods at once to fill the device
+                    waited = time.monotonic() - self._prime_since
+                    if ((self._queued_bytes >= jitter_bytes and waited >= margin_s)
+                            or waited >= jitter_s):
                         self._priming = False
                 if not self._priming:
                     had = bool(self._queue)
@@ -440,7 +518,6 @@ class PyAudioSink:
                         # dry: tell the loop, and buffer jitter_ms again before resuming
                         drained = True
                         self._priming = True
-                        self._prime_waited = 0
             if len(out) < want:
                 out += bytes(want - len(out))
             if drained:
@@ -449,10 +526,16 @@ class PyAudioSink:
                 return self.output_filter(bytes(out)), pyaudio.paContinue
             return bytes(out), pyaudio.paContinue
 
+        run = self.idle_s is None  # else the first play() starts it
         try:
-            self._stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=self.rate,
-                                   output=True, output_device_index=dev.index,
-                                   frames_per_buffer=period, stream_callback=callback)
+            with self._control:
+                self._failed = None
+                self._stream = pa.open(format=pyaudio.paInt16, channels=channels,
+                                       rate=self.rate, output=True,
+                                       output_device_index=dev.index,
+                                       frames_per_buffer=period, stream_callback=callback,
+                                       start=run)
+                self._running = self._started = run
         except OSError as e:
             raise AudioDeviceError(_explain_open_error(e, dev, "output")) from e
         self._latency_frames = int(self._stream.get_output_latency() * self.rate)
@@ -465,13 +548,74 @@ class PyAudioSink:
         self._queued_bytes = 0
         self._handed.clear()
         self._priming = True
-        self._prime_waited = 0
 
     def _drained(self) -> None:
         with self._lock:
             if self._queue:  # refilled since the callback ran dry: that drain is over
                 return
+        self._idle_later()
         self._on_drained()
+
+    @property
+    def running(self) -> bool:
+        """Whether the stream is meant to run (it stops ``idle_s`` after playback)."""
+        return self._running
+
+    def _idle_later(self) -> None:
+        """Stop the stream ``idle_s`` from now unless audio comes first (on the loop)."""
+        loop = self._loop
+        if self.idle_s is None or loop is None:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = loop.call_later(self.idle_s, self._go_idle)
+
+    def keep_awake(self, seconds: float) -> None:
+        """Run the stream for at least ``seconds`` more (on the loop).
+
+        For audio mixed in beside the queue (earcons, voiced/audio/pipeline.py): it never
+        passes through :meth:`play`, so nothing else would start a stream stopped while
+        idle.
+        """
+        loop = self._loop
+        if self.idle_s is None or loop is None:
+            return
+        self._set_running(True)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = loop.call_later(seconds + self.idle_s, self._go_idle)
+
+    def _go_idle(self) -> None:
+        self._idle_timer = None
+        with self._lock:
+            if self._queue:
+                return
+        # the callback has played silence for idle_s: stopping here cannot click
+        self._set_running(False)
+
+    def _set_running(self, on: bool) -> None:
+        if on == self._running or self._stream is None or self._loop is None:
+            return
+        self._running = on
+        self._loop.run_in_executor(None, self._apply_running)
+
+    def _apply_running(self) -> None:
+        # NOTE: a worker thread: Pa_StartStream/Pa_StopStream block (a stop lets the
+        # device play out what it holds: silence). It does the wish as it is when it runs.
+        with self._control:
+            stream, want = self._stream, self._running
+            if stream is None or want == self._started:
+                return
+            try:
+                if want:
+                    stream.start_stream()
+                else:
+                    stream.stop_stream()
+                self._started = want
+            except OSError as e:
+                name = self.device.name if self.device else "?"
+                verb = "start" if want else "stop"
+                self._failed = f"speaker \"{name}\" cannot {verb}: {e}"
 
     def play(self, pcm: bytes, item_id: str) -> int:
         """Queue reply audio (converted to the device's rate here, on the loop).
@@ -503,6 +647,8 @@ class PyAudioSink:
             self._last_item = item_id
         data = conv.convert(pcm)
         with self._lock:
+            if self._priming and not self._queue:
+                self._prime_since = time.monotonic()
             if tail and self._queue and self._queue[-1][0] == previous:
                 self._queue.append([previous, tail, 0])
                 self._queued_bytes += len(tail)
@@ -511,6 +657,13 @@ class PyAudioSink:
                 make_room_for_count(self._handed)
             self._queue.append([item_id, data, 0])
             self._queued_bytes += len(data)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if not self._running:
+            # the jitter buffer fills while it starts: the callback plays silence until
+            # jitter_ms is queued, so the start is hidden in it and cannot click
+            self._set_running(True)
         return take
 
     @property
@@ -534,6 +687,7 @@ class PyAudioSink:
         if self._conv is not None:
             self._conv.reset()
         self._last_item = None
+        self._idle_later()
         ratio = SAMPLE_RATE / self.rate
         out = {}
         for item_id in pending | set(handed):
@@ -546,17 +700,27 @@ class PyAudioSink:
         That is how a USB speaker pulled out shows: the host API ends the callback
         thread and the stream goes inactive.
         """
+        if self._failed is not None:
+            why, self._failed = self._failed, None
+            raise AudioDeviceError(why)
         stream = self._stream
-        if stream is not None and not stream.is_active():
+        # a stream stopped on purpose (idle) is not a fault; one being started not yet
+        if (stream is not None and self._running and self._started
+                and not stream.is_active()):
             name = self.device.name if self.device else "?"
             raise AudioDeviceError(f"speaker \"{name}\" stopped (unplugged or failed)")
 
     async def aclose(self) -> None:
         """Stop and close the stream and PortAudio."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:
-        stream, self._stream = self._stream, None
+        with self._control:
+            stream, self._stream = self._stream, None
+            self._running = self._started = False
         self._conv = None  # play() drops audio until a stream is open again
         self._last_item = None
         with self._lock:

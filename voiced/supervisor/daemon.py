@@ -155,6 +155,9 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.records_written = 0
+        # a wake word listens while the mic is off: its stream keeps running (issue 21/22)
+        self._keep_mic_open = self.hands.detector is not None
+        self._capturing: bool | None = None  # what the source was last told
 
     # the parts, as the tests reach them
     @property
@@ -370,11 +373,33 @@ class Supervisor:
 
     # ------------------------------------------------------------------ effects
 
+    @property
+    def keep_mic_open(self) -> bool:
+        """Whether the mic captures while it is off too (a wake word listens then).
+
+        False (the default): the mic's stream stops whenever the user has the mic off,
+        so in ``ready`` no audio callback reaches Python (issue 21).
+        """
+        return self._keep_mic_open
+
+    @keep_mic_open.setter
+    def keep_mic_open(self, on: bool) -> None:
+        self._keep_mic_open = on
+        self._sync_mic()
+
+    def _sync_mic(self) -> None:
+        """Run the mic's stream while the mic is on (or kept open), else stop it."""
+        want = self.session.mic_on or self._keep_mic_open
+        if want != self._capturing:
+            self._capturing = want
+            self.source.set_capturing(want)
+
     def _apply(self, effects: list[Effect | Disconnect]) -> None:
         for eff in effects:
             # one effect that fails (a bug) must not cost the others, or the daemon
             with guard.contain(f"effect {type(eff).__name__}", logger):
                 self._apply_one(eff)
+        self._sync_mic()  # after the effects: MicOpened's file source starts first
 
     def _apply_one(self, eff: Effect | Disconnect) -> None:
         match eff:
