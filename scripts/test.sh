@@ -18,6 +18,6 @@ unset PYTHONDONTWRITEBYTECODE
 # (real devices, sockets, child processes), not computing. worksteal moves queued tests
 # from a busy worker to an idle one, so the longest tests do not finish alone at the end.
 # Each worker has its own basetemp subdirectory, PulseAudio servers, PostgreSQL and ports.
-PYTHONASYNCIODEBUG=1 .venv/bin/python -m pytest -q -p no:cacheprovider \
+PYTHONASYNCIODEBUG=1 .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
   -n 4 --dist worksteal \
   --cov=voiced --cov-branch --cov-report=term:skip-covered "$@"
