@@ -385,3 +385,69 @@ async def test_sim_vad_ignores_the_cancelled_echo_and_hears_the_user_over_it() -
           f"crosses its threshold at {onset_ms:.0f} ms")
     assert starts, "the VAD never heard the user"
     assert onset_ms - 10 <= starts[0] <= onset_ms + 300
+
+
+class _Spy(EchoCanceller):
+    """The real canceller, noting the speaker position each mic frame is paired with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paired: list[int] = []
+
+    def process(self, mic: bytes, played: int) -> bytes:
+        self.paired.append(played)
+        return super().process(mic, played)
+
+
+def test_mic_frames_pair_with_the_speaker_by_portaudio_timestamps() -> None:
+    """The speaker position a mic frame is paired with is the one playing when the frame
+    was captured (PortAudio's DAC and ADC times), not the count handed over when the mic
+    callback happens to run: a late callback must not move it (measured on the pulse
+    device: 160-280 ms of wander by count; docs/architecture.md)."""
+    from types import SimpleNamespace
+
+    from voiced.audio.pipeline import EchoFilter, SpeakerMix
+
+    spy = _Spy()
+    sink = SimpleNamespace(rate=24000, channels=1, dac_time=0.0)
+    mix = SpeakerMix(sink, spy)
+    source = SimpleNamespace(adc_time=0.0)
+    filt = EchoFilter(spy, mix, source)
+
+    def periods(first: int, count: int) -> None:
+        for k in range(first, first + count):  # 20 ms periods, each playing 40 ms later
+            sink.dac_time = 10.0 + k * 0.02 + 0.04
+            mix(bytes(960))
+
+    periods(0, 10)
+    source.adc_time = 10.1  # captured at 10.1 s: the period handed at 10.06 s played then
+    filt(bytes(960))
+    assert spy.paired == [5 * 480 - 2 * 480] and filt.timed == 1
+    assert filt.lead == 10 * 480 - spy.paired[0]
+    periods(10, 5)  # the mic callback for the next frame runs 100 ms late
+    source.adc_time = 10.12
+    filt(bytes(960))
+    assert spy.paired[1] == spy.paired[0] + 480  # one frame on, however late it ran
+    source.adc_time = 0.0  # a host API without timestamps: the count handed over
+    filt(bytes(960))
+    assert spy.paired[2] == 15 * 480 and filt.timed == 2
+
+
+def test_the_mic_callback_times_each_frame_by_its_last_sample() -> None:
+    from types import SimpleNamespace
+
+    from voiced.audio.convert import Framer, frame_bytes
+    from voiced.audio.pyaudio_backend import PyAudioSource
+
+    times: list[float] = []
+    src = SimpleNamespace(adc_time=0.0)
+    src.frame_filter = lambda f: (times.append(src.adc_time), f)[1]
+    framer = Framer(frame_bytes(40))
+    frames = framer.push(bytes(2400 * 2))  # 100 ms read: two 40 ms frames, 20 ms held
+    assert len(frames) == 2 and framer.pending_samples() == 480
+    PyAudioSource._filter(src, frames, framer, 2400, 24000,  # type: ignore[arg-type]
+                          {"input_buffer_adc_time": 5.0})
+    assert times == pytest.approx([5.04, 5.08])
+    PyAudioSource._filter(src, frames, framer, 2400, 24000,  # type: ignore[arg-type]
+                          {"input_buffer_adc_time": 0.0})
+    assert times[2:] == [0.0, 0.0]  # no timestamp: the filter falls back to the count

@@ -82,6 +82,7 @@ class HandsFree:
         self._volume = volume
         self.detector = detector if detector is not None else build_detector(settings)
         self.echo: EchoCanceller | None = None
+        self._filter: EchoFilter | None = None
         self.mix: SpeakerMix | None = None
         self.echo_mode: str = settings.audio.echo
         self._bypassed = False  # the canceller is out of the way (on the loop's view)
@@ -115,7 +116,7 @@ class HandsFree:
         if hasattr(sink, "output_filter"):
             sink.output_filter = self.mix
         if self.echo is not None:
-            source.frame_filter = EchoFilter(self.echo, self.mix)
+            source.frame_filter = self._filter = EchoFilter(self.echo, self.mix, source)
             logger.info("echo cancellation on (speexdsp, %d ms blocks, %d ms tail)",
                         self.echo.frame * 1000 // SAMPLE_RATE,
                         self.echo.tail * 1000 // SAMPLE_RATE)
@@ -238,6 +239,11 @@ class HandsFree:
             out["aec_converged"] = self.echo.converged
             out["aec_erle_db"] = round(self.echo.erle_db(), 1)
             out["aec_gated_frames"] = self.gated_frames
+            if self._filter is not None:
+                # mic frames paired with the speaker by PortAudio's timestamps, and how
+                # far the count handed over ran ahead of them (the devices' buffering)
+                out["aec_timed_frames"] = self._filter.timed
+                out["aec_handed_lead_ms"] = round(self._filter.lead * 1000 / SAMPLE_RATE)
         if self.detector is not None:
             out["wake_word"] = {"models": list(self.detector.models),
                                 "detections": self.wake_presses}

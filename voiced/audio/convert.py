@@ -145,6 +145,10 @@ class Framer:
         del self._buf[:n]
         return out
 
+    def pending_samples(self) -> int:
+        """24 kHz PCM16 samples held back for the next frame."""
+        return len(self._buf) // BYTES_PER_SAMPLE
+
 
 def frame_bytes(frame_ms: int) -> int:
     """Bytes in one frame of ``frame_ms`` at 24 kHz mono PCM16."""

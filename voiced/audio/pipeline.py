@@ -66,6 +66,20 @@ class SpeakerMix:
         canceller's timeline: the mic reads it when each frame is captured)."""
         self.earcon_samples = 0
         """24 kHz earcon samples queued so far (tests, status)."""
+        # the newest period's first position and when it plays (PortAudio's DAC time);
+        # one tuple, replaced whole, read by the mic's thread
+        self._clock: tuple[int, float] | None = None
+
+    def position_at(self, when: float) -> int | None:
+        """The speaker position playing at PortAudio stream time ``when``.
+
+        None when the sink gives no DAC times. The device plays every period, silence
+        included, so positions advance at 24 kHz from the newest timed period.
+        """
+        clock = self._clock
+        if clock is None or when <= 0:
+            return None
+        return max(0, clock[0] + round((when - clock[1]) * SAMPLE_RATE))
 
     def _device_format(self) -> tuple[int, int]:
         return (int(getattr(self._sink, "rate", SAMPLE_RATE)),
@@ -111,6 +125,9 @@ class SpeakerMix:
                     self._to_wire = ToWire(*fmt)
                 wire = self._to_wire.convert(out)
                 if wire:
+                    dac = float(getattr(self._sink, "dac_time", 0.0) or 0.0)
+                    if dac > 0:
+                        self._clock = (self.position, dac)
                     self.echo.played(wire, self.position)
                     self.position += len(wire) // BYTES_PER_SAMPLE
         return out
@@ -123,14 +140,32 @@ class EchoFilter:
     passes unchanged: the mic must never go silent because of the canceller.
     """
 
-    def __init__(self, echo: EchoCanceller, mix: SpeakerMix) -> None:
+    def __init__(self, echo: EchoCanceller, mix: SpeakerMix, source: Any = None) -> None:
         self.echo = echo
         self.mix = mix
+        self._source = source
+        self.timed = 0
+        """Frames paired with the speaker by PortAudio's timestamps (the rest by count)."""
+        self.lead = 0
+        """Samples the handed count ran ahead of the timed position, at the last frame."""
 
     def __call__(self, frame: bytes) -> bytes:
-        """The cleaned frame (PortAudio's mic thread)."""
+        """The cleaned frame (PortAudio's mic thread).
+
+        The speaker position the frame is paired with is the one playing when the frame's
+        last sample was captured, by PortAudio's DAC and ADC times where both devices
+        give them; otherwise the count handed to the speaker when this runs (which adds
+        however late the mic callback runs and however full its buffer is).
+        """
         with guard.contain("echo cancellation", logger):
-            return self.echo.process(frame, self.mix.position)
+            played = self.mix.position_at(float(getattr(self._source, "adc_time", 0.0)
+                                                or 0.0))
+            if played is None:
+                played = self.mix.position
+            else:
+                self.timed += 1
+                self.lead = self.mix.position - played
+            return self.echo.process(frame, played)
         return frame
 
 

@@ -224,6 +224,9 @@ class PyAudioSource:
         # issue 22: the echo canceller, on PortAudio's thread as each frame is read (the
         # speaker's position is read then); voiced/audio/pipeline.py installs it
         self.frame_filter: Callable[[bytes], bytes] | None = None
+        self.adc_time = 0.0
+        """PortAudio's capture time of the end of the frame ``frame_filter`` is given (0:
+        the host API does not say); PortAudio's stream clock, as the sink's ``dac_time``."""
 
     async def start(self) -> None:
         """Select and open the device (24 kHz if it can, else its best rate)."""
@@ -269,7 +272,7 @@ class PyAudioSource:
             if in_data:
                 frames = framer.push(conv.convert(in_data))
                 if frames and self.frame_filter is not None:  # issue 22
-                    frames = [self.frame_filter(f) for f in frames]
+                    frames = self._filter(frames, framer, frame_count, rate, time_info)
                 if frames:
                     loop.call_soon_threadsafe(self._deliver, frames, generation)
             return None, pyaudio.paContinue
@@ -287,6 +290,27 @@ class PyAudioSource:
         self._last_callback = time.monotonic()
         logger.info("microphone: %d \"%s\" at %d Hz, %d channel(s)%s", dev.index, dev.name,
                     rate, channels, "" if rate == SAMPLE_RATE else ", resampled to 24 kHz")
+
+    def _filter(self, frames: list[bytes], framer: Framer, frame_count: int, rate: int,
+                time_info: Any) -> list[bytes]:
+        """``frame_filter`` on each frame, ``adc_time`` set to when the frame ended.
+
+        The echo canceller pairs each mic frame with the speaker sound playing when it
+        was captured: PortAudio's timestamps say when, where reading the speaker's count
+        at this callback would add however late the callback runs (measured: 160-280 ms
+        of wander on a busy machine; docs/architecture.md, "Echo cancellation").
+        """
+        assert self.frame_filter is not None
+        adc = float(time_info.get("input_buffer_adc_time", 0.0)) if time_info else 0.0
+        # the last frame ends where this buffer ends, less what the framer still holds
+        end = (adc + frame_count / rate - framer.pending_samples() / SAMPLE_RATE
+               if adc > 0 else 0.0)
+        out = []
+        for i, f in enumerate(frames):
+            back = (len(frames) - 1 - i) * len(f) // BYTES_PER_SAMPLE / SAMPLE_RATE
+            self.adc_time = end - back if end > 0 else 0.0
+            out.append(self.frame_filter(f))
+        return out
 
     def _deliver(self, frames: list[bytes], generation: int) -> None:
         if generation != self._generation or not self._capture:
@@ -445,6 +469,9 @@ class PyAudioSink:
         # issue 22: earcons mixed in and the echo canceller's reference taken, on
         # PortAudio's thread, from what each period really hands the device
         self.output_filter: Callable[[bytes], bytes] | None = None
+        self.dac_time = 0.0
+        """PortAudio's time at which the first sample of the period ``output_filter`` is
+        given will play (0: the host API does not say)."""
 
     def set_drained_callback(self, callback: Callable[[], None]) -> None:
         """Called on the loop when everything queued has been handed to the device."""
@@ -523,6 +550,8 @@ class PyAudioSink:
             if drained:
                 loop.call_soon_threadsafe(self._drained)
             if self.output_filter is not None:  # issue 22
+                self.dac_time = (float(time_info.get("output_buffer_dac_time", 0.0))
+                                 if time_info else 0.0)
                 return self.output_filter(bytes(out)), pyaudio.paContinue
             return bytes(out), pyaudio.paContinue
 
