@@ -187,8 +187,10 @@ def received(sim: SimServer, etype: str) -> list[dict[str, Any]]:
     "2 runs; truncate at 200-220 ms): the canceller's reference moved 14 times between "
     "the end of reply 1 and the barge-in (once in all of reply 1), so after the pause "
     "the reference no longer lines up with the echo and the first echo passes the "
-    "convergence gate, which still reads converged. Daemon side (the reference's "
-    "handling of a speaker pause, voiced/audio/aec.py _references), not the rig. "
+    "convergence gate, which still reads converged. With two busy loops (1 run) the "
+    "room's stream had 6 output underflows and reply 1's echo started a turn. Idle, "
+    "the daemon side fails (the reference's handling of a speaker pause, "
+    "voiced/audio/aec.py _references). "
     "Strict: it fails once the figures hold, the signal to make aec the default "
     "(issue 22)"))
 async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
