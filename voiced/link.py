@@ -219,6 +219,7 @@ class Link:
         self.failure: RealtimeError | None = None
         self._spawn = spawn
         self.queue: asyncio.Queue[wire.ClientEvent] = asyncio.Queue()
+        self._held: wire.ClientEvent | None = None  # taken off the queue by a join, not sent
         self.tasks: list[asyncio.Task[None]] = []
         self._on_frame = on_frame
         self._on_end = on_end
@@ -252,7 +253,7 @@ class Link:
     async def retire(self, reason: str) -> None:
         """Close the connection once what was queued for it is sent."""
         for _ in range(50):
-            if self.queue.empty():
+            if self.queue.empty() and self._held is None:
                 break
             await asyncio.sleep(0.02)
         if self.codec is not None:  # opus: the microphone's last samples, not lost
@@ -282,14 +283,13 @@ class Link:
 
     async def _send(self) -> None:
         debug = logger.isEnabledFor(logging.DEBUG)
-        held: wire.ClientEvent | None = None  # taken from the queue by a coalesce, not sent
         while True:
-            if held is None:
+            if self._held is None:
                 event = await self.queue.get()
             else:
-                event, held = held, None
+                event, self._held = self._held, None
             if event["type"] == _APPEND and self.codec is None and not self.queue.empty():
-                event, held = self._coalesce(event)
+                event, self._held = self._coalesce(event)
             if debug:
                 logger.debug("send %s", guard.printable(wire.describe(event)))
             async with self._sending:
