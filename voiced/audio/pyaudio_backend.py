@@ -198,11 +198,16 @@ class PyAudioSource:
     Args:
         settings: ``audio.input``.
         frame_ms: frame size handed to the session.
+        block_ms: audio each callback reads and hands to the loop at once (a multiple of
+            ``frame_ms``; the frame filter still sees one frame at a time). Defaults to
+            ``frame_ms``.
     """
 
-    def __init__(self, settings: AudioEndpointSettings, *, frame_ms: int = 20) -> None:
+    def __init__(self, settings: AudioEndpointSettings, *, frame_ms: int = 20,
+                 block_ms: int | None = None) -> None:
         self.settings = settings
         self.frame_ms = frame_ms
+        self.block_ms = block_ms or frame_ms
         self._pa: Any = None
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -282,8 +287,9 @@ class PyAudioSource:
                 self._failed = None
                 self._stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
                                        input=True, input_device_index=dev.index,
-                                       # one callback per frame: framing waits that long
-                                       frames_per_buffer=rate * self.frame_ms // 1000,
+                                       # one callback per block: its frames cross
+                                       # to the loop together (issue 21: fewer wakeups)
+                                       frames_per_buffer=rate * self.block_ms // 1000,
                                        stream_callback=callback, start=self._capture)
         except OSError as e:
             raise AudioDeviceError(_explain_open_error(e, dev, "input")) from e
