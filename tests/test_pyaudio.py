@@ -144,11 +144,11 @@ def test_busy_device_error_names_the_process_holding_it(tmp_path: Path) -> None:
 # (audio.input.channel); it prints the first {nbytes} bytes it delivers at 24 kHz.
 CAPTURE = """
 import asyncio, sys
-from voiced.audio import pyaudio_backend
+from voiced.audio import pyaudio_source
 from voiced.audio.pyaudio_backend import PyAudioSource
 from voiced.config import AudioEndpointSettings
 # room for 20 s of frames: a busy machine's loop may fall behind the device for a while
-pyaudio_backend._QUEUE_FRAMES = 1000
+pyaudio_source._QUEUE_FRAMES = 1000
 device = sys.argv[1] if len(sys.argv) > 1 else "clock"
 channel = int(sys.argv[2]) if len(sys.argv) > 2 else None
 async def main():
