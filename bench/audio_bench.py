@@ -403,18 +403,18 @@ def bench_conversion(seconds: float = 60.0) -> dict[str, Any]:
 PORTAUDIO = """
 import asyncio, base64, json, time
 import numpy as np
-from voiced.audio import pyaudio_backend
+from voiced.audio import pyaudio_source
 from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
 from voiced.config import AudioEndpointSettings
 
 completed = []  # monotonic time at which the callback completed each frame
-class TimedFramer(pyaudio_backend.Framer):
+class TimedFramer(pyaudio_source.Framer):
     def push(self, data):
         frames = super().push(data)
         now = time.monotonic()
         completed.extend([now] * len(frames))
         return frames
-pyaudio_backend.Framer = TimedFramer
+pyaudio_source.Framer = TimedFramer
 
 async def mic_to_socket(n=250):
     mic = PyAudioSource(AudioEndpointSettings(device="pulse", rate_hz=48000))

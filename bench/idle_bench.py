@@ -92,11 +92,21 @@ sys.exit(main(["run", "-c", sys.argv[1]]))
 class Daemon:
     """The simulator and ``voiced run`` on ``stand``, until closed."""
 
-    def __init__(self, stand: Stand, tmp: Path, *, keep_mic_open: bool = False) -> None:
+    def __init__(self, stand: Stand, tmp: Path, *, keep_mic_open: bool = False,
+                 ready: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(dir=tmp))
         port = free_port()
         self.cfg = self.dir / "voiced.yaml"
-        self.cfg.write_text(json.dumps({
+        env = stand.env
+        # ready: the orb's pattern in ready, on one PWM LED (gpiozero's mock pins: the
+        # daemon's share of an animation; a real pin adds its own write cost)
+        leds = {} if ready is None else {"leds": {
+            "driver": "gpio", "kind": "pwm", "pins": ["18"],
+            "patterns": {"ready": {"effect": ready, "color": [0, 0, 40], "period_s": 2.0}}}}
+        if ready is not None:
+            env = {**env, "GPIOZERO_PIN_FACTORY": "mock",
+                   "GPIOZERO_MOCK_PIN_CLASS": "mockpwmpin"}
+        self.cfg.write_text(json.dumps({**leds,
             "device_id": "bench", "log_level": "warning",
             "realtime": {"url": f"ws://127.0.0.1:{port}/v1/realtime"},
             "audio": {"backend": "pyaudio", "echo": "full_duplex",
@@ -105,13 +115,13 @@ class Daemon:
             "transcripts": {"sink": "jsonl", "jsonl": {"path": str(self.dir / "t.jsonl")},
                             "outbox_dir": str(self.dir / "outbox")},
             "control": {"socket": str(self.dir / "ctl.sock")}}))
-        self.sim = subprocess.Popen([sys.executable, "-c", SIM, str(port)], env=stand.env,
+        self.sim = subprocess.Popen([sys.executable, "-c", SIM, str(port)], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                     text=True)
         with (self.dir / "daemon.log").open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", RUN, str(self.cfg), "1" if keep_mic_open else "0"],
-                env=stand.env, stderr=log)
+                env=env, stderr=log)
         deadline = time.monotonic() + 30
         while self.status().get("state") != "ready":
             if time.monotonic() > deadline:
@@ -210,6 +220,31 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1000, q))
 
 
+def idle_cpu(stand: Stand, tmp: Path, seconds: float, **kw: Any) -> float:
+    """A daemon's CPU in ready (``kw``: keep_mic_open, ready pattern)."""
+    d = Daemon(stand, tmp, **kw)
+    try:
+        time.sleep(2.0)
+        return d.cpu(seconds)
+    finally:
+        d.close()
+
+
+def measure_orb(name: str, stand: Stand, tmp: Path, seconds: float,
+                rounds: int) -> list[tuple[str, str, str]]:
+    """The ready pattern's cost: solid (the default) and pulse, interleaved ``rounds``
+    times on the same device."""
+    solid, pulse = [], []
+    for _ in range(rounds):
+        solid.append(idle_cpu(stand, tmp, seconds, ready="solid"))
+        pulse.append(idle_cpu(stand, tmp, seconds, ready="pulse"))
+    return [(f"{name}: idle CPU, ready orb pulsing",
+             f"{np.median(pulse):.2f} % (median)",
+             f"{rounds} interleaved runs of {seconds:.0f} s, one PWM LED (mock pin) at 30 fps: "
+             f"pulse {' '.join(f'{x:.2f}' for x in pulse)}; solid (default) "
+             f"{' '.join(f'{x:.2f}' for x in solid)}")]
+
+
 def measure(name: str, stand: Stand, active_stand: Stand, tmp: Path, seconds: float,
             rounds: int) -> list[tuple[str, str, str]]:
     d = Daemon(stand, tmp)
@@ -228,6 +263,7 @@ def measure(name: str, stand: Stand, active_stand: Stand, tmp: Path, seconds: fl
         k.close()
     active = bench_daemon(active_stand, tmp, seconds)
     naive = bench_minimal_pipeline(seconds)
+    single = bench_daemon(active_stand, tmp, seconds, block_ms=20)  # one frame per wakeup
     rep = bench_replies(stand, rounds, "default")
     old = bench_replies(stand, rounds, "0")
     return [
@@ -236,7 +272,8 @@ def measure(name: str, stand: Stand, active_stand: Stand, tmp: Path, seconds: fl
          f"bare PortAudio streams held open: {bare:.2f} %"),
         (f"{name}: active CPU, full duplex", f"{active['cpu_pct']:.2f} %",
          f"over {active['seconds']:.0f} s, {active['audio_sent_s']:.0f} s of mic audio "
-         f"sent; baseline, the naive client: {naive:.2f} %"),
+         f"sent; baseline, the naive client: {naive:.2f} %; block_ms 20 (one frame a "
+         f"wakeup, as before): {single['cpu_pct']:.2f} %"),
         (f"{name}: press to first mic frame",
          f"p50 {pct(wake, 50):.0f} ms, p95 {pct(wake, 95):.0f} ms",
          f"{len(wake)} presses, each after 3 s idle; max {pct(wake, 100):.0f} ms"),
@@ -252,6 +289,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="CPU window per figure")
     ap.add_argument("--rounds", type=int, default=20, help="presses and replies per device")
     ap.add_argument("--only", choices=("clock", "pulse"), help="one device")
+    ap.add_argument("--orb", type=int, default=0, metavar="N",
+                    help="only the ready orb's cost: N interleaved runs, solid and pulse")
     args = ap.parse_args()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="voiced-idle-bench-") as d:
@@ -261,12 +300,16 @@ def main() -> None:
         silence.write_bytes(bytes(48000 * 2))
         for sub in ("c0", "c1"):
             (tmp / sub).mkdir()
-        if args.only != "pulse":
+        if args.orb:
+            rows += measure_orb("clock", clock_stand(tmp / "c0", silence), tmp, args.seconds,
+                                args.orb)
+            args.only = "none"
+        if args.only in (None, "clock"):
             # a silent mic for idle and wake-up (no turn starts), the speech feed for active
             rows += measure("clock", clock_stand(tmp / "c0", silence),
                             clock_stand(tmp / "c1", feed_raw), tmp, args.seconds,
                             args.rounds)
-        if args.only != "clock":
+        if args.only in (None, "pulse"):
             pulse = Pulse(tmp / "pulse")
             pulse.start()
             try:

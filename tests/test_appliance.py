@@ -361,7 +361,7 @@ def test_the_code_runs_with_memory_deny_write_execute(tmp_path: Path) -> None:
     assert "Permission denied" in probe.stderr  # the restriction really is on
     p = under_mdwe([*voiced_cmd("demo", "--out", str(tmp_path / "demo"))], env=clean_env())
     assert p.returncode == 0 and "assistant:" in p.stdout, p.stdout + p.stderr
-    p = under_mdwe([sys.executable, "-c", CAPTURE.format(rate=48000, nbytes=24000 * 2)],
+    p = under_mdwe([sys.executable, "-c", CAPTURE.format(rate=48000, nbytes=24000 * 2, block=20)],
                    env=clocked_mic(tmp_path, bytes(48000 * 2 * 3)))
     assert p.returncode == 0 and "RATE 48000" in p.stderr, p.stderr[-2000:]
 

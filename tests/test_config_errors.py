@@ -59,6 +59,8 @@ BAD: list[tuple[str, str, str]] = [
      "audio.input.file"),
     ("frame-ms-not-multiple-of-10", BASE.replace("audio: {", "audio: {frame_ms: 25, "),
      "audio.frame_ms"),
+    ("block-ms-not-multiple-of-frame", BASE.replace("audio: {", "audio: {block_ms: 50, "),
+     "audio.block_ms"),
     ("echo-tail-negative", BASE.replace("audio: {", "audio: {echo_tail_ms: -1, "),
      "audio.echo_tail_ms"),
     ("negative-device-index", BASE.replace("input: {", "input: {device: -2, "),

@@ -144,16 +144,27 @@ def test_busy_device_error_names_the_process_holding_it(tmp_path: Path) -> None:
 # (audio.input.channel); it prints the first {nbytes} bytes it delivers at 24 kHz.
 CAPTURE = """
 import asyncio, sys
-from voiced.audio import pyaudio_backend
+from voiced.audio import pyaudio_source
 from voiced.audio.pyaudio_backend import PyAudioSource
 from voiced.config import AudioEndpointSettings
 # room for 20 s of frames: a busy machine's loop may fall behind the device for a while
-pyaudio_backend._QUEUE_FRAMES = 1000
+pyaudio_source._QUEUE_FRAMES = 1000
 device = sys.argv[1] if len(sys.argv) > 1 else "clock"
 channel = int(sys.argv[2]) if len(sys.argv) > 2 else None
 async def main():
     src = PyAudioSource(AudioEndpointSettings(device=device, rate_hz={rate},
-                                              channel=channel), frame_ms=20)
+                                              channel=channel), frame_ms=20,
+                        block_ms={block})
+    filtered, batches = [], []
+    def frame_filter(f):  # the echo canceller's place: one frame at a time
+        filtered.append(len(f))
+        return f
+    src.frame_filter = frame_filter
+    deliver = src._deliver
+    def counted(frames, generation):
+        batches.append(len(frames))
+        deliver(frames, generation)
+    src._deliver = counted
     await src.start()
     out = bytearray()
     while len(out) < {nbytes}:
@@ -162,6 +173,8 @@ async def main():
     assert src.dropped_frames == 0, src.dropped_frames
     sys.stdout.buffer.write(bytes(out[:{nbytes}]))
     sys.stderr.write("RATE %d\\n" % src.rate)
+    sys.stderr.write("FILTERED %s\\n" % sorted(set(filtered)))
+    sys.stderr.write("BATCH %d\\n" % max(batches))
 asyncio.run(main())
 """
 
@@ -179,19 +192,25 @@ def clocked_mic(tmp_path: Path, pcm: bytes) -> dict[str, str]:
     return clock_device_env(tmp_path, tmp_path / "mic.raw")
 
 
-@pytest.mark.parametrize("rate", [48000, 44100])
-def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path,
-                                                           rate: int) -> None:
+@pytest.mark.parametrize(("rate", "block"), [(48000, 20), (44100, 20), (48000, 60)])
+def test_capture_at_native_rate_is_resampled_without_seams(tmp_path: Path, rate: int,
+                                                           block: int) -> None:
+    """Every sample in order, whether one frame or a block of them (``audio.block_ms``,
+    issue 21) crosses to the loop per callback; the frame filter sees 20 ms frames."""
     seconds = 2.0
     t = np.arange(int(rate * (seconds + 1))) / rate
     # a chirp: any discontinuity at a chunk border shows up against the one-shot result
     sig = (0.5 * np.sin(2 * np.pi * (200 + 300 * t) * t) * 32767).astype("<i2")
     nbytes = int(24000 * seconds) * 2
-    p = subprocess.run([sys.executable, "-c", CAPTURE.format(rate=rate, nbytes=nbytes)],
+    p = subprocess.run([sys.executable, "-c", CAPTURE.format(rate=rate, nbytes=nbytes,
+                                                             block=block)],
                        env=clocked_mic(tmp_path, sig.tobytes()), capture_output=True,
                        timeout=60, check=False)
     assert p.returncode == 0, p.stderr.decode()[-2000:]
     assert f"RATE {rate}" in p.stderr.decode()
+    assert "FILTERED [960]" in p.stderr.decode()
+    batch = int(p.stderr.decode().split("BATCH ")[1].split()[0])
+    assert block // 20 <= batch <= block // 20 + 1  # +1: the resampler's uneven output
     got = np.frombuffer(p.stdout, dtype="<i2").astype(np.float64)
     want = soxr.resample(sig, rate, 24000, quality=QUALITY).astype(np.float64)
     # the streaming resampler has a delay; align on the best lag, then compare
@@ -210,7 +229,7 @@ def test_capture_keeps_only_the_configured_channel(tmp_path: Path) -> None:
     left = (np.random.default_rng(5).standard_normal(len(t)) * 8000).astype("<i2")
     stereo = np.column_stack([left, right]).reshape(-1)
     nbytes = int(24000 * seconds) * 2
-    p = subprocess.run([sys.executable, "-c", CAPTURE.format(rate=rate, nbytes=nbytes),
+    p = subprocess.run([sys.executable, "-c", CAPTURE.format(rate=rate, nbytes=nbytes, block=20),
                         "clock", "1"], env=clocked_mic(tmp_path, stereo.tobytes()),
                        capture_output=True, timeout=60, check=False)
     assert p.returncode == 0, p.stderr.decode()[-2000:]

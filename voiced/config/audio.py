@@ -58,6 +58,7 @@ def _audio(sec: _Section, base: Path) -> AudioSettings:
         echo=sec.choice("echo", d.echo, ECHO_POLICIES),
         echo_tail_ms=sec.int_("echo_tail_ms", d.echo_tail_ms, lo=0, hi=5000),
         frame_ms=sec.int_("frame_ms", d.frame_ms, lo=10, hi=100),
+        block_ms=sec.int_("block_ms", d.block_ms, lo=10, hi=200),
         input_file_starts=sec.choice("input_file_starts", d.input_file_starts,
                                      INPUT_FILE_STARTS),
         jitter_ms=sec.int_("jitter_ms", d.jitter_ms, lo=0, hi=1000),
@@ -70,5 +71,7 @@ def _audio(sec: _Section, base: Path) -> AudioSettings:
         sec.bad("reopen_max_s", f"{s.reopen_max_s:g} is less than reopen_s ({s.reopen_s:g})")
     if s.frame_ms % 10:
         sec.bad("frame_ms", f"{s.frame_ms} is not a multiple of 10")
+    elif s.block_ms % s.frame_ms:
+        sec.bad("block_ms", f"{s.block_ms} is not a multiple of frame_ms ({s.frame_ms})")
     sec.finish()
     return s

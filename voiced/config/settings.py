@@ -256,7 +256,13 @@ class AudioSettings:
     echo_tail_ms: int = 300
     """half_duplex: how long the mic stays muted after playback ends."""
     frame_ms: int = 20
-    """Size of one mic frame sent to the server."""
+    """Size of one mic frame the session core takes (client VAD, the half-duplex gate and
+    the echo canceller work frame by frame)."""
+    block_ms: int = 60
+    """pyaudio: mic audio each PortAudio callback reads and hands the event loop at once,
+    a multiple of ``frame_ms``; its frames go to the server as one append. Larger: fewer
+    wakeups (less CPU), a later first frame after a press. With ``echo: aec`` it is
+    ``frame_ms`` (the canceller reads the speaker's position as each frame is read)."""
     input_file_starts: InputFileStart = "on_mic"
     """file backend: the input WAV starts when the mic is switched on (a person speaking
     after the press), or as soon as the daemon starts."""

@@ -45,7 +45,10 @@ def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
                 WavFileSink(a.output.file, frame_ms=a.frame_ms, max_queued_s=a.max_queued_s))
     from voiced.audio.pyaudio_backend import PyAudioSink, PyAudioSource
 
-    return (PyAudioSource(a.input, frame_ms=a.frame_ms),
+    # aec: one frame a callback, so each frame is cleaned against the speaker's position
+    # at the moment it was read
+    block_ms = a.frame_ms if a.echo == "aec" else a.block_ms
+    return (PyAudioSource(a.input, frame_ms=a.frame_ms, block_ms=block_ms),
             PyAudioSink(a.output, period_ms=a.period_ms, jitter_ms=a.jitter_ms,
                         max_queued_s=a.max_queued_s))
 
