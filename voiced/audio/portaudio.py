@@ -163,6 +163,21 @@ def _explain_open_error(e: OSError, dev: DeviceInfo, kind: str, *,
     return f"cannot open {kind} device {dev.index} \"{dev.name}\": {text}"
 
 
+def switch_stream(stream: Any, start: bool, what: str, dev: DeviceInfo | None) -> str | None:
+    """Start or stop ``stream`` (blocks: call it on a worker thread).
+
+    Returns None, or the fault in words (``microphone "USB" cannot start: ...``).
+    """
+    try:
+        if start:
+            stream.start_stream()
+        else:
+            stream.stop_stream()
+    except OSError as e:
+        return f"{what} \"{dev.name if dev else '?'}\" cannot {'start' if start else 'stop'}: {e}"
+    return None
+
+
 def _release(stream: Any, pa: Any, what: str) -> None:
     """Stop and close a stream, then terminate its PortAudio instance (either may be None).
 

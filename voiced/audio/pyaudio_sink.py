@@ -25,6 +25,7 @@ from voiced.audio.portaudio import (
     open_portaudio,
     select_device,
     supported_rates,
+    switch_stream,
 )
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
@@ -259,16 +260,11 @@ class PyAudioSink:
             stream, want = self._stream, self._running
             if stream is None or want == self._started:
                 return
-            try:
-                if want:
-                    stream.start_stream()
-                else:
-                    stream.stop_stream()
+            fault = switch_stream(stream, want, "speaker", self.device)
+            if fault is None:
                 self._started = want
-            except OSError as e:
-                name = self.device.name if self.device else "?"
-                verb = "start" if want else "stop"
-                self._failed = f"speaker \"{name}\" cannot {verb}: {e}"
+            else:
+                self._failed = fault
 
     def play(self, pcm: bytes, item_id: str) -> int:
         """Queue reply audio (converted to the device's rate here, on the loop).

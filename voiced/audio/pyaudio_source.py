@@ -27,6 +27,7 @@ from voiced.audio.portaudio import (
     open_portaudio,
     select_device,
     supported_rates,
+    switch_stream,
 )
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
@@ -211,15 +212,9 @@ class PyAudioSource:
             stream, want = self._stream, self._capture
             if stream is None:
                 return
-            try:
-                if want:
-                    stream.start_stream()
-                else:
-                    stream.stop_stream()
-            except OSError as e:
-                name = self.device.name if self.device else "?"
-                verb = "start" if want else "stop"
-                self._failed = f"microphone \"{name}\" cannot {verb}: {e}"
+            fault = switch_stream(stream, want, "microphone", self.device)
+            if fault is not None:
+                self._failed = fault
                 loop.call_soon_threadsafe(self._arrived.set)
 
     async def read(self) -> bytes:
