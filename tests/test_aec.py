@@ -393,10 +393,12 @@ class _Spy(EchoCanceller):
     def __init__(self) -> None:
         super().__init__()
         self.paired: list[int] = []
+        self.timed: list[bool] = []
 
-    def process(self, mic: bytes, played: int) -> bytes:
+    def process(self, mic: bytes, played: int, *, timed: bool = False) -> bytes:
         self.paired.append(played)
-        return super().process(mic, played)
+        self.timed.append(timed)
+        return super().process(mic, played, timed=timed)
 
 
 def test_mic_frames_pair_with_the_speaker_by_portaudio_timestamps() -> None:
@@ -431,6 +433,7 @@ def test_mic_frames_pair_with_the_speaker_by_portaudio_timestamps() -> None:
     source.adc_time = 0.0  # a host API without timestamps: the count handed over
     filt(bytes(960))
     assert spy.paired[2] == 15 * 480 and filt.timed == 2
+    assert spy.timed == [True, True, False]
 
 
 def test_the_mic_callback_times_each_frame_by_its_last_sample() -> None:
@@ -451,3 +454,143 @@ def test_the_mic_callback_times_each_frame_by_its_last_sample() -> None:
     PyAudioSource._filter(src, frames, framer, 2400, 24000,  # type: ignore[arg-type]
                           {"input_buffer_adc_time": 0.0})
     assert times[2:] == [0.0, 0.0]  # no timestamp: the filter falls back to the count
+
+
+class _Device:
+    """Speaker and mic on one virtual clock, as PortAudio drives them (injected time).
+
+    Step ``j`` is 20 ms: the speaker (while its stream runs) is asked for the period that
+    plays ``ahead`` periods from now, with that period's DAC time; then the mic frame
+    captured over the step is handed over with its ADC time. The room: the mic hears
+    what the speaker played ``ROOM`` samples ago at half its level.
+    """
+
+    ROOM = SAMPLE_RATE * 40 // 1000
+    P = SAMPLE_RATE // 50  # 20 ms periods and frames
+
+    def __init__(self, aec: EchoCanceller, ahead: int = 3) -> None:
+        from types import SimpleNamespace
+
+        from voiced.audio.pipeline import EchoFilter, SpeakerMix
+
+        self.aec = aec
+        self.ahead = ahead
+        self.sink = SimpleNamespace(rate=SAMPLE_RATE, channels=1, dac_time=0.0)
+        self.source = SimpleNamespace(adc_time=0.0)
+        self.mix = SpeakerMix(self.sink, aec)
+        self.filter = EchoFilter(aec, self.mix, self.source)
+        # what the speaker played, by time (20 ms slots): silence where it was stopped;
+        # the room's delay as silence before it
+        self.sound = np.zeros(self.ROOM + 3600 * self.P)
+        self.step = 0
+        self.handed = 0  # slots the speaker was asked for
+        self.echo: list[np.ndarray] = []
+        self.out: list[np.ndarray] = []
+        self.rng = np.random.default_rng(5)
+
+    def run(self, steps: int, audio: np.ndarray | None = None, *, running: bool = True,
+            jitter_s: float = 0.0) -> None:
+        """``steps`` steps; the speaker (when ``running``) plays ``audio`` then silence."""
+        queue = audio.astype("<i2") if audio is not None else np.zeros(0, "<i2")
+        t0 = 100.0  # PortAudio's stream clock is not zero-based
+        for _ in range(steps):
+            if running:
+                # a stream (re)started asks for every period up to ``ahead`` at once
+                self.handed = max(self.handed, self.step)
+                while self.handed <= self.step + self.ahead:
+                    period = np.zeros(self.P, "<i2")
+                    part = queue[:self.P]
+                    period[:len(part)] = part
+                    queue = queue[self.P:]
+                    self.sink.dac_time = (t0 + self.handed * self.P / SAMPLE_RATE
+                                          + self.rng.uniform(0, jitter_s))
+                    self.mix(period.tobytes())
+                    at = self.ROOM + self.handed * self.P
+                    self.sound[at:at + self.P] = period
+                    self.handed += 1
+            echo = self.sound[self.step * self.P:(self.step + 1) * self.P] * 0.5
+            self.echo.append(echo)
+            self.source.adc_time = t0 + (self.step + 1) * self.P / SAMPLE_RATE
+            self.out.append(np.frombuffer(self.filter(to_pcm(echo).tobytes()), "<i2"))
+            self.step += 1
+
+
+def test_the_timeline_runs_on_through_a_stopped_speaker() -> None:
+    """A speaker stream stopped while idle and started again (issue 21): its next period
+    plays later than the positions handed so far say. The position jumps by the time it
+    played nothing, so the timed position the mic reads through the pause and after
+    the restart is one timeline; a DAC time a few ms late (jitter) moves nothing.
+    Before, the count resumed where it stopped: the mic's timed position ran 3 s ahead
+    during the pause and fell back by 3 s at the restart."""
+    from types import SimpleNamespace
+
+    from voiced.audio.pipeline import SpeakerMix
+
+    sink = SimpleNamespace(rate=24000, channels=1, dac_time=0.0)
+    mix = SpeakerMix(sink, canceller())
+    assert mix.position_at(5.0) is None  # no timed period yet
+    for k in range(10):
+        sink.dac_time = 10.0 + k * 0.02 + (0.004 if k == 5 else 0.0)  # one 4 ms late
+        mix(bytes(960))
+    assert mix.position == 10 * 480 and mix.gaps == 0
+    assert mix.position_at(9.9) == -2400  # before the first sample played: negative
+    during = mix.position_at(12.0)  # stopped after 10.2 s; the mic reads on
+    sink.dac_time = 13.0  # started again: its first period plays at 13 s
+    mix(bytes(960))
+    assert mix.gaps == 1 and mix.position == 3 * 24000 + 480
+    assert mix.position_at(12.0) == during == 2 * 24000
+    assert mix.position_at(13.01) == 3 * 24000 + 240
+
+
+def test_a_speaker_pause_is_silence_in_the_reference_not_a_move() -> None:
+    """Reply 1, the speaker idles (its stream stopped 2 s after the reply, for 3 s),
+    reply 2: the reference runs on through the pause in step with the mic, so it never
+    moves, and the echo of reply 2 is cancelled from its first block. Before the fix it
+    waited at the speaker's last sample while the timed position ran on, moved 5 times
+    in the pause, and jumped back when the speaker restarted."""
+    from tests.room import loudest_10ms_dbfs
+
+    far = espeak(REPLY_TEXT)[:6 * SAMPLE_RATE]
+    aec = canceller()
+    dev = _Device(aec)
+    dev.run(6 * 50 + 100, far)  # reply 1 and 2 s of the callback's silence
+    assert aec.realigned == 0 and aec.converged
+    dev.run(150, running=False)  # the stream stopped for 3 s; the mic runs on
+    dev.run(100, far[:2 * SAMPLE_RATE])  # started again, reply 2
+    assert dev.mix.gaps == 1
+    assert aec.realigned == 0, "the reference moved across the pause"
+    echo = np.concatenate(dev.echo[-100:])
+    out = np.concatenate(dev.out[-100:])
+    start = int(np.argmax(np.abs(echo) > 100))
+    assert loudest_10ms_dbfs(echo[start:start + 4800]) > -30  # the echo is there
+    # the suppressor's block of delay; the simulator's VAD fires at -40 dBFS
+    assert loudest_10ms_dbfs(out[start + 480:start + 480 + 4800]) < -40
+
+
+def test_a_reference_ahead_of_the_timed_position_moves_back() -> None:
+    """A reference that runs ahead of what plays (the speaker handed periods before
+    they play, and the timed position said so late) pairs the mic with sound not played
+    yet: no filter can use it. Once a whole window of reports agrees, it moves back to
+    a block behind, and the convergence gate re-arms (the filter's echo path moved).
+    Before, only a reference behind was moved."""
+    aec = canceller()
+    f = aec.frame
+    silence = bytes(aec.frame_bytes)
+    aec.played(bytes(2 * 200 * f), 0)
+    aec.process(silence, 10 * f, timed=True)  # the reference from 9 blocks on
+    aec.converged = True
+    moved_at: list[int] = []
+    for k in range(40):
+        aec.process(silence, 5 * f + k * f, timed=True)  # the reports: 5 blocks less
+        moved_at += [k] * (aec.realigned - len(moved_at))
+    assert moved_at == [24] and not aec.converged
+    assert aec._ref_pos == 5 * f + 40 * f - 2 * f  # a block behind the next report
+
+
+def test_the_reference_follows_a_switch_between_count_and_time_at_once() -> None:
+    aec = canceller()
+    f = aec.frame
+    silence = bytes(aec.frame_bytes)
+    aec.process(silence, 100 * f)  # by count: the speaker was handed 100 blocks
+    aec.process(silence, 96 * f, timed=True)  # by time: 96 blocks have played
+    assert aec.realigned == 1 and aec._ref_pos == 96 * f - f

@@ -335,3 +335,20 @@ async def test_a_failure_no_link_task_contained_ends_the_daemon(
             sup.request_stop()
         bugs = caught.value.subgroup(lambda e: isinstance(e, RuntimeError))
         assert bugs is not None and [str(e) for e in bugs.exceptions] == ["a bug in the sender"]
+
+
+@pytest.mark.parametrize(("echo", "idle_s"), [("aec", None), ("half_duplex", 2.0),
+                                               ("full_duplex", 2.0)])
+def test_with_aec_the_speaker_never_stops_while_idle(echo: str, idle_s: float | None) -> None:
+    """Issue 21 stops the speaker's stream 2 s after playback; under ``audio.echo: aec``
+    a stop and restart is an echo path change (the host picks the stream's latency
+    again), so the speaker keeps running and its silence keeps feeding the reference."""
+    from voiced.audio.pyaudio_backend import PyAudioSink
+
+    settings = config.parse({
+        "realtime": {"url": "ws://127.0.0.1:9/v1/realtime"},
+        "audio": {"backend": "pyaudio", "echo": echo,
+                  "input": {"device": "default"}, "output": {"device": "default"}}},
+        environ={})
+    _, sink = build_audio(settings)
+    assert isinstance(sink, PyAudioSink) and sink.idle_s == idle_s

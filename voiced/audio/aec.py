@@ -269,6 +269,7 @@ class EchoCanceller:
         self._far = _FarRing(self.tail + 2 * SAMPLE_RATE + self._latency
                              + SAMPLE_RATE * max(0, max_delay_ms) // 1000)
         self._ref_pos: int | None = None  # the reference sample paired with the next mic
+        self._timed = False  # the last report was a timed position (process(timed=))
         self._offsets: collections.deque[int] = collections.deque(maxlen=_ALIGN_WINDOW)
         self._behind = 0  # samples the reference was behind the latest report
         self.bypassed = False
@@ -291,20 +292,25 @@ class EchoCanceller:
             if self._estimator is not None:
                 self._estimator.far(pcm, position)
 
-    def process(self, mic: bytes, played: int) -> bytes:
+    def process(self, mic: bytes, played: int, *, timed: bool = False) -> bytes:
         """The mic frame ``mic`` without the echo.
 
         Args:
             mic: a whole number of blocks of 24 kHz PCM16 mono.
             played: the speaker's position (as given to ``played()``) when ``mic`` was
                 read from the device.
+            timed: ``played`` is the position *playing* when the frame was captured, on
+                a timeline that runs on while the speaker is stopped or starved (its
+                positions then jump by the time it played nothing:
+                ``audio/pipeline.py`` ``SpeakerMix``); else it is the count handed to
+                the speaker, which stands still while the speaker does.
         """
         if not mic or len(mic) % self.frame_bytes:
             raise ValueError(f"mic audio must be a whole number of {self.frame_bytes}-byte "
                              f"blocks, not {len(mic)} bytes")
         blocks = len(mic) // self.frame_bytes
         with self._lock:
-            refs = self._references(blocks, played)
+            refs = self._references(blocks, played, timed)
             if self._estimator is not None and refs:
                 assert self._ref_pos is not None
                 # the mic audio against the speaker's timeline without the bulk shift
@@ -350,7 +356,7 @@ class EchoCanceller:
         logger.info("echo delay %d ms: the reference held back %d ms",
                     delay * 1000 // SAMPLE_RATE, bulk * 1000 // SAMPLE_RATE)
 
-    def _references(self, blocks: int, played: int) -> list[bytes]:
+    def _references(self, blocks: int, played: int, timed: bool) -> list[bytes]:
         """Speaker samples for the next ``blocks`` mic blocks (hold the lock).
 
         Mic audio is continuous, so its reference is too: consecutive blocks take
@@ -359,43 +365,62 @@ class EchoCanceller:
         every move of the reference is an echo path change the filter must re-learn.
 
         It starts a block behind the reported position: the echo in a mic block is of
-        something played before it. When it catches up with what the speaker has been
-        given, the speaker has stalled (its device plays silence: an underrun), so the
-        reference gets silence too and waits there, as the device's timeline does, and
-        resumes with the speaker. It moves forward when every report of the last
+        something played before it. By count (not ``timed``), when it catches up with
+        what the speaker has been given, the speaker has stalled (its device plays
+        silence: an underrun, or a stopped stream), so the reference gets silence too
+        and waits there, as the count does, and resumes with the speaker. Timed, the
+        position runs on through a stall and the speaker's next positions jump by it, so
+        the reference runs on too, through silence: a pause is silence in the reference,
+        not a wait followed by a jump. It moves forward when every report of the last
         ``_ALIGN_WINDOW`` frames left it more than three blocks behind (the speaker's
-        clock is faster than the mic's: tail would be wasted), and to the report at once
-        when the position jumps by more than ``_JUMP_S`` (a restarted speaker).
+        clock is faster than the mic's: tail would be wasted), back when every one of
+        them had it ahead of the report (it would pair the mic with sound not played
+        yet, which no filter can use), and to the report at once when the position
+        jumps by more than ``_JUMP_S`` (a restarted speaker or mic) or the pairing
+        switches between count and time.
         """
         n = blocks * self.frame
         target = played - self._latency - self.bulk - n
         if self._ref_pos is None:
             self._ref_pos = target - self.frame
+        elif timed != self._timed:
+            self._move_reference(target - self.frame - self._ref_pos)
         else:
             off = target - self._ref_pos
             if abs(off) > _JUMP_S * SAMPLE_RATE:
                 self._move_reference(off - self.frame)
             else:
                 self._offsets.append(off)
-                if (len(self._offsets) == self._offsets.maxlen
-                        and min(self._offsets) > 3 * self.frame):
-                    self._move_reference(min(self._offsets) - self.frame)
+                if len(self._offsets) == self._offsets.maxlen:
+                    if min(self._offsets) > 3 * self.frame:
+                        self._move_reference(min(self._offsets) - self.frame)
+                    elif max(self._offsets) < 0:
+                        self._move_reference(max(self._offsets) - self.frame)
+        self._timed = timed
         self._behind = target - self._ref_pos
         refs = []
         for _ in range(blocks):
             start = self._ref_pos
             given = max(0, min(self.frame, self._far.end - start))
+            step = self.frame if timed else given
             refs.append(self._far.read(start, given) + bytes(BYTES_PER_SAMPLE
                                                              * (self.frame - given)))
-            self._ref_pos = start + given
+            self._ref_pos = start + step
             self.paused += self.frame - given
         return refs
 
     def _move_reference(self, by: int) -> None:
+        """Move the reference ``by`` samples (hold the lock).
+
+        An echo path change to the filter: whether it still cancels is measured again
+        (the convergence gate re-arms).
+        """
         assert self._ref_pos is not None
         self._ref_pos += by
         self._offsets.clear()
         self.realigned += 1
+        self.converged = False
+        self._erle_in = self._erle_out = 0.0
 
     def _block(self, mic: bytes, ref: bytes) -> bytes:
         if self.bypassed:

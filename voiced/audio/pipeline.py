@@ -28,6 +28,8 @@ from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
+_GAP_SAMPLES = SAMPLE_RATE * 30 // 1000  # a later period than this is a pause, not jitter
+
 
 def mix_pcm16(base: bytes, add: bytes) -> bytes:
     """``base`` with ``add`` summed onto its start, clipped to 16 bits (PCM16 LE)."""
@@ -62,24 +64,29 @@ class SpeakerMix:
         self._format: tuple[int, int] = (0, 0)
         self._to_wire: ToWire | None = None
         self.position = 0
-        """24 kHz samples handed to the device so far, silence included (the echo
-        canceller's timeline: the mic reads it when each frame is captured)."""
+        """24 kHz samples handed to the device so far, silence included, plus the time
+        it played nothing (a stopped stream, an underrun; by PortAudio's DAC times): the
+        echo canceller's timeline, read by the mic when each frame is captured."""
         self.earcon_samples = 0
         """24 kHz earcon samples queued so far (tests, status)."""
         # the newest period's first position and when it plays (PortAudio's DAC time);
         # one tuple, replaced whole, read by the mic's thread
         self._clock: tuple[int, float] | None = None
+        self.gaps = 0
+        """Times a period played later than the timeline said (a stream stopped while
+        idle and started again, an underrun): the position jumped by the time between."""
 
     def position_at(self, when: float) -> int | None:
         """The speaker position playing at PortAudio stream time ``when``.
 
-        None when the sink gives no DAC times. The device plays every period, silence
-        included, so positions advance at 24 kHz from the newest timed period.
+        None when the sink gives no DAC times. Positions advance at 24 kHz from the
+        newest timed period, through a stopped stream too (see ``__call__``); before
+        the first period plays they are negative (nothing played: silence).
         """
         clock = self._clock
         if clock is None or when <= 0:
             return None
-        return max(0, clock[0] + round((when - clock[1]) * SAMPLE_RATE))
+        return clock[0] + round((when - clock[1]) * SAMPLE_RATE)
 
     def _device_format(self) -> tuple[int, int]:
         return (int(getattr(self._sink, "rate", SAMPLE_RATE)),
@@ -127,10 +134,32 @@ class SpeakerMix:
                 if wire:
                     dac = float(getattr(self._sink, "dac_time", 0.0) or 0.0)
                     if dac > 0:
-                        self._clock = (self.position, dac)
+                        self._keep_time(dac)
                     self.echo.played(wire, self.position)
                     self.position += len(wire) // BYTES_PER_SAMPLE
         return out
+
+
+    def _keep_time(self, dac: float) -> None:
+        """This period plays at ``dac``: positions and time on one timeline.
+
+        On the speaker's thread. A period that plays later than the previous one's time
+        and length say (the stream was stopped while idle and started again, or a
+        callback came too late) means the
+        device played nothing meanwhile: the position jumps by that time, so the pause is
+        silence in the echo canceller's reference and the mic keeps its pairing with what
+        plays (without it the timed position ran on through the pause and then fell back
+        to the count: the reference moved 14 times between two replies through `voiced
+        run`, and the second reply's echo passed the convergence gate).
+        """
+        clock = self._clock
+        if clock is not None:
+            expected = clock[1] + (self.position - clock[0]) / SAMPLE_RATE
+            gap = round((dac - expected) * SAMPLE_RATE)
+            if gap > _GAP_SAMPLES:  # below it, the DAC times' own jitter
+                self.position += gap
+                self.gaps += 1
+        self._clock = (self.position, dac)
 
 
 class EchoFilter:
@@ -161,11 +190,10 @@ class EchoFilter:
             played = self.mix.position_at(float(getattr(self._source, "adc_time", 0.0)
                                                 or 0.0))
             if played is None:
-                played = self.mix.position
-            else:
-                self.timed += 1
-                self.lead = self.mix.position - played
-            return self.echo.process(frame, played)
+                return self.echo.process(frame, self.mix.position)
+            self.timed += 1
+            self.lead = self.mix.position - played
+            return self.echo.process(frame, played, timed=True)
         return frame
 
 
