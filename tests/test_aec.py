@@ -594,3 +594,32 @@ def test_the_reference_follows_a_switch_between_count_and_time_at_once() -> None
     aec.process(silence, 100 * f)  # by count: the speaker was handed 100 blocks
     aec.process(silence, 96 * f, timed=True)  # by time: 96 blocks have played
     assert aec.realigned == 1 and aec._ref_pos == 96 * f - f
+
+
+def test_the_gate_opens_only_once_the_echo_loss_has_held_for_a_second() -> None:
+    """The smoothed echo loss of a filter still learning crosses 30 dB before its
+    peaks are below a VAD's threshold (through `voiced run` the gate opened at 31 dB and
+    the echo started a turn a second later): it must hold over 1 s of speaker sound
+    (after a pause, 0.2 s: the same filter only shows it still fits). Before, the
+    first block over 30 dB opened it."""
+    aec = canceller()
+    n = aec.frame
+    loud = (np.full(n, 3000, "<i2")).tobytes()
+    quiet = (np.full(n, 30, "<i2")).tobytes()  # 40 dB below: the echo cancelled
+    second = SAMPLE_RATE // n
+    for _ in range(second - 1):
+        aec._track_erle(loud, loud, quiet)
+    assert aec.erle_db() >= 30 and not aec.converged
+    aec._track_erle(loud, loud, loud)  # one block the filter missed: start again
+    assert aec.erle_db() < 30
+    good = []  # blocks since, whether each was over 30 dB
+    while not aec.converged and len(good) < 3 * second:
+        aec._track_erle(loud, loud, quiet)
+        good.append(aec.erle_db() >= 30)
+    assert aec.converged and good[-second:] == [True] * second and not good[-second - 1]
+    aec._rearm(0.2)  # the speaker after a pause
+    for _ in range(second // 5 - 1):
+        aec._track_erle(loud, loud, quiet)
+    assert not aec.converged
+    aec._track_erle(loud, loud, quiet)
+    assert aec.converged

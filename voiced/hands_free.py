@@ -244,6 +244,9 @@ class HandsFree:
                 # far the count handed over ran ahead of them (the devices' buffering)
                 out["aec_timed_frames"] = self._filter.timed
                 out["aec_handed_lead_ms"] = round(self._filter.lead * 1000 / SAMPLE_RATE)
+            if self.mix is not None:
+                # periods that played later than the timeline said (restart, underrun)
+                out["aec_speaker_gaps"] = self.mix.gaps
         if self.detector is not None:
             out["wake_word"] = {"models": list(self.detector.models),
                                 "detections": self.wake_presses}

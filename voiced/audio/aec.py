@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from voiced import guard
 from voiced.audio.delay import DelayEstimator, envelope
 from voiced.audio.native import declare, load_library, loads
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
@@ -56,6 +57,12 @@ _MOVE_MS: Final = 30  # a new estimate this far from the current one moves the r
 _CONVERGED_ERLE_DB: Final = 30.0  # the filter's echo loss that opens the gate
 _ERLE_SMOOTH: Final = 0.1  # per block with speaker sound
 _RESUME_S: Final = 0.5  # speaker sound after this much quiet is checked for convergence
+# speaker sound over which the echo loss must hold before the gate opens: a new filter
+# crosses 30 dB on the smoothed measure before its peaks are below a VAD's threshold
+# (through `voiced run` it opened at 31 dB and the echo started a turn a second later);
+# after a pause, the same filter needs only to show it still fits
+_SETTLE_S: Final = 1.0
+_RECHECK_S: Final = 0.2
 
 FRAME_MS: Final = (10, 20)
 """Frame lengths the canceller runs on (speex's block; 20 ms halves the per-frame calls)."""
@@ -260,6 +267,8 @@ class EchoCanceller:
         self.bulk_found = max_delay_ms == 0
         self._moves = 0  # consecutive estimates asking for the same move
         self._erle_in = self._erle_out = 0.0
+        self._held = 0  # blocks with speaker sound the echo loss has held for
+        self._settle = round(_SETTLE_S * SAMPLE_RATE / self.frame)  # ... must hold for
         self.converged = False
         """The filter cancels the echo: the delay is found and the echo loss is there."""
         self._max_delay = SAMPLE_RATE * max(0, max_delay_ms) // 1000
@@ -350,8 +359,7 @@ class EchoCanceller:
         self.bulk_found = True
         self._moves = 0
         self.realigned += 1
-        self.converged = False
-        self._erle_in = self._erle_out = 0.0
+        self._rearm(_SETTLE_S)
         self._aec.reset()
         logger.info("echo delay %d ms: the reference held back %d ms",
                     delay * 1000 // SAMPLE_RATE, bulk * 1000 // SAMPLE_RATE)
@@ -419,8 +427,20 @@ class EchoCanceller:
         self._ref_pos += by
         self._offsets.clear()
         self.realigned += 1
+        self._rearm(_SETTLE_S)
+        if guard.should_log("echo reference moved") is not None:
+            logger.info("echo reference moved %+d ms to the speaker's position",
+                        by * 1000 // SAMPLE_RATE)
+
+    def _rearm(self, settle_s: float) -> None:
+        """Close the convergence gate until the echo loss holds ``settle_s``.
+
+        Counted in blocks with speaker sound.
+        """
         self.converged = False
         self._erle_in = self._erle_out = 0.0
+        self._held = 0
+        self._settle = max(1, round(settle_s * SAMPLE_RATE / self.frame))
 
     def _block(self, mic: bytes, ref: bytes) -> bytes:
         if self.bypassed:
@@ -436,8 +456,7 @@ class EchoCanceller:
             if self._quiet >= SAMPLE_RATE * _RESUME_S and self.converged:
                 # the speaker sounds again after a pause: whether the filter still fits
                 # (the echo path may have moved meanwhile) is measured again, gated
-                self.converged = False
-                self._erle_in = self._erle_out = 0.0
+                self._rearm(_RECHECK_S)
             self._quiet = 0
         else:
             self._quiet += self.frame
@@ -459,8 +478,13 @@ class EchoCanceller:
         a = _ERLE_SMOOTH
         self._erle_in += a * (envelope(mic) - self._erle_in)
         self._erle_out += a * (envelope(out) - self._erle_out)
-        if (self.bulk_found and not self.converged and self._erle_in > 0
-                and self.erle_db() >= _CONVERGED_ERLE_DB):
+        if self.converged or not self.bulk_found:
+            return
+        if self._erle_in > 0 and self.erle_db() >= _CONVERGED_ERLE_DB:
+            self._held += 1
+        else:
+            self._held = 0
+        if self._held >= self._settle:
             self.converged = True
             logger.info("echo cancellation converged (%.0f dB)", self.erle_db())
 
@@ -524,8 +548,7 @@ class EchoCanceller:
                 self._estimator.reset()
                 self.bulk, self.bulk_found = 0, False
             self._until_estimate = self._estimate_frames
-            self.converged = False
-            self._erle_in = self._erle_out = 0.0
+            self._rearm(_SETTLE_S)
         self._aec.reset()
         self._costs.clear()
         self._cost_sum = 0.0

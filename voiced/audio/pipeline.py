@@ -159,6 +159,11 @@ class SpeakerMix:
             if gap > _GAP_SAMPLES:  # below it, the DAC times' own jitter
                 self.position += gap
                 self.gaps += 1
+                skipped = guard.should_log("speaker gap")
+                if skipped is not None:
+                    logger.info("speaker played nothing for %d ms (a stream started again, "
+                                "or an underrun): silence in the echo reference (%d more "
+                                "not logged)", gap * 1000 // SAMPLE_RATE, skipped)
         self._clock = (self.position, dac)
 
 
