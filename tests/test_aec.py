@@ -540,6 +540,10 @@ def test_the_timeline_runs_on_through_a_stopped_speaker() -> None:
     assert mix.gaps == 1 and mix.position == 3 * 24000 + 480
     assert mix.position_at(12.0) == during == 2 * 24000
     assert mix.position_at(13.01) == 3 * 24000 + 240
+    mix.clear()  # a device reopened: a new stream, whose clock is its own
+    sink.dac_time = 50.0
+    mix(bytes(960))
+    assert mix.gaps == 1 and mix.position_at(50.0) == 3 * 24000 + 960
 
 
 def test_a_speaker_pause_is_silence_in_the_reference_not_a_move() -> None:

@@ -210,9 +210,12 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
                 "output": {"device": "pulse", "file": None}},
                 realtime={"instructions": f"Say: {REPLY_TEXT}"})
             env = pulse.env(PULSE_SINK="spk", PULSE_SOURCE="mic.monitor")
+            daemon_log = open(tmp_path / "voiced.log", "wb")  # noqa: SIM115, ASYNC230 - closed below; a local file
             proc = await asyncio.create_subprocess_exec(
                 *voiced_cmd("run", "-c", str(cfg)), env=env,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                # a file, not a pipe read at the end: a full pipe would block the
+                # daemon's logging, on whichever thread logs (the devices' too)
+                stdout=daemon_log, stderr=daemon_log)
             seen: list[str] = []
             try:
                 await wait_for_status(cfg, lambda s: s["state"] == "ready", seen)
@@ -245,7 +248,9 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
             finally:
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
-                _, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+                await asyncio.wait_for(proc.wait(), TIMEOUT)
+                daemon_log.close()
+                err = (tmp_path / "voiced.log").read_bytes()
                 room.close()
                 # the daemon's view, failed or not: the canceller, the devices
                 print("\n".join(ln for ln in err.decode().splitlines()

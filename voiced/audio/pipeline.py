@@ -113,9 +113,13 @@ class SpeakerMix:
         return bool(self._overlay)
 
     def clear(self) -> None:
-        """Drop the earcon audio not played yet (a device reopened)."""
+        """Drop the earcon audio not played yet and the speaker's clock (a device reopened).
+
+        A new stream's DAC times are no continuation of the old one's.
+        """
         with self._lock:
             self._overlay.clear()
+        self._clock = None
 
     def __call__(self, out: bytes) -> bytes:
         """One period for the device (PortAudio's thread): mixed, and given to the AEC."""
