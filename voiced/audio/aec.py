@@ -53,6 +53,10 @@ _ALIGN_WINDOW: Final = 25  # mic frames whose position disagreement is weighed t
 _JUMP_S: Final = 0.5  # a disagreement this large is a new timeline, not drift
 _ESTIMATE_EVERY_S: Final = 0.5  # audio between two bulk delay estimates
 _MARGIN_MS: Final = 50  # the echo is put this far into the tail: estimate error either way
+# a reference ahead of the timed position by less than this still finds the echo inside
+# the tail (it lands _MARGIN_MS into it): PortAudio's DAC times through PulseAudio's ALSA
+# plugin wander by tens of ms, and every move is an echo path change to the filter
+_AHEAD_MS: Final = 40
 _MOVE_MS: Final = 30  # a new estimate this far from the current one moves the reference
 _CONVERGED_ERLE_DB: Final = 30.0  # the filter's echo loss that opens the gate
 _ERLE_SMOOTH: Final = 0.1  # per block with speaker sound
@@ -382,10 +386,10 @@ class EchoCanceller:
         not a wait followed by a jump. It moves forward when every report of the last
         ``_ALIGN_WINDOW`` frames left it more than three blocks behind (the speaker's
         clock is faster than the mic's: tail would be wasted), back when every one of
-        them had it ahead of the report (it would pair the mic with sound not played
-        yet, which no filter can use), and to the report at once when the position
-        jumps by more than ``_JUMP_S`` (a restarted speaker or mic) or the pairing
-        switches between count and time.
+        them had it more than ``_AHEAD_MS`` ahead of the report (it would soon pair the
+        mic with sound not played yet, which no filter can use), and to the report at
+        once when the position jumps by more than ``_JUMP_S`` (a restarted speaker or
+        mic) or the pairing switches between count and time.
         """
         n = blocks * self.frame
         target = played - self._latency - self.bulk - n
@@ -402,7 +406,7 @@ class EchoCanceller:
                 if len(self._offsets) == self._offsets.maxlen:
                     if min(self._offsets) > 3 * self.frame:
                         self._move_reference(min(self._offsets) - self.frame)
-                    elif max(self._offsets) < 0:
+                    elif max(self._offsets) < -SAMPLE_RATE * _AHEAD_MS // 1000:
                         self._move_reference(max(self._offsets) - self.frame)
         self._timed = timed
         self._behind = target - self._ref_pos
