@@ -271,7 +271,9 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     print(f"\nstatus after reply 1: echo {st1.get('echo')}, found "
           f"{st1.get('aec_echo_delay_ms')} ms behind the speaker's position, cost "
           f"{st1.get('aec_cost_ms')} ms per block, reference moved "
-          f"{st1.get('aec_realigned')} times; after the barge-in {st2.get('aec_realigned')}")
+          f"{st1.get('aec_realigned')} times; after the barge-in {st2.get('aec_realigned')}"
+          f"; speaker gaps {st2.get('aec_speaker_gaps')}, mic overflows "
+          f"{st2.get('aec_mic_overflows')}")
 
     # the room's timeline in the uplink: the question (no speaker sound then) is found
     # in it; so is the barge-in voice, and both must agree (no gap in between)

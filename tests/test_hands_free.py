@@ -112,10 +112,13 @@ async def test_with_aec_the_wake_word_hears_over_the_reply_and_a_bypass_is_half_
     class Dev:
         frame_filter: Any = None
         output_filter: Any = None
+        overflows = 3
 
     dev = Dev()
     h.install(dev, dev, asyncio.get_running_loop())
     assert h.echo is not None and dev.frame_filter is not None
+    st = h.status()
+    assert st["aec_mic_overflows"] == 3 and st["aec_speaker_gaps"] == 0
     h.on_state("speaking", {"mic": "on", "connected": True, "conversation_id": "c"})
     h.mic_frame(frame(1234))
     await asyncio.sleep(0)

@@ -82,6 +82,7 @@ class HandsFree:
         self._volume = volume
         self.detector = detector if detector is not None else build_detector(settings)
         self.echo: EchoCanceller | None = None
+        self._source: Any = None  # the mic, for its overflow count in the status
         self._filter: EchoFilter | None = None
         self.mix: SpeakerMix | None = None
         self.echo_mode: str = settings.audio.echo
@@ -105,6 +106,7 @@ class HandsFree:
     def install(self, source: Any, sink: Any, loop: asyncio.AbstractEventLoop) -> None:
         """Put the earcon mixer (and the echo canceller) on the devices' threads."""
         self._loop = loop
+        self._source = source
         if self.settings.audio.echo == "aec":
             if hasattr(source, "frame_filter"):
                 self.echo = build_echo(self.settings.audio.frame_ms, self._bypass_from_thread)
@@ -247,6 +249,8 @@ class HandsFree:
             if self.mix is not None:
                 # periods that played later than the timeline said (restart, underrun)
                 out["aec_speaker_gaps"] = self.mix.gaps
+            # mic samples PortAudio dropped: each moves the echo against the reference
+            out["aec_mic_overflows"] = int(getattr(self._source, "overflows", 0) or 0)
         if self.detector is not None:
             out["wake_word"] = {"models": list(self.detector.models),
                                 "detections": self.wake_presses}
