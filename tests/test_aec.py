@@ -627,3 +627,22 @@ def test_the_gate_opens_only_once_the_echo_loss_has_held_for_a_second() -> None:
     assert not aec.converged
     aec._track_erle(loud, loud, quiet)
     assert aec.converged
+
+
+def test_an_underrun_in_a_reply_re_arms_the_gate() -> None:
+    """The speaker's callback stalls for 100 ms in the middle of a reply and the device
+    plays 40 ms of nothing beyond what it had been handed (an underrun): its
+    positions jump by the DAC times, but across an underrun PulseAudio's ALSA plugin put
+    the echo 30 ms from where they said (through `voiced run`, where reply 1's echo then
+    passed the open gate). So the gate re-arms at once and opens again only once the
+    echo loss has held for a second. Before, it stayed open."""
+    far = espeak(REPLY_TEXT)[:8 * SAMPLE_RATE]
+    aec = canceller()
+    dev = _Device(aec)
+    dev.run(200, far[:4 * SAMPLE_RATE - 3 * _Device.P])  # 4 s of the reply
+    assert aec.converged and dev.mix.gaps == 0
+    dev.run(5, running=False)  # 100 ms without a callback
+    dev.run(1, far[4 * SAMPLE_RATE:4 * SAMPLE_RATE + _Device.P])
+    assert dev.mix.gaps == 1 and not aec.converged
+    dev.run(150, far[4 * SAMPLE_RATE + _Device.P:])
+    assert aec.converged

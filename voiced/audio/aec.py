@@ -272,6 +272,7 @@ class EchoCanceller:
         self._moves = 0  # consecutive estimates asking for the same move
         self._erle_in = self._erle_out = 0.0
         self._held = 0  # blocks with speaker sound the echo loss has held for
+        self._path_moved = False  # set by path_moved() on another thread, taken by process
         self._settle = round(_SETTLE_S * SAMPLE_RATE / self.frame)  # ... must hold for
         self.converged = False
         """The filter cancels the echo: the delay is found and the echo loss is there."""
@@ -305,6 +306,13 @@ class EchoCanceller:
             if self._estimator is not None:
                 self._estimator.far(pcm, position)
 
+    def path_moved(self) -> None:
+        """The echo path may have moved (the speaker's timeline had a gap).
+
+        The convergence gate re-arms at the next mic frame. Any thread.
+        """
+        self._path_moved = True
+
     def process(self, mic: bytes, played: int, *, timed: bool = False) -> bytes:
         """The mic frame ``mic`` without the echo.
 
@@ -323,6 +331,9 @@ class EchoCanceller:
                              f"blocks, not {len(mic)} bytes")
         blocks = len(mic) // self.frame_bytes
         with self._lock:
+            if self._path_moved:
+                self._path_moved = False
+                self._rearm(_SETTLE_S)
             refs = self._references(blocks, played, timed)
             if self._estimator is not None and refs:
                 assert self._ref_pos is not None

@@ -163,6 +163,10 @@ class SpeakerMix:
             if gap > _GAP_SAMPLES:  # below it, the DAC times' own jitter
                 self.position += gap
                 self.gaps += 1
+                # across an underrun PulseAudio's ALSA plugin put the echo 30 ms from
+                # where the DAC times said (through voiced run): re-measure, gated
+                if self.echo is not None:
+                    self.echo.path_moved()
                 skipped = guard.should_log("speaker gap")
                 if skipped is not None:
                     logger.info("speaker played nothing for %d ms (a stream started again, "
