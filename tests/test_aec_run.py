@@ -179,17 +179,18 @@ def received(sim: SimServer, etype: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.xfail(strict=True, reason=(
-    "not met through voiced run (2026-12-05, branch aec4, 15 runs, the machine at load "
-    "10-22 from parallel work): the speaker-pause handling is fixed and unit-tested "
-    "(the reference's timeline runs on through a stopped speaker; under aec the speaker "
-    "never idles; the gate opens after 1 s of held echo loss), but the echo of reply 1 "
-    "still started a turn after the gate had opened in 2 runs (opened at 31 dB, and at "
-    "42 dB after the 1 s hold; smoothed ERLE 16 and 25 dB at the cancel), and 11 runs "
-    "ended early on the rig: the daemon's mic delivered no audio for 2 s (PortAudio on "
-    "PulseAudio starved; with and without the speaker's idle stop) or PulseAudio timed "
-    "out; one run reached the barge-in's truncate but the room's timeline broke "
-    "(question score 0.65). Strict: it fails once the figures hold, the signal to make "
-    "aec the default (issue 22)"))
+    "not met through voiced run (2026-12-05, branch aec4, 20 runs, the machine at load "
+    "3-22 from parallel work): the speaker-pause handling is fixed and unit-tested (one "
+    "DAC-timed timeline through a stopped speaker; under aec the speaker never idles; "
+    "the gate holds 1 s of echo loss before it opens and re-arms on a speaker gap); "
+    "reply 1 held in the runs that reached reply 2 and converged at 40-46 dB, but the "
+    "echo of reply 1 started a turn after the gate had opened in 6 runs, and in each of "
+    "the last 4 of them the room's own stream underflowed (PortAudio output flag) during "
+    "reply 1: silence inserted into the mic's timeline, an echo path jump the daemon "
+    "cannot see; 12 runs ended early on the rig (the daemon's mic starved of audio for "
+    "2 s, PulseAudio time-outs) and 2 reached the truncate with the room's timeline "
+    "broken. Strict: it fails once the figures hold, the signal to make aec the default "
+    "(issue 22)"))
 async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
         tmp_path: Path) -> None:
     """ERLE, the VAD on the echo alone, the VAD on the user over the echo, and the
