@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,13 +63,15 @@ def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int) -> dict[str,
         procs.append(subprocess.Popen([sys.executable, "-m", "voiced", "sim", "--port",
                                        str(port)], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
-        time.sleep(1.0)  # the simulator listens
+        listening(port)
         log = (tmp / f"naive-{port}.log").open("wb")
         client = subprocess.Popen([sys.executable, str(NAIVE),
                                    f"ws://127.0.0.1:{port}/v1/realtime", stand.device,
                                    str(rate)], env=env, stdout=subprocess.PIPE, stderr=log)
         procs.append(client)
-        time.sleep(2.0)
+        assert client.stdout is not None
+        if client.stdout.readline() != b"connected\n":  # blocks until it is, or it died
+            raise SystemExit(f"the naive client failed:\n{Path(log.name).read_text()[-3000:]}")
         if stand.feeder is not None:
             procs.append(subprocess.Popen(stand.feeder, env=env))
         time.sleep(2.0)
@@ -91,6 +94,19 @@ def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int) -> dict[str,
     counts = json.loads(lines[-1])
     threads = {k: 100 * (v - th0.get(k, 0.0)) / (t1 - t0) for k, v in th1.items()}
     return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "threads": threads, **counts}
+
+
+def listening(port: int, timeout: float = 30.0) -> None:
+    """Until something accepts connections on ``port`` (a busy machine starts slowly)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"nothing listens on port {port}") from None
+            time.sleep(0.1)
 
 
 def run_daemon(stand: Stand, tmp: Path, seconds: float, rate: int) -> dict[str, Any]:
@@ -133,8 +149,11 @@ def compare(name: str, stands: dict[int, Stand], tmp: Path, seconds: float,
                 got = (run_daemon(stand, tmp, seconds, rate) if who == "voiced"
                        else bench_naive(stand, tmp, seconds, rate))
                 runs[who].append(got)
+                sent = (f"{got['audio_sent_s']:.0f} s sent, {got['records']} transcripts"
+                        if who == "voiced" else
+                        f"{got['appends']} appends, {got['replies']} replies")
                 print(f"  {name} {rate // 1000} kHz {who}: {got['cpu_pct']:.2f} % "
-                      f"({thread_text(got['threads'])})", flush=True)
+                      f"({thread_text(got['threads'])}; {sent})", flush=True)
         v = [x["cpu_pct"] for x in runs["voiced"]]
         n = [x["cpu_pct"] for x in runs["naive"]]
         mv, mn = float(np.median(v)), float(np.median(n))

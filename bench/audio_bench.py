@@ -60,6 +60,7 @@ from tests.clock_device import clock_device_env  # noqa: E402
 from tests.pulse import Pulse  # noqa: E402
 from voiced.audio.convert import QUALITY, ToWire  # noqa: E402
 from voiced.config import AudioSettings  # noqa: E402
+from voiced.control import request  # noqa: E402
 from voiced.wire import SAMPLE_RATE  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -192,6 +193,21 @@ def clock_stand(tmp: Path, feed_raw: Path) -> Stand:
                          f"{e.stderr[-2000:]}") from None
 
 
+def wait_ready(sock: Path, log: Path, timeout: float = 60.0) -> None:
+    """Until the daemon's status says ``ready`` (on a busy machine start-up takes longer
+    than any fixed wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if request(sock, "status")["status"].get("state") == "ready":
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the daemon never became ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
 def bench_daemon(stand: Stand, tmp: Path, seconds: float, **audio: Any) -> dict[str, Any]:
     """Run the daemon on ``stand``; ``audio`` adds keys to the config's ``audio`` section."""
     tmp = Path(tempfile.mkdtemp(dir=tmp))
@@ -215,7 +231,7 @@ def bench_daemon(stand: Stand, tmp: Path, seconds: float, **audio: Any) -> dict[
         with (tmp / "daemon.log").open("wb") as log:
             daemon = subprocess.Popen([*voiced, "run", "-c", str(cfg)], env=env, stderr=log)
         procs.append(daemon)
-        time.sleep(3.0)  # start-up and connect
+        wait_ready(tmp / "ctl.sock", tmp / "daemon.log")  # start-up and connect
         subprocess.run([*voiced, "ctl", "-c", str(cfg), "press"], env=env, check=True,
                        capture_output=True, timeout=20)
         if stand.feeder is not None:

@@ -49,6 +49,7 @@ async def main() -> None:
     mic = pa.open(format=pyaudio.paInt16, channels=1, rate=RATE, input=True,
                   frames_per_buffer=FRAME, input_device_index=dev, stream_callback=on_mic)
     async with connect(URL, max_size=None) as ws:
+        print("connected", flush=True)
         async def send() -> None:
             while True:
                 pcm = await mic_q.get()
