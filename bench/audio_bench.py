@@ -208,8 +208,11 @@ def wait_ready(sock: Path, log: Path, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def bench_daemon(stand: Stand, tmp: Path, seconds: float, **audio: Any) -> dict[str, Any]:
-    """Run the daemon on ``stand``; ``audio`` adds keys to the config's ``audio`` section."""
+def bench_daemon(stand: Stand, tmp: Path, seconds: float, src: Path | None = None,
+                 **audio: Any) -> dict[str, Any]:
+    """Run the daemon on ``stand``; ``audio`` adds keys to the config's ``audio`` section;
+    ``src``: run the voiced package found there (another commit's tree, for before/after
+    figures in one run) instead of this one."""
     tmp = Path(tempfile.mkdtemp(dir=tmp))
     port = free_port()
     cfg = tmp / "voiced.yaml"
@@ -222,14 +225,15 @@ def bench_daemon(stand: Stand, tmp: Path, seconds: float, **audio: Any) -> dict[
         "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp / "t.jsonl")},
                         "outbox_dir": str(tmp / "outbox")},
         "control": {"socket": str(tmp / "ctl.sock")}}))
-    env = stand.env
+    env = stand.env if src is None else {**stand.env, "PYTHONPATH": str(src)}
     voiced = [sys.executable, "-m", "voiced"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(subprocess.Popen([*voiced, "sim", "--port", str(port)], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         with (tmp / "daemon.log").open("wb") as log:
-            daemon = subprocess.Popen([*voiced, "run", "-c", str(cfg)], env=env, stderr=log)
+            daemon = subprocess.Popen([*voiced, "run", "-c", str(cfg)], env=env, stderr=log,
+                                      cwd=src)
         procs.append(daemon)
         wait_ready(tmp / "ctl.sock", tmp / "daemon.log")  # start-up and connect
         subprocess.run([*voiced, "ctl", "-c", str(cfg), "press"], env=env, check=True,

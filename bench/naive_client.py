@@ -75,12 +75,12 @@ async def main() -> None:
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
+        print(json.dumps(counts), flush=True)
         for task in tasks:
             task.cancel()
     play_q.put(b"")
     mic.stop_stream()
     mic.close()
-    print(json.dumps(counts), flush=True)
 
 
 if __name__ == "__main__":
