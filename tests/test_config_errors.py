@@ -377,16 +377,3 @@ def test_the_readme_commands_run_with_the_socket_moved(tmp_path: Path) -> None:
         daemon.terminate()
         _, err = daemon.communicate(timeout=TIMEOUT)
     assert daemon.returncode == 0 and "Traceback" not in err, err
-
-
-@pytest.mark.parametrize(("extra", "period"), [
-    ("", 40),  # issue 21: half the speaker's Python callbacks of 20 ms
-    ("echo: aec, ", 20),  # the period the echo canceller was tuned with
-    ("echo: aec, period_ms: 40, ", 40),  # a period set is a period kept
-    ("period_ms: 10, ", 10),
-])
-def test_the_speaker_period_defaults_by_echo_policy(tmp_path: Path, extra: str,
-                                                    period: int) -> None:
-    cfg = tmp_path / "voiced.yaml"
-    cfg.write_text(BASE.replace("audio: {", "audio: {" + extra))
-    assert config.load(cfg).audio.period_ms == period

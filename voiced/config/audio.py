@@ -6,7 +6,6 @@ from pathlib import Path
 
 from voiced.config.sections import _MISSING, _kind, _path, _Section
 from voiced.config.settings import (
-    AEC_PERIOD_MS,
     AUDIO_BACKENDS,
     ECHO_POLICIES,
     INPUT_FILE_STARTS,
@@ -52,23 +51,18 @@ def _endpoint(sec: _Section, backend: str, base: Path, *, is_input: bool) -> Aud
 def _audio(sec: _Section, base: Path) -> AudioSettings:
     d = AudioSettings()
     backend = sec.choice("backend", d.backend, AUDIO_BACKENDS)
-    mic = _endpoint(sec.section("input"), backend, base, is_input=True)
-    speaker = _endpoint(sec.section("output"), backend, base, is_input=False)
-    echo = sec.choice("echo", d.echo, ECHO_POLICIES)
     s = AudioSettings(
         backend=backend,
-        input=mic,
-        output=speaker,
-        echo=echo,
+        input=_endpoint(sec.section("input"), backend, base, is_input=True),
+        output=_endpoint(sec.section("output"), backend, base, is_input=False),
+        echo=sec.choice("echo", d.echo, ECHO_POLICIES),
         echo_tail_ms=sec.int_("echo_tail_ms", d.echo_tail_ms, lo=0, hi=5000),
         frame_ms=sec.int_("frame_ms", d.frame_ms, lo=10, hi=100),
         block_ms=sec.int_("block_ms", d.block_ms, lo=10, hi=200),
         input_file_starts=sec.choice("input_file_starts", d.input_file_starts,
                                      INPUT_FILE_STARTS),
         jitter_ms=sec.int_("jitter_ms", d.jitter_ms, lo=0, hi=1000),
-        # the echo canceller keeps the period it was tuned with (aec: 20 ms)
-        period_ms=sec.int_("period_ms", AEC_PERIOD_MS if echo == "aec" else d.period_ms,
-                           lo=5, hi=100),
+        period_ms=sec.int_("period_ms", d.period_ms, lo=5, hi=100),
         reopen_s=sec.num("reopen_s", d.reopen_s, lo=0.05, hi=300),
         reopen_max_s=sec.num("reopen_max_s", d.reopen_max_s, lo=0.05, hi=3600),
         max_queued_s=sec.num("max_queued_s", d.max_queued_s, lo=1, hi=3600),

@@ -239,10 +239,6 @@ class AudioEndpointSettings:
     """pyaudio: force this device rate (None: 24 kHz if supported, else 48k, 44.1k, ...)."""
 
 
-AEC_PERIOD_MS = 20
-"""``audio.period_ms`` when ``echo: aec`` and it is not set: the canceller's tuning."""
-
-
 @dataclass(frozen=True, slots=True)
 class AudioSettings:
     """Mic, speaker and echo policy."""
@@ -272,12 +268,9 @@ class AudioSettings:
     after the press), or as soon as the daemon starts."""
     jitter_ms: int = 80
     """pyaudio: reply audio buffered before playback starts (absorbs network jitter)."""
-    period_ms: int = 40
+    period_ms: int = 20
     """pyaudio: speaker buffer size; a stop hands silence from the next period on (what
-    the device has buffered, about two periods, still plays). Each period is one wakeup
-    of the speaker's Python callback while it runs: 40 halves them against 20 (issue 21);
-    with ``echo: aec`` the default is 20 (the canceller was tuned with it); 10 or 20
-    stop a barge-in sooner."""
+    the device has buffered, about two periods, still plays)."""
     reopen_s: float = 3.0
     """A failed (e.g. unplugged) mic or speaker is tried again after this long, ..."""
     reopen_max_s: float = 60.0
