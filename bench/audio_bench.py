@@ -60,6 +60,7 @@ from tests.clock_device import clock_device_env  # noqa: E402
 from tests.pulse import Pulse  # noqa: E402
 from voiced.audio.convert import QUALITY, ToWire  # noqa: E402
 from voiced.config import AudioSettings  # noqa: E402
+from voiced.control import request  # noqa: E402
 from voiced.wire import SAMPLE_RATE  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -192,8 +193,26 @@ def clock_stand(tmp: Path, feed_raw: Path) -> Stand:
                          f"{e.stderr[-2000:]}") from None
 
 
-def bench_daemon(stand: Stand, tmp: Path, seconds: float, **audio: Any) -> dict[str, Any]:
-    """Run the daemon on ``stand``; ``audio`` adds keys to the config's ``audio`` section."""
+def wait_ready(sock: Path, log: Path, timeout: float = 60.0) -> None:
+    """Until the daemon's status says ``ready`` (on a busy machine start-up takes longer
+    than any fixed wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if request(sock, "status")["status"].get("state") == "ready":
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the daemon never became ready:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def bench_daemon(stand: Stand, tmp: Path, seconds: float, src: Path | None = None,
+                 **audio: Any) -> dict[str, Any]:
+    """Run the daemon on ``stand``; ``audio`` adds keys to the config's ``audio`` section;
+    ``src``: run the voiced package found there (another commit's tree, for before/after
+    figures in one run) instead of this one."""
     tmp = Path(tempfile.mkdtemp(dir=tmp))
     port = free_port()
     cfg = tmp / "voiced.yaml"
@@ -206,16 +225,17 @@ def bench_daemon(stand: Stand, tmp: Path, seconds: float, **audio: Any) -> dict[
         "transcripts": {"sink": "jsonl", "jsonl": {"path": str(tmp / "t.jsonl")},
                         "outbox_dir": str(tmp / "outbox")},
         "control": {"socket": str(tmp / "ctl.sock")}}))
-    env = stand.env
+    env = stand.env if src is None else {**stand.env, "PYTHONPATH": str(src)}
     voiced = [sys.executable, "-m", "voiced"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(subprocess.Popen([*voiced, "sim", "--port", str(port)], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         with (tmp / "daemon.log").open("wb") as log:
-            daemon = subprocess.Popen([*voiced, "run", "-c", str(cfg)], env=env, stderr=log)
+            daemon = subprocess.Popen([*voiced, "run", "-c", str(cfg)], env=env, stderr=log,
+                                      cwd=src)
         procs.append(daemon)
-        time.sleep(3.0)  # start-up and connect
+        wait_ready(tmp / "ctl.sock", tmp / "daemon.log")  # start-up and connect
         subprocess.run([*voiced, "ctl", "-c", str(cfg), "press"], env=env, check=True,
                        capture_output=True, timeout=20)
         if stand.feeder is not None:

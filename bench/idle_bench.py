@@ -10,8 +10,10 @@ interleaved so that the busy machine's load falls on figure and baseline alike:
    kept open while idle (``Supervisor.keep_mic_open``, what a wake word needs), and the
    baseline of a process that only holds the two PortAudio streams open (what an
    always-open daemon cannot go below).
-2. active: the daemon with the mic on and speech fed in (full duplex), beside the naive
-   client (a thread handing 20 ms frames to asyncio, sent as JSON appends), same length.
+2. active: the daemon with the mic on and speech fed in (full duplex), beside the floor
+   of a Python process that sends appends (a thread handing 20 ms frames of silence to
+   asyncio, sent as JSON appends, no audio device), same length. The naive client, with
+   a real mic and speaker, is ``bench/active_bench.py``'s baseline.
 3. wake-up: a press on the control socket to the first ``input_audio_buffer.append`` the
    simulator receives (both on CLOCK_MONOTONIC), ``--rounds`` presses each after the
    daemon has idled; p50 and p95.
@@ -171,10 +173,10 @@ class Daemon:
 REPLIES = """
 import asyncio, inspect, json, sys, time
 from voiced.audio.pyaudio_backend import PyAudioSink
-from voiced.config import AudioEndpointSettings
+from voiced.config import AudioEndpointSettings, AudioSettings
 
 async def main(device, rounds, margin):
-    kw = {}
+    kw = {"period_ms": AudioSettings().period_ms}  # the daemon's speaker period
     if margin != "default" and "start_margin_ms" in inspect.signature(PyAudioSink).parameters:
         kw["start_margin_ms"] = int(margin)
     sink = PyAudioSink(AudioEndpointSettings(device=device), **kw)
@@ -272,7 +274,8 @@ def measure(name: str, stand: Stand, active_stand: Stand, tmp: Path, seconds: fl
          f"bare PortAudio streams held open: {bare:.2f} %"),
         (f"{name}: active CPU, full duplex", f"{active['cpu_pct']:.2f} %",
          f"over {active['seconds']:.0f} s, {active['audio_sent_s']:.0f} s of mic audio "
-         f"sent; baseline, the naive client: {naive:.2f} %; block_ms 20 (one frame a "
+         f"sent; floor, a device-less Python uplink (not the naive client: "
+         f"bench/active_bench.py): {naive:.2f} %; block_ms 20 (one frame a "
          f"wakeup, as before): {single['cpu_pct']:.2f} %"),
         (f"{name}: press to first mic frame",
          f"p50 {pct(wake, 50):.0f} ms, p95 {pct(wake, 95):.0f} ms",
