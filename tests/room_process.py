@@ -1,29 +1,29 @@
 """The room of tests/test_aec_run.py, as a process of its own: what a mic in a room hears.
 
-One full-duplex PortAudio stream on ALSA's ``pulse`` device, recording the speaker's
-monitor (``PULSE_SOURCE``) and playing into the mic's sink (``PULSE_SINK``). Each callback
-turns the block it got into the block it plays: the speaker's sound from ``--delay-ms``
-ago at ``--gain``, plus the user's voices. So the output timeline is paced by the output
-device and the delay is a fixed offset in the room's own line, constant by construction:
-no pipe between a reader and a writer can fill up when the machine is busy (the room as a
-thread in pytest, parec -> pacat, let pacat's pipe grow from 400 ms to 1.2 s in one run).
-Started with real-time scheduling by the test (``chrt -f``), which PortAudio's callback
-thread inherits.
+Two streams of libpulse's simple (blocking) API in one real-time thread: it reads a block
+of the speaker's monitor (``PULSE_SOURCE``) and writes the block it turns into to the
+mic's sink (``PULSE_SINK``): the speaker's sound from ``--delay-ms`` ago at ``--gain``,
+plus the user's voices. Both lines are gapless (the record stream queues in the server;
+the mic's stream starts with a cushion of ``--cushion-ms``), so the delay is a fixed
+offset in the room's own line, constant by construction while the cushion never runs
+dry: no pipe between a reader and a writer can fill up when the machine is busy (the room
+as a thread in pytest, parec -> pacat, let pacat's pipe grow from 400 ms to 1.2 s in one
+run). Whether it ran dry is checked, not assumed: ``MicCheck``. Started with real-time
+scheduling by the test (``chrt -f``, see ``room_command``), which its threads inherit.
 
 Commands on stdin, one a line: ``say PATH`` (a float32 .npy voice, from the next block
 on), ``trigger PATH N`` (that voice once the monitor has had N samples since its next
 loud one), ``stop`` (save ``--out``.npz: monitor, echo, voice; then exit). On stdout:
 ``at N`` (room samples so far, every 50 ms), ``voice N`` (a voice's first room sample),
-``flags F N`` (PortAudio's over/underflow flags F at room sample N; F = 256: the mic's
-line moved, see ``MicCheck``), ``moved D N`` (by D samples), ``latency IN OUT`` (the
-stream's, s), ``checked B blocks, moved S samples`` and ``cpu C`` (its CPU share) at the
-end, ``saved``.
+``flags F N`` (a fault at room sample N; F = 256: the mic's line moved, see
+``LineCheck``; PortAudio's over/underflow flags in the room before), ``moved D N`` (by
+D samples), ``latency IN OUT`` (the streams', s), ``checked B blocks, moved S samples``
+and ``cpu C`` (its CPU share) at the end, ``saved``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import os
 import shutil
@@ -36,7 +36,10 @@ import numpy as np
 
 RATE = 24000
 BLOCK = 480  # 20 ms
-CUSHION_MS = 60  # the mic's stream in the server: how late the room may be
+# The mic's stream in the server: how late the room may be before the mic runs dry.
+# With the record stream's ~26 ms it is about the 40 + 60 ms the PortAudio stream it
+# replaces had, so the echo path `voiced run` sees stays as measured before.
+CUSHION_MS = 80
 LOUD = 300  # the monitor's level that starts a trigger's count
 
 
@@ -96,57 +99,29 @@ class Room:
         return out
 
 
-class MicCheck:
+class LineCheck:
     """Whether what reached the mic is what the room played, in one gapless line.
 
-    PortAudio's flags miss a run-dry that happens in the server: when the room's data
-    arrives late there, the sink ``mic`` plays silence in between and everything after
-    comes later, with no flag in the room's stream (seen: +120..+390 samples over 10 s in
-    a probe, no flag). So the room records ``mic.monitor`` itself (parec: its record
-    stream queues in the server, nothing is lost when parec is late) and finds each
-    block it played there (the null sink is bit-exact, the room its only stream): the
-    offset between the two lines is constant while the room keeps time, and every change
-    is reported (``moved D N``: D samples, at room sample N; and as ``flags 256 N``, so a
-    reader of the flags sees it). Blocks of silence say nothing and are skipped; a block
-    the move falls in is not found whole and the next one decides."""
+    A run-dry on the mic's side (the room's data late in the server: the sink ``mic``
+    plays silence in between and everything after comes later) shows in no stream flag:
+    PortAudio's never had it (a probe saw +120..+390 samples in 10 s and no flag) and
+    the simple API has none. So the recording of ``mic.monitor`` (``rec``) is compared
+    with the blocks the room played (the null sink is bit-exact, the room its only
+    stream): each is found there, the offset between the two lines is constant while
+    the room keeps time, and every change is reported (``moved D N``: D samples, at room
+    sample N; and as ``flags 256 N``, so a reader of the flags sees it). Blocks of
+    silence say nothing and are skipped; a block the move falls in is not found whole
+    and the next one decides."""
 
-    MOVED = 0x100  # beside PortAudio's flags (1..16)
+    MOVED = 0x100  # beside PortAudio's flags (1..16), which readers know
     WINDOW = 2 * RATE  # how far from where it should be a block is looked for
 
-    def __init__(self, room: Room, env: dict[str, str]) -> None:
+    def __init__(self, room: Room) -> None:
         self.room = room
-        cmd = ["parec", "--device=mic.monitor", "--raw", "--format=s16le",
-               f"--rate={RATE}", "--channels=1", "--latency-msec=100"]
-        if os.sched_getscheduler(0) != os.SCHED_OTHER and shutil.which("chrt"):
-            cmd = ["chrt", "-o", "0", *cmd]  # a recorder, not part of the room's timing
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
         self.rec = np.zeros(0, np.int16)
         self.offset: int | None = None  # mic.monitor sample = room sample + offset
         self.checked = 0  # room blocks looked at
         self.moved = 0  # samples the line moved in all
-        self.stop = threading.Event()
-        assert self.proc.stdout is not None
-        self.first = self.proc.stdout.read(2 * RATE // 50)  # recording: the room may start
-        self.thread = threading.Thread(target=self._run, name="mic-check", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _run(self) -> None:
-        with contextlib.suppress(OSError):  # an unprivileged room is not real-time
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))  # this thread
-        assert self.proc.stdout is not None
-        chunks = [self.first]
-        while not self.stop.is_set():
-            data = os.read(self.proc.stdout.fileno(), 65536)
-            if not data:
-                break
-            chunks.append(data)
-            raw = b"".join(chunks)
-            keep = len(raw) // 2 * 2
-            chunks = [raw[keep:]]
-            self.rec = np.concatenate([self.rec, np.frombuffer(raw[:keep], "<i2")])
-            self.check()
 
     def check(self) -> None:
         with self.room.lock:
@@ -170,6 +145,8 @@ class MicCheck:
                 self.moved += abs(d)
                 with self.room.lock:
                     self.room.events += [f"moved {d} {at}", f"flags {self.MOVED} {at}"]
+                print(f"room: the mic's line moved {d} samples at room sample {at}",
+                      file=sys.stderr, flush=True)
             self.offset = found - at
 
     def find(self, block: np.ndarray, at: int) -> int | None:
@@ -179,14 +156,61 @@ class MicCheck:
             lo = max(0, at + self.offset - self.WINDOW)
             hi = min(hi, at + self.offset + self.WINDOW + len(block))
         j = int(np.argmax(np.abs(block.astype(np.int32))))  # its rarest value, likely
-        expect = at + (self.offset or 0)
-        best: int | None = None  # a sound that repeats (the probe's clicks) matches
+        # a sound that repeats (the probe's clicks) matches more than once: the first
+        # sound the room played is the first in the mic (nothing else plays there),
+        # after that the match nearest where it should be
+        expect = 0 if self.offset is None else at + self.offset
+        best: int | None = None
         for c in np.nonzero(self.rec[lo + j:hi - len(block) + j + 1] == block[j])[0]:
-            p = lo + int(c)  # more than once: the match nearest where it should be
+            p = lo + int(c)
             if (best is None or abs(p - expect) < abs(best - expect)) and \
                     np.array_equal(self.rec[p:p + len(block)], block):
                 best = p
         return best
+
+class MicCheck(LineCheck):
+    """The line check on a recording of ``mic.monitor`` made as the room runs (parec:
+    its record stream queues in the server, nothing is lost when parec is late)."""
+
+    def __init__(self, room: Room, env: dict[str, str]) -> None:
+        super().__init__(room)
+        cmd = ["parec", "--device=mic.monitor", "--raw", "--format=s16le",
+               f"--rate={RATE}", "--channels=1", "--latency-msec=100"]
+        if os.sched_getscheduler(0) != os.SCHED_OTHER and shutil.which("chrt"):
+            cmd = ["chrt", "-o", "0", *cmd]  # a recorder, not part of the room's timing
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, bufsize=0)
+        self.stop = threading.Event()
+        assert self.proc.stdout is not None
+        self.first = self.proc.stdout.read(2 * RATE // 50)  # recording: the room may start
+        # (unbuffered: the thread reads the descriptor on from exactly here)
+        self.thread = threading.Thread(target=self._run, name="mic-check", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        # This thread stays at the room's real-time priority: it shares the GIL with the
+        # room's thread, and a normal-priority thread holding it on a busy machine made
+        # the room wait (one move seen under two busy loops). Its work is small: the
+        # recording grows in place (no copy of the whole per read) and each new block is
+        # compared once.
+        assert self.proc.stdout is not None
+        buf = np.zeros(60 * RATE, np.int16)
+        n = 0
+        rest = self.first
+        while not self.stop.is_set():
+            data = os.read(self.proc.stdout.fileno(), 65536)
+            if not data:
+                break
+            raw = rest + data
+            new = np.frombuffer(raw[:len(raw) // 2 * 2], "<i2")
+            rest = raw[len(new) * 2:]
+            if n + len(new) > len(buf):
+                buf = np.concatenate([buf, np.zeros(max(len(buf), len(new)), np.int16)])
+            buf[n:n + len(new)] = new
+            n += len(new)
+            self.rec = buf[:n]
+            self.check()
 
     def close(self) -> None:
         self.proc.terminate()
