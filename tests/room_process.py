@@ -16,9 +16,10 @@ on), ``trigger PATH N`` (that voice once the monitor has had N samples since its
 loud one), ``stop`` (save ``--out``.npz: monitor, echo, voice; then exit). On stdout:
 ``at N`` (room samples so far, every 50 ms), ``voice N`` (a voice's first room sample),
 ``flags F N`` (a fault at room sample N; F = 256: the mic's line moved, see
-``LineCheck``; PortAudio's over/underflow flags in the room before), ``moved D N`` (by
-D samples), ``latency IN OUT`` (the streams', s), ``checked B blocks, moved S samples``
-and ``cpu C`` (its CPU share) at the end, ``saved``.
+``LineCheck``; 512: its streams failed, with ``error TEXT`` before; PortAudio's
+over/underflow flags in the room before), ``moved D N`` (by D samples), ``latency IN
+OUT`` (the streams', s), ``checked B blocks, moved S samples`` and ``cpu C`` (its CPU
+share) at the end, ``saved``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ import numpy as np
 RATE = 24000
 BLOCK = 480  # 20 ms
 # The mic's stream in the server: how late the room may be before the mic runs dry.
-# With the record stream's ~26 ms it is about the 40 + 60 ms the PortAudio stream it
-# replaces had, so the echo path `voiced run` sees stays as measured before.
+# With the record stream's 17-33 ms the path is near the PortAudio stream's 40 + 60 ms
+# it replaces: `voiced run` found the echo 125-128 ms behind the speaker's position
+# (104 before), well inside the canceller's 200 ms tail.
 CUSHION_MS = 80
+ROOM_FAILED = 0x200  # a flag: the room's streams failed, it plays no more
 LOUD = 300  # the monitor's level that starts a trigger's count
 
 
@@ -283,6 +286,10 @@ class Simple:
         err = ctypes.c_int(0)
         return float(self.lib.pa_simple_get_latency(self.s, ctypes.byref(err))) / 1e6
 
+    def drain(self) -> None:
+        """Wait until what was written has been played."""
+        self.lib.pa_simple_drain(self.s, ctypes.byref(ctypes.c_int(0)))
+
     def close(self) -> None:
         self.lib.pa_simple_free(self.s)
 
@@ -323,8 +330,12 @@ def main() -> None:
     def loop() -> None:
         # each block read turns into the block written: the mic's line is the speaker's
         # line moved by a constant (the delay, the cushion, the record fragment)
-        while running.is_set():
-            sink.write(room.step(src.read(block).astype(np.float64)))
+        try:
+            while running.is_set():
+                sink.write(room.step(src.read(block).astype(np.float64)))
+        except OSError as e:  # the server went away: the room stops, and says so
+            with room.lock:
+                room.events += [f"error {e}", f"flags {ROOM_FAILED} {room.at}"]
 
     print(f"latency {src.latency():.4f} {sink.latency():.4f}", flush=True)
     player = threading.Thread(target=loop, name="room", daemon=True)
@@ -354,6 +365,7 @@ def main() -> None:
     running.clear()
     player.join(5)
     src.close()
+    sink.drain()  # the cushion's blocks too, so the check sees every block played
     sink.close()
     time.sleep(0.3)  # the last blocks through the sink into the recording
     check.close()
