@@ -68,6 +68,7 @@ class Pulse:
         deadline = time.monotonic() + TIMEOUT
         while self.pactl("info", check=False).returncode != 0:
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()  # not left running for nobody (it may start after all)
                 raise RuntimeError("pulseaudio did not start: "
                                    + (self.root / "pulse.log").read_text()[-2000:])
             time.sleep(0.05)
