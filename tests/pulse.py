@@ -13,6 +13,7 @@ which PortAudio would open, one by one, every time it lists devices.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -25,6 +26,12 @@ import pytest
 from tests.conftest import TIMEOUT, clean_env
 
 SINK_ARGS = "format=s16le rate=24000 channels=1 norewinds=1"
+# The server's real-time priority: its sinks' threads ask for SCHED_RR 5 themselves (and
+# get it as root); the main thread, which moves every client's audio between the socket
+# and the sinks (no shm here), is put there too. Below the test's room (FIFO 10, see
+# tests/room_process.py), above everything not real-time, as a sound card's interrupts
+# are: a starved main thread let the room's playback run dry on a loaded machine.
+SERVER_RT_PRIORITY = 5
 
 
 class Pulse:
@@ -40,6 +47,7 @@ class Pulse:
         self.run_dir.mkdir(mode=0o700)
         self.socket = root / "native"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.scheduling = ""  # the server's main thread's, once started
 
     def env(self, *, machine_alsa: bool = False, **extra: str) -> dict[str, str]:
         """Environment for a process that should use this server; ``machine_alsa`` gives
@@ -60,9 +68,25 @@ class Pulse:
         deadline = time.monotonic() + TIMEOUT
         while self.pactl("info", check=False).returncode != 0:
             if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()  # not left running for nobody (it may start after all)
                 raise RuntimeError("pulseaudio did not start: "
                                    + (self.root / "pulse.log").read_text()[-2000:])
             time.sleep(0.05)
+        self.scheduling = self._realtime()
+
+    def _realtime(self) -> str:
+        """Put the server's main thread at SCHED_RR ``SERVER_RT_PRIORITY`` where it may
+        be (root with chrt); return what it got (``chrt -p``'s words), "" where it may
+        not. Threads it starts later inherit it (its sinks' own threads set theirs)."""
+        assert self.proc is not None
+        if os.geteuid() != 0 or shutil.which("chrt") is None:
+            return ""
+        pid = str(self.proc.pid)
+        if subprocess.run(["chrt", "-r", "-p", str(SERVER_RT_PRIORITY), pid],
+                          capture_output=True, timeout=TIMEOUT).returncode != 0:
+            return ""  # root without CAP_SYS_NICE (a container): as it was before
+        return subprocess.run(["chrt", "-p", pid], capture_output=True, text=True,
+                              timeout=TIMEOUT).stdout
 
     def pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["pactl", *args], env=self.env(), capture_output=True,
