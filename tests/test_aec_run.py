@@ -3,15 +3,18 @@ stack (PulseAudio null sinks), against `voiced sim`, with a room between its spe
 its mic.
 
 The rig: the daemon plays into the sink ``spk`` and records ``mic.monitor``. The test's
-room (tests/room_process.py, a process of its own with real-time scheduling) reads
-``spk.monitor`` and writes into the sink ``mic`` what a mic in a room would hear: the
-speaker's sound after ``ROOM_DELAY_MS`` at ``ROOM_GAIN`` (-6 dB), plus the user's voice
-from chosen moments on. It is one full-duplex PortAudio stream whose callback turns each
-block it records into the block it plays, so the room's delay is constant by
-construction and everything it wrote is on one timeline (the "room's"): the echo that
-reached the mic is known exactly. (The room as a thread in pytest, parec -> pacat, was
-starved on the busy machine: pacat's pipe grew to 400 ms, then 1.2 s, within a run, and
-the echo path jumped. PulseAudio's module-loopback as the room glitches too much:
+room (tests/room_process.py, a process of its own at real-time priority, started by
+``room_command``) reads ``spk.monitor`` and writes into the sink ``mic`` what a mic in a
+room would hear: the speaker's sound after ``ROOM_DELAY_MS`` at ``ROOM_GAIN`` (-6 dB),
+plus the user's voice from chosen moments on. It is two streams of libpulse's simple API
+in one real-time thread: each 20 ms block it reads of the monitor becomes the block it
+writes (behind a fixed cushion), so the room's delay is a fixed offset in its own line,
+and everything it wrote is on one timeline (the "room's"): the echo that reached the
+mic is known exactly. That the line stayed whole is checked, not assumed: the room finds
+each block it played in ``mic.monitor`` and reports any move as a fault (``flags``),
+which this test prints. (The room as a thread in pytest, parec -> pacat, was starved on
+the busy machine: pacat's pipe grew to 400 ms, then 1.2 s, within a run; a full-duplex
+PortAudio stream spun in its poll loop; PulseAudio's module-loopback glitches too much:
 tests/test_aec_pulse.py.)
 
 Positions, not clocks: the simulator's VAD events and the truncate carry audio
@@ -24,11 +27,8 @@ recorded ``spk.monitor``.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import pytest
 from tests.conftest import TIMEOUT, voiced_cmd, write_config
 from tests.pulse import Pulse, running_pulse
 from tests.room import REPLY_TEXT, USER_TEXT, erle_db, espeak
+from tests.room_process import room_command
 from tests.test_aec import first_loud_ms
 from tests.test_e2e import ctl, wait_for_status
 from voiced.audio import aec as aec_mod
@@ -62,27 +63,21 @@ TRUNCATE_TOLERANCE_MS = 25
 
 class Room:
     """tests/room_process.py (``spk.monitor`` -> delay, gain, voices -> ``mic``) as a
-    process of its own, with real-time scheduling where it may have it."""
+    process of its own, with real-time scheduling where it may have it
+    (``room_command``)."""
 
     def __init__(self, pulse: Pulse, tmp: Path) -> None:
         self.tmp = tmp
         self.out = tmp / "room"
-        cmd = [sys.executable, str(Path(__file__).with_name("room_process.py")),
-               "--delay-ms", str(ROOM_DELAY_MS), "--gain", str(ROOM_GAIN),
-               "--out", str(self.out)]
-        # the room keeps time by its callback: real-time scheduling (root, as here) keeps
-        # it on time on a busy machine; else a nicer place in the queue, else as it is
-        if os.geteuid() == 0 and shutil.which("chrt"):
-            cmd = ["chrt", "-f", "10", *cmd]
-        elif os.geteuid() == 0:
-            cmd = ["nice", "-n", "-15", *cmd]
+        cmd = room_command(["--delay-ms", str(ROOM_DELAY_MS), "--gain", str(ROOM_GAIN),
+                            "--out", str(self.out)])
         self.proc = subprocess.Popen(
             cmd, env=pulse.env(PULSE_SOURCE="spk.monitor", PULSE_SINK="mic"),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=open(tmp / "room.log", "wb"), text=True)  # noqa: SIM115
         self.at = 0  # room samples so far (as the process last said)
         self.voice_at: list[int] = []
-        self.flags: list[tuple[int, int]] = []  # PortAudio's xrun flags, room sample
+        self.flags: list[tuple[int, int]] = []  # the room's faults (flag, room sample)
         self.saved = threading.Event()
         self.error: BaseException | None = None
         self._voices = 0
@@ -230,7 +225,7 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
                 assert done["status"] == "completed", (
                     f"the echo alone started a turn: reply 1 ended {done['status']} "
                     f"({done.get('status_details')}); {await ctl(cfg, 'status')}; the room's "
-                    f"xruns {room.flags}")
+                    f"faults {room.flags}")
                 await wait_for_status(cfg, lambda s: s["state"] == "listening", seen)
                 after_reply_1 = room.at
                 await until(lambda: room.at > after_reply_1 + SAMPLE_RATE, "the echo's end")
@@ -269,7 +264,8 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     print("\nevents:", [(e["type"], e.get("audio_start_ms", e.get("audio_end_ms")))
                         for e in events if "audio_buffer" in e["type"]
                         or e["type"].startswith("response.") and "delta" not in e["type"]])
-    print("the room's xruns (PortAudio flags, room sample):", room.flags)
+    print("the room's faults (flag, room sample; 256: its line in mic.monitor "
+          "moved, 512: its streams failed):", room.flags)
     print("voices at", room.voice_at, "room at", room.at, "truncate", truncate)
     td = session.session["audio"]["input"]["turn_detection"]
     prefix = int(td.get("prefix_padding_ms", 300))
