@@ -9,6 +9,7 @@ docs/architecture.md quote them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ctypes
@@ -646,3 +647,48 @@ def test_an_underrun_in_a_reply_re_arms_the_gate() -> None:
     assert dev.mix.gaps == 1 and not aec.converged
     dev.run(150, far[4 * SAMPLE_RATE + _Device.P:])
     assert aec.converged
+
+
+async def test_the_gate_judges_each_block_when_it_is_cleaned_not_when_the_loop_reads_it(
+) -> None:
+    """Mic frames cross from PortAudio's thread to the event loop in batches (one
+    callback's worth, 100 ms by default) and wait there for the loop's turn: on a busy
+    machine the loop reads a frame some frames after the canceller cleaned it. The
+    convergence gate must judge each block by the filter's state when that block was
+    cleaned. Before, `HandsFree.mic_frame` read the state on the loop: frames the filter
+    cleaned before it had shown it fits were passed if it converged meanwhile (the echo
+    of a reply through the gate), and frames cleaned after were silenced if it had
+    re-armed meanwhile."""
+    from types import SimpleNamespace
+
+    from tests.test_hands_free import hands
+
+    h, _ = hands(audio={"echo": "aec"})
+    sink = SimpleNamespace(rate=SAMPLE_RATE, channels=1, dac_time=0.0, output_filter=None)
+    source = SimpleNamespace(adc_time=0.0, frame_filter=None)
+    h.install(source, sink, asyncio.get_running_loop())
+    aec = h.echo
+    assert aec is not None and h.mix is not None
+    aec._clock = lambda: 0.0  # no bypass on a loaded machine: its own tests cover it
+    dev = _Device(aec)
+    dev.sink, dev.source, dev.mix, dev.filter = sink, source, h.mix, source.frame_filter
+    lag = 5  # frames the loop reads behind the mic's thread
+    far = espeak(REPLY_TEXT)[:8 * SAMPLE_RATE]
+    cleaned_open: list[bool] = []  # per frame: the gate open when it was cleaned
+    handed: list[bytes] = []  # what the loop hands up, read ``lag`` frames late
+    at = 0  # the reply's samples handed so far
+    for k in range(8 * 50):
+        before = dev.handed
+        dev.run(1, far[at:])
+        at += (dev.handed - before) * _Device.P
+        cleaned_open.append(aec.converged or not aec.echo_possible)
+        if k >= lag:
+            handed.append(h.mic_frame(dev.out[k - lag].tobytes()))
+    opened = cleaned_open.index(True, 50)
+    assert aec.converged and opened < len(handed)
+    # the frames cleaned just before it opened were read after it had: still silence
+    late = handed[opened - lag:opened]
+    assert all(not any(f) for f in late), "a frame cleaned before convergence passed"
+    # and what the filter cleaned while the gate was open goes up as it was cleaned
+    assert all(f == dev.out[j].tobytes() for j, f in enumerate(handed) if cleaned_open[j])
+    assert h.status()["aec_gated_blocks"] == aec.gated > 0

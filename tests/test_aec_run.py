@@ -309,6 +309,13 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     blocks = residual[:len(residual) // CHUNK * CHUNK].reshape(-1, CHUNK)
     gated = int(np.sum(np.all(blocks == 0, axis=1)))
     print(f"all-zero 20 ms blocks in the ERLE window: {gated} of {len(blocks)}")
+    # where the gate's silence fell in reply 1 (s from its echo's start, blocks)
+    whole = up[r1 + shift + 480:r1_end + shift + 480]
+    zero = np.all(whole[:len(whole) // CHUNK * CHUNK].reshape(-1, CHUNK) == 0, axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], zero.astype(int), [0]])))
+    print("silent stretches in reply 1 (s, blocks):",
+          [(round(s0 * CHUNK / SAMPLE_RATE, 2), int(s1 - s0))
+           for s0, s1 in zip(edges[::2], edges[1::2], strict=True)])
     level = 20 * np.log10(max(float(np.sqrt(np.mean(residual ** 2))), 1e-9) / 32768)
     print(f"ERLE {erle:.1f} dB over {(b - a) / SAMPLE_RATE:.1f} s (residual {level:.1f} "
           f"dBFS RMS)")

@@ -98,7 +98,6 @@ class HandsFree:
         self._gate_samples = 0  # half duplex: mic samples still replaced by silence
         self.detections: list[Detection] = []
         self.wake_presses = 0
-        self.gated_frames = 0  # mic frames silenced until the canceller converged
         self.earcons_played: dict[str, int] = {}
 
     # ------------------------------------------------------------------ devices
@@ -157,13 +156,9 @@ class HandsFree:
 
         In half duplex it comes back as silence while an earcon plays, and a tail after.
         """
-        if (self.echo_mode == "aec" and self.echo is not None and not self.echo.converged
-                and self.echo.echo_possible):
-            # the convergence gate: until the filter cancels the echo (its delay found,
-            # its echo loss there), silence in its place, so the server's VAD and the
-            # wake word never hear the reply; the uplink's timeline stays whole
-            self.gated_frames += 1
-            frame = bytes(len(frame))
+        # the convergence gate (until the filter cancels the echo, silence in its place,
+        # so the server's VAD and the wake word never hear the reply) is the canceller's
+        # own, block by block on the mic's thread: build_echo(gate=True)
         speaking = self._state == "speaking"
         playing = self.mix is not None and self.mix.playing
         if self.detector is not None and not playing:
@@ -240,7 +235,7 @@ class HandsFree:
             out["aec_bulk_ms"] = self.echo.bulk * 1000 // SAMPLE_RATE
             out["aec_converged"] = self.echo.converged
             out["aec_erle_db"] = round(self.echo.erle_db(), 1)
-            out["aec_gated_frames"] = self.gated_frames
+            out["aec_gated_blocks"] = self.echo.gated
             if self._filter is not None:
                 # mic frames paired with the speaker by PortAudio's timestamps, and how
                 # far the count handed over ran ahead of them (the devices' buffering)

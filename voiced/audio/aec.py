@@ -228,6 +228,11 @@ class EchoCanceller:
         clock: seconds, for the per-block cost (tests inject one).
         max_delay_ms: the longest bulk delay looked for (0: none; the reference stays at
             the reported position less ``latency_ms``).
+        gate: the convergence gate: each block whose echo may not be cancelled yet (the
+            filter has not shown it fits, and speaker sound was referenced within the
+            tail) comes out as silence, so no listener after it hears the echo; decided
+            block by block on the thread that calls ``process``, with the state at that
+            block (``gated`` counts them).
 
     ``played`` may be called from the speaker's thread while ``process`` runs on another.
     """
@@ -236,7 +241,7 @@ class EchoCanceller:
                  suppress: bool = True, budget: float = 0.5, window: int = 50,
                  retry_s: float = 30.0, on_bypass: Callable[[bool, str], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter,
-                 max_delay_ms: int = 0) -> None:
+                 max_delay_ms: int = 0, gate: bool = False) -> None:
         if frame_ms not in FRAME_MS:
             raise ValueError(f"frame_ms must be one of {FRAME_MS}, not {frame_ms}")
         if not 20 <= tail_ms <= 1000:
@@ -276,6 +281,9 @@ class EchoCanceller:
         self._settle = round(_SETTLE_S * SAMPLE_RATE / self.frame)  # ... must hold for
         self.converged = False
         """The filter cancels the echo: the delay is found and the echo loss is there."""
+        self.gate = gate
+        self.gated = 0
+        """Blocks the convergence gate turned into silence."""
         self._max_delay = SAMPLE_RATE * max(0, max_delay_ms) // 1000
         self._quiet = 1 << 30  # reference samples since the last with speaker sound
         # the speaker's last 2 s beside the tail and the bulk: the reference never falls
@@ -345,8 +353,13 @@ class EchoCanceller:
                     self._realign(self._estimator.estimate())
         out = []
         for i, ref in enumerate(refs):
-            block = mic[i * self.frame_bytes:(i + 1) * self.frame_bytes]
-            out.append(self._block(block, ref))
+            block = self._block(mic[i * self.frame_bytes:(i + 1) * self.frame_bytes], ref)
+            if self.gate and not self.bypassed and not self.converged and self.echo_possible:
+                # this block's own verdict: read later (the event loop's turn, a frame
+                # of several blocks) it would be another block's
+                self.gated += 1
+                block = bytes(len(block))
+            out.append(block)
         return b"".join(out)
 
     def _realign(self, delay: int | None) -> None:

@@ -216,4 +216,4 @@ def build_echo(frame_ms: int, on_bypass: Callable[[bool, str], None]) -> EchoCan
     # the bulk delay is estimated (up to 1 s, voiced/audio/delay.py): device buffering
     # put the echo 520 ms behind the speaker's reported position through PulseAudio
     return EchoCanceller(frame_ms=block, tail_ms=200, on_bypass=on_bypass,
-                         max_delay_ms=1000)
+                         max_delay_ms=1000, gate=True)
