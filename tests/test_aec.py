@@ -692,3 +692,24 @@ async def test_the_gate_judges_each_block_when_it_is_cleaned_not_when_the_loop_r
     # and what the filter cleaned while the gate was open goes up as it was cleaned
     assert all(f == dev.out[j].tobytes() for j, f in enumerate(handed) if cleaned_open[j])
     assert h.status()["aec_gated_blocks"] == aec.gated > 0
+
+
+def test_a_first_estimate_where_the_reference_stands_keeps_what_the_filter_learnt() -> None:
+    """A short echo path (40 ms: its bulk, less the 50 ms margin, is 0): the first
+    bulk estimate asks for no move, so the filter keeps what it has learnt since the
+    reply began and the gate opens about 3 s sooner. Before, that estimate "moved" the
+    reference by 0 ms and reset the filter (converged 7.1 s into the reply; now 4.1 s)."""
+    far, echo, _ = room(40)
+    far = np.concatenate([np.zeros(SAMPLE_RATE), far])  # the mic runs before the reply
+    mic = to_pcm(np.concatenate([np.zeros(SAMPLE_RATE), echo]) + noise(len(far)))
+    aec = canceller(max_delay_ms=1000, gate=True)
+    farp = to_pcm(far)
+    n = 2 * aec.frame
+    opened = None
+    for i in range(0, 8 * SAMPLE_RATE, n):
+        aec.played(farp[i:i + n].tobytes(), i)
+        aec.process(mic[i:i + n].tobytes(), i + n, timed=True)
+        if opened is None and aec.converged:
+            opened = (i + n - SAMPLE_RATE) / SAMPLE_RATE
+    assert aec.bulk_found and aec.bulk == 0 and aec.realigned == 0
+    assert opened is not None and opened < 5.0, opened

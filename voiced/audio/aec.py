@@ -374,8 +374,15 @@ class EchoCanceller:
             return
         margin = SAMPLE_RATE * _MARGIN_MS // 1000
         bulk = max(0, delay - margin)
-        if self.bulk_found and abs(bulk - self.bulk) < SAMPLE_RATE * _MOVE_MS // 1000:
+        if abs(bulk - self.bulk) < SAMPLE_RATE * _MOVE_MS // 1000:
+            # close enough to where the reference stands: no move, and no reset of what
+            # the filter has learnt so far (a first estimate of a short path, whose bulk
+            # is 0, reset a filter learning since the reply began: 1.5 s more gated)
             self._moves = 0
+            if not self.bulk_found:
+                self.bulk_found = True
+                logger.info("echo delay %d ms: the reference stays where it is",
+                            delay * 1000 // SAMPLE_RATE)
             return
         self._moves += 1
         if self._moves < 2 and self.bulk_found:
