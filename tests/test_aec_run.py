@@ -174,22 +174,18 @@ def received(sim: SimServer, etype: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.xfail(strict=True, reason=(
-    "not met through voiced run (2026-12-05, branch aec4, 20 runs, the machine at load "
-    "3-22 from parallel work): the speaker-pause handling is fixed and unit-tested (one "
-    "DAC-timed timeline through a stopped speaker; under aec the speaker never idles; "
-    "the gate holds 1 s of echo loss before it opens and re-arms on a speaker gap); "
-    "reply 1 held in the runs that reached reply 2 and converged at 40-46 dB, but the "
-    "echo of reply 1 started a turn after the gate had opened in 6 runs, and in each of "
-    "the last 4 of them the room's own stream underflowed (PortAudio output flag) during "
-    "reply 1: silence inserted into the mic's timeline, an echo path jump the daemon "
-    "cannot see; 12 runs ended early on the rig (the daemon's mic starved of audio for "
-    "2 s, PulseAudio time-outs) and 2 reached the truncate with the room's timeline "
-    "broken. Then 2 more runs (load 3-7): one met every figure of the issue (no "
-    "speech_started on 17.6 s of echo, ERLE 40.8 dB, VAD 10 ms after the clean voice, "
-    "truncate 5200 ms against 5184 played) but gated 89 of 731 blocks of the ERLE window "
-    "(over the 5 % this test allows: the gate's 1 s hold and its re-checks after pauses "
-    "inside the reply), the other's room timeline broke after 6 speaker gaps. Strict: it "
-    "fails once the figures hold, the signal to make aec the default (issue 22)"))
+    "not met through voiced run (2026-12-05, branch aec5, the libpulse room): 3 quiet runs "
+    "met every figure of issue 22 (no speech_started on 17.6 s of echo alone, ERLE "
+    "36.0-42.1 dB, VAD 10 ms after the clean voice over reply 2's echo, truncate 5200 ms "
+    "against 5184 played; no room fault, drift 0) and each failed the test's own guard "
+    "that the gate cannot flatter the ERLE: 94-97 of 731 blocks of the window gated, all "
+    "but ~17 of them before the gate first opened, 4.6 s into reply 1 (the bulk delay found "
+    "~1.5 s in, the filter reset there and 2 s to 30 dB, then the 1 s hold); the window "
+    "starts at 3 s and allows 36. With two busy loops (1 run) the daemon's own speaker "
+    "underran 7 times in reply 1 (each an echo path change: the gate re-armed, the bulk "
+    "moved 90-160 ms), 536 of 755 blocks were gated and the barge-in was heard 780 ms "
+    "late. Strict: it fails once the figures hold, the signal to make aec the default "
+    "(issue 22)"))
 async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
         tmp_path: Path) -> None:
     """ERLE, the VAD on the echo alone, the VAD on the user over the echo, and the
