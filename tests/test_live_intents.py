@@ -102,6 +102,24 @@ def test_segments_close_on_a_turn_change_and_on_quiet_time() -> None:
     assert [s.text for s in a.close()] == ["two"] and a.open == {}
 
 
+def test_a_server_behind_the_uplink_does_not_split_an_utterance() -> None:
+    """The quiet time counts from when the fragment arrived, not from its end on the
+    timeline: a server 2.4 s behind what the device has sent (a loaded machine, a slow
+    link) sent "what" and " time is it" one after the other, and the timeline passing
+    "what"'s end by the quiet time between them closed "what" alone (seen in a loaded
+    run of tests/test_live_e2e.py: the record said "what")."""
+    a = Assembler(quiet_ms=2000)
+    a.add("user", "u1", "what", 0, 300, arrived_ms=2700)
+    assert a.advance(2700) == []
+    a.add("user", "u2", " time is it", 300, 900, arrived_ms=2720)
+    assert a.advance(4700) == []
+    assert [s.text for s in a.advance(4720)] == ["what time is it"]
+    # without arrival times (a caller that does not know them) the end counts
+    b = Assembler(quiet_ms=2000)
+    b.add("user", "u1", "what", 0, 300)
+    assert [s.text for s in b.advance(2300)] == ["what"]
+
+
 def test_overlap_and_barge_in() -> None:
     a = Assembler()
     a.add("assistant", "a1", "The weather today", 0, 1000)

@@ -50,7 +50,7 @@ class Records:
     def on_fragment(self, ev: lw.TranscriptDelta) -> None:
         """A transcript fragment of either role."""
         for seg in self.assembler.add(ev.role, ev.event_id, ev.delta, ev.start_ms,
-                                      ev.end_ms):
+                                      ev.end_ms, arrived_ms=self.facts.timeline_ms()):
             self.segment_closed(seg)
 
     def advance(self, now_ms: int) -> None:

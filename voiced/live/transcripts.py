@@ -14,8 +14,10 @@ and lossless, and closes segments on the timeline:
   or the user talking over the assistant, which marks the assistant segment ``barged``);
 - a fragment also closes its own role's open segment when the other role has begun a
   segment since that one began (someone else spoke in between: a new turn);
-- a segment also closes when the timeline passes its end by ``quiet_ms``, and every open
-  segment when the session ends;
+- a segment also closes when the timeline passes both its end and the point where its
+  newest fragment arrived by ``quiet_ms`` (the timeline is what the device has sent,
+  which a server behind on a loaded machine or a slow link has not heard yet), and
+  every open segment when the session ends;
 - a fragment seen before (the same ``event_id``) is ignored; text is joined raw and made
   valid Unicode once (a surrogate pair cut across two fragments survives), and each
   segment keeps at most ``max_bytes`` of UTF-8.
@@ -48,6 +50,9 @@ class Segment:
     size: int = 0  # UTF-8 bytes of parts
     cut: bool = False  # text beyond max_bytes was dropped
     barged: bool = False  # assistant: the user started talking before it ended
+    # the timeline when its newest fragment arrived: the quiet time counts from there
+    # too, so a server running behind the uplink does not split an utterance
+    arrived_ms: int = 0
 
     @property
     def text(self) -> str:
@@ -68,8 +73,11 @@ class Assembler:
         self._began: dict[Role, int] = {}  # where each role's newest segment began
 
     def add(self, role: Role, event_id: str, delta: str, start_ms: int,
-            end_ms: int) -> list[Segment]:
-        """Take one fragment; returns the segments it closed, oldest first."""
+            end_ms: int, *, arrived_ms: int = 0) -> list[Segment]:
+        """Take one fragment; returns the segments it closed, oldest first.
+
+        ``arrived_ms``: the timeline when it arrived (0: unknown, its end counts alone).
+        """
         if event_id in self._seen or not delta:
             return []
         self._seen[event_id] = None
@@ -95,6 +103,7 @@ class Assembler:
             self._began[role] = start_ms
         self._append(mine, delta)
         mine.end_ms = max(mine.end_ms, end_ms)
+        mine.arrived_ms = max(mine.arrived_ms, arrived_ms)
         return sorted(closed, key=lambda s: s.start_ms)
 
     def _append(self, seg: Segment, delta: str) -> None:
@@ -112,7 +121,8 @@ class Assembler:
         """Close the segments the timeline has left ``quiet_ms`` behind."""
         if not self.open:
             return []
-        done = [r for r, s in self.open.items() if timeline_ms >= s.end_ms + self.quiet_ms]
+        done = [r for r, s in self.open.items()
+                if timeline_ms >= max(s.end_ms, s.arrived_ms) + self.quiet_ms]
         return sorted((self.open.pop(r) for r in done), key=lambda s: s.start_ms)
 
     def close(self) -> list[Segment]:
