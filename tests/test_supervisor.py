@@ -176,7 +176,7 @@ async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> Non
             md = h.records[1]["metadata"]
             assert md["interrupted"] is True
             played = counts[0][truncate["item_id"]]
-            assert truncate["audio_end_ms"] == md["heard_ms"] == round(played / 24)
+            assert truncate["audio_end_ms"] == md["heard_ms"] == played * 1000 // 24_000
             assert md["heard_ms"] >= 500
             sent_ms = sim.sessions[0].item_audio_ms[truncate["item_id"]]
             assert truncate["audio_end_ms"] <= sent_ms
