@@ -324,20 +324,6 @@ async def test_the_device_falls_back_to_pcm16_and_drops_bad_reply_audio(
 # ------------------------------------------------ the daemon's own truncations, in Opus
 
 
-def _stops(speaker: Any) -> list[dict[str, int]]:
-    """The speaker's played counts at each stop, as it returns them to the daemon."""
-    counts: list[dict[str, int]] = []
-    real_stop = speaker.stop
-
-    def stop() -> Any:
-        played = real_stop()
-        counts.append(dict(played))
-        return played
-
-    speaker.stop = stop
-    return counts
-
-
 def _lag(out: bytes, reply: bytes, n: int) -> int:
     """Where in ``out`` (samples) the first ``n`` samples of ``reply`` lie best."""
     x = np.frombuffer(out, "<i2").astype(np.float64)
@@ -356,7 +342,7 @@ async def test_the_daemons_own_truncation_in_opus_is_at_the_played_sample(
     upstream's first ones (the codec delay is not in the count: no shift)."""
     from tests.conftest import QUESTION_WAV
     from tests.test_relay_processes import new_conversation
-    from tests.test_supervisor import roles, running
+    from tests.test_supervisor import roles, running, stops
     from voiced.audio.filebackend import WavFileSink, WavFileSource
     from voiced.core.effects import State
 
@@ -377,7 +363,7 @@ async def test_the_daemons_own_truncation_in_opus_is_at_the_played_sample(
             assert h.sup.connections.live.codec is not None  # Opus was taken
             speaker = h.sup.sink
             assert isinstance(speaker, WavFileSink)
-            counts = _stops(speaker)
+            counts = stops(speaker)
             h.sup._on_control("press")
             await h.wait(lambda: h.state == State.SPEAKING)
             await h.wait(lambda: max(speaker._played.values(), default=0) >= 12_000)
@@ -421,7 +407,7 @@ async def test_the_hour_rollover_in_opus_keeps_every_sample_and_position(
     stream; the live one holds only its encoder's in-flight samples), and an interrupt
     in the new session truncates at the played sample."""
     from tests.test_relay_processes import new_conversation
-    from tests.test_supervisor import roles, running
+    from tests.test_supervisor import roles, running, stops
     from voiced.audio.filebackend import WavFileSink
     from voiced.core.effects import State
     from voiced.opus_link import LinkCodec
@@ -456,7 +442,7 @@ async def test_the_hour_rollover_in_opus_keeps_every_sample_and_position(
             # an interrupt in the new session, at the played sample
             speaker = h.sup.sink
             assert isinstance(speaker, WavFileSink)
-            counts = _stops(speaker)
+            counts = stops(speaker)
             if h.sup.session.mic_on:  # still listening for a follow-up: stop that first
                 h.sup._on_control("press")
             assert h.state == State.READY

@@ -592,6 +592,21 @@ def test_truncate_ms_rounds_down_and_keeps_content_index() -> None:
     assert fx(c) == [truncate("item_a", 41, content_index=1), show(State.LISTENING)]
 
 
+def test_record_heard_ms_is_the_truncations_ms() -> None:
+    """The record's heard_ms and the truncation's audio_end_ms come from one count, so
+    they agree to the ms: both round down (a count ending mid-ms, as after the Opus
+    decoder's 156-sample pre-skip, once gave a record 1 ms past the truncation)."""
+    for played, ms in ((1000, 41), (12_324, 513)):  # 41.67 ms; 513.5 ms
+        c = configured()
+        speaking(c, samples(1000))
+        c.on_press(1.0)
+        c.take_effects()
+        c.on_playback_stopped(1.0, {"item_a": played})
+        assert fx(c) == [truncate("item_a", ms), show(State.LISTENING)]
+        assert server(c, said("Cut short.")) == [
+            assistant("Cut short.", interrupted=True, heard_ms=ms)]
+
+
 def test_played_beyond_received_is_clamped_and_needs_no_truncate() -> None:
     c = configured()
     speaking(c, samples(100))

@@ -106,6 +106,25 @@ def roles(h: Harness) -> list[str]:
     return [r["role"] for r in h.records]
 
 
+def stops(speaker: WavFileSink) -> list[dict[str, int]]:
+    """The speaker's own count of each item's samples written, at each of its stops.
+
+    Read from the speaker just before the stop, not from what ``stop()`` returns: that
+    names only items still queued (the core takes an absent item as heard in full), so
+    when the reply had run dry at the stop (the network, or a loaded machine, fell
+    behind) the item is absent and its count is all the speaker wrote of it.
+    """
+    counts: list[dict[str, int]] = []
+    real_stop = speaker.stop
+
+    def stop() -> Mapping[str, int]:
+        counts.append(dict(speaker._played))
+        return real_stop()
+
+    speaker.stop = stop  # type: ignore[method-assign]
+    return counts
+
+
 async def test_malformed_and_unknown_frames_are_counted_not_fatal(
         tmp_path: Path, user_transcript: str) -> None:
     async with SimServer(SimOptions(pace=4, malformed_every=3, unknown_every=4,
@@ -153,15 +172,7 @@ async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> Non
             await h.wait(lambda: h.state == State.READY)
             speaker = h.sup.sink
             assert isinstance(speaker, WavFileSink)
-            counts: list[dict[str, int]] = []
-            real_stop = speaker.stop
-
-            def stop() -> Mapping[str, int]:
-                played = real_stop()
-                counts.append(dict(played))
-                return played
-
-            speaker.stop = stop  # type: ignore[method-assign]
+            counts = stops(speaker)
             h.sup._on_control("press")
             await h.wait(lambda: h.state == State.SPEAKING)
             # half a second of the reply played, by the speaker's count
@@ -176,7 +187,7 @@ async def test_interrupt_truncates_at_the_played_position(tmp_path: Path) -> Non
             md = h.records[1]["metadata"]
             assert md["interrupted"] is True
             played = counts[0][truncate["item_id"]]
-            assert truncate["audio_end_ms"] == md["heard_ms"] == round(played / 24)
+            assert truncate["audio_end_ms"] == md["heard_ms"] == played * 1000 // 24_000
             assert md["heard_ms"] >= 500
             sent_ms = sim.sessions[0].item_audio_ms[truncate["item_id"]]
             assert truncate["audio_end_ms"] <= sent_ms

@@ -391,7 +391,8 @@ class Replies:
         f = self.facts
         if item.conversation == f.filing.number:
             self.history.remember("assistant", item.transcript, f.policy.reseed_turns)
-        heard_ms = round((item.played or 0) * 1000 / wire.SAMPLE_RATE)
+        # rounded down as the truncation's audio_end_ms is: one count, one number
+        heard_ms = (item.played or 0) * 1000 // wire.SAMPLE_RATE
         logger.info("assistant: %s%s", guard.printable(item.transcript, _LOG_TEXT),
                     f" [interrupted after {heard_ms} ms]" if item.interrupted else "")
         f.filing.file(item.conversation, Record(self._assistant(item_id, item, heard_ms)))
