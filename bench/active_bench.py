@@ -10,7 +10,9 @@ CPU % of one core over ``--seconds`` (and per thread), appends sent and replies 
 
 - 24 kHz: mic and speaker at the wire rate, neither client resamples.
 - 48 kHz: both at 48 kHz; the daemon resamples with libsoxr, the naive client decimates
-  the mic by 2 (``[::2]``) and doubles each reply sample (``np.repeat``).
+  the mic by 2 (``[::2]``) and doubles each reply sample (``np.repeat``), and beside it
+  "naive soxr", the same client resampling properly both ways (python-soxr streams, LQ as
+  the daemon): what honest 48 kHz costs the naive client.
 
 Beside them, once: the device-less floor of "a Python process that sends appends"
 (``audio_bench.MINIMAL_PIPELINE``: a thread makes 20 ms of silence, no audio device, no
@@ -54,7 +56,8 @@ from tests.pulse import Pulse  # noqa: E402
 NAIVE = REPO / "bench" / "naive_client.py"
 
 
-def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int) -> dict[str, Any]:
+def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int,
+                resample: str = "naive") -> dict[str, Any]:
     """The naive client on ``stand`` at ``rate``, against the simulator, as bench_daemon
     runs the daemon (3 s to start and connect, the feeder, 2 s, then the window)."""
     port = free_port()
@@ -68,7 +71,8 @@ def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int) -> dict[str,
         log = (tmp / f"naive-{port}.log").open("wb")
         client = subprocess.Popen([sys.executable, str(NAIVE),
                                    f"ws://127.0.0.1:{port}/v1/realtime", stand.device,
-                                   str(rate)], env=env, stdout=subprocess.PIPE, stderr=log)
+                                   str(rate), resample],
+                                  env=env, stdout=subprocess.PIPE, stderr=log)
         procs.append(client)
         assert client.stdout is not None
         if client.stdout.readline() != b"connected\n":  # blocks until it is, or it died
@@ -138,7 +142,7 @@ def thread_text(threads: dict[str, float]) -> str:
                      if v >= 0.01)
 
 
-Runner = Callable[[Stand, int], dict[str, Any]]
+Runner = Callable[[Stand, int], dict[str, Any] | None]  # None: not at this rate
 
 
 def contenders(tmp: Path, seconds: float, before: Path | None,
@@ -147,7 +151,10 @@ def contenders(tmp: Path, seconds: float, before: Path | None,
     commit's tree (``--before``) or with other ``audio`` settings (``--variant``)."""
     out: dict[str, Runner] = {
         "voiced": lambda st, rate: run_daemon(st, tmp, seconds, rate),
-        "naive": lambda st, rate: bench_naive(st, tmp, seconds, rate)}
+        "naive": lambda st, rate: bench_naive(st, tmp, seconds, rate),
+        # at the wire rate nothing is resampled: it would be the naive client again
+        "naive soxr": lambda st, rate: (None if rate == 24000 else
+                                        bench_naive(st, tmp, seconds, rate, "soxr"))}
     if before is not None:
         out["voiced before"] = lambda st, rate: run_daemon(st, tmp, seconds, rate, src=before)
     if variant is not None:
@@ -170,13 +177,15 @@ def compare(name: str, stands: dict[int, Stand], who: dict[str, Runner], seconds
             for label in names[r % len(names):] + names[:r % len(names)]:  # rotate
                 for _ in range(3):
                     got = who[label](stand, rate)
-                    if sent_s(got) >= 0.8 * seconds:
+                    if got is None or sent_s(got) >= 0.8 * seconds:
                         break
                     # the machine starved the run (its mic ran behind): not a figure
                     print(f"  {name} {rate // 1000} kHz {label}: stalled ({sent_s(got):.0f} s "
                           f"of audio sent in {seconds:.0f} s), run again", flush=True)
                 else:
                     continue  # three starved runs: this round has no figure for it
+                if got is None:
+                    continue
                 runs[label].append(got)
                 what = (f"{got['audio_sent_s']:.0f} s sent, {got['records']} transcripts, "
                         f"{got['underruns']} underruns" if "audio_sent_s" in got else
@@ -186,8 +195,11 @@ def compare(name: str, stands: dict[int, Stand], who: dict[str, Runner], seconds
         med = {k: float(np.median([x["cpu_pct"] for x in v]) if v else np.nan)
                for k, v in runs.items()}
         each = {k: " ".join(f"{x['cpu_pct']:.2f}" for x in v) for k, v in runs.items()}
-        parts = [f"{k} {med[k]:.2f} % ({med[k] / med['naive']:.2f}x; {each[k]})"
-                 for k in runs]
+        parts = [f"{k} {med[k]:.2f} % ({med[k] / med['naive']:.2f}x"
+                 + (f", {med[k] / med['naive soxr']:.2f}x naive soxr"
+                    if runs["naive soxr"] and k != "naive soxr" else "")
+                 + f"; {each[k]}, {len(runs[k])} runs)"
+                 for k in runs if runs[k]]
         out.append(f"{name} {rate // 1000} kHz, medians of the runs not starved: "
                    + "; ".join(parts))
     return out
