@@ -56,6 +56,7 @@ from audio_bench import (  # noqa: E402
 )
 
 from tests.pulse import Pulse  # noqa: E402
+from voiced.config import AudioSettings  # noqa: E402
 from voiced.control import request  # noqa: E402
 
 # the simulator, noting when each burst of appends begins (the first after a pause)
@@ -175,10 +176,11 @@ import asyncio, inspect, json, sys, time
 from voiced.audio.pyaudio_backend import PyAudioSink
 from voiced.config import AudioEndpointSettings, AudioSettings
 
-async def main(device, rounds, margin):
+async def main(device, rounds, margin, idle):
     kw = {"period_ms": AudioSettings().period_ms}  # the daemon's speaker period
     if margin != "default" and "start_margin_ms" in inspect.signature(PyAudioSink).parameters:
         kw["start_margin_ms"] = int(margin)
+    kw["idle_s"] = AudioSettings().speaker_idle_s if idle == "default" else float(idle)
     sink = PyAudioSink(AudioEndpointSettings(device=device), **kw)
     drains = []
     sink.set_drained_callback(lambda: drains.append(time.monotonic()))
@@ -205,13 +207,14 @@ async def main(device, rounds, margin):
     await sink.aclose()
     print(json.dumps({"gaps": gaps, "latency": list(sink.start_latencies)}))
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]))
 """
 
 
-def bench_replies(stand: Stand, rounds: int, margin: str) -> dict[str, Any]:
+def bench_replies(stand: Stand, rounds: int, margin: str,
+                  idle: str = "default") -> dict[str, Any]:
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(REPLIES), stand.device,
-                        str(rounds), margin], env=stand.env, capture_output=True, text=True,
+                        str(rounds), margin, idle], env=stand.env, capture_output=True, text=True,
                        timeout=rounds * 10 + 60, check=False)
     if p.returncode != 0:
         raise SystemExit(f"reply measurement failed:\n{p.stderr[-3000:]}")
@@ -245,6 +248,29 @@ def measure_orb(name: str, stand: Stand, tmp: Path, seconds: float,
              f"{rounds} interleaved runs of {seconds:.0f} s, one PWM LED (mock pin) at 30 fps: "
              f"pulse {' '.join(f'{x:.2f}' for x in pulse)}; solid (default) "
              f"{' '.join(f'{x:.2f}' for x in solid)}")]
+
+
+def measure_grace(name: str, stand: Stand, grace: float,
+                  rounds: int) -> list[tuple[str, str, str]]:
+    """Reply starts with the speaker's idle grace at the default and at ``grace``,
+    interleaved in 4 batches of ``rounds // 4`` replies (each reply after 3 s idle, so
+    the stream stopped before each)."""
+    got: dict[str, dict[str, list[Any]]] = {k: {"gaps": [], "latency": []}
+                                            for k in ("default", str(grace))}
+    for _ in range(4):
+        for idle in got:
+            rep = bench_replies(stand, max(1, rounds // 4), "default", idle)
+            for k, v in got[idle].items():
+                v += rep[k]
+    out = []
+    for idle, rep in got.items():
+        label = (f"{AudioSettings().speaker_idle_s:g} s (default)" if idle == "default"
+                 else f"{float(idle):g} s")
+        out.append((f"{name}: reply starts, speaker idle grace {label}",
+                    f"{sum(rep['gaps'])} gaps in {len(rep['gaps'])} replies",
+                    f"start latency p50 {pct(rep['latency'], 50):.0f} ms, p95 "
+                    f"{pct(rep['latency'], 95):.0f} ms, max {pct(rep['latency'], 100):.0f} ms"))
+    return out
 
 
 def measure(name: str, stand: Stand, active_stand: Stand, tmp: Path, seconds: float,
@@ -294,6 +320,9 @@ def main() -> None:
     ap.add_argument("--only", choices=("clock", "pulse"), help="one device")
     ap.add_argument("--orb", type=int, default=0, metavar="N",
                     help="only the ready orb's cost: N interleaved runs, solid and pulse")
+    ap.add_argument("--grace", type=float, metavar="S",
+                    help="only reply starts with the speaker's idle grace at the default and "
+                         "at S seconds, interleaved")
     args = ap.parse_args()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="voiced-idle-bench-") as d:
@@ -306,6 +335,20 @@ def main() -> None:
         if args.orb:
             rows += measure_orb("clock", clock_stand(tmp / "c0", silence), tmp, args.seconds,
                                 args.orb)
+            args.only = "none"
+        if args.grace is not None:
+            if args.only in (None, "clock"):
+                rows += measure_grace("clock", clock_stand(tmp / "c0", silence), args.grace,
+                                      args.rounds)
+            if args.only in (None, "pulse"):
+                pulse = Pulse(tmp / "pulse")
+                pulse.start()
+                try:
+                    pulse.add_sink("mic48", 48000)
+                    quiet = Stand(pulse_stand(pulse, feed_wav).env, "pulse")
+                    rows += measure_grace("pulse", quiet, args.grace, args.rounds)
+                finally:
+                    pulse.stop()
             args.only = "none"
         if args.only in (None, "clock"):
             # a silent mic for idle and wake-up (no turn starts), the speech feed for active
