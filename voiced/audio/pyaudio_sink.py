@@ -244,6 +244,11 @@ class PyAudioSink:
         with self._lock:
             if self._queue:
                 return
+        if getattr(self.output_filter, "playing", False):
+            # an earcon not all handed out yet: its stream started later than keep_awake
+            # reckoned (a slow start; the shorter the grace, the likelier): wait, not cut
+            self._idle_later()
+            return
         # the callback has played silence for idle_s: stopping here cannot click
         self._set_running(False)
 
