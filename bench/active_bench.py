@@ -99,6 +99,41 @@ def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int,
     return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "threads": threads, **counts}
 
 
+def resample_cost(seconds: float = 60.0) -> dict[str, float]:
+    """CPU µs per second of audio at 48 kHz mono, both ways (the mic 48 → 24 kHz in the
+    daemon's 60 ms blocks, a reply 24 → 48 kHz in 100 ms deltas): voiced's libsoxr
+    (``voiced.audio.convert``), the naive client's python-soxr streams, and its ``[::2]`` /
+    ``np.repeat``. The floor under voiced's 48 kHz cost that the 24 kHz runs do not pay."""
+    from voiced.audio.convert import QUALITY, FromWire, ToWire
+
+    t = np.arange(int(48000 * seconds)) / 48000
+    mic = (0.5 * np.sin(2 * np.pi * (200 + 40 * t) * t) * 32767).astype("<i2")
+    reply = mic[::2].copy()
+    blocks = [mic[i:i + 2880] for i in range(0, len(mic), 2880)]
+    deltas = [reply[i:i + 2400] for i in range(0, len(reply), 2400)]
+    out: dict[str, float] = {}
+    to_wire, from_wire = ToWire(48000, 1), FromWire(48000, 1)
+    up = soxr.ResampleStream(48000, 24000, 1, dtype="int16", quality=QUALITY)
+    down = soxr.ResampleStream(24000, 48000, 1, dtype="int16", quality=QUALITY)
+    ways: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+        "voiced libsoxr": (lambda b: to_wire.convert(b.tobytes()),
+                           lambda d: from_wire.convert(d.tobytes())),
+        "python-soxr streams": (up.resample_chunk, down.resample_chunk),
+        "[::2] / np.repeat": (lambda b: b[::2].tobytes(),
+                              lambda d: np.repeat(d, 2).tobytes())}
+    for name, (mic_way, reply_way) in ways.items():
+        c0 = time.process_time()
+        for b in blocks:
+            mic_way(b)
+        c1 = time.process_time()
+        for d in deltas:
+            reply_way(d)
+        c2 = time.process_time()
+        out[f"{name} mic"] = (c1 - c0) / seconds * 1e6
+        out[f"{name} reply"] = (c2 - c1) / seconds * 1e6
+    return out
+
+
 def listening(port: int, timeout: float = 30.0) -> None:
     """Until something accepts connections on ``port`` (a busy machine starts slowly)."""
     deadline = time.monotonic() + timeout
@@ -247,8 +282,11 @@ def main() -> None:
             finally:
                 pulse.stop()
         floor = bench_minimal_pipeline(args.seconds)
+    cost = resample_cost()
     for line in lines:
         print(line)
+    print("resampling at 48 kHz, CPU per second of audio (1 s = 100 % of a core): "
+          + "; ".join(f"{k} {v:.0f} us" for k, v in cost.items()))
     print(f"floor, a Python process that sends appends (no device, no playback; not the "
           f"naive client): {floor:.2f} %")
 
