@@ -338,8 +338,8 @@ async def test_a_failure_no_link_task_contained_ends_the_daemon(
 
 
 @pytest.mark.parametrize(("echo", "grace", "idle_s"), [
-    ("aec", None, None), ("aec", 0.5, None), ("half_duplex", None, 2.0),
-    ("full_duplex", None, 2.0), ("full_duplex", 0.5, 0.5), ("half_duplex", 30, 30.0)])
+    ("aec", None, None), ("aec", 2, None), ("half_duplex", None, 0.5),
+    ("full_duplex", None, 0.5), ("full_duplex", 2, 2.0), ("half_duplex", 30, 30.0)])
 def test_with_aec_the_speaker_never_stops_while_idle(echo: str, grace: float | None,
                                                      idle_s: float | None) -> None:
     """Issue 21 stops the speaker's stream ``audio.speaker_idle_s`` after playback; under

@@ -54,7 +54,7 @@ class PyAudioSink:
 
     def __init__(self, settings: AudioEndpointSettings, *, period_ms: int = 20,
                  jitter_ms: int = 80, max_queued_s: float = 120.0,
-                 idle_s: float | None = 2.0, start_margin_ms: int = 60) -> None:
+                 idle_s: float | None = 0.5, start_margin_ms: int = 60) -> None:
         self.settings = settings
         self.period_ms = period_ms
         self.jitter_ms = jitter_ms

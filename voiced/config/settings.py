@@ -271,7 +271,7 @@ class AudioSettings:
     period_ms: int = 20
     """pyaudio: speaker buffer size; a stop hands silence from the next period on (what
     the device has buffered, about two periods, still plays)."""
-    speaker_idle_s: float = 2.0
+    speaker_idle_s: float = 0.5
     """pyaudio: the speaker's stream stops this long after the last audio played (nothing
     reaches Python while idle) and starts again with the next reply or earcon; not with
     ``echo: aec``, whose reference must keep running."""
