@@ -10,7 +10,9 @@ CPU % of one core over ``--seconds`` (and per thread), appends sent and replies 
 
 - 24 kHz: mic and speaker at the wire rate, neither client resamples.
 - 48 kHz: both at 48 kHz; the daemon resamples with libsoxr, the naive client decimates
-  the mic by 2 (``[::2]``) and doubles each reply sample (``np.repeat``).
+  the mic by 2 (``[::2]``) and doubles each reply sample (``np.repeat``), and beside it
+  "naive soxr", the same client resampling properly both ways (python-soxr streams, LQ as
+  the daemon): what honest 48 kHz costs the naive client.
 
 Beside them, once: the device-less floor of "a Python process that sends appends"
 (``audio_bench.MINIMAL_PIPELINE``: a thread makes 20 ms of silence, no audio device, no
@@ -54,7 +56,8 @@ from tests.pulse import Pulse  # noqa: E402
 NAIVE = REPO / "bench" / "naive_client.py"
 
 
-def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int) -> dict[str, Any]:
+def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int,
+                resample: str = "naive") -> dict[str, Any]:
     """The naive client on ``stand`` at ``rate``, against the simulator, as bench_daemon
     runs the daemon (3 s to start and connect, the feeder, 2 s, then the window)."""
     port = free_port()
@@ -68,7 +71,8 @@ def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int) -> dict[str,
         log = (tmp / f"naive-{port}.log").open("wb")
         client = subprocess.Popen([sys.executable, str(NAIVE),
                                    f"ws://127.0.0.1:{port}/v1/realtime", stand.device,
-                                   str(rate)], env=env, stdout=subprocess.PIPE, stderr=log)
+                                   str(rate), resample],
+                                  env=env, stdout=subprocess.PIPE, stderr=log)
         procs.append(client)
         assert client.stdout is not None
         if client.stdout.readline() != b"connected\n":  # blocks until it is, or it died
@@ -93,6 +97,41 @@ def bench_naive(stand: Stand, tmp: Path, seconds: float, rate: int) -> dict[str,
         raise SystemExit(f"the naive client failed:\n{Path(log.name).read_text()[-3000:]}")
     threads = {k: 100 * (v - th0.get(k, 0.0)) / (t1 - t0) for k, v in th1.items()}
     return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "threads": threads, **counts}
+
+
+def resample_cost(seconds: float = 60.0) -> dict[str, float]:
+    """CPU µs per second of audio at 48 kHz mono, both ways (the mic 48 → 24 kHz in the
+    daemon's 60 ms blocks, a reply 24 → 48 kHz in 100 ms deltas): voiced's libsoxr
+    (``voiced.audio.convert``), the naive client's python-soxr streams, and its ``[::2]`` /
+    ``np.repeat``. The floor under voiced's 48 kHz cost that the 24 kHz runs do not pay."""
+    from voiced.audio.convert import QUALITY, FromWire, ToWire
+
+    t = np.arange(int(48000 * seconds)) / 48000
+    mic = (0.5 * np.sin(2 * np.pi * (200 + 40 * t) * t) * 32767).astype("<i2")
+    reply = mic[::2].copy()
+    blocks = [mic[i:i + 2880] for i in range(0, len(mic), 2880)]
+    deltas = [reply[i:i + 2400] for i in range(0, len(reply), 2400)]
+    out: dict[str, float] = {}
+    to_wire, from_wire = ToWire(48000, 1), FromWire(48000, 1)
+    up = soxr.ResampleStream(48000, 24000, 1, dtype="int16", quality=QUALITY)
+    down = soxr.ResampleStream(24000, 48000, 1, dtype="int16", quality=QUALITY)
+    ways: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+        "voiced libsoxr": (lambda b: to_wire.convert(b.tobytes()),
+                           lambda d: from_wire.convert(d.tobytes())),
+        "python-soxr streams": (up.resample_chunk, down.resample_chunk),
+        "[::2] / np.repeat": (lambda b: b[::2].tobytes(),
+                              lambda d: np.repeat(d, 2).tobytes())}
+    for name, (mic_way, reply_way) in ways.items():
+        c0 = time.process_time()
+        for b in blocks:
+            mic_way(b)
+        c1 = time.process_time()
+        for d in deltas:
+            reply_way(d)
+        c2 = time.process_time()
+        out[f"{name} mic"] = (c1 - c0) / seconds * 1e6
+        out[f"{name} reply"] = (c2 - c1) / seconds * 1e6
+    return out
 
 
 def listening(port: int, timeout: float = 30.0) -> None:
@@ -138,7 +177,7 @@ def thread_text(threads: dict[str, float]) -> str:
                      if v >= 0.01)
 
 
-Runner = Callable[[Stand, int], dict[str, Any]]
+Runner = Callable[[Stand, int], dict[str, Any] | None]  # None: not at this rate
 
 
 def contenders(tmp: Path, seconds: float, before: Path | None,
@@ -147,7 +186,10 @@ def contenders(tmp: Path, seconds: float, before: Path | None,
     commit's tree (``--before``) or with other ``audio`` settings (``--variant``)."""
     out: dict[str, Runner] = {
         "voiced": lambda st, rate: run_daemon(st, tmp, seconds, rate),
-        "naive": lambda st, rate: bench_naive(st, tmp, seconds, rate)}
+        "naive": lambda st, rate: bench_naive(st, tmp, seconds, rate),
+        # at the wire rate nothing is resampled: it would be the naive client again
+        "naive soxr": lambda st, rate: (None if rate == 24000 else
+                                        bench_naive(st, tmp, seconds, rate, "soxr"))}
     if before is not None:
         out["voiced before"] = lambda st, rate: run_daemon(st, tmp, seconds, rate, src=before)
     if variant is not None:
@@ -170,13 +212,15 @@ def compare(name: str, stands: dict[int, Stand], who: dict[str, Runner], seconds
             for label in names[r % len(names):] + names[:r % len(names)]:  # rotate
                 for _ in range(3):
                     got = who[label](stand, rate)
-                    if sent_s(got) >= 0.8 * seconds:
+                    if got is None or sent_s(got) >= 0.8 * seconds:
                         break
                     # the machine starved the run (its mic ran behind): not a figure
                     print(f"  {name} {rate // 1000} kHz {label}: stalled ({sent_s(got):.0f} s "
                           f"of audio sent in {seconds:.0f} s), run again", flush=True)
                 else:
                     continue  # three starved runs: this round has no figure for it
+                if got is None:
+                    continue
                 runs[label].append(got)
                 what = (f"{got['audio_sent_s']:.0f} s sent, {got['records']} transcripts, "
                         f"{got['underruns']} underruns" if "audio_sent_s" in got else
@@ -186,8 +230,11 @@ def compare(name: str, stands: dict[int, Stand], who: dict[str, Runner], seconds
         med = {k: float(np.median([x["cpu_pct"] for x in v]) if v else np.nan)
                for k, v in runs.items()}
         each = {k: " ".join(f"{x['cpu_pct']:.2f}" for x in v) for k, v in runs.items()}
-        parts = [f"{k} {med[k]:.2f} % ({med[k] / med['naive']:.2f}x; {each[k]})"
-                 for k in runs]
+        parts = [f"{k} {med[k]:.2f} % ({med[k] / med['naive']:.2f}x"
+                 + (f", {med[k] / med['naive soxr']:.2f}x naive soxr"
+                    if runs["naive soxr"] and k != "naive soxr" else "")
+                 + f"; {each[k]}, {len(runs[k])} runs)"
+                 for k in runs if runs[k]]
         out.append(f"{name} {rate // 1000} kHz, medians of the runs not starved: "
                    + "; ".join(parts))
     return out
@@ -235,8 +282,11 @@ def main() -> None:
             finally:
                 pulse.stop()
         floor = bench_minimal_pipeline(args.seconds)
+    cost = resample_cost()
     for line in lines:
         print(line)
+    print("resampling at 48 kHz, CPU per second of audio (1 s = 100 % of a core): "
+          + "; ".join(f"{k} {v:.0f} us" for k, v in cost.items()))
     print(f"floor, a Python process that sends appends (no device, no playback; not the "
           f"naive client): {floor:.2f} %")
 

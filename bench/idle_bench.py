@@ -22,6 +22,10 @@ interleaved so that the busy machine's load falls on figure and baseline alike:
    before the reply's end) and the start latency (first chunk to its first sample handed
    to PortAudio); beside it the same with the start margin off (the jitter buffer as
    it was: playback begins as soon as 80 ms are queued).
+
+``--grace S [--pause P]``: only 4, at the speaker's idle grace as configured by default
+(``audio.speaker_idle_s``) and at ``S`` seconds, interleaved in four batches, each reply
+``P`` s (3) after the last one's end.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from audio_bench import (  # noqa: E402
 )
 
 from tests.pulse import Pulse  # noqa: E402
+from voiced.config import AudioSettings  # noqa: E402
 from voiced.control import request  # noqa: E402
 
 # the simulator, noting when each burst of appends begins (the first after a pause)
@@ -175,10 +180,11 @@ import asyncio, inspect, json, sys, time
 from voiced.audio.pyaudio_backend import PyAudioSink
 from voiced.config import AudioEndpointSettings, AudioSettings
 
-async def main(device, rounds, margin):
+async def main(device, rounds, margin, idle, pause):
     kw = {"period_ms": AudioSettings().period_ms}  # the daemon's speaker period
     if margin != "default" and "start_margin_ms" in inspect.signature(PyAudioSink).parameters:
         kw["start_margin_ms"] = int(margin)
+    kw["idle_s"] = AudioSettings().speaker_idle_s if idle == "default" else float(idle)
     sink = PyAudioSink(AudioEndpointSettings(device=device), **kw)
     drains = []
     sink.set_drained_callback(lambda: drains.append(time.monotonic()))
@@ -188,7 +194,7 @@ async def main(device, rounds, margin):
                      for i in range(2400))
     gaps = []
     for r in range(rounds):
-        await asyncio.sleep(3.0)  # long enough for the speaker to idle
+        await asyncio.sleep(pause)  # 3 s: long enough for the speaker to idle
         drains.clear()
         due = time.monotonic()
         for k in range(30):  # 3 s, exactly real time
@@ -205,14 +211,16 @@ async def main(device, rounds, margin):
     await sink.aclose()
     print(json.dumps({"gaps": gaps, "latency": list(sink.start_latencies)}))
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4],
+                 float(sys.argv[5])))
 """
 
 
-def bench_replies(stand: Stand, rounds: int, margin: str) -> dict[str, Any]:
+def bench_replies(stand: Stand, rounds: int, margin: str, idle: str = "default",
+                  pause: float = 3.0) -> dict[str, Any]:
     p = subprocess.run([sys.executable, "-c", textwrap.dedent(REPLIES), stand.device,
-                        str(rounds), margin], env=stand.env, capture_output=True, text=True,
-                       timeout=rounds * 10 + 60, check=False)
+                        str(rounds), margin, idle, str(pause)], env=stand.env,
+                       capture_output=True, text=True, timeout=rounds * 10 + 60, check=False)
     if p.returncode != 0:
         raise SystemExit(f"reply measurement failed:\n{p.stderr[-3000:]}")
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
@@ -245,6 +253,30 @@ def measure_orb(name: str, stand: Stand, tmp: Path, seconds: float,
              f"{rounds} interleaved runs of {seconds:.0f} s, one PWM LED (mock pin) at 30 fps: "
              f"pulse {' '.join(f'{x:.2f}' for x in pulse)}; solid (default) "
              f"{' '.join(f'{x:.2f}' for x in solid)}")]
+
+
+def measure_grace(name: str, stand: Stand, grace: float, rounds: int,
+                  pause: float) -> list[tuple[str, str, str]]:
+    """Reply starts with the speaker's idle grace at the default and at ``grace``,
+    interleaved in 4 batches of ``rounds // 4`` replies, each ``pause`` s after the last
+    one drained (3 s: the stream stopped before each at either grace; between the two
+    graces: it runs on at the longer one and restarts at the shorter)."""
+    got: dict[str, dict[str, list[Any]]] = {k: {"gaps": [], "latency": []}
+                                            for k in ("default", str(grace))}
+    for _ in range(4):
+        for idle in got:
+            rep = bench_replies(stand, max(1, rounds // 4), "default", idle, pause)
+            for k, v in got[idle].items():
+                v += rep[k]
+    out = []
+    for idle, rep in got.items():
+        label = (f"{AudioSettings().speaker_idle_s:g} s (default)" if idle == "default"
+                 else f"{float(idle):g} s")
+        out.append((f"{name}: reply starts {pause:g} s apart, speaker idle grace {label}",
+                    f"{sum(rep['gaps'])} gaps in {len(rep['gaps'])} replies",
+                    f"start latency p50 {pct(rep['latency'], 50):.0f} ms, p95 "
+                    f"{pct(rep['latency'], 95):.0f} ms, max {pct(rep['latency'], 100):.0f} ms"))
+    return out
 
 
 def measure(name: str, stand: Stand, active_stand: Stand, tmp: Path, seconds: float,
@@ -294,6 +326,11 @@ def main() -> None:
     ap.add_argument("--only", choices=("clock", "pulse"), help="one device")
     ap.add_argument("--orb", type=int, default=0, metavar="N",
                     help="only the ready orb's cost: N interleaved runs, solid and pulse")
+    ap.add_argument("--grace", type=float, metavar="S",
+                    help="only reply starts with the speaker's idle grace at the default and "
+                         "at S seconds, interleaved")
+    ap.add_argument("--pause", type=float, default=3.0,
+                    help="with --grace: seconds from a reply's end to the next")
     args = ap.parse_args()
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="voiced-idle-bench-") as d:
@@ -309,9 +346,11 @@ def main() -> None:
             args.only = "none"
         if args.only in (None, "clock"):
             # a silent mic for idle and wake-up (no turn starts), the speech feed for active
-            rows += measure("clock", clock_stand(tmp / "c0", silence),
-                            clock_stand(tmp / "c1", feed_raw), tmp, args.seconds,
-                            args.rounds)
+            quiet = clock_stand(tmp / "c0", silence)
+            rows += (measure_grace("clock", quiet, args.grace, args.rounds, args.pause)
+                     if args.grace is not None else
+                     measure("clock", quiet, clock_stand(tmp / "c1", feed_raw), tmp,
+                             args.seconds, args.rounds))
         if args.only in (None, "pulse"):
             pulse = Pulse(tmp / "pulse")
             pulse.start()
@@ -319,7 +358,9 @@ def main() -> None:
                 pulse.add_sink("mic48", 48000)
                 stand = pulse_stand(pulse, feed_wav)
                 quiet = Stand(stand.env, stand.device)  # no feeder: the mic hears silence
-                rows += measure("pulse", quiet, stand, tmp, args.seconds, args.rounds)
+                rows += (measure_grace("pulse", quiet, args.grace, args.rounds, args.pause)
+                         if args.grace is not None else
+                         measure("pulse", quiet, stand, tmp, args.seconds, args.rounds))
             finally:
                 pulse.stop()
     width = max(len(r[0]) for r in rows)

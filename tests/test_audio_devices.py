@@ -71,10 +71,12 @@ BARGE_IN = PULSE_RIG + """\
     speaker.play(tone.tobytes(), "item_1")
     await until(lambda: handed() >= 24000)  # a second of the tone is at the device
     played = speaker.stop()  # the barge-in
-    await record_the_rest(len(heard) // 2)
-    task.cancel()
+    # the callback threads' names now: the speaker's stream stops its idle grace (0.5 s)
+    # after the stop, and its thread with it, before the recording below ends
     threads = sorted(open(f"/proc/self/task/{t}/comm").read().strip()
                      for t in os.listdir("/proc/self/task"))
+    await record_the_rest(len(heard) // 2)
+    task.cancel()
     a = np.frombuffer(bytes(heard), "<i2")
     nz = np.nonzero(a)[0]
     # the tone's samples, counted (never 0): a late callback on a busy machine puts a gap

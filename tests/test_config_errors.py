@@ -67,6 +67,8 @@ BAD: list[tuple[str, str, str]] = [
      "audio.input.device"),
     ("jitter-as-string", BASE.replace("audio: {", 'audio: {jitter_ms: "80", '),
      "audio.jitter_ms"),
+    ("speaker-idle-zero", BASE.replace("audio: {", "audio: {speaker_idle_s: 0, "),
+     "audio.speaker_idle_s"),
     ("reopen-cap-below-first-retry",
      BASE.replace("audio: {", "audio: {reopen_s: 5, reopen_max_s: 2, "), "audio.reopen_max_s"),
     ("button-bad-pin", BASE + "button: {pin: GPIO99x}\n", "button.pin"),

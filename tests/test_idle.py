@@ -202,3 +202,50 @@ def test_a_reply_starts_no_sooner_than_the_start_margin(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-2000:]
     (latency,) = json.loads(p.stdout.strip().splitlines()[-1])
     assert latency >= 0.3
+
+
+# A 0.3 s earcon on a speaker with a 0.1 s grace whose stream takes 0.6 s to start (a
+# loaded machine, a slow host): keep_awake's timer runs out before the earcon has played.
+EARCON_SLOW_START = """
+import asyncio, sys, time
+import numpy as np
+import voiced.audio.pyaudio_sink as ps
+from voiced.audio.pipeline import SpeakerMix
+from voiced.audio.pyaudio_backend import PyAudioSink
+from voiced.config import AudioEndpointSettings
+switch = ps.switch_stream
+def slow(stream, on, *a):
+    if on:
+        time.sleep(0.6)
+    return switch(stream, on, *a)
+ps.switch_stream = slow
+async def main():
+    sink = PyAudioSink(AudioEndpointSettings(device="usbmic", rate_hz=24000), idle_s=0.1)
+    await sink.start()
+    mix = SpeakerMix(sink)
+    sink.output_filter = mix
+    t = np.arange(7200)
+    mix.add((8000 + 4000 * np.sin(2 * np.pi * 440 * t / 24000)).astype("<i2").tobytes())
+    deadline = time.monotonic() + 20
+    while sink.running or sink._stream.is_active():  # until the grace ran out and it stopped
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await sink.aclose()
+    print("left", len(mix._overlay))
+asyncio.run(main())
+"""
+
+
+def test_an_earcon_plays_whole_when_its_stream_starts_later_than_the_grace(
+        tmp_path: Path) -> None:
+    """keep_awake reckons the earcon's length plus the grace from the moment it is added;
+    a stream that starts later than that must still play all of it before stopping
+    (fails before the fix: the stop came with most of the earcon still pending)."""
+    home = alsa_home(tmp_path)
+    p = subprocess.run([sys.executable, "-c", EARCON_SLOW_START],
+                       env=clean_env(HOME=str(home)), capture_output=True, text=True,
+                       timeout=TIMEOUT * 2, check=False)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split()[-2:] == ["left", "0"], p.stdout
+    out = np.frombuffer((tmp_path / "out.raw").read_bytes(), "<i2")
+    assert np.count_nonzero(out) == 7200  # the whole earcon reached the device

@@ -348,18 +348,22 @@ async def test_a_failure_no_link_task_contained_ends_the_daemon(
         assert bugs is not None and [str(e) for e in bugs.exceptions] == ["a bug in the sender"]
 
 
-@pytest.mark.parametrize(("echo", "idle_s"), [("aec", None), ("half_duplex", 2.0),
-                                               ("full_duplex", 2.0)])
-def test_with_aec_the_speaker_never_stops_while_idle(echo: str, idle_s: float | None) -> None:
-    """Issue 21 stops the speaker's stream 2 s after playback; under ``audio.echo: aec``
-    a stop and restart is an echo path change (the host picks the stream's latency
-    again), so the speaker keeps running and its silence keeps feeding the reference."""
+@pytest.mark.parametrize(("echo", "grace", "idle_s"), [
+    ("aec", None, None), ("aec", 2, None), ("half_duplex", None, 0.5),
+    ("full_duplex", None, 0.5), ("full_duplex", 2, 2.0), ("half_duplex", 30, 30.0)])
+def test_with_aec_the_speaker_never_stops_while_idle(echo: str, grace: float | None,
+                                                     idle_s: float | None) -> None:
+    """Issue 21 stops the speaker's stream ``audio.speaker_idle_s`` after playback; under
+    ``audio.echo: aec`` a stop and restart is an echo path change (the host picks the
+    stream's latency again), so the speaker keeps running and its silence keeps feeding
+    the reference, whatever the grace says."""
     from voiced.audio.pyaudio_backend import PyAudioSink
 
-    settings = config.parse({
-        "realtime": {"url": "ws://127.0.0.1:9/v1/realtime"},
-        "audio": {"backend": "pyaudio", "echo": echo,
-                  "input": {"device": "default"}, "output": {"device": "default"}}},
-        environ={})
+    audio: dict[str, Any] = {"backend": "pyaudio", "echo": echo,
+                             "input": {"device": "default"}, "output": {"device": "default"}}
+    if grace is not None:
+        audio["speaker_idle_s"] = grace
+    settings = config.parse({"realtime": {"url": "ws://127.0.0.1:9/v1/realtime"},
+                             "audio": audio}, environ={})
     _, sink = build_audio(settings)
     assert isinstance(sink, PyAudioSink) and sink.idle_s == idle_s

@@ -54,7 +54,7 @@ class PyAudioSink:
 
     def __init__(self, settings: AudioEndpointSettings, *, period_ms: int = 20,
                  jitter_ms: int = 80, max_queued_s: float = 120.0,
-                 idle_s: float | None = 2.0, start_margin_ms: int = 60) -> None:
+                 idle_s: float | None = 0.5, start_margin_ms: int = 60) -> None:
         self.settings = settings
         self.period_ms = period_ms
         self.jitter_ms = jitter_ms
@@ -244,6 +244,11 @@ class PyAudioSink:
         with self._lock:
             if self._queue:
                 return
+        if getattr(self.output_filter, "playing", False):
+            # an earcon not all handed out yet: its stream started later than keep_awake
+            # reckoned (a slow start; the shorter the grace, the likelier): wait, not cut
+            self._idle_later()
+            return
         # the callback has played silence for idle_s: stopping here cannot click
         self._set_running(False)
 

@@ -63,6 +63,7 @@ def _audio(sec: _Section, base: Path) -> AudioSettings:
                                      INPUT_FILE_STARTS),
         jitter_ms=sec.int_("jitter_ms", d.jitter_ms, lo=0, hi=1000),
         period_ms=sec.int_("period_ms", d.period_ms, lo=5, hi=100),
+        speaker_idle_s=sec.num("speaker_idle_s", d.speaker_idle_s, lo=0.1, hi=3600),
         reopen_s=sec.num("reopen_s", d.reopen_s, lo=0.05, hi=300),
         reopen_max_s=sec.num("reopen_max_s", d.reopen_max_s, lo=0.05, hi=3600),
         max_queued_s=sec.num("max_queued_s", d.max_queued_s, lo=1, hi=3600),

@@ -271,6 +271,10 @@ class AudioSettings:
     period_ms: int = 20
     """pyaudio: speaker buffer size; a stop hands silence from the next period on (what
     the device has buffered, about two periods, still plays)."""
+    speaker_idle_s: float = 0.5
+    """pyaudio: the speaker's stream stops this long after the last audio played (nothing
+    reaches Python while idle) and starts again with the next reply or earcon; not with
+    ``echo: aec``, whose reference must keep running."""
     reopen_s: float = 3.0
     """A failed (e.g. unplugged) mic or speaker is tried again after this long, ..."""
     reopen_max_s: float = 60.0

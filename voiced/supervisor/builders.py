@@ -51,7 +51,7 @@ def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
     # aec: the speaker never stops while idle (issue 21's idle stop): a stopped and
     # restarted stream is an echo path change (its latency is the host's to choose again),
     # and the canceller's reference must keep running through the silence between replies
-    idle_s = None if a.echo == "aec" else 2.0
+    idle_s = None if a.echo == "aec" else a.speaker_idle_s
     return (PyAudioSource(a.input, frame_ms=a.frame_ms, block_ms=block_ms),
             PyAudioSink(a.output, period_ms=a.period_ms, jitter_ms=a.jitter_ms,
                         max_queued_s=a.max_queued_s, idle_s=idle_s))
