@@ -143,7 +143,6 @@ class SpeakerMix:
                     self.position += len(wire) // BYTES_PER_SAMPLE
         return out
 
-
     def _keep_time(self, dac: float) -> None:
         """This period plays at ``dac``: positions and time on one timeline.
 
