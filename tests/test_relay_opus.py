@@ -342,7 +342,7 @@ async def test_the_daemons_own_truncation_in_opus_is_at_the_played_sample(
     upstream's first ones (the codec delay is not in the count: no shift)."""
     from tests.conftest import QUESTION_WAV
     from tests.test_relay_processes import new_conversation
-    from tests.test_supervisor import roles, running, stops
+    from tests.test_supervisor import played_at_stop, roles, running, stops
     from voiced.audio.filebackend import WavFileSink, WavFileSource
     from voiced.core.effects import State
 
@@ -378,7 +378,7 @@ async def test_the_daemons_own_truncation_in_opus_is_at_the_played_sample(
                                          for e in up.received))
             truncate = next(e for e in up.received
                             if e["type"] == "conversation.item.truncate")
-            played = counts[0][truncate["item_id"]]
+            played = played_at_stop(counts, truncate["item_id"])
             md = h.records[1]["metadata"]
             assert md["interrupted"] is True
             assert truncate["audio_end_ms"] == md["heard_ms"] == played * 1000 // 24_000
@@ -407,7 +407,7 @@ async def test_the_hour_rollover_in_opus_keeps_every_sample_and_position(
     stream; the live one holds only its encoder's in-flight samples), and an interrupt
     in the new session truncates at the played sample."""
     from tests.test_relay_processes import new_conversation
-    from tests.test_supervisor import roles, running, stops
+    from tests.test_supervisor import played_at_stop, roles, running, stops
     from voiced.audio.filebackend import WavFileSink
     from voiced.core.effects import State
     from voiced.opus_link import LinkCodec
@@ -446,9 +446,12 @@ async def test_the_hour_rollover_in_opus_keeps_every_sample_and_position(
             if h.sup.session.mic_on:  # still listening for a follow-up: stop that first
                 h.sup._on_control("press")
             assert h.state == State.READY
+            # the first session's reply is still in the speaker's counts: wait on the new one
+            earlier = set(speaker._played)
             h.sup._on_control("press")
             await h.wait(lambda: h.state == State.SPEAKING)
-            await h.wait(lambda: max(speaker._played.values(), default=0) >= 12_000)
+            await h.wait(lambda: max((n for item, n in speaker._played.items()
+                                      if item not in earlier), default=0) >= 12_000)
             h.sup._on_control("interrupt")
             await h.wait(lambda: len(roles(h)) == 4)
             new = sim.sessions[-1]
@@ -456,9 +459,10 @@ async def test_the_hour_rollover_in_opus_keeps_every_sample_and_position(
                                          for e in new.received))
             truncate = next(e for e in new.received
                             if e["type"] == "conversation.item.truncate")
-            played = counts[0][truncate["item_id"]]
+            played = played_at_stop(counts, truncate["item_id"])
             md = h.records[3]["metadata"]
             assert truncate["audio_end_ms"] == md["heard_ms"] == played * 1000 // 24_000
+            assert md["heard_ms"] >= 500  # half a second of the new reply had played
             await eventually(lambda: any(
                 r[1] == "assistant" and r[3].get("heard_ms") == md["heard_ms"]
                 for r in messages(pg, cid)))
