@@ -603,3 +603,59 @@ async def test_the_final_record_replaces_its_draft(tmp_path: Path) -> None:
     await box.flush()
     assert files(tmp_path / "ob" / "drafts") == [] and box.pending == 1
     await box.aclose()
+
+
+async def test_pending_counts_a_record_once_while_it_lands(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record on disk whose write the event loop has not yet seen finish was counted twice
+    (on disk, and as a write in flight): status said 2 pending with one record, and the
+    SIGTERM test stopped the daemon before the reply's record existed (CI, stop 27)."""
+    import threading
+
+    import voiced.outbox as ob
+
+    landed, release = threading.Event(), threading.Event()
+    real_fsync_dir = ob._fsync_dir
+
+    def held_fsync_dir(path: Path) -> None:  # the record is in place; hold the worker here
+        real_fsync_dir(path)
+        if path == tmp_path / "ob":
+            landed.set()
+            release.wait(TIMEOUT)
+
+    monkeypatch.setattr(ob, "_fsync_dir", held_fsync_dir)
+    box = Outbox(tmp_path / "ob", None)
+    box.open()
+    box.put(record(1))
+    assert await asyncio.to_thread(landed.wait, TIMEOUT)
+    try:
+        assert len(files(tmp_path / "ob")) == 1
+        assert box.pending == 1
+    finally:
+        release.set()
+    await box.flush()
+    assert box.pending == 1
+    await box.aclose()
+
+
+async def test_a_record_on_disk_is_not_also_kept_in_memory_when_a_later_step_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory's fsync failing after the record was renamed into place kept the record
+    in memory as well: it would have been written and delivered twice."""
+    import voiced.outbox as ob
+
+    real_fsync_dir = ob._fsync_dir
+
+    def failing_fsync_dir(path: Path) -> None:
+        if path == tmp_path / "ob":
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync_dir(path)
+
+    box = Outbox(tmp_path / "ob", None)
+    box.open()
+    monkeypatch.setattr(ob, "_fsync_dir", failing_fsync_dir)
+    box.put(record(1))
+    await box.flush()
+    assert len(files(tmp_path / "ob")) == 1
+    assert box.pending == 1
+    await box.aclose()

@@ -32,6 +32,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -197,6 +198,8 @@ class Outbox:
         self._writes: set[asyncio.Future[None]] = set()  # records on their way to disk
         self._draft_writes: set[asyncio.Future[None]] = set()  # drafts: not pending delivery
         self._unsaved: list[dict[str, Any]] = []  # records the disk refused (ENOSPC)
+        self._queued = 0  # records put() that are neither on disk nor in _unsaved yet
+        self._count_lock = threading.Lock()  # guards _queued, _unsaved and their moves
         self._wake = asyncio.Event()
         self.idle = asyncio.Event()
         """Set while nothing is pending (the demo and tests wait on it)."""
@@ -248,11 +251,12 @@ class Outbox:
     @property
     def pending(self) -> int:
         """Records not yet accepted by the sink (on disk or waiting for disk space)."""
-        try:
-            on_disk = sum(1 for p in self.dir.iterdir() if p.suffix == ".json")
-        except OSError:
-            on_disk = 0
-        return on_disk + len(self._unsaved) + len(self._writes)
+        with self._count_lock:  # a record moving from _queued to the disk is seen once
+            try:
+                on_disk = sum(1 for p in self.dir.iterdir() if p.suffix == ".json")
+            except OSError:
+                on_disk = 0
+            return on_disk + len(self._unsaved) + self._queued
 
     # ------------------------------------------------------------------ writing
 
@@ -260,7 +264,10 @@ class Outbox:
         """Queue ``record`` for a durable write (on the worker thread), then delivery."""
         loop = asyncio.get_running_loop()
         self.idle.clear()
-        fut = asyncio.wrap_future(self._io.submit(self._write, guard.storable(record)), loop=loop)
+        with self._count_lock:
+            self._queued += 1
+        fut = asyncio.wrap_future(self._io.submit(self._write, guard.storable(record), True),
+                                  loop=loop)
         self._writes.add(fut)
         fut.add_done_callback(self._written)
 
@@ -273,32 +280,66 @@ class Outbox:
         self._seq += 1
         return f"{time.time_ns():020d}-{self._seq:06d}"
 
-    def _write(self, record: dict[str, Any]) -> None:
-        """Write one record durably (worker thread); on failure keep it in memory."""
-        with guard.contain("outbox write", logger,
-                           on_fault=lambda e: self._unsaved.append(record)):
-            self._write_record(record)
+    def _write(self, record: dict[str, Any], queued: bool = False) -> None:
+        """Write one record durably (worker thread); on failure keep it in memory.
 
-    def _write_record(self, record: dict[str, Any]) -> None:
+        ``queued``: the record came through :meth:`put` and is counted in ``_queued``
+        until it is either on disk or in ``_unsaved``; the move from one count to the
+        other is made under ``_count_lock``, so :attr:`pending` never counts it twice.
+        """
+        landed = False
+
+        def keep(_exc: BaseException) -> None:
+            if not landed:
+                self._keep_unsaved(record, queued)
+
+        with guard.contain("outbox write", logger, on_fault=keep):
+            landed = self._land(record, queued)
+        if landed:
+            with guard.contain("outbox write", logger):
+                self._after_landing(record)
+
+    def _keep_unsaved(self, record: dict[str, Any], queued: bool) -> None:
+        with self._count_lock:
+            self._unsaved.append(record)
+            self._queued -= queued
+
+    def _land(self, record: dict[str, Any], queued: bool) -> bool:
+        """Put the record in place under its name; False: kept in memory instead."""
         data = _encode(record)
         name = self._name()
         tmp = self.dir / f".tmp-{name}"
         try:
             _write_file(tmp, data)
-            os.replace(tmp, self.dir / f"{name}.json")
-            _fsync_dir(self.dir)
-            self._disk_error_logged = False
-            self._drop_draft(record.get("id"))  # the record is safe: its draft can go
+            with self._count_lock:
+                os.replace(tmp, self.dir / f"{name}.json")
+                self._queued -= queued
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            self._unsaved.append(record)
+            self._keep_unsaved(record, queued)
             if not self._disk_error_logged:
                 self._disk_error_logged = True
                 what = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
                 logger.error("outbox: cannot save transcript %s to %s: %s; keeping it in "
                              "memory and retrying", record.get("id"), self.dir, what)
-            return
+            return False
+        self._disk_error_logged = False
+        return True
+
+    def _after_landing(self, record: dict[str, Any]) -> None:
+        """The record is in place: make the rename durable, drop its draft, keep the bound.
+
+        A failure here must not keep the record in memory too: it is on disk, and would
+        be written and delivered twice.
+        """
+        try:
+            _fsync_dir(self.dir)
+        except OSError as e:  # the file is whole; only the rename might not survive a crash
+            if guard.should_log("outbox:fsync-dir") is not None:
+                logger.warning("outbox: cannot sync %s after saving transcript %s: %s",
+                               self.dir, record.get("id"), e.strerror or e)
+        self._drop_draft(record.get("id"))  # the record is safe: its draft can go
         self._enforce_bounds()
 
     def put_draft(self, record: dict[str, Any]) -> None:
@@ -443,9 +484,11 @@ class Outbox:
         return drop
 
     def _retry_unsaved(self) -> None:
-        records, self._unsaved = self._unsaved, []
+        with self._count_lock:  # counted as queued until each lands again
+            records, self._unsaved = self._unsaved, []
+            self._queued += len(records)
         for r in records:
-            self._write(r)
+            self._write(r, True)
 
     async def flush(self) -> None:
         """Wait until every record handed to :meth:`put` is on disk (or kept in memory).
