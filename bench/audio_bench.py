@@ -391,7 +391,8 @@ def naive_to_wire(chunk: np.ndarray, rate: int) -> np.ndarray:
     mono = chunk.reshape(-1, 2).mean(axis=1)
     n_out = int(round(len(mono) * 24000 / rate))
     x = np.linspace(0, len(mono) - 1, n_out)
-    return np.interp(x, np.arange(len(mono)), mono).astype("<i2")
+    out: np.ndarray = np.interp(x, np.arange(len(mono)), mono).astype("<i2")
+    return out
 
 
 def bench_conversion(seconds: float = 60.0) -> dict[str, Any]:
