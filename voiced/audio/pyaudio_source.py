@@ -74,6 +74,11 @@ class PyAudioSource:
         # issue 22: the echo canceller, on PortAudio's thread as each frame is read (the
         # speaker's position is read then); voiced/audio/pipeline.py installs it
         self.frame_filter: Callable[[bytes], bytes] | None = None
+        self.listener: Callable[[bytes], None] | None = None
+        """Given each frame on the loop, in the hand-over itself, instead of queuing it for
+        :meth:`read` (the audio keeper's mic pump; issue 21: one loop turn per block, not a
+        hand-over and then a turn of a task woken by it). :meth:`read` then waits for
+        faults only, and for frames queued while no listener was set."""
         self.adc_time = 0.0
         """PortAudio's capture time of the end of the frame ``frame_filter`` is given (0:
         the host API does not say); PortAudio's stream clock, as the sink's ``dac_time``."""
@@ -167,6 +172,13 @@ class PyAudioSource:
         if generation != self._generation or not self._capture:
             return  # from a stream closed or stopped since: that audio is gone with it
         self._last_callback = time.monotonic()
+        listener = self.listener
+        if listener is not None and not self._frames:  # else after those queued, in order
+            for f in frames:
+                listener(f)
+                if generation != self._generation or not self._capture:
+                    return  # the frame turned the mic off (or closed it): the rest goes too
+            return
         for f in frames:
             if len(self._frames) == self._frames.maxlen:
                 self.dropped_frames += 1
@@ -232,12 +244,14 @@ class PyAudioSource:
             if not self._capture:
                 await self._arrived.wait()  # stopped on purpose: its silence is no fault
                 continue
-            await self._arrived.wait(_MIC_SILENCE_S)
-            if (not self._frames and self._capture
-                    and time.monotonic() - self._last_callback >= _MIC_SILENCE_S):
+            # until 2 s after the last callback: a listener takes the frames, and the
+            # hand-overs do not wake this wait (nor start and cancel its timer) each block
+            left = _MIC_SILENCE_S - (time.monotonic() - self._last_callback)
+            if left <= 0:
                 name = self.device.name if self.device else "?"
                 raise AudioDeviceError(f"microphone \"{name}\" delivers no audio "
                                        "(unplugged or failed)")
+            await self._arrived.wait(left)
         return self._frames.popleft()
 
     async def aclose(self) -> None:
