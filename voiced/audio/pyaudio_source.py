@@ -31,7 +31,7 @@ from voiced.audio.portaudio import (
 )
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
-from voiced.threads import thread_namer
+from voiced.threads import CallbackThread
 from voiced.wakeup import Wakeup
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
@@ -67,6 +67,7 @@ class PyAudioSource:
         self._capture = True
         self._control = threading.Lock()  # one start, stop or close of the stream at a time
         self._failed: str | None = None  # a restart that failed, for read() to raise
+        self.callback_thread = CallbackThread("voiced-mic")
         self.device: DeviceInfo | None = None
         self.rate = 0
         self.dropped_frames = 0
@@ -114,14 +115,14 @@ class PyAudioSource:
         framer = Framer(frame_bytes(self.frame_ms))
         pyaudio = _pyaudio()
         overflow_flag = pyaudio.paInputOverflow
-        name_thread = thread_namer("voiced-mic")
+        thread = self.callback_thread
         loop = self._loop
         assert loop is not None
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[None, int]:
             # NOTE: runs on PortAudio's thread; the only crossing is call_soon_threadsafe
-            name_thread()
+            thread.enter()  # named, and its Python thread state kept (issue 21)
             if status & overflow_flag:
                 self.overflows += 1
             if in_data:
@@ -225,6 +226,8 @@ class PyAudioSource:
             if stream is None:
                 return
             fault = switch_stream(stream, want, "microphone", self.device)
+            if not want:
+                self.callback_thread.release()  # the stopped stream's thread has ended
             if fault is not None:
                 self._failed = fault
                 loop.call_soon_threadsafe(self._arrived.set)
@@ -263,6 +266,7 @@ class PyAudioSource:
         with self._control:
             _release(self._stream, self._pa, "microphone")
             self._stream = self._pa = None
+        self.callback_thread.release()
         self._frames.clear()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._arrived.set)  # a waiting read() sees it
