@@ -80,3 +80,81 @@ def test_a_join_stops_at_about_a_second() -> None:
     assert b"".join(pcm) == b"".join(frames)
     assert 3 <= len(pcm) <= 4
     assert all(len(p) <= 64_000 * 3 // 4 + 960 for p in pcm)
+
+
+class _Stream:
+    """Stands in for an open PortAudio stream (nothing here starts or stops it)."""
+
+    def stop_stream(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _keeper(mic: Any, fed: list[bytes]) -> Any:
+    from voiced.supervisor.audio_keeper import AudioKeeper
+
+    def feed(_boundary: str, give: Any, *args: Any) -> None:
+        give(*args)
+
+    return AudioKeeper(mic, None, None, None, feed, lambda: None,  # type: ignore[arg-type]
+                       fed.append, lambda: 0.0)
+
+
+async def _pushing_mic() -> tuple[Any, Any, list[bytes], asyncio.Task[None]]:
+    from voiced.audio.pyaudio_backend import PyAudioSource
+    from voiced.config import AudioEndpointSettings
+
+    mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
+    mic._loop = asyncio.get_running_loop()
+    mic._stream, mic._generation = _Stream(), 1
+    mic._last_callback = float("inf")  # never silent for long, however slow the machine
+    fed: list[bytes] = []
+    keeper = _keeper(mic, fed)
+    pump = asyncio.create_task(keeper.mic_pump())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return mic, keeper, fed, pump
+
+
+async def test_a_mic_block_reaches_the_core_in_the_hand_over_itself() -> None:
+    """Issue 21: the block's frames go into the core within the hand-over, with no turn
+    of the pump task between (before: the hand-over woke the pump, which fed them on the
+    loop's next turn, then the sender's turn came)."""
+    mic, _keeper_, fed, pump = await _pushing_mic()
+    frames = [_frame(k) for k in range(3)]
+    mic._deliver(frames, 1)
+    assert fed == frames  # no await in between: nothing else ran
+    assert not mic._frames
+    mic._deliver([_frame(9)], 2)  # from a stream closed since: not fed
+    assert fed == frames
+    pump.cancel()
+
+
+async def test_frames_queued_while_the_devices_reopen_come_first_and_in_order() -> None:
+    mic, keeper, fed, pump = await _pushing_mic()
+    keeper.ok.clear()  # as _reopen does: a fault, the devices being reopened
+    keeper._pause()
+    mic._deliver([_frame(0), _frame(1)], 1)  # queued: nothing goes into the core now
+    assert fed == []
+    keeper.ok.set()
+    mic._deliver([_frame(2)], 1)  # before the pump ran: behind the queued ones
+    for _ in range(10):
+        await asyncio.sleep(0)
+    mic._deliver([_frame(3)], 1)  # the queue empty again: straight in
+    assert fed == [_frame(k) for k in range(4)]
+    pump.cancel()
+
+
+async def test_a_frame_that_turns_the_mic_off_drops_the_rest_of_its_block() -> None:
+    """As read() did: a stop clears what was queued; the pushed block's later frames go
+    with it."""
+    mic, keeper, fed, pump = await _pushing_mic()
+
+    def off_at_first(frame: bytes) -> None:
+        fed.append(frame)
+        mic._capture = False  # as set_capturing(False) leaves it (no stream to stop here)
+
+    keeper._on_frame = off_at_first
+    mic._deliver([_frame(0), _frame(1), _frame(2)], 1)
+    assert fed == [_frame(0)]
+    pump.cancel()

@@ -7,7 +7,7 @@ backends convert from and to whatever the device or file has.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 KEEP_PLAYED_COUNTS: Final = 8
 """Sinks keep each item's played count across underruns (an item that ran dry while the
@@ -43,6 +43,18 @@ class AudioSource(Protocol):
 
     async def aclose(self) -> None:
         """Close the device; safe to call twice."""
+
+
+@runtime_checkable
+class PushSource(Protocol):
+    """A source that can give each frame to a listener on the loop as it arrives.
+
+    While ``listener`` is set, frames go to it instead of into the queue :meth:`read`
+    returns from (frames already queued come out of :meth:`read` first, and later ones
+    queue behind them, so the order holds); :meth:`read` still raises the source's faults.
+    """
+
+    listener: Callable[[bytes], None] | None
 
 
 class AudioSink(Protocol):

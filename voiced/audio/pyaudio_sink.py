@@ -29,7 +29,7 @@ from voiced.audio.portaudio import (
 )
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
-from voiced.threads import thread_namer
+from voiced.threads import CallbackThread
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 logger = logging.getLogger("voiced.audio.pyaudio_backend")
@@ -88,6 +88,7 @@ class PyAudioSink:
         self._priming = True
         self._conv: FromWire | None = None
         self._on_drained: Callable[[], None] = lambda: None
+        self.callback_thread = CallbackThread("voiced-speaker")
         self.device: DeviceInfo | None = None
         self.rate = SAMPLE_RATE
         self.channels = 1
@@ -130,7 +131,7 @@ class PyAudioSink:
         assert loop is not None
         period = self.rate * self.period_ms // 1000
         frame_b = BYTES_PER_SAMPLE * channels
-        name_thread = thread_namer("voiced-speaker")
+        thread = self.callback_thread
         jitter_bytes = self.rate * self.jitter_ms // 1000 * frame_b
         jitter_s = self.jitter_ms / 1000
         margin_s = min(self.start_margin_ms, self.jitter_ms) / 1000
@@ -138,7 +139,7 @@ class PyAudioSink:
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[bytes, int]:
             # NOTE: PortAudio's thread. Pull from the jitter buffer, pad with silence.
-            name_thread()
+            thread.enter()  # named, and its Python thread state kept (issue 21)
             want = frame_count * frame_b
             out = bytearray()
             drained = False
@@ -270,6 +271,8 @@ class PyAudioSink:
                 self._started = want
             else:
                 self._failed = fault
+            if not want:
+                self.callback_thread.release()  # the stopped stream's thread has ended
 
     def play(self, pcm: bytes, item_id: str) -> int:
         """Queue reply audio (converted to the device's rate here, on the loop).
@@ -381,4 +384,5 @@ class PyAudioSink:
             self._forget_queue()
         _release(stream, self._pa, "speaker")
         self._pa = None
+        self.callback_thread.release()
 

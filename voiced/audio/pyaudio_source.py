@@ -31,7 +31,7 @@ from voiced.audio.portaudio import (
 )
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
-from voiced.threads import thread_namer
+from voiced.threads import CallbackThread
 from voiced.wakeup import Wakeup
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
@@ -67,6 +67,7 @@ class PyAudioSource:
         self._capture = True
         self._control = threading.Lock()  # one start, stop or close of the stream at a time
         self._failed: str | None = None  # a restart that failed, for read() to raise
+        self.callback_thread = CallbackThread("voiced-mic")
         self.device: DeviceInfo | None = None
         self.rate = 0
         self.dropped_frames = 0
@@ -74,6 +75,11 @@ class PyAudioSource:
         # issue 22: the echo canceller, on PortAudio's thread as each frame is read (the
         # speaker's position is read then); voiced/audio/pipeline.py installs it
         self.frame_filter: Callable[[bytes], bytes] | None = None
+        self.listener: Callable[[bytes], None] | None = None
+        """Given each frame on the loop, in the hand-over itself, instead of queuing it for
+        :meth:`read` (the audio keeper's mic pump; issue 21: one loop turn per block, not a
+        hand-over and then a turn of a task woken by it). :meth:`read` then waits for
+        faults only, and for frames queued while no listener was set."""
         self.adc_time = 0.0
         """PortAudio's capture time of the end of the frame ``frame_filter`` is given (0:
         the host API does not say); PortAudio's stream clock, as the sink's ``dac_time``."""
@@ -109,14 +115,14 @@ class PyAudioSource:
         framer = Framer(frame_bytes(self.frame_ms))
         pyaudio = _pyaudio()
         overflow_flag = pyaudio.paInputOverflow
-        name_thread = thread_namer("voiced-mic")
+        thread = self.callback_thread
         loop = self._loop
         assert loop is not None
 
         def callback(in_data: bytes | None, frame_count: int, time_info: Any,
                      status: int) -> tuple[None, int]:
             # NOTE: runs on PortAudio's thread; the only crossing is call_soon_threadsafe
-            name_thread()
+            thread.enter()  # named, and its Python thread state kept (issue 21)
             if status & overflow_flag:
                 self.overflows += 1
             if in_data:
@@ -167,6 +173,13 @@ class PyAudioSource:
         if generation != self._generation or not self._capture:
             return  # from a stream closed or stopped since: that audio is gone with it
         self._last_callback = time.monotonic()
+        listener = self.listener
+        if listener is not None and not self._frames:  # else after those queued, in order
+            for f in frames:
+                listener(f)
+                if generation != self._generation or not self._capture:
+                    return  # the frame turned the mic off (or closed it): the rest goes too
+            return
         for f in frames:
             if len(self._frames) == self._frames.maxlen:
                 self.dropped_frames += 1
@@ -213,6 +226,8 @@ class PyAudioSource:
             if stream is None:
                 return
             fault = switch_stream(stream, want, "microphone", self.device)
+            if not want:
+                self.callback_thread.release()  # the stopped stream's thread has ended
             if fault is not None:
                 self._failed = fault
                 loop.call_soon_threadsafe(self._arrived.set)
@@ -232,12 +247,14 @@ class PyAudioSource:
             if not self._capture:
                 await self._arrived.wait()  # stopped on purpose: its silence is no fault
                 continue
-            await self._arrived.wait(_MIC_SILENCE_S)
-            if (not self._frames and self._capture
-                    and time.monotonic() - self._last_callback >= _MIC_SILENCE_S):
+            # until 2 s after the last callback: a listener takes the frames, and the
+            # hand-overs do not wake this wait (nor start and cancel its timer) each block
+            left = _MIC_SILENCE_S - (time.monotonic() - self._last_callback)
+            if left <= 0:
                 name = self.device.name if self.device else "?"
                 raise AudioDeviceError(f"microphone \"{name}\" delivers no audio "
                                        "(unplugged or failed)")
+            await self._arrived.wait(left)
         return self._frames.popleft()
 
     async def aclose(self) -> None:
@@ -249,6 +266,7 @@ class PyAudioSource:
         with self._control:
             _release(self._stream, self._pa, "microphone")
             self._stream = self._pa = None
+        self.callback_thread.release()
         self._frames.clear()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._arrived.set)  # a waiting read() sees it

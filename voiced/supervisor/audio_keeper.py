@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from voiced import guard
-from voiced.audio import AudioSink, AudioSource
+from voiced.audio import AudioSink, AudioSource, PushSource
 from voiced.backoff import Backoff
 from voiced.config import AudioSettings
 from voiced.errors import AudioDeviceError, ConfigError
@@ -69,14 +69,32 @@ class AudioKeeper:
 
     def fault(self, reason: str) -> None:
         """A device failed (at start-up, say): the watch task reopens both."""
-        self.ok.clear()
+        self._pause()
         self._faults.put_nowait(reason)
 
+    def _pause(self) -> None:
+        """No mic frames into the core until the devices are open again."""
+        self.ok.clear()
+        if isinstance(self.source, PushSource):
+            self.source.listener = None  # frames queue for read() meanwhile
+
+    def _take(self, frame: bytes) -> None:
+        self._feed("mic", self._on_frame, frame)
+
     async def mic_pump(self) -> None:
-        """Read mic frames for good, reporting a failed mic to the watch task."""
+        """Read mic frames for good, reporting a failed mic to the watch task.
+
+        A source that can push (``PushSource``) gives its frames to the core in its
+        hand-over to the loop; ``read()`` then only waits for a fault (and returns the
+        frames queued while the devices were being reopened). *Why:* reading woke this
+        task once per mic block, a loop turn of its own between the hand-over and the
+        sender's (issue 21).
+        """
         while True:
             await self.ok.wait()
             generation = self._generation
+            if isinstance(self.source, PushSource):
+                self.source.listener = self._take
             try:
                 frame = await self.source.read()
             except AudioDeviceError as e:
@@ -112,7 +130,7 @@ class AudioKeeper:
         installed each start keeps 12 kB for good (README, soak); retrying every 3 s
         through a day-long outage would be 350 MB.
         """
-        self.ok.clear()
+        self._pause()
         self.device_faults += 1
         a = self.settings
         backoff = Backoff(a.reopen_s, a.reopen_max_s, jitter=False)
