@@ -316,3 +316,70 @@ async def test_run_wakes_on_a_spoken_wake_word_through_pulseaudio(tmp_path: Path
                 await asyncio.wait_for(rec.communicate(), TIMEOUT)
         assert proc.returncode == 0, err.decode()[-3000:]
         assert "wake word 'Okay Nabu' heard" in err.decode()
+
+
+@pytest.mark.parametrize("content", [b"abc\n", b"-5\n", b"1001\n", b"9" * 80, b"\xff\xfe",
+                                     b"12 34\n", b"", "fifo", "dir"])
+async def test_a_hostile_echo_delay_file_is_ignored_with_a_clear_line(
+        tmp_path: Path, content: bytes | str, caplog: pytest.LogCaptureFixture) -> None:
+    """The state file with the bulk echo delay is outside input: garbage, out of range,
+    too long, not a regular file (a FIFO would block the reader for good). Each is
+    ignored with one warning naming the file, and the delay is estimated afresh."""
+    import os
+    from types import SimpleNamespace
+
+    path = tmp_path / "echo_delay"
+    if content == "fifo":
+        os.mkfifo(path)
+    elif content == "dir":
+        path.mkdir()
+    else:
+        assert isinstance(content, bytes)
+        path.write_bytes(content)
+    h = HandsFree(settings(audio={"echo": "aec"}), FakeSession().half_duplex,
+                  press=lambda: None, apply=lambda: None, volume=lambda: 100,
+                  echo_delay_file=path)
+    sink = SimpleNamespace(rate=24000, channels=1, dac_time=0.0, output_filter=None)
+    h.install(SimpleNamespace(adc_time=0.0, frame_filter=None), sink,
+              asyncio.get_running_loop())
+    assert h.echo is not None and not h.echo.bulk_found and h.echo.bulk == 0
+    lines = [r.getMessage() for r in caplog.records if "echo delay file" in r.getMessage()]
+    assert len(lines) == 1 and str(path) in lines[0] and "estimated afresh" in lines[0]
+    assert h.status()["aec_bulk_from"] == "none"
+
+
+async def test_the_echo_delay_found_is_kept_and_the_next_start_begins_from_it(
+        tmp_path: Path) -> None:
+    """Once the canceller has estimated the bulk delay, the next state the supervisor
+    shows writes it beside the volume file; the next start (and a device reopened)
+    presets the canceller from it, so the first reply needs no estimate to begin
+    cancelling. No file: nothing preset."""
+    from types import SimpleNamespace
+
+    path = tmp_path / "echo_delay"
+    loop = asyncio.get_running_loop()
+
+    def start() -> HandsFree:
+        h = HandsFree(settings(audio={"echo": "aec"}), FakeSession().half_duplex,
+                      press=lambda: None, apply=lambda: None, volume=lambda: 100,
+                      echo_delay_file=path)
+        sink = SimpleNamespace(rate=24000, channels=1, dac_time=0.0, output_filter=None)
+        h.install(SimpleNamespace(adc_time=0.0, frame_filter=None), sink, loop)
+        return h
+
+    h = start()
+    assert h.echo is not None and not h.echo.bulk_found
+    h.on_state("listening", {"mic": "on"})
+    assert not path.exists()  # nothing found yet: nothing kept
+    h.echo.process(bytes(h.echo.frame_bytes), 24000, timed=True)  # a mic frame
+    h.echo._realign(24 * 130)  # an estimate: 130 ms, so the reference is held back 80
+    h.echo._realign(24 * 130)
+    assert h.echo.bulk == 24 * 80 and h.echo.bulk_estimated
+    h.on_state("speaking", {"mic": "on"})
+    assert path.read_text() == "80\n"
+    assert h.status()["aec_bulk_from"] == "estimated"
+    again = start()
+    assert again.echo is not None and again.echo.bulk == 24 * 80 and again.echo.bulk_found
+    assert not again.echo.bulk_estimated and again.status()["aec_bulk_from"] == "kept"
+    again.devices_reopened()
+    assert again.echo.bulk == 24 * 80 and again.echo.bulk_found
