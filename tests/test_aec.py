@@ -780,3 +780,28 @@ def test_a_kept_delay_needs_no_move_and_is_still_checked() -> None:
     assert wrong.realigned == 1 and wrong.bulk == 50 * 24 and wrong.bulk_estimated
     with pytest.raises(ValueError, match="0..1000"):
         wrong.preset(1001)
+
+
+def test_on_a_mic_of_digital_silence_the_canceller_itself_outputs_zero_blocks() -> None:
+    """Why tests/test_aec_run.py's room adds a mic self-noise: its guard counts all-zero
+    20 ms blocks as the convergence gate's silence, but on a mic that hands over exact
+    zeros (the room had no noise floor) the canceller's own output, ungated, rounds to
+    whole blocks of zeros where the speech pauses and where it cancels best (49 of 748
+    after 3 s here, half of them with the echo over 1000 in the mic): through `voiced run`
+    36 all-zero blocks in reply 1's window, every one after the gate had opened. With a
+    noise floor of -80 dBFS there are none."""
+    far, echo, _ = room(40)
+    farp = to_pcm(far)
+    zeros = []
+    for level in (0.0, 3.0):
+        mic = to_pcm(echo + noise(len(far), level))
+        aec = canceller()
+        n = 2 * aec.frame
+        out = []
+        for i in range(0, len(far) // n * n, n):
+            aec.played(farp[i:i + n].tobytes(), i)
+            out.append(np.frombuffer(aec.process(mic[i:i + n].tobytes(), i + n), "<i2"))
+        up = np.concatenate(out)[int(CONVERGED_S * SAMPLE_RATE):]
+        blocks = up[:len(up) // 480 * 480].reshape(-1, 480)
+        zeros.append(int(np.sum(np.all(blocks == 0, axis=1))))
+    assert zeros[0] > len(blocks) // 20 and zeros[1] == 0, zeros
