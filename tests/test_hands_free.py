@@ -163,7 +163,7 @@ async def test_each_event_plays_its_earcon_at_gain_times_volume_and_off_switches
 
 
 async def test_half_duplex_keeps_an_earcon_out_of_the_uplink_even_through_the_room() -> None:
-    h, _ = hands(earcons={"enabled": True}, audio={"echo_tail_ms": 100})
+    h, _ = hands(earcons={"enabled": True}, audio={"echo": "half_duplex", "echo_tail_ms": 100})
 
     class Sink:
         output_filter: Any = None
@@ -383,3 +383,77 @@ async def test_the_echo_delay_found_is_kept_and_the_next_start_begins_from_it(
     assert not again.echo.bulk_estimated and again.status()["aec_bulk_from"] == "kept"
     again.devices_reopened()
     assert again.echo.bulk == 24 * 80 and again.echo.bulk_found
+
+
+async def test_under_aec_the_speaker_idles_only_while_the_mic_is_off() -> None:
+    """Issue 21 stops the speaker's stream ``speaker_idle_s`` after playback. Under
+    ``audio.echo: aec`` it ran for good (a restart is an echo path change, and the
+    reference must run between replies), so the speaker never idled in ``ready``. Now it
+    is held awake while the mic's stream runs and idles after its grace once the mic
+    stops; without the canceller nothing holds it."""
+    from types import SimpleNamespace
+
+    from voiced.audio.pyaudio_backend import PyAudioSink
+    from voiced.config import AudioEndpointSettings
+
+    loop = asyncio.get_running_loop()
+    for echo, held in (("aec", True), ("half_duplex", False)):
+        sink = PyAudioSink(AudioEndpointSettings(), idle_s=0.05)
+        sink._loop, sink._stream = loop, object()
+        wishes: list[bool] = []
+
+        def wish(on: bool, sink: PyAudioSink = sink, wishes: list[bool] = wishes) -> None:
+            wishes.append(on)
+            sink._running = on
+
+        sink._set_running = wish  # type: ignore[method-assign]
+        h, _ = hands(audio={"echo": echo, "backend": "pyaudio"})
+        h.install(SimpleNamespace(adc_time=0.0, frame_filter=None), sink, loop)
+        h.capturing(True)  # a press: the mic's stream starts
+        sink._idle_later()  # a reply has drained
+        await asyncio.sleep(0.2)
+        assert wishes == ([True] if held else [False]), (echo, wishes)
+        h.capturing(False)  # back in ready: the mic's stream stops
+        await asyncio.sleep(0.2)
+        assert wishes[-1] is False, (echo, wishes)
+
+
+def test_echo_auto_resolves_by_the_machine_and_the_mic() -> None:
+    """``audio.echo: auto`` (the default): aec where libspeexdsp loads and the mic has no
+    echo cancellation of its own; full duplex for a mic declared echo-cancelling
+    (``audio.input.hardware_aec``); half duplex without the library, and on the file
+    backend (no acoustic path: as before). An explicit policy stays as it is."""
+    from tests.test_aec import without_native_libraries
+    from voiced.audio import aec as aec_mod
+    from voiced.errors import ConfigError
+
+    def audio(**over: Any) -> config.AudioSettings:
+        a: dict[str, Any] = {"backend": "pyaudio", "input": {"device": "default"},
+                             "output": {"device": "default"}, **over}
+        return settings(audio=a).audio
+
+    a = audio()
+    assert (a.echo_setting, a.echo) == ("auto", "aec") and "libspeexdsp" in a.echo_reason
+    a = audio(input={"device": "default", "hardware_aec": True})
+    assert a.echo == "full_duplex" and "hardware_aec" in a.echo_reason
+    assert audio(echo="half_duplex").echo == "half_duplex"
+    assert audio(echo="full_duplex", input={"hardware_aec": True}).echo == "full_duplex"
+    with without_native_libraries(aec_mod):
+        a = audio()
+        assert a.echo == "half_duplex" and "apt install libspeexdsp1" in a.echo_reason
+    with pytest.raises(ConfigError, match="hardware_aec"):
+        audio(input={"hardware_aec": "yes please"})
+    with pytest.raises(ConfigError, match="hardware_aec"):
+        audio(output={"hardware_aec": True})  # a speaker cancels nothing: unknown there
+
+
+def test_file_backend_keeps_half_duplex_under_auto(tmp_path: Path) -> None:
+    wav = tmp_path / "in.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(bytes(480))
+    a = settings(audio={"backend": "file", "input": {"file": str(wav)},
+                        "output": {"file": str(tmp_path / "out.wav")}}).audio
+    assert (a.echo_setting, a.echo) == ("auto", "half_duplex") and "file" in a.echo_reason

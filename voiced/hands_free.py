@@ -93,6 +93,7 @@ class HandsFree:
         self.detector = detector if detector is not None else build_detector(settings)
         self.echo: EchoCanceller | None = None
         self._source: Any = None  # the mic, for its overflow count in the status
+        self._sink: Any = None  # the speaker, held awake while the canceller's mic is on
         self._filter: EchoFilter | None = None
         self.mix: SpeakerMix | None = None
         self.echo_mode: str = settings.audio.echo
@@ -119,6 +120,10 @@ class HandsFree:
         """Put the earcon mixer (and the echo canceller) on the devices' threads."""
         self._loop = loop
         self._source = source
+        self._sink = sink
+        a = self.settings.audio
+        if a.echo_setting == "auto":
+            logger.info("audio.echo: auto: %s (%s)", a.echo, a.echo_reason)
         if self.settings.audio.echo == "aec":
             if hasattr(source, "frame_filter"):
                 self.echo = build_echo(self.settings.audio.frame_ms, self._bypass_from_thread)
@@ -191,6 +196,19 @@ class HandsFree:
             os.replace(tmp, self._delay_file)
         except OSError as e:
             logger.warning("could not keep the echo delay in %s: %s", self._delay_file, e)
+
+    def capturing(self, on: bool) -> None:
+        """The mic's stream runs (``on``) or stops (the supervisor, on the loop).
+
+        With the canceller the speaker runs while the mic does (its reference must run
+        through the silence between replies); with the mic off there is nothing to
+        cancel, so it may idle then (issue 21). The filter and the bulk delay stay for
+        the next press; the restart is a gap in the speaker's timeline, which has the
+        filter show again that it fits before the gate opens.
+        """
+        hold = getattr(self._sink, "hold_awake", None)
+        if self.echo is not None and hold is not None:
+            hold(on)
 
     def _bypass_from_thread(self, on: bool, reason: str) -> None:
         # the canceller calls this on the mic's thread
@@ -287,7 +305,8 @@ class HandsFree:
 
     def status(self) -> dict[str, Any]:
         """Fields for ``voiced ctl status``."""
-        out: dict[str, Any] = {"echo": self.echo_mode}
+        out: dict[str, Any] = {"echo": self.echo_mode,
+                               "echo_setting": self.settings.audio.echo_setting}
         if self.echo is not None:
             out["aec_cost_ms"] = round(self.echo.mean_cost_s() * 1000, 3)
             # where the adapted filter found the echo, behind the speaker's position: on

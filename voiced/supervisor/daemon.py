@@ -395,6 +395,7 @@ class Supervisor:
         if want != self._capturing:
             self._capturing = want
             self.source.set_capturing(want)
+            self.hands.capturing(want)
 
     def _apply(self, effects: list[Effect | Disconnect]) -> None:
         for eff in effects:
