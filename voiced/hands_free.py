@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -190,12 +189,7 @@ class HandsFree:
         if self._delay_file is None or bulk_ms == self._kept_bulk_ms:
             return
         self._kept_bulk_ms = bulk_ms
-        try:
-            tmp = self._delay_file.with_name(self._delay_file.name + ".tmp")
-            tmp.write_text(f"{bulk_ms}\n")
-            os.replace(tmp, self._delay_file)
-        except OSError as e:
-            logger.warning("could not keep the echo delay in %s: %s", self._delay_file, e)
+        guard.keep_small_file(self._delay_file, f"{bulk_ms}\n", "echo delay", logger)
 
     def capturing(self, on: bool) -> None:
         """The mic's stream runs (``on``) or stops (the supervisor, on the loop).
