@@ -450,7 +450,7 @@ class EchoCanceller:
         new filter learns them at once, as if it had been aligned from their start. Their
         output is not used and not weighed by the convergence gate (it judges live
         blocks only); their cost is outside the bypass's window (a one-off, 2 s of audio
-        in about 15 ms here).
+        in 11-12 ms here).
         """
         history = list(self._history)
         self._history.clear()
