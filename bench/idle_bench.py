@@ -116,7 +116,9 @@ class Daemon:
         self.cfg.write_text(json.dumps({**leds,
             "device_id": "bench", "log_level": "warning",
             "realtime": {"url": f"ws://127.0.0.1:{port}/v1/realtime"},
-            "audio": {"backend": "pyaudio", "echo": "full_duplex",
+            # the default echo policy (auto: aec where libspeexdsp loads): idle at zero
+            # must hold with it (the speaker idles while the mic is off)
+            "audio": {"backend": "pyaudio",
                       "input": {"device": stand.device, "rate_hz": 48000},
                       "output": {"device": stand.device}},
             "transcripts": {"sink": "jsonl", "jsonl": {"path": str(self.dir / "t.jsonl")},

@@ -47,9 +47,13 @@ LOUD = 300  # the monitor's level that starts a trigger's count
 
 
 class Room:
-    def __init__(self, delay: int, gain: float) -> None:
+    def __init__(self, delay: int, gain: float, noise: float = 0.0) -> None:
         self.line = np.zeros(delay)
         self.gain = gain
+        # a mic's self-noise (RMS, in LSB): a real mic never hands over digital silence,
+        # and on one that does the echo canceller's output rounds to exact zeros
+        self.noise = noise
+        self.rng = np.random.default_rng(2)
         self.at = 0
         self.monitor: list[np.ndarray] = []
         self.echo: list[np.ndarray] = []
@@ -96,7 +100,8 @@ class Room:
         self.echo.append(echo.astype(np.float32))
         self.voice.append(voice.astype(np.float32))
         self.at += n
-        out = np.clip(np.round(echo + voice), -32768, 32767).astype("<i2")
+        floor = self.rng.standard_normal(n) * self.noise if self.noise else 0.0
+        out = np.clip(np.round(echo + voice + floor), -32768, 32767).astype("<i2")
         with self.lock:
             self.played.append(out)
         return out
@@ -314,9 +319,11 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=BLOCK, help="samples per step")
     ap.add_argument("--cushion-ms", type=int, default=CUSHION_MS,
                     help="what the mic's stream holds in the server")
+    ap.add_argument("--noise", type=float, default=0.0,
+                    help="the mic's self-noise, RMS in LSB (3: about -80 dBFS)")
     args = ap.parse_args()
     started = time.monotonic()
-    room = Room(RATE * args.delay_ms // 1000, args.gain)
+    room = Room(RATE * args.delay_ms // 1000, args.gain, args.noise)
 
     check = MicCheck(room, dict(os.environ))
     block = args.block

@@ -163,7 +163,7 @@ async def test_each_event_plays_its_earcon_at_gain_times_volume_and_off_switches
 
 
 async def test_half_duplex_keeps_an_earcon_out_of_the_uplink_even_through_the_room() -> None:
-    h, _ = hands(earcons={"enabled": True}, audio={"echo_tail_ms": 100})
+    h, _ = hands(earcons={"enabled": True}, audio={"echo": "half_duplex", "echo_tail_ms": 100})
 
     class Sink:
         output_filter: Any = None
@@ -316,3 +316,144 @@ async def test_run_wakes_on_a_spoken_wake_word_through_pulseaudio(tmp_path: Path
                 await asyncio.wait_for(rec.communicate(), TIMEOUT)
         assert proc.returncode == 0, err.decode()[-3000:]
         assert "wake word 'Okay Nabu' heard" in err.decode()
+
+
+@pytest.mark.parametrize("content", [b"abc\n", b"-5\n", b"1001\n", b"9" * 80, b"\xff\xfe",
+                                     b"12 34\n", b"", "fifo", "dir"])
+async def test_a_hostile_echo_delay_file_is_ignored_with_a_clear_line(
+        tmp_path: Path, content: bytes | str, caplog: pytest.LogCaptureFixture) -> None:
+    """The state file with the bulk echo delay is outside input: garbage, out of range,
+    too long, not a regular file (a FIFO would block the reader for good). Each is
+    ignored with one warning naming the file, and the delay is estimated afresh."""
+    import os
+    from types import SimpleNamespace
+
+    path = tmp_path / "echo_delay"
+    if content == "fifo":
+        os.mkfifo(path)
+    elif content == "dir":
+        path.mkdir()
+    else:
+        assert isinstance(content, bytes)
+        path.write_bytes(content)
+    h = HandsFree(settings(audio={"echo": "aec"}), FakeSession().half_duplex,
+                  press=lambda: None, apply=lambda: None, volume=lambda: 100,
+                  echo_delay_file=path)
+    sink = SimpleNamespace(rate=24000, channels=1, dac_time=0.0, output_filter=None)
+    h.install(SimpleNamespace(adc_time=0.0, frame_filter=None), sink,
+              asyncio.get_running_loop())
+    assert h.echo is not None and not h.echo.bulk_found and h.echo.bulk == 0
+    lines = [r.getMessage() for r in caplog.records if "echo delay file" in r.getMessage()]
+    assert len(lines) == 1 and str(path) in lines[0] and "estimated afresh" in lines[0]
+    assert h.status()["aec_bulk_from"] == "none"
+
+
+async def test_the_echo_delay_found_is_kept_and_the_next_start_begins_from_it(
+        tmp_path: Path) -> None:
+    """Once the canceller has estimated the bulk delay, the next state the supervisor
+    shows writes it beside the volume file; the next start (and a device reopened)
+    presets the canceller from it, so the first reply needs no estimate to begin
+    cancelling. No file: nothing preset."""
+    from types import SimpleNamespace
+
+    path = tmp_path / "echo_delay"
+    loop = asyncio.get_running_loop()
+
+    def start() -> HandsFree:
+        h = HandsFree(settings(audio={"echo": "aec"}), FakeSession().half_duplex,
+                      press=lambda: None, apply=lambda: None, volume=lambda: 100,
+                      echo_delay_file=path)
+        sink = SimpleNamespace(rate=24000, channels=1, dac_time=0.0, output_filter=None)
+        h.install(SimpleNamespace(adc_time=0.0, frame_filter=None), sink, loop)
+        return h
+
+    h = start()
+    assert h.echo is not None and not h.echo.bulk_found
+    h.on_state("listening", {"mic": "on"})
+    assert not path.exists()  # nothing found yet: nothing kept
+    h.echo.process(bytes(h.echo.frame_bytes), 24000, timed=True)  # a mic frame
+    h.echo._realign(24 * 130)  # an estimate: 130 ms, so the reference is held back 80
+    h.echo._realign(24 * 130)
+    assert h.echo.bulk == 24 * 80 and h.echo.bulk_estimated
+    h.on_state("speaking", {"mic": "on"})
+    assert path.read_text() == "80\n"
+    assert h.status()["aec_bulk_from"] == "estimated"
+    again = start()
+    assert again.echo is not None and again.echo.bulk == 24 * 80 and again.echo.bulk_found
+    assert not again.echo.bulk_estimated and again.status()["aec_bulk_from"] == "kept"
+    again.devices_reopened()
+    assert again.echo.bulk == 24 * 80 and again.echo.bulk_found
+
+
+async def test_under_aec_the_speaker_idles_only_while_the_mic_is_off() -> None:
+    """Issue 21 stops the speaker's stream ``speaker_idle_s`` after playback. Under
+    ``audio.echo: aec`` it ran for good (a restart is an echo path change, and the
+    reference must run between replies), so the speaker never idled in ``ready``. Now it
+    is held awake while the mic's stream runs and idles after its grace once the mic
+    stops; without the canceller nothing holds it."""
+    from types import SimpleNamespace
+
+    from voiced.audio.pyaudio_backend import PyAudioSink
+    from voiced.config import AudioEndpointSettings
+
+    loop = asyncio.get_running_loop()
+    for echo, held in (("aec", True), ("half_duplex", False)):
+        sink = PyAudioSink(AudioEndpointSettings(), idle_s=0.05)
+        sink._loop, sink._stream = loop, object()
+        wishes: list[bool] = []
+
+        def wish(on: bool, sink: PyAudioSink = sink, wishes: list[bool] = wishes) -> None:
+            wishes.append(on)
+            sink._running = on
+
+        sink._set_running = wish  # type: ignore[method-assign]
+        h, _ = hands(audio={"echo": echo, "backend": "pyaudio"})
+        h.install(SimpleNamespace(adc_time=0.0, frame_filter=None), sink, loop)
+        h.capturing(True)  # a press: the mic's stream starts
+        sink._idle_later()  # a reply has drained
+        await asyncio.sleep(0.2)
+        assert wishes == ([True] if held else [False]), (echo, wishes)
+        h.capturing(False)  # back in ready: the mic's stream stops
+        await asyncio.sleep(0.2)
+        assert wishes[-1] is False, (echo, wishes)
+
+
+def test_echo_auto_resolves_by_the_machine_and_the_mic() -> None:
+    """``audio.echo: auto`` (the default): aec where libspeexdsp loads and the mic has no
+    echo cancellation of its own; full duplex for a mic declared echo-cancelling
+    (``audio.input.hardware_aec``); half duplex without the library, and on the file
+    backend (no acoustic path: as before). An explicit policy stays as it is."""
+    from tests.test_aec import without_native_libraries
+    from voiced.audio import aec as aec_mod
+    from voiced.errors import ConfigError
+
+    def audio(**over: Any) -> config.AudioSettings:
+        a: dict[str, Any] = {"backend": "pyaudio", "input": {"device": "default"},
+                             "output": {"device": "default"}, **over}
+        return settings(audio=a).audio
+
+    a = audio()
+    assert (a.echo_setting, a.echo) == ("auto", "aec") and "libspeexdsp" in a.echo_reason
+    a = audio(input={"device": "default", "hardware_aec": True})
+    assert a.echo == "full_duplex" and "hardware_aec" in a.echo_reason
+    assert audio(echo="half_duplex").echo == "half_duplex"
+    assert audio(echo="full_duplex", input={"hardware_aec": True}).echo == "full_duplex"
+    with without_native_libraries(aec_mod):
+        a = audio()
+        assert a.echo == "half_duplex" and "apt install libspeexdsp1" in a.echo_reason
+    with pytest.raises(ConfigError, match="hardware_aec"):
+        audio(input={"hardware_aec": "yes please"})
+    with pytest.raises(ConfigError, match="hardware_aec"):
+        audio(output={"hardware_aec": True})  # a speaker cancels nothing: unknown there
+
+
+def test_file_backend_keeps_half_duplex_under_auto(tmp_path: Path) -> None:
+    wav = tmp_path / "in.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(bytes(480))
+    a = settings(audio={"backend": "file", "input": {"file": str(wav)},
+                        "output": {"file": str(tmp_path / "out.wav")}}).audio
+    assert (a.echo_setting, a.echo) == ("auto", "half_duplex") and "file" in a.echo_reason

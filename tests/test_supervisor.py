@@ -358,14 +358,14 @@ async def test_a_failure_no_link_task_contained_ends_the_daemon(
 
 
 @pytest.mark.parametrize(("echo", "grace", "idle_s"), [
-    ("aec", None, None), ("aec", 2, None), ("half_duplex", None, 0.5),
+    ("aec", None, 0.5), ("aec", 2, 2.0), ("half_duplex", None, 0.5),
     ("full_duplex", None, 0.5), ("full_duplex", 2, 2.0), ("half_duplex", 30, 30.0)])
-def test_with_aec_the_speaker_never_stops_while_idle(echo: str, grace: float | None,
-                                                     idle_s: float | None) -> None:
-    """Issue 21 stops the speaker's stream ``audio.speaker_idle_s`` after playback; under
-    ``audio.echo: aec`` a stop and restart is an echo path change (the host picks the
-    stream's latency again), so the speaker keeps running and its silence keeps feeding
-    the reference, whatever the grace says."""
+def test_the_speaker_idles_after_its_grace_under_every_echo_policy(
+        echo: str, grace: float | None, idle_s: float | None) -> None:
+    """Issue 21 stops the speaker's stream ``audio.speaker_idle_s`` after playback. Under
+    ``audio.echo: aec`` too now: the echo canceller holds it awake only while the mic
+    listens (tests/test_hands_free.py), so in ``ready`` both streams stop. Before, under
+    aec it never stopped."""
     from voiced.audio.pyaudio_backend import PyAudioSink
 
     audio: dict[str, Any] = {"backend": "pyaudio", "echo": echo,

@@ -125,6 +125,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     else:
         print("  api key      not needed (loopback)")
     a = s.audio
+    if a.echo_setting == "auto":
+        print(f"  echo         auto: {a.echo} ({a.echo_reason})")
     if a.backend == "file":
         print(f"  audio        file: {a.input.file} -> {a.output.file} ({a.echo})")
     else:

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Final
 
 TEXT_LIMIT: Final = 300
@@ -263,3 +264,19 @@ def setup_logging(level: str | int) -> None:
     root.setLevel(level if isinstance(level, int) else level.upper())
     # websockets logs every connection at INFO and every frame at DEBUG: too chatty
     logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def keep_small_file(path: Path, text: str, what: str, log: logging.Logger) -> bool:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename).
+
+    For the daemon's small state files (the volume, the echo delay). A failure is logged
+    as a warning naming ``what`` and the path, and returns False: the daemon runs on.
+    """
+    try:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not keep the %s in %s: %s", what, path, e)
+        return False
+    return True

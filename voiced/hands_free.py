@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
+from voiced import guard
 from voiced.audio import earcons
 from voiced.audio.aec import EchoCanceller
 from voiced.audio.pipeline import EchoFilter, SpeakerMix, build_echo
@@ -38,6 +40,9 @@ from voiced.errors import ConfigError
 from voiced.wire import BYTES_PER_SAMPLE, SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
+
+ECHO_DELAY_FILE: Final = "echo_delay"
+"""Beside the volume file: the echo canceller's bulk delay (ms) last found on this device."""
 
 
 def build_detector(settings: Settings) -> WakeWordDetector | None:
@@ -70,11 +75,15 @@ class HandsFree:
         apply: applies the core's pending effects (after a policy switch).
         volume: the speaker volume in percent, for the earcons' loudness.
         detector: the wake-word detector (None: built from the settings).
+        echo_delay_file: where the echo canceller's bulk delay is kept across restarts
+            (None: not kept), so the first reply after a start needs no estimate and no
+            reset of the filter: its echo is cancelled about 1.5 s sooner.
     """
 
     def __init__(self, settings: Settings, half_duplex: Callable[[bool], None], *,
                  press: Callable[[], None], apply: Callable[[], None],
-                 volume: Callable[[], int], detector: WakeWordDetector | None = None) -> None:
+                 volume: Callable[[], int], detector: WakeWordDetector | None = None,
+                 echo_delay_file: Path | None = None) -> None:
         self.settings = settings
         self._half_duplex = half_duplex
         self._press = press
@@ -83,6 +92,7 @@ class HandsFree:
         self.detector = detector if detector is not None else build_detector(settings)
         self.echo: EchoCanceller | None = None
         self._source: Any = None  # the mic, for its overflow count in the status
+        self._sink: Any = None  # the speaker, held awake while the canceller's mic is on
         self._filter: EchoFilter | None = None
         self.mix: SpeakerMix | None = None
         self.echo_mode: str = settings.audio.echo
@@ -99,6 +109,9 @@ class HandsFree:
         self.detections: list[Detection] = []
         self.wake_presses = 0
         self.earcons_played: dict[str, int] = {}
+        self._delay_file = echo_delay_file
+        self._kept_bulk_ms: int | None = None  # what the file holds (read or written)
+        self._bulk_source = "none"  # "kept" once preset from the file (status)
 
     # ------------------------------------------------------------------ devices
 
@@ -106,6 +119,10 @@ class HandsFree:
         """Put the earcon mixer (and the echo canceller) on the devices' threads."""
         self._loop = loop
         self._source = source
+        self._sink = sink
+        a = self.settings.audio
+        if a.echo_setting == "auto":
+            logger.info("audio.echo: auto: %s (%s)", a.echo, a.echo_reason)
         if self.settings.audio.echo == "aec":
             if hasattr(source, "frame_filter"):
                 self.echo = build_echo(self.settings.audio.frame_ms, self._bypass_from_thread)
@@ -118,6 +135,8 @@ class HandsFree:
             sink.output_filter = self.mix
         if self.echo is not None:
             source.frame_filter = self._filter = EchoFilter(self.echo, self.mix, source)
+            self._kept_bulk_ms = self._read_delay()
+            self._preset_delay()
             logger.info("echo cancellation on (speexdsp, %d ms blocks, %d ms tail)",
                         self.echo.frame * 1000 // SAMPLE_RATE,
                         self.echo.tail * 1000 // SAMPLE_RATE)
@@ -130,6 +149,60 @@ class HandsFree:
             self.mix.clear()
         if self.echo is not None:
             self.echo.reset()
+            self._preset_delay()  # most likely the same devices: the estimator checks
+
+    # ------------------------------------------------------------------ echo delay
+
+    def _read_delay(self) -> int | None:
+        """The bulk delay kept in the state file, or None (no file, or one refused)."""
+        path, echo = self._delay_file, self.echo
+        if path is None or echo is None:
+            return None
+        limit = echo.max_delay_ms
+        try:
+            data, _ = guard.read_small_file(path, 64)
+            text = data.decode("ascii").strip()
+            if not text.isdigit() or not 0 <= int(text) <= limit:
+                raise ValueError(f"not a whole number of ms in 0..{limit}: "
+                                 f"{guard.printable(text, 40)}")
+            return int(text)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:  # FileRefused, UnicodeDecodeError too
+            logger.warning("echo delay file %s ignored (%s): the delay is estimated afresh",
+                           path, guard.printable(e, 200))
+            return None
+
+    def _preset_delay(self) -> None:
+        if self.echo is not None and self._kept_bulk_ms is not None:
+            self.echo.preset(self._kept_bulk_ms)
+            self._bulk_source = "kept"
+            logger.info("echo delay: starting from the %d ms kept in %s", self._kept_bulk_ms,
+                        self._delay_file)
+
+    def _keep_delay(self) -> None:
+        """Write the bulk delay the canceller found, when it is new (on the loop)."""
+        echo = self.echo
+        if echo is None or not echo.bulk_estimated:
+            return
+        bulk_ms = echo.bulk * 1000 // SAMPLE_RATE
+        if self._delay_file is None or bulk_ms == self._kept_bulk_ms:
+            return
+        self._kept_bulk_ms = bulk_ms
+        guard.keep_small_file(self._delay_file, f"{bulk_ms}\n", "echo delay", logger)
+
+    def capturing(self, on: bool) -> None:
+        """The mic's stream runs (``on``) or stops (the supervisor, on the loop).
+
+        With the canceller the speaker runs while the mic does (its reference must run
+        through the silence between replies); with the mic off there is nothing to
+        cancel, so it may idle then (issue 21). The filter and the bulk delay stay for
+        the next press; the restart is a gap in the speaker's timeline, which has the
+        filter show again that it fits before the gate opens.
+        """
+        hold = getattr(self._sink, "hold_awake", None)
+        if self.echo is not None and hold is not None:
+            hold(on)
 
     def _bypass_from_thread(self, on: bool, reason: str) -> None:
         # the canceller calls this on the mic's thread
@@ -203,6 +276,7 @@ class HandsFree:
 
     def on_state(self, state: str, status: dict[str, Any]) -> None:
         """The supervisor showed ``state``; ``status`` is the core's status then."""
+        self._keep_delay()
         mic_on = status.get("mic") == "on"
         connected = bool(status.get("connected"))
         conversation = status.get("conversation_id")
@@ -225,7 +299,8 @@ class HandsFree:
 
     def status(self) -> dict[str, Any]:
         """Fields for ``voiced ctl status``."""
-        out: dict[str, Any] = {"echo": self.echo_mode}
+        out: dict[str, Any] = {"echo": self.echo_mode,
+                               "echo_setting": self.settings.audio.echo_setting}
         if self.echo is not None:
             out["aec_cost_ms"] = round(self.echo.mean_cost_s() * 1000, 3)
             # where the adapted filter found the echo, behind the speaker's position: on
@@ -233,6 +308,10 @@ class HandsFree:
             out["aec_echo_delay_ms"] = round(self.echo.echo_delay_ms(), 1)
             out["aec_realigned"] = self.echo.realigned
             out["aec_bulk_ms"] = self.echo.bulk * 1000 // SAMPLE_RATE
+            # "estimated": found here; "kept": from the state file, not confirmed yet
+            out["aec_bulk_from"] = ("estimated" if self.echo.bulk_estimated
+                                    else self._bulk_source)
+            out["aec_replayed_blocks"] = self.echo.replayed
             out["aec_converged"] = self.echo.converged
             out["aec_erle_db"] = round(self.echo.erle_db(), 1)
             out["aec_gated_blocks"] = self.echo.gated

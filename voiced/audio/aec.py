@@ -65,8 +65,9 @@ _RESUME_S: Final = 0.5  # speaker sound after this much quiet is checked for con
 # crosses 30 dB on the smoothed measure before its peaks are below a VAD's threshold
 # (through `voiced run` it opened at 31 dB and the echo started a turn a second later);
 # after a pause, the same filter needs only to show it still fits
-_SETTLE_S: Final = 1.0
+_SETTLE_S: Final = 0.5
 _RECHECK_S: Final = 0.2
+_REPLAY_S: Final = 2.0  # mic audio a move of the bulk delay replays (the estimate's window)
 
 FRAME_MS: Final = (10, 20)
 """Frame lengths the canceller runs on (speex's block; 20 ms halves the per-frame calls)."""
@@ -274,6 +275,8 @@ class EchoCanceller:
         self.bulk = 0
         """Samples the reference is held back by (the bulk delay found, less a margin)."""
         self.bulk_found = max_delay_ms == 0
+        self.bulk_estimated = False
+        """The bulk delay came from an estimate here (not ``preset()``): worth keeping."""
         self._moves = 0  # consecutive estimates asking for the same move
         self._erle_in = self._erle_out = 0.0
         self._held = 0  # blocks with speaker sound the echo loss has held for
@@ -285,6 +288,7 @@ class EchoCanceller:
         self.gated = 0
         """Blocks the convergence gate turned into silence."""
         self._max_delay = SAMPLE_RATE * max(0, max_delay_ms) // 1000
+        self.max_delay_ms = max(0, max_delay_ms)
         self._quiet = 1 << 30  # reference samples since the last with speaker sound
         # the speaker's last 2 s beside the tail and the bulk: the reference never falls
         # out of it
@@ -300,6 +304,13 @@ class EchoCanceller:
         self.bypassed_frames = 0
         self.realigned = 0  # times the reference was moved to the reported position
         self.paused = 0  # reference samples of silence while the speaker had stalled
+        # the last mic blocks and where their references started: a move of the bulk
+        # delay replays them through the fresh filter at the new alignment
+        self._history: collections.deque[tuple[bytes, int]] = collections.deque(
+            maxlen=round(_REPLAY_S * SAMPLE_RATE / self.frame) if max_delay_ms > 0 else 0)
+        self._starts: list[int] = []  # the reference's start of each block of this frame
+        self.replayed = 0
+        """Mic blocks replayed through a fresh filter after a move of the bulk delay."""
 
     def played(self, pcm: bytes, position: int) -> None:
         """The speaker was given ``pcm`` (24 kHz PCM16 mono), starting at ``position``.
@@ -313,6 +324,25 @@ class EchoCanceller:
             self._far.write(pcm, position)
             if self._estimator is not None:
                 self._estimator.far(pcm, position)
+
+    def preset(self, bulk_ms: int) -> None:
+        """Start from a bulk delay found before (kept by the daemon across restarts).
+
+        The reference is held back by ``bulk_ms`` at once, so the first reply's echo
+        starts where the filter models it: no move, no reset of the filter, once the
+        estimator confirms it. It still checks: two estimates in a row elsewhere move it
+        (another device, another room). Only with an estimator (``max_delay_ms``).
+        """
+        if self._estimator is None:
+            return
+        if not 0 <= bulk_ms <= self.max_delay_ms:
+            raise ValueError(f"bulk_ms must be 0..{self.max_delay_ms}, not {bulk_ms}")
+        bulk = SAMPLE_RATE * bulk_ms // 1000
+        with self._lock:
+            if self._ref_pos is not None:
+                self._ref_pos -= bulk - self.bulk
+            self.bulk, self.bulk_found, self.bulk_estimated = bulk, True, False
+            self._moves = 0
 
     def path_moved(self) -> None:
         """The echo path may have moved (the speaker's timeline had a gap).
@@ -341,6 +371,7 @@ class EchoCanceller:
         with self._lock:
             if self._path_moved:
                 self._path_moved = False
+                self._history.clear()
                 self._rearm(_SETTLE_S)
             refs = self._references(blocks, played, timed)
             if self._estimator is not None and refs:
@@ -350,10 +381,18 @@ class EchoCanceller:
                 self._until_estimate -= blocks
                 if self._until_estimate <= 0:
                     self._until_estimate = self._estimate_frames
+                    bulk = self.bulk
                     self._realign(self._estimator.estimate())
+                    if self.bulk != bulk:  # this frame's blocks at the new alignment too
+                        self._starts = [s - (self.bulk - bulk) for s in self._starts]
+                        refs = [self._far.read(s, self.frame) for s in self._starts]
+            starts = self._starts
         out = []
         for i, ref in enumerate(refs):
-            block = self._block(mic[i * self.frame_bytes:(i + 1) * self.frame_bytes], ref)
+            raw = mic[i * self.frame_bytes:(i + 1) * self.frame_bytes]
+            block = self._block(raw, ref)
+            if self._history.maxlen:
+                self._history.append((raw, starts[i]))
             if self.gate and not self.bypassed and not self.converged and self.echo_possible:
                 # this block's own verdict: read later (the event loop's turn, a frame
                 # of several blocks) it would be another block's
@@ -379,8 +418,8 @@ class EchoCanceller:
             # the filter has learnt so far (a first estimate of a short path, whose bulk
             # is 0, reset a filter learning since the reply began: 1.5 s more gated)
             self._moves = 0
-            if not self.bulk_found:
-                self.bulk_found = True
+            if not self.bulk_estimated:
+                self.bulk_found = self.bulk_estimated = True
                 logger.info("echo delay %d ms: the reference stays where it is",
                             delay * 1000 // SAMPLE_RATE)
             return
@@ -388,16 +427,36 @@ class EchoCanceller:
         if self._moves < 2 and self.bulk_found:
             return
         assert self._ref_pos is not None
-        self._ref_pos -= bulk - self.bulk
+        by = bulk - self.bulk
+        self._ref_pos -= by
         self._offsets.clear()
         self.bulk = bulk
-        self.bulk_found = True
+        self.bulk_found = self.bulk_estimated = True
         self._moves = 0
         self.realigned += 1
         self._rearm(_SETTLE_S)
         self._aec.reset()
+        self._replay(by)
         logger.info("echo delay %d ms: the reference held back %d ms",
                     delay * 1000 // SAMPLE_RATE, bulk * 1000 // SAMPLE_RATE)
+
+    def _replay(self, by: int) -> None:
+        """Teach the fresh filter the last mic blocks at the new alignment (hold the lock).
+
+        A filter reset for a move of the bulk delay needs some 2 s of speaker sound to
+        cancel 30 dB again, and the first move comes 1-1.5 s into the first reply (the
+        estimate needs that much sound): gated all the while. The blocks the old
+        alignment spent are in hand (the mic's, and the speaker's in the ring), so the
+        new filter learns them at once, as if it had been aligned from their start. Their
+        output is not used and not weighed by the convergence gate (it judges live
+        blocks only); their cost is outside the bypass's window (a one-off, 2 s of audio
+        in 11-12 ms here).
+        """
+        history = list(self._history)
+        self._history.clear()
+        for raw, start in history:
+            self._aec.run(raw, self._far.read(start - by, self.frame))
+        self.replayed += len(history)
 
     def _references(self, blocks: int, played: int, timed: bool) -> list[bytes]:
         """Speaker samples for the next ``blocks`` mic blocks (hold the lock).
@@ -442,8 +501,10 @@ class EchoCanceller:
         self._timed = timed
         self._behind = target - self._ref_pos
         refs = []
+        self._starts = []
         for _ in range(blocks):
             start = self._ref_pos
+            self._starts.append(start)
             given = max(0, min(self.frame, self._far.end - start))
             step = self.frame if timed else given
             refs.append(self._far.read(start, given) + bytes(BYTES_PER_SAMPLE
@@ -461,6 +522,7 @@ class EchoCanceller:
         assert self._ref_pos is not None
         self._ref_pos += by
         self._offsets.clear()
+        self._history.clear()  # paired before the echo path moved: nothing to replay
         self.realigned += 1
         self._rearm(_SETTLE_S)
         if guard.should_log("echo reference moved") is not None:
@@ -579,9 +641,10 @@ class EchoCanceller:
             self._far = _FarRing(self._far.size)
             self._ref_pos = None
             self._offsets.clear()
+            self._history.clear()
             if self._estimator is not None:
                 self._estimator.reset()
-                self.bulk, self.bulk_found = 0, False
+                self.bulk, self.bulk_found, self.bulk_estimated = 0, False, False
             self._until_estimate = self._estimate_frames
             self._rearm(_SETTLE_S)
         self._aec.reset()

@@ -69,6 +69,7 @@ class PyAudioSink:
         self._control = threading.Lock()
         self._failed: str | None = None  # a restart that failed, for check() to raise
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._held = False  # hold_awake(): no idle stop (the echo canceller's mic is on)
         self._pa: Any = None
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -181,7 +182,7 @@ class PyAudioSink:
                 return self.output_filter(bytes(out)), pyaudio.paContinue
             return bytes(out), pyaudio.paContinue
 
-        run = self.idle_s is None  # else the first play() starts it
+        run = self.idle_s is None or self._held  # else the first play() starts it
         try:
             with self._control:
                 self._failed = None
@@ -240,8 +241,28 @@ class PyAudioSink:
             self._idle_timer.cancel()
         self._idle_timer = loop.call_later(seconds + self.idle_s, self._go_idle)
 
+    def hold_awake(self, on: bool) -> None:
+        """Keep the stream running while ``on``; idle as usual after (on the loop).
+
+        Under ``audio.echo: aec`` while the mic listens: the canceller's reference must
+        run through the silence between replies, and a restart is an echo path change.
+        """
+        self._held = on
+        if on:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            self._set_running(True)
+        else:
+            with self._lock:
+                busy = bool(self._queue)
+            if not busy:
+                self._idle_later()
+
     def _go_idle(self) -> None:
         self._idle_timer = None
+        if self._held:
+            return
         with self._lock:
             if self._queue:
                 return

@@ -10,9 +10,9 @@ nothing of one reply is held back into the next.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+from voiced import guard
 from voiced.audio.libsoxr import Resampler
 from voiced.errors import AudioDeviceError
 from voiced.wire import SAMPLE_RATE
@@ -52,12 +52,7 @@ class Volume:
         """Set and persist the volume (clamped to 0-100); return the new value."""
         self._use(max(0, min(100, int(percent))))
         if self.path is not None:
-            try:
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text(f"{self.percent}\n")
-                os.replace(tmp, self.path)
-            except OSError as e:
-                logger.warning("could not save the volume to %s: %s", self.path, e)
+            guard.keep_small_file(self.path, f"{self.percent}\n", "volume", logger)
         logger.info("volume %d %%", self.percent)
         return self.percent
 

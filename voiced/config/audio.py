@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from voiced.config.sections import _MISSING, _kind, _path, _Section
 from voiced.config.settings import (
     AUDIO_BACKENDS,
-    ECHO_POLICIES,
+    ECHO_SETTINGS,
     INPUT_FILE_STARTS,
     AudioEndpointSettings,
     AudioSettings,
+    EchoPolicy,
+    EchoSetting,
 )
 
 
@@ -32,11 +35,13 @@ def _endpoint(sec: _Section, backend: str, base: Path, *, is_input: bool) -> Aud
     else:
         sec.raw("rate_hz")
     channel: int | None = None
+    hardware_aec = False
     if is_input:
         if sec.has("channel") and sec.data.get("channel") is not None:
             channel = sec.int_("channel", 0, lo=0, hi=31)
         else:
             sec.raw("channel")
+        hardware_aec = sec.bool_("hardware_aec", False)
     if backend == "file":
         if path is None:
             sec.bad("file", "is required when audio.backend is file")
@@ -45,7 +50,25 @@ def _endpoint(sec: _Section, backend: str, base: Path, *, is_input: bool) -> Aud
         elif not is_input and not path.parent.is_dir():
             sec.bad("file", f"directory {path.parent} does not exist")
     sec.finish()
-    return AudioEndpointSettings(device=device, file=path, channel=channel, rate_hz=rate_hz)
+    return AudioEndpointSettings(device=device, file=path, channel=channel, rate_hz=rate_hz,
+                                 hardware_aec=hardware_aec)
+
+
+def resolve_echo(setting: EchoSetting, backend: str, hardware_aec: bool,
+                 ) -> tuple[EchoPolicy, str]:
+    """The echo policy ``setting`` means here, and why (``auto`` looks at the machine)."""
+    if setting != "auto":
+        return setting, "as configured"
+    if backend == "file":
+        return "half_duplex", "the file backend has no acoustic path to cancel"
+    if hardware_aec:
+        return "full_duplex", "audio.input.hardware_aec: the mic cancels the echo itself"
+    from voiced.audio import aec
+
+    if not aec.available():
+        return "half_duplex", ("libspeexdsp is not installed (apt install libspeexdsp1): "
+                               "no echo cancellation, the mic is muted while it speaks")
+    return "aec", "libspeexdsp loads and the mic has no echo cancellation of its own"
 
 
 def _audio(sec: _Section, base: Path) -> AudioSettings:
@@ -55,7 +78,7 @@ def _audio(sec: _Section, base: Path) -> AudioSettings:
         backend=backend,
         input=_endpoint(sec.section("input"), backend, base, is_input=True),
         output=_endpoint(sec.section("output"), backend, base, is_input=False),
-        echo=sec.choice("echo", d.echo, ECHO_POLICIES),
+        echo_setting=sec.choice("echo", d.echo_setting, ECHO_SETTINGS),
         echo_tail_ms=sec.int_("echo_tail_ms", d.echo_tail_ms, lo=0, hi=5000),
         frame_ms=sec.int_("frame_ms", d.frame_ms, lo=10, hi=100),
         block_ms=sec.int_("block_ms", d.block_ms, lo=10, hi=200),
@@ -68,6 +91,8 @@ def _audio(sec: _Section, base: Path) -> AudioSettings:
         reopen_max_s=sec.num("reopen_max_s", d.reopen_max_s, lo=0.05, hi=3600),
         max_queued_s=sec.num("max_queued_s", d.max_queued_s, lo=1, hi=3600),
     )
+    echo, why = resolve_echo(s.echo_setting, s.backend, s.input.hardware_aec)
+    s = dataclasses.replace(s, echo=echo, echo_reason=why)
     if s.reopen_max_s < s.reopen_s:
         sec.bad("reopen_max_s", f"{s.reopen_max_s:g} is less than reopen_s ({s.reopen_s:g})")
     if s.frame_ms % 10:

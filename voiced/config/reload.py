@@ -17,7 +17,7 @@ def diff(old: object, new: object, prefix: str = "") -> list[str]:
     if _same_section(old, new):
         out: list[str] = []
         for f in dataclasses.fields(old):  # type: ignore[arg-type]
-            if f.name in ("source_path", "warnings"):
+            if f.name in ("source_path", "warnings") or f.metadata.get("shadow"):
                 continue
             key = f"{prefix}.{f.name}" if prefix else f.name
             out += diff(getattr(old, f.name), getattr(new, f.name), key)
@@ -55,6 +55,8 @@ def reload_split(running: Settings, new: Settings) -> Reload:
             was, now = getattr(old, f.name), getattr(fresh, f.name)
             if f.name in ("source_path", "warnings"):  # facts of the new file
                 changes[f.name] = now
+            elif f.metadata.get("shadow"):  # goes with the key it shadows (a restart)
+                continue
             elif f.metadata.get("live"):
                 if was != now:
                     live.append(key)

@@ -45,6 +45,8 @@ AudioBackend = Literal["pyaudio", "file"]
 AUDIO_BACKENDS: Final[tuple[AudioBackend, ...]] = typing.get_args(AudioBackend)
 EchoPolicy = Literal["half_duplex", "full_duplex", "aec"]
 ECHO_POLICIES: Final[tuple[EchoPolicy, ...]] = typing.get_args(EchoPolicy)
+EchoSetting = Literal["auto", "half_duplex", "full_duplex", "aec"]
+ECHO_SETTINGS: Final[tuple[EchoSetting, ...]] = typing.get_args(EchoSetting)
 LedDriver = Literal["none", "gpio", "apa102"]
 LED_DRIVERS: Final[tuple[LedDriver, ...]] = typing.get_args(LedDriver)
 Sink = Literal["none", "jsonl", "webhook", "supabase", "postgres"]
@@ -237,6 +239,9 @@ class AudioEndpointSettings:
     """Input only: which channel of a multi-channel mic to use (None downmixes)."""
     rate_hz: int | None = None
     """pyaudio: force this device rate (None: 24 kHz if supported, else 48k, 44.1k, ...)."""
+    hardware_aec: bool = False
+    """Input only: the mic cancels the speaker's echo itself (a speakerphone, a headset):
+    ``audio.echo: auto`` then runs full duplex without the software canceller."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +255,18 @@ class AudioSettings:
     output: AudioEndpointSettings = field(default_factory=AudioEndpointSettings)
     """The speaker."""
     echo: EchoPolicy = "half_duplex"
-    """half_duplex: mic muted while the speaker plays (and a tail after); full_duplex: always
-    open (a headset, or a mic with hardware echo cancellation); aec: always open, with
-    software echo cancellation (speexdsp; back to half duplex while it is bypassed)."""
+    """In force (``echo_setting`` resolved): half_duplex: mic muted while the speaker
+    plays (and a tail after); full_duplex: always open (a headset, or a mic with hardware
+    echo cancellation); aec: always open, with software echo cancellation (speexdsp; back
+    to half duplex while it is bypassed)."""
+    # the two below are not keys of their own to a reload: their effect is ``echo``
+    echo_setting: EchoSetting = field(default="auto", metadata={"shadow": True})
+    """What the config asks for: one of the policies, or auto (the default): aec where
+    libspeexdsp loads and the mic has no echo cancellation of its own, full_duplex for
+    a mic that has (``input.hardware_aec``), else half_duplex; the file backend (no
+    acoustic path) keeps half_duplex."""
+    echo_reason: str = field(default="", metadata={"shadow": True})
+    """Why auto chose ``echo`` (logged at start, in ``voiced check-config``)."""
     echo_tail_ms: int = 300
     """half_duplex: how long the mic stays muted after playback ends."""
     frame_ms: int = 20

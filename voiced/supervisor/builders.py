@@ -48,13 +48,12 @@ def build_audio(settings: Settings) -> tuple[AudioSource, AudioSink]:
     # aec: one frame a callback, so each frame is cleaned against the speaker's position
     # at the moment it was read
     block_ms = a.frame_ms if a.echo == "aec" else a.block_ms
-    # aec: the speaker never stops while idle (issue 21's idle stop): a stopped and
-    # restarted stream is an echo path change (its latency is the host's to choose again),
-    # and the canceller's reference must keep running through the silence between replies
-    idle_s = None if a.echo == "aec" else a.speaker_idle_s
+    # aec: the speaker idles (issue 21) only while the mic is off (HandsFree holds it
+    # awake otherwise): the canceller's reference must run through the silence between
+    # replies, and a restart is an echo path change, re-checked at the next reply
     return (PyAudioSource(a.input, frame_ms=a.frame_ms, block_ms=block_ms),
             PyAudioSink(a.output, period_ms=a.period_ms, jitter_ms=a.jitter_ms,
-                        max_queued_s=a.max_queued_s, idle_s=idle_s))
+                        max_queued_s=a.max_queued_s, idle_s=a.speaker_idle_s))
 
 
 def build_policy(settings: Settings,

@@ -50,7 +50,7 @@ from voiced.core.effects import (
     SwitchToStandby,
 )
 from voiced.errors import AudioDeviceError, ConfigError
-from voiced.hands_free import HandsFree
+from voiced.hands_free import ECHO_DELAY_FILE, HandsFree
 from voiced.link import Link, Spawn
 from voiced.live.core import Disconnect
 from voiced.notify import Notifier
@@ -146,7 +146,9 @@ class Supervisor:
                 dataclasses.replace(conv.policy, half_duplex=on))
         # echo cancellation, wake word and earcons (voiced/hands_free.py)
         self.hands = HandsFree(settings, half_duplex, press=lambda: self._on_gesture("press"),
-                               apply=self._apply_core, volume=lambda: self.volume.percent)
+                               apply=self._apply_core, volume=lambda: self.volume.percent,
+                               echo_delay_file=(self.volume.path.parent / ECHO_DELAY_FILE
+                                                if self.volume.path else None))
         self.control = ControlServer(settings.control.socket, self._on_control,
                                      max_connections=settings.control.max_connections)
         self.audio = AudioKeeper(self.source, self.sink, settings.audio, self.session,
@@ -393,6 +395,7 @@ class Supervisor:
         if want != self._capturing:
             self._capturing = want
             self.source.set_capturing(want)
+            self.hands.capturing(want)
 
     def _apply(self, effects: list[Effect | Disconnect]) -> None:
         for eff in effects:
