@@ -19,5 +19,5 @@ unset PYTHONDONTWRITEBYTECODE
 # from a busy worker to an idle one, so the longest tests do not finish alone at the end.
 # Each worker has its own basetemp subdirectory, PulseAudio servers, PostgreSQL and ports.
 PYTHONASYNCIODEBUG=1 .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
-  -n 4 --dist worksteal \
+  -n 4 --dist worksteal --tb=short \
   --cov=voiced --cov-branch --cov-report=term:skip-covered "$@"

@@ -249,6 +249,17 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
             events = session.sent
             truncate = received(sim, "conversation.item.truncate")[0]
     monitor, echo, voice = room.arrays()
+    # the figures go into every assertion's message as well: a CI log may keep the
+    # failing line and not the captured output
+    figures: list[str] = []
+
+    def note(line: str) -> None:
+        print(line)
+        figures.append(line)
+
+    def why() -> str:
+        return " | ".join(figures)
+
     print("\nevents:", [(e["type"], e.get("audio_start_ms", e.get("audio_end_ms")))
                         for e in events if "audio_buffer" in e["type"]
                         or e["type"].startswith("response.") and "delta" not in e["type"]])
@@ -257,7 +268,7 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     print("voices at", room.voice_at, "room at", room.at, "truncate", truncate)
     td = session.session["audio"]["input"]["turn_detection"]
     prefix = int(td.get("prefix_padding_ms", 300))
-    print(f"\nstatus after reply 1: echo {st1.get('echo')}, found "
+    note(f"status after reply 1: echo {st1.get('echo')}, found "
           f"{st1.get('aec_echo_delay_ms')} ms behind the speaker's position, cost "
           f"{st1.get('aec_cost_ms')} ms per block, reference moved "
           f"{st1.get('aec_realigned')} times; after the barge-in {st2.get('aec_realigned')}"
@@ -274,22 +285,22 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     ua, uscore = offset_of(user, up[u0 + shift - SAMPLE_RATE // 2:u0 + shift + len(user)
                                     + SAMPLE_RATE // 2])
     drift = ua - SAMPLE_RATE // 2
-    print(f"room -> uplink shift {shift} samples (question score {qscore:.3f}); the "
+    note(f"room -> uplink shift {shift} samples (question score {qscore:.3f}); the "
           f"barge-in voice {drift:+d} samples from there (score {uscore:.3f})")
-    assert qscore > 0.8 and uscore > 0.8
-    assert abs(drift) <= CHUNK, "the room's timeline moved between the two voices"
+    assert qscore > 0.8 and uscore > 0.8, why()
+    assert abs(drift) <= CHUNK, f"the room's timeline moved between the two voices: {why()}"
 
     # 1. the whole first reply: no speech_started on the echo alone
     loud = np.abs(echo) > 100
     r1 = int(np.argmax(loud[room.voice_at[0] + len(question):])) + room.voice_at[0] \
         + len(question)
     r1_end = int(np.nonzero(loud[:room.voice_at[1]])[0].max()) + 1
-    print(f"reply 1: {(r1_end - r1) / SAMPLE_RATE:.1f} s of echo in the mic, "
+    note(f"reply 1: {(r1_end - r1) / SAMPLE_RATE:.1f} s of echo in the mic, "
           f"speech_started events in it: {starts_1 - 1}")
     starts = [e for e in events if e.get("type") == "input_audio_buffer.speech_started"]
     in_reply_1 = [e for e in starts
                   if r1 + shift <= (e["audio_start_ms"] + prefix) * 24 < r1_end + shift]
-    assert in_reply_1 == [], "the simulator heard speech in the echo alone"
+    assert in_reply_1 == [], f"the simulator heard speech in the echo alone: {why()}"
 
     # 2. ERLE after convergence: the echo that reached the mic against what went up
     a, b = r1 + int(CONVERGED_S * SAMPLE_RATE), r1_end
@@ -298,7 +309,7 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     # not the convergence gate's silence: the filter's own output is measured
     blocks = residual[:len(residual) // CHUNK * CHUNK].reshape(-1, CHUNK)
     gated = int(np.sum(np.all(blocks == 0, axis=1)))
-    print(f"all-zero 20 ms blocks in the ERLE window: {gated} of {len(blocks)}")
+    note(f"all-zero 20 ms blocks in the ERLE window: {gated} of {len(blocks)}")
     # where the gate's silence fell in reply 1 (s from its echo's start, blocks)
     whole = up[r1 + shift + 480:r1_end + shift + 480]
     zero = np.all(whole[:len(whole) // CHUNK * CHUNK].reshape(-1, CHUNK) == 0, axis=1)
@@ -307,17 +318,17 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
           [(round(s0 * CHUNK / SAMPLE_RATE, 2), int(s1 - s0))
            for s0, s1 in zip(edges[::2], edges[1::2], strict=True)])
     level = 20 * np.log10(max(float(np.sqrt(np.mean(residual ** 2))), 1e-9) / 32768)
-    print(f"ERLE {erle:.1f} dB over {(b - a) / SAMPLE_RATE:.1f} s (residual {level:.1f} "
+    note(f"ERLE {erle:.1f} dB over {(b - a) / SAMPLE_RATE:.1f} s (residual {level:.1f} "
           f"dBFS RMS)")
 
     # 3. the user's voice over the echo of reply 2: the VAD within 300 ms of its onset
     onset = u0 + first_loud_ms(user) / 1000 * SAMPLE_RATE  # the clean voice alone
     late = [e for e in starts if (e["audio_start_ms"] + prefix) * 24 >= r1_end + shift]
-    assert late, "the simulator never heard the user over the reply"
+    assert late, f"the simulator never heard the user over the reply: {why()}"
     heard = (late[-1]["audio_start_ms"] + prefix) * 24 - shift
-    assert len(late) == 2  # the question and the barge-in
+    assert len(late) == 2, f"not the question and the barge-in: {late}; {why()}"
     vad_ms = (heard - onset) / SAMPLE_RATE * 1000
-    print(f"the simulator's VAD fired {vad_ms:.0f} ms after the clean voice would "
+    note(f"the simulator's VAD fired {vad_ms:.0f} ms after the clean voice would "
           f"({(heard - u0) / 24:.0f} ms after its first sample)")
 
     # 4. the truncate: what the sink had played of reply 2 when the reply stopped
@@ -331,11 +342,11 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     # to answer (under load, once, 26 s after the question, past a fixed 20 s window)
     first, fscore = offset_of(reply[:2 * SAMPLE_RATE], seg[:room.voice_at[2] - m0])
     last = int(np.nonzero(np.abs(seg) > 0)[0].max()) + 1
-    assert fscore > 0.9
+    assert fscore > 0.9, f"reply 2 not found in the monitor: {fscore:.3f}; {why()}"
     played_ms = (last - first) / SAMPLE_RATE * 1000
-    print(f"truncate audio_end_ms {truncate['audio_end_ms']}, the sink played "
+    note(f"truncate audio_end_ms {truncate['audio_end_ms']}, the sink played "
           f"{played_ms:.0f} ms of reply 2")
 
-    assert erle >= 25.0 and gated <= len(blocks) // 20
-    assert -10 <= vad_ms <= 300
-    assert abs(truncate["audio_end_ms"] - played_ms) <= TRUNCATE_TOLERANCE_MS
+    assert erle >= 25.0 and gated <= len(blocks) // 20, why()
+    assert -10 <= vad_ms <= 300, why()
+    assert abs(truncate["audio_end_ms"] - played_ms) <= TRUNCATE_TOLERANCE_MS, why()
