@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import QUESTION_WAV, TIMEOUT, clean_env
+from tests.pulse import running_pulse
 from tests.test_pyaudio import alsa_home
 from tests.test_supervisor import running
 from voiced.audio.filebackend import WavFileSource
@@ -47,6 +48,12 @@ class _Stream:
         self.calls.append("close")
 
 
+class _PortAudio:
+    """Stands in for the PortAudio instance, which stays while the mic is parked."""
+
+    def terminate(self) -> None: ...
+
+
 async def _until(pred: Callable[[], bool]) -> None:
     """Until the worker thread has done what ``pred`` looks for (polled: it is a thread)."""
     async def loop() -> None:
@@ -55,41 +62,125 @@ async def _until(pred: Callable[[], bool]) -> None:
     await asyncio.wait_for(loop(), TIMEOUT)
 
 
-async def test_a_stopped_mic_waits_without_a_fault_and_delivers_once_started() -> None:
-    from voiced.audio import pyaudio_backend
+def _parkable_mic() -> tuple[PyAudioSource, list[_Stream], list[str]]:
+    """A mic whose streams are ``_Stream``s: the first one open, each reopen a new one
+    (``fail`` in the list makes the next reopen fail, as for a mic unplugged in ready)."""
     mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
     mic._loop = asyncio.get_running_loop()
-    stream = _Stream()
-    mic._stream, mic._generation = stream, 1
+    mic._pa = _PortAudio()
+    streams = [_Stream()]
+    plan: list[str] = []
+
+    def reopen(*, start: bool) -> _Stream:
+        assert start
+        mic._generation += 1
+        if plan and plan.pop(0) == "fail":
+            raise AudioDeviceError('microphone "pulse" cannot be opened: Invalid device')
+        streams.append(_Stream())
+        return streams[-1]
+
+    mic._new_stream = reopen  # type: ignore[method-assign]
+    mic._stream, mic._generation = streams[0], 1
+    return mic, streams, plan
+
+
+async def test_a_parked_mic_waits_without_a_fault_and_delivers_once_reopened() -> None:
+    from voiced.audio import pyaudio_backend
+    mic, streams, _ = _parkable_mic()
     mic.set_capturing(False)
-    await _until(lambda: stream.calls == ["stop"])
-    mic._last_callback -= 10 * pyaudio_backend._MIC_SILENCE_S  # silent for long: stopped
+    await _until(lambda: streams[0].calls == ["stop", "close"])
+    assert mic._stream is None  # parked: closed, not only stopped
+    mic._last_callback -= 10 * pyaudio_backend._MIC_SILENCE_S  # silent for long: parked
     reader = asyncio.create_task(mic.read())
     for _ in range(5):
         await asyncio.sleep(0)
-    assert not reader.done()  # stopped on purpose: no "delivers no audio"
-    mic._deliver([b"\x02\x00" * 480], 1)  # a hand-over from before the stop: dropped
+    assert not reader.done()  # parked on purpose: no "delivers no audio"
+    mic._deliver([b"\x02\x00" * 480], 1)  # a hand-over from before the park: dropped
     for _ in range(5):
         await asyncio.sleep(0)
     assert not reader.done()
     mic.set_capturing(True)
-    await _until(lambda: stream.calls == ["stop", "start"])
-    mic._deliver([b"\x01\x00" * 480], 1)
+    await _until(lambda: len(streams) == 2)
+    mic._deliver([b"\x01\x00" * 480], mic._generation)  # the new stream's first block
     assert await asyncio.wait_for(reader, TIMEOUT) == b"\x01\x00" * 480
+    assert streams[1].calls == []  # opened running (pa.open's start=True)
 
 
-async def test_a_mic_that_cannot_start_again_is_reported_by_read() -> None:
-    """A fault while stopped (the USB mic pulled out in ready) shows on the press."""
-    mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
-    mic._loop = asyncio.get_running_loop()
-    stream = _Stream()
-    mic._stream, mic._generation = stream, 1
+async def test_a_mic_that_cannot_open_again_is_reported_by_read() -> None:
+    """A fault while parked (the USB mic pulled out in ready) shows on the press."""
+    mic, streams, plan = _parkable_mic()
     mic.set_capturing(False)
+    await _until(lambda: streams[0].calls == ["stop", "close"])
     reader = asyncio.create_task(mic.read())
-    stream.fail = True
+    plan.append("fail")
     mic.set_capturing(True)
-    with pytest.raises(AudioDeviceError, match="cannot start"):
+    with pytest.raises(AudioDeviceError, match="cannot be opened"):
         await asyncio.wait_for(reader, TIMEOUT)
+
+
+async def test_a_closed_mic_is_not_reopened_by_a_late_press() -> None:
+    mic, streams, _ = _parkable_mic()
+    mic.set_capturing(False)
+    await _until(lambda: streams[0].calls == ["stop", "close"])
+    await mic.aclose()
+    mic.set_capturing(True)
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert len(streams) == 1
+    with pytest.raises(AudioDeviceError, match="closed"):
+        await asyncio.wait_for(mic.read(), TIMEOUT)
+
+
+# The mic on the PulseAudio stand-in: what the server has of this client while the mic
+# runs, once parked, and once running again (a stopped ALSA pulse stream is prepared
+# again by PortAudio and the server streams into it: only a closed one is quiet).
+PARK_PULSE = """
+import asyncio, json, subprocess
+from voiced.audio.pyaudio_backend import PyAudioSource
+from voiced.config import AudioEndpointSettings
+
+def outputs():
+    r = subprocess.run(["pactl", "list", "short", "source-outputs"], capture_output=True,
+                       text=True, check=True)
+    return len(r.stdout.splitlines())
+
+async def until(pred):
+    while not pred():
+        await asyncio.sleep(0.02)
+
+async def main():
+    mic = PyAudioSource(AudioEndpointSettings(device="pulse", rate_hz=48000))
+    await mic.start()
+    seen = {}
+    await asyncio.wait_for(mic.read(), 10)
+    seen["running"] = outputs()
+    mic.set_capturing(False)
+    try:  # what the server has of it once the stop has been done (a stopped stream: 1)
+        await asyncio.wait_for(until(lambda: outputs() == 0), 10)
+    except TimeoutError:
+        pass
+    seen["parked"] = outputs()
+    seen["thread states kept while parked"] = mic.callback_thread.kept
+    mic.set_capturing(True)
+    await asyncio.wait_for(mic.read(), 10)
+    seen["reopened"] = outputs()
+    await mic.aclose()
+    print(json.dumps(seen))
+
+asyncio.run(main())
+"""
+
+
+def test_a_parked_mic_leaves_nothing_streaming_in_the_sound_server(tmp_path: Path) -> None:
+    with running_pulse(tmp_path) as pulse:
+        pulse.add_sink("mic", 48000)
+        r = subprocess.run([sys.executable, "-c", PARK_PULSE], capture_output=True,
+                           text=True, timeout=TIMEOUT,
+                           env=clean_env(**pulse.env(PULSE_SOURCE="mic.monitor")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout.splitlines()[-1])
+    assert seen == {"running": 1, "parked": 0, "thread states kept while parked": 0,
+                    "reopened": 1}
 
 
 class _RecordingSource(WavFileSource):

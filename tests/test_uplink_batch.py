@@ -90,6 +90,12 @@ class _Stream:
     def close(self) -> None: ...
 
 
+class _PortAudio:
+    """Stands in for the PortAudio instance an open mic holds."""
+
+    def terminate(self) -> None: ...
+
+
 def _keeper(mic: Any, fed: list[bytes]) -> Any:
     from voiced.supervisor.audio_keeper import AudioKeeper
 
@@ -106,7 +112,7 @@ async def _pushing_mic() -> tuple[Any, Any, list[bytes], asyncio.Task[None]]:
 
     mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
     mic._loop = asyncio.get_running_loop()
-    mic._stream, mic._generation = _Stream(), 1
+    mic._pa, mic._stream, mic._generation = _PortAudio(), _Stream(), 1
     mic._last_callback = float("inf")  # never silent for long, however slow the machine
     fed: list[bytes] = []
     keeper = _keeper(mic, fed)

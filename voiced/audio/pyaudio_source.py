@@ -63,10 +63,11 @@ class PyAudioSource:
         self._generation = 0
         self._last_callback = 0.0
         self._last_drop_warning = -_WARN_EVERY_S
-        # set_capturing(): whether the stream should run; stopped, it costs nothing
+        # set_capturing(): whether the stream should run; parked (closed), it costs nothing
         self._capture = True
         self._control = threading.Lock()  # one start, stop or close of the stream at a time
-        self._failed: str | None = None  # a restart that failed, for read() to raise
+        self._failed: str | None = None  # a reopen that failed, for read() to raise
+        self._channels = 1  # what _open chose, for each stream opened after a park
         self.callback_thread = CallbackThread("voiced-mic")
         self.device: DeviceInfo | None = None
         self.rate = 0
@@ -90,8 +91,6 @@ class PyAudioSource:
         await asyncio.to_thread(self._open)
 
     def _open(self) -> None:
-        self._generation += 1
-        generation = self._generation
         pa = self._pa = self._pa or open_portaudio()
         dev = self.device = select_device(pa, self.settings.device, is_input=True,
                                           key="audio.input.device")
@@ -111,7 +110,27 @@ class PyAudioSource:
                                 f"accept {self.settings.rate_hz} Hz")])
         rate = rates[0] if rates else dev.default_rate
         self.rate = rate
-        conv = ToWire(rate, channels, want_channel)
+        self._channels = channels
+        with self._control:
+            self._failed = None
+            self._stream = self._new_stream(start=self._capture)
+        logger.info("microphone: %d \"%s\" at %d Hz, %d channel(s)%s", dev.index, dev.name,
+                    rate, channels, "" if rate == SAMPLE_RATE else ", resampled to 24 kHz")
+
+    def _new_stream(self, *, start: bool) -> Any:
+        """A stream on the device :meth:`_open` chose (``_control`` held).
+
+        Each has its own converter, framer and generation: it is opened again after
+        each park (:meth:`set_capturing`).
+
+        Raises:
+            AudioDeviceError: PortAudio could not open it (in words).
+        """
+        self._generation += 1
+        generation = self._generation
+        pa, dev, rate, channels = self._pa, self.device, self.rate, self._channels
+        assert pa is not None and dev is not None
+        conv = ToWire(rate, channels, self.settings.channel)
         framer = Framer(frame_bytes(self.frame_ms))
         pyaudio = _pyaudio()
         overflow_flag = pyaudio.paInputOverflow
@@ -134,19 +153,16 @@ class PyAudioSource:
             return None, pyaudio.paContinue
 
         try:
-            with self._control:
-                self._failed = None
-                self._stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
-                                       input=True, input_device_index=dev.index,
-                                       # one callback per block: its frames cross
-                                       # to the loop together (issue 21: fewer wakeups)
-                                       frames_per_buffer=rate * self.block_ms // 1000,
-                                       stream_callback=callback, start=self._capture)
+            stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=rate,
+                             input=True, input_device_index=dev.index,
+                             # one callback per block: its frames cross to the loop
+                             # together (issue 21: fewer wakeups)
+                             frames_per_buffer=rate * self.block_ms // 1000,
+                             stream_callback=callback, start=start)
         except OSError as e:
             raise AudioDeviceError(_explain_open_error(e, dev, "input")) from e
         self._last_callback = time.monotonic()
-        logger.info("microphone: %d \"%s\" at %d Hz, %d channel(s)%s", dev.index, dev.name,
-                    rate, channels, "" if rate == SAMPLE_RATE else ", resampled to 24 kHz")
+        return stream
 
     def _filter(self, frames: list[bytes], framer: Framer, frame_count: int, rate: int,
                 time_info: Any) -> list[bytes]:
@@ -200,13 +216,16 @@ class PyAudioSource:
         return self._capture
 
     def set_capturing(self, on: bool) -> None:
-        """Run the stream, or stop it without closing it (on the loop; never blocks).
+        """Run the stream, or park it (on the loop; never blocks).
 
-        Stopped, no callback reaches Python (issue 21: idle at zero) and :meth:`read`
-        waits without taking the silence for a fault. Starting a stopped stream is one
-        Pa_StartStream on a worker thread, not a new PortAudio instance: the first frame
-        follows one period later. A restart that fails shows as :meth:`read` raising
-        ``AudioDeviceError``, the way a mic that fails while running does.
+        Parked, the stream is closed (its PortAudio instance stays) and no callback
+        reaches Python (issue 21: idle at zero); :meth:`read` waits without taking the
+        silence for a fault. A stream that is only stopped is not enough: ALSA's pulse
+        plugin prepares a stopped capture stream again, and its server then streams
+        audio into the process until it is closed (docs/architecture.md, "Idle at
+        zero"). Opening one again takes about as long as starting a stopped one. A
+        reopen that fails shows as :meth:`read` raising ``AudioDeviceError``, the way a
+        mic that fails while running does.
         """
         if on == self._capture:
             return
@@ -214,23 +233,43 @@ class PyAudioSource:
         self._frames.clear()
         self._last_callback = time.monotonic()  # the silence check counts from here
         loop = self._loop
-        if loop is not None and self._stream is not None:
+        if loop is not None and self._pa is not None:
             loop.run_in_executor(None, self._apply_capture, loop)
         self._arrived.set()
 
     def _apply_capture(self, loop: asyncio.AbstractEventLoop) -> None:
-        # NOTE: a worker thread: Pa_StartStream/Pa_StopStream block for a period or so.
+        # NOTE: a worker thread: opening, starting and closing block for a period or so.
         # It reads the wish when it runs, so quick on/off/on requests end as the last one.
         with self._control:
-            stream, want = self._stream, self._capture
-            if stream is None:
-                return
-            fault = switch_stream(stream, want, "microphone", self.device)
-            if not want:
-                self.callback_thread.release()  # the stopped stream's thread has ended
+            if self._pa is None:
+                return  # closed for good meanwhile
+            fault = self._resume() if self._capture else self._park()
             if fault is not None:
                 self._failed = fault
                 loop.call_soon_threadsafe(self._arrived.set)
+
+    def _park(self) -> str | None:
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return None
+        self._generation += 1  # its hand-overs still queued on the loop are dropped
+        try:
+            stream.stop_stream()
+            stream.close()
+        except OSError as e:
+            # the device went while it ran; the next press opens it again (or says why)
+            logger.debug("closing the microphone's stream: %s", e)
+        self.callback_thread.release()  # the stream's thread has ended
+        return None
+
+    def _resume(self) -> str | None:
+        if self._stream is not None:
+            return switch_stream(self._stream, True, "microphone", self.device)
+        try:
+            self._stream = self._new_stream(start=True)
+        except AudioDeviceError as e:
+            return str(e)
+        return None
 
     async def read(self) -> bytes:
         """The next frame.
@@ -239,7 +278,7 @@ class PyAudioSource:
             AudioDeviceError: no audio arrived for 2 s (the mic was unplugged or failed).
         """
         while not self._frames:
-            if self._stream is None:
+            if self._pa is None:
                 raise AudioDeviceError("microphone is closed")
             if self._failed is not None:
                 why, self._failed = self._failed, None
