@@ -380,8 +380,12 @@ def main() -> None:
     reporter.join()
     for e in room.events:
         print(e, flush=True)
+    # mic: mic.monitor as parec recorded it (what the daemon's mic was given); room
+    # sample N is mic sample N + mic_offset, where the line check found it (mic_found)
     np.savez(args.out, monitor=np.concatenate(room.monitor),
-             echo=np.concatenate(room.echo), voice=np.concatenate(room.voice))
+             echo=np.concatenate(room.echo), voice=np.concatenate(room.voice),
+             mic=check.rec, mic_offset=np.array(check.offset or 0),
+             mic_found=np.array(check.offset is not None))
     print(f"at {room.at}", flush=True)
     print(f"checked {check.checked} blocks, moved {check.moved} samples", flush=True)
     # the room's own CPU share (at real-time priority, what it takes from the rest)

@@ -64,6 +64,12 @@ BARGE_IN_AFTER_S = 5.0  # into the second reply
 # the truncate may differ from what the sink played by the audio handed to PortAudio in
 # the period the stop lands in (20 ms) and the rounding down to whole ms
 TRUNCATE_TOLERANCE_MS = 25
+# How far from where the room's timeline puts it a voice is looked for in the uplink. The
+# uplink's line slipped +80 ms against the room's once (in the whole suite under two busy
+# loops) while the room's line in mic.monitor stayed whole (its own check): in the
+# capture path, PortAudio through ALSA's pulse plugin. So each check anchors on the voice
+# nearest it, and the figures print every slip; a voice not found within this fails.
+MAX_SLIP = SAMPLE_RATE // 2
 
 
 class Room:
@@ -177,6 +183,7 @@ def received(sim: SimServer, etype: str) -> list[dict[str, Any]]:
     return [e for s in sim.sessions for e in s.received if e.get("type") == etype]
 
 
+@pytest.mark.alone  # scripts/test.sh: the capture path slips with three workers beside it
 @pytest.mark.timeout(600)
 async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
         tmp_path: Path) -> None:
@@ -188,7 +195,9 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
         pulse.add_sink("spk", 24000)
         pulse.add_sink("mic", 24000)
         room = Room(pulse, tmp_path)
-        async with SimServer(SimOptions()) as sim:
+        # a fixed transcript: pocketsphinx holds the GIL for seconds on a loaded machine,
+        # and the simulator shares this process (its pings went unanswered once)
+        async with SimServer(SimOptions(transcript=QUESTION_TEXT)) as sim:
             cfg = write_config(tmp_path, sim.url, audio={
                 "backend": "pyaudio", "echo": "aec",
                 "input": {"device": "pulse", "file": None},
@@ -277,18 +286,25 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
           f"after reply 1, {st2.get('aec_gated_blocks')} at the barge-in; bulk delay from "
           f"{st1.get('aec_bulk_from')}, {st1.get('aec_replayed_blocks')} blocks replayed")
 
-    # the room's timeline in the uplink: the question (no speaker sound then) is found
-    # in it; so is the barge-in voice, and both must agree (no gap in between)
+    np.save(tmp_path / "uplink.npy", up.astype(np.int16))  # for a post-mortem
+    # the room's timeline in the uplink: each voice (the questions with no speaker sound,
+    # the barge-in over reply 2) is found in it; each check anchors on the voice nearest
     q0, u0 = room.voice_at[0], room.voice_at[2]
     qa, qscore = offset_of(question, up[:q0 + 10 * SAMPLE_RATE])
-    shift = qa - q0  # uplink sample = room sample + shift
-    ua, uscore = offset_of(user, up[u0 + shift - SAMPLE_RATE // 2:u0 + shift + len(user)
-                                    + SAMPLE_RATE // 2])
-    drift = ua - SAMPLE_RATE // 2
-    note(f"room -> uplink shift {shift} samples (question score {qscore:.3f}); the "
-          f"barge-in voice {drift:+d} samples from there (score {uscore:.3f})")
-    assert qscore > 0.8 and uscore > 0.8, why()
-    assert abs(drift) <= CHUNK, f"the room's timeline moved between the two voices: {why()}"
+    shift = qa - q0  # uplink sample = room sample + shift (question 1, reply 1)
+
+    def shift_at(voice_: np.ndarray, at: int) -> tuple[int, float]:
+        lo = max(0, at + shift - MAX_SLIP)
+        found, score = offset_of(voice_, up[lo:at + shift + len(voice_) + MAX_SLIP])
+        return lo + found - at, score
+
+    shift2, q2score = shift_at(question, room.voice_at[1])
+    shift3, uscore = shift_at(user, u0)  # the barge-in voice, over reply 2
+    note(f"room -> uplink shift {shift} samples (question 1, score {qscore:.3f}), "
+         f"{shift2 - shift:+d} more at question 2 (score {q2score:.3f}), "
+         f"{shift3 - shift2:+d} more at the barge-in voice (score {uscore:.3f}); the room's "
+         f"line in mic.monitor {'moved: ' + str(room.flags) if room.flags else 'whole'}")
+    assert min(qscore, q2score, uscore) > 0.8, f"a voice not found in the uplink: {why()}"
 
     # 1. the whole first reply: no speech_started on the echo alone
     loud = np.abs(echo) > 100
@@ -298,7 +314,7 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     note(f"reply 1: {(r1_end - r1) / SAMPLE_RATE:.1f} s of echo in the mic, "
           f"speech_started events in it: {starts_1 - 1}")
     starts = [e for e in events if e.get("type") == "input_audio_buffer.speech_started"]
-    in_reply_1 = [e for e in starts
+    in_reply_1 = [e for e in starts  # (reply 1 is between questions 1 and 2: shift)
                   if r1 + shift <= (e["audio_start_ms"] + prefix) * 24 < r1_end + shift]
     assert in_reply_1 == [], f"the simulator heard speech in the echo alone: {why()}"
 
@@ -325,7 +341,7 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     onset = u0 + first_loud_ms(user) / 1000 * SAMPLE_RATE  # the clean voice alone
     late = [e for e in starts if (e["audio_start_ms"] + prefix) * 24 >= r1_end + shift]
     assert late, f"the simulator never heard the user over the reply: {why()}"
-    heard = (late[-1]["audio_start_ms"] + prefix) * 24 - shift
+    heard = (late[-1]["audio_start_ms"] + prefix) * 24 - shift3
     assert len(late) == 2, f"not the question and the barge-in: {late}; {why()}"
     vad_ms = (heard - onset) / SAMPLE_RATE * 1000
     note(f"the simulator's VAD fired {vad_ms:.0f} ms after the clean voice would "
@@ -341,11 +357,14 @@ async def test_run_cancels_the_echo_of_its_reply_and_hears_a_barge_in_over_it(
     # says only after 5 s of it: that is where to look, however long the simulator took
     # to answer (under load, once, 26 s after the question, past a fixed 20 s window)
     first, fscore = offset_of(reply[:2 * SAMPLE_RATE], seg[:room.voice_at[2] - m0])
-    last = int(np.nonzero(np.abs(seg) > 0)[0].max()) + 1
+    # the simulator answers the barge-in too (reply 3) once the user's voice has ended
+    # (its VAD waits for silence): reply 2's last sample is before that
+    end = room.voice_at[2] + len(user) - m0
+    last = int(np.nonzero(np.abs(seg[:end]) > 0)[0].max()) + 1
     assert fscore > 0.9, f"reply 2 not found in the monitor: {fscore:.3f}; {why()}"
     played_ms = (last - first) / SAMPLE_RATE * 1000
     note(f"truncate audio_end_ms {truncate['audio_end_ms']}, the sink played "
-          f"{played_ms:.0f} ms of reply 2")
+         f"{played_ms:.0f} ms of reply 2")
 
     assert erle >= 25.0 and gated <= len(blocks) // 20, why()
     assert -10 <= vad_ms <= 300, why()
