@@ -165,6 +165,12 @@ async def main():
     await asyncio.wait_for(mic.read(), 10)
     seen["reopened"] = outputs()
     await mic.aclose()
+    # opened while the mic is off (a start, or a reopen after a fault, in ready): parked
+    off = PyAudioSource(AudioEndpointSettings(device="pulse", rate_hz=48000))
+    off.set_capturing(False)
+    await off.start()
+    seen["opened while off"] = outputs()
+    await off.aclose()
     print(json.dumps(seen))
 
 asyncio.run(main())
@@ -180,7 +186,7 @@ def test_a_parked_mic_leaves_nothing_streaming_in_the_sound_server(tmp_path: Pat
     assert r.returncode == 0, r.stderr[-3000:]
     seen = json.loads(r.stdout.splitlines()[-1])
     assert seen == {"running": 1, "parked": 0, "thread states kept while parked": 0,
-                    "reopened": 1}
+                    "reopened": 1, "opened while off": 0}
 
 
 class _RecordingSource(WavFileSource):

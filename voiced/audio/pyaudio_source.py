@@ -113,7 +113,10 @@ class PyAudioSource:
         self._channels = channels
         with self._control:
             self._failed = None
+            # opened either way: a device that cannot open is found now, not at a press
             self._stream = self._new_stream(start=self._capture)
+            if not self._capture:
+                self._park()
         logger.info("microphone: %d \"%s\" at %d Hz, %d channel(s)%s", dev.index, dev.name,
                     rate, channels, "" if rate == SAMPLE_RATE else ", resampled to 24 kHz")
 
