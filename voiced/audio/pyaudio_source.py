@@ -246,15 +246,20 @@ class PyAudioSource:
         with self._control:
             if self._pa is None:
                 return  # closed for good meanwhile
-            fault = self._resume() if self._capture else self._park()
+            fault = None
+            if self._capture:
+                fault = self._resume()
+            else:
+                self._park()
             if fault is not None:
                 self._failed = fault
                 loop.call_soon_threadsafe(self._arrived.set)
 
-    def _park(self) -> str | None:
+    def _park(self) -> None:
+        """Stop and close the stream, keeping PortAudio (``_control`` held)."""
         stream, self._stream = self._stream, None
         if stream is None:
-            return None
+            return
         self._generation += 1  # its hand-overs still queued on the loop are dropped
         try:
             stream.stop_stream()
@@ -263,9 +268,9 @@ class PyAudioSource:
             # the device went while it ran; the next press opens it again (or says why)
             logger.debug("closing the microphone's stream: %s", e)
         self.callback_thread.release()  # the stream's thread has ended
-        return None
 
     def _resume(self) -> str | None:
+        """Start the stream, or open a new one running; the fault in words, or None."""
         if self._stream is not None:
             return switch_stream(self._stream, True, "microphone", self.device)
         try:
