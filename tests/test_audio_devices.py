@@ -254,6 +254,12 @@ class _ClosedStream:
     def close(self) -> None: ...
 
 
+class _PortAudio:
+    """Stands in for the PortAudio instance an open mic holds."""
+
+    def terminate(self) -> None: ...
+
+
 async def test_read_waits_for_two_seconds_without_a_callback() -> None:
     """A mic whose last callback is recent is waited for, not reported gone; one silent
     for the whole threshold is (its name in the error)."""
@@ -261,7 +267,7 @@ async def test_read_waits_for_two_seconds_without_a_callback() -> None:
 
     mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
     mic._loop = asyncio.get_running_loop()
-    mic._stream, mic._generation = _ClosedStream(), 1
+    mic._pa, mic._stream, mic._generation = _PortAudio(), _ClosedStream(), 1
     mic._last_callback = time.monotonic() + 3600  # as recent as can be, however slow we are
     reader = asyncio.create_task(mic.read())
     for _ in range(5):
@@ -280,7 +286,7 @@ async def test_a_hand_over_still_queued_at_close_does_not_leak_into_the_next_str
     belong to the old device and must not come out of read() (found in review)."""
     mic = PyAudioSource(AudioEndpointSettings(device="pulse"))
     mic._loop = asyncio.get_running_loop()
-    mic._stream, mic._generation = _ClosedStream(), 1
+    mic._pa, mic._stream, mic._generation = _PortAudio(), _ClosedStream(), 1
     mic._loop.call_soon(mic._deliver, [b"\x01\x00" * 480], 1)  # queued by the callback
     mic._close()  # on the worker thread, before the loop ran the hand-over
     await asyncio.sleep(0)  # now it runs
