@@ -38,7 +38,9 @@ for i in $(seq "$runs"); do
   log=.load-logs/run$i.log
   start=$(date +%s)
   if "$@" >"$log" 2>&1; then result=passed; else result=FAILED; failed=$((failed + 1)); fi
-  summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)|[0-9]+ passed' "$log" | tail -1 || true)
+  # every pytest run's summary line (scripts/test.sh runs two: the rest, then `alone`)
+  summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)|[0-9]+ passed' "$log" | paste -sd ';' - \
+            || true)
   echo "run $i: $result in $(( $(date +%s) - start )) s; ${summary:-no pytest summary} ($log)"
 done
 echo "under_load: $((runs - failed)) of $runs run(s) passed under $(uptime | sed 's/.*load/load/')"
