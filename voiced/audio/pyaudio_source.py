@@ -27,7 +27,6 @@ from voiced.audio.portaudio import (
     open_portaudio,
     select_device,
     supported_rates,
-    switch_stream,
 )
 from voiced.config import AudioEndpointSettings
 from voiced.errors import AudioDeviceError, ConfigError
@@ -261,18 +260,15 @@ class PyAudioSource:
         if stream is None:
             return
         self._generation += 1  # its hand-overs still queued on the loop are dropped
-        try:
-            stream.stop_stream()
-            stream.close()
-        except OSError as e:
-            # the device went while it ran; the next press opens it again (or says why)
-            logger.debug("closing the microphone's stream: %s", e)
+        # PortAudio stays; a close that errs (the device went) is only logged: the next
+        # press opens the device again, or says why not
+        _release(stream, None, "microphone")
         self.callback_thread.release()  # the stream's thread has ended
 
     def _resume(self) -> str | None:
-        """Start the stream, or open a new one running; the fault in words, or None."""
+        """Open a new stream running; the fault in words, or None."""
         if self._stream is not None:
-            return switch_stream(self._stream, True, "microphone", self.device)
+            return None  # never parked (an off and an on before this ran): it runs
         try:
             self._stream = self._new_stream(start=True)
         except AudioDeviceError as e:
